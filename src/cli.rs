@@ -1,0 +1,271 @@
+//! Command-line types (clap) and the split of docker's own global options off argv. No I/O.
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The name docker knows the plugin by (`docker nuwaxbackup …`).
+pub const PLUGIN_NAME: &str = "nuwaxbackup";
+
+/// Cold backups and rollbacks of a Docker Compose project's declared volumes.
+#[derive(Debug, Parser)]
+#[command(name = "docker nuwaxbackup", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub compose: ComposeArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show services, volumes, and whether a cold backup can run now.
+    Status(StatusArgs),
+    /// Make a cold backup of every declared volume of the project.
+    #[command(alias = "backup")]
+    Create(CreateArgs),
+}
+
+/// Compose's own project options, passed identically to every `docker compose` call.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ComposeArgs {
+    /// Compose configuration file (repeatable), as `docker compose -f`.
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Project name, as `docker compose -p`.
+    #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
+    pub project_name: Option<String>,
+    /// Project working directory, as `docker compose --project-directory`.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub project_directory: Option<PathBuf>,
+    /// Environment file (repeatable), as `docker compose --env-file`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Compose profile to enable (repeatable), as `docker compose --profile`.
+    #[arg(long, global = true, value_name = "PROFILE")]
+    pub profile: Vec<String>,
+    /// Backup catalog (SQLite); default ${DOCKER_CONFIG:-~/.docker}/nuwax-backup/catalog.db.
+    #[arg(long, global = true, env = "NUWAX_BACKUP_CATALOG", value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+}
+
+impl ComposeArgs {
+    /// The flags to put before every `docker compose` subcommand.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut out: Vec<OsString> = Vec::new();
+        for f in &self.files {
+            out.push("-f".into());
+            out.push(f.into());
+        }
+        if let Some(p) = &self.project_name {
+            out.push("-p".into());
+            out.push(p.into());
+        }
+        if let Some(d) = &self.project_directory {
+            out.push("--project-directory".into());
+            out.push(d.into());
+        }
+        for e in &self.env_file {
+            out.push("--env-file".into());
+            out.push(e.into());
+        }
+        for p in &self.profile {
+            out.push("--profile".into());
+            out.push(p.into());
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum BackupType {
+    #[default]
+    Manual,
+    PreUpgrade,
+}
+
+impl BackupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Manual => "manual",
+            BackupType::PreUpgrade => "pre-upgrade",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Why this backup is made.
+    #[arg(long = "type", value_enum, default_value_t)]
+    pub backup_type: BackupType,
+    /// Version recorded with the backup (default: x-nuwax-backup.version, else the image tag
+    /// of the first persistent service, else "unknown").
+    #[arg(long, value_name = "V")]
+    pub service_version: Option<String>,
+    /// Compression of the archive.
+    #[arg(long, value_enum, default_value_t)]
+    pub compression: Compression,
+    /// Compression level (gzip 1-9, default 6; zstd 1-19, default 3).
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<u32>,
+    /// Folder for the archive (default: x-nuwax-backup.storage, else <project dir>/backups).
+    #[arg(long, value_name = "DIR")]
+    pub storage: Option<PathBuf>,
+    /// Stop running containers for the backup and start them again afterwards.
+    #[arg(long)]
+    pub stop: bool,
+    /// Also archive bind mounts outside the project directory.
+    #[arg(long)]
+    pub include_external_binds: bool,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// Argv after docker's global options and the plugin name have been taken off.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SplitArgs {
+    /// Docker's global options exactly as given, to pass in front of every docker call.
+    pub docker_globals: Vec<OsString>,
+    /// What is left for our own parser, starting with a program name.
+    pub rest: Vec<OsString>,
+    /// `docker-cli-plugin-metadata` was asked for.
+    pub metadata: bool,
+}
+
+const GLOBALS_WITH_VALUE: &[&str] = &[
+    "--config", "-c", "--context", "-H", "--host", "-l", "--log-level", "--tlscacert",
+    "--tlscert", "--tlskey",
+];
+const GLOBAL_FLAGS: &[&str] = &["-D", "--debug", "--tls", "--tlsverify"];
+
+/// Splits argv (program name first) into docker's global options and our own arguments.
+///
+/// As a plugin the CLI passes `[prog, <docker globals…>, nuwaxbackup, <ours…>]`; standalone
+/// it is `[prog, <ours…>]`, and docker globals are accepted in front there too.
+pub fn split_argv(argv: &[OsString]) -> SplitArgs {
+    let prog = argv.first().cloned().unwrap_or_else(|| "docker-nuwax-backup".into());
+    let mut globals = Vec::new();
+    let mut i = 1;
+    while i < argv.len() {
+        let arg = argv[i].to_string_lossy();
+        let (name, has_inline_value) = match arg.split_once('=') {
+            Some((n, _)) if n.starts_with('-') => (n.to_string(), true),
+            _ => (arg.to_string(), false),
+        };
+        if GLOBALS_WITH_VALUE.contains(&name.as_str()) {
+            globals.push(argv[i].clone());
+            if !has_inline_value && i + 1 < argv.len() {
+                globals.push(argv[i + 1].clone());
+                i += 1;
+            }
+        } else if GLOBAL_FLAGS.contains(&name.as_str()) {
+            globals.push(argv[i].clone());
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    let metadata = argv.get(i).is_some_and(|a| a == "docker-cli-plugin-metadata");
+    if argv.get(i).is_some_and(|a| a == PLUGIN_NAME) {
+        i += 1;
+    }
+    let mut rest = vec![prog];
+    rest.extend(argv[i.min(argv.len())..].iter().cloned());
+    SplitArgs { docker_globals: globals, rest, metadata }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn plugin_invocation_drops_the_plugin_name() {
+        let s = split_argv(&os(&["/p/docker-nuwaxbackup", "nuwaxbackup", "create", "--stop"]));
+        assert!(s.docker_globals.is_empty());
+        assert_eq!(s.rest, os(&["/p/docker-nuwaxbackup", "create", "--stop"]));
+    }
+
+    #[test]
+    fn docker_globals_are_kept_unchanged_in_order() {
+        let s = split_argv(&os(&[
+            "x", "--context", "c", "-H", "unix:///a.sock", "--host=tcp://h:1", "--log-level",
+            "debug", "-D", "--tlsverify", "--config=/cfg", "-c=ctx", "nuwaxbackup", "status",
+        ]));
+        assert_eq!(
+            s.docker_globals,
+            os(&[
+                "--context", "c", "-H", "unix:///a.sock", "--host=tcp://h:1", "--log-level",
+                "debug", "-D", "--tlsverify", "--config=/cfg", "-c=ctx",
+            ])
+        );
+        assert_eq!(s.rest, os(&["x", "status"]));
+    }
+
+    #[test]
+    fn standalone_invocation_keeps_everything() {
+        let s = split_argv(&os(&["docker-nuwax-backup", "create", "-p", "x"]));
+        assert!(s.docker_globals.is_empty());
+        assert_eq!(s.rest, os(&["docker-nuwax-backup", "create", "-p", "x"]));
+    }
+
+    #[test]
+    fn our_own_short_options_after_the_command_are_not_taken() {
+        // `-f` is ours (compose file), `-c` after the subcommand is not docker's.
+        let s = split_argv(&os(&["x", "nuwaxbackup", "status", "-f", "a.yml"]));
+        assert_eq!(s.rest, os(&["x", "status", "-f", "a.yml"]));
+    }
+
+    #[test]
+    fn metadata_is_recognised() {
+        assert!(split_argv(&os(&["x", "docker-cli-plugin-metadata"])).metadata);
+        assert!(!split_argv(&os(&["x", "status"])).metadata);
+    }
+
+    #[test]
+    fn compose_args_render_in_compose_spelling() {
+        let c = ComposeArgs {
+            files: vec!["a.yml".into(), "b.yml".into()],
+            project_name: Some("p".into()),
+            project_directory: Some("/d".into()),
+            env_file: vec![".env2".into()],
+            profile: vec!["dev".into()],
+            catalog: None,
+        };
+        assert_eq!(
+            c.to_args(),
+            os(&[
+                "-f", "a.yml", "-f", "b.yml", "-p", "p", "--project-directory", "/d",
+                "--env-file", ".env2", "--profile", "dev",
+            ])
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! One file per subcommand: arguments in, a domain call, output out.
+pub mod create;
+pub mod status;

@@ -1,0 +1,100 @@
+//! The compose project as a backup sees it: built from `docker compose config` and `ps -a`.
+pub mod classify;
+pub mod model;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::cli::ComposeArgs;
+use crate::docker::Docker;
+pub use classify::{Blocker, Container, Kind, Mount, Service, Volume};
+pub use model::{ConfigJson, Extension, Role};
+
+/// Everything known about one compose project at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Project {
+    pub name: String,
+    pub dir: PathBuf,
+    pub compose_files: Vec<PathBuf>,
+    pub services: Vec<Service>,
+    pub volumes: Vec<Volume>,
+    /// Containers of the project that no service of the current config owns.
+    pub others: Vec<Container>,
+    #[serde(skip)]
+    pub extension: Extension,
+}
+
+impl Project {
+    /// Reads the project through `docker compose config` and `docker compose ps -a`.
+    ///
+    /// Fails with a user error when there is no compose file, it is invalid, Compose v2 is
+    /// missing, or the daemon does not answer.
+    pub fn load(docker: &Docker, args: &ComposeArgs) -> Result<Project> {
+        let config_text = docker.compose(args, &["config", "--format", "json"])?;
+        let cfg: ConfigJson =
+            serde_json::from_str(&config_text).context("reading `docker compose config` output")?;
+        let ps_text = docker.compose(args, &["ps", "-a", "--format", "json"])?;
+        let ps = model::parse_ps(&ps_text)?;
+        let compose_files = compose_files(args)?;
+        let dir = project_dir(args, &compose_files)?;
+        let (by_service, others) = classify::containers_by_service(&ps, &cfg.services);
+        let services = classify::services(&cfg, &by_service);
+        let volumes = classify::volumes(&cfg, &dir, &|p: &Path| p.is_file());
+        Ok(Project { name: cfg.name.clone(), dir, compose_files, services, volumes, others, extension: cfg.extension })
+    }
+
+    /// The containers that keep a cold backup from running now.
+    pub fn blockers(&self) -> Vec<Blocker> {
+        classify::blockers(&self.services, &self.others)
+    }
+
+    /// Every container of the project, in services and outside them.
+    pub fn all_containers(&self) -> impl Iterator<Item = &Container> {
+        self.services.iter().flat_map(|s| s.containers.iter()).chain(self.others.iter())
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+const DEFAULT_FILES: &[&str] = &["compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"];
+const OVERRIDE_FILES: &[&str] =
+    &["compose.override.yaml", "compose.override.yml", "docker-compose.override.yaml", "docker-compose.override.yml"];
+
+/// The compose files in use, as absolute paths, found the way Compose finds them:
+/// `-f`, else `COMPOSE_FILE`, else the first default name in the working folder or a parent.
+pub fn compose_files(args: &ComposeArgs) -> Result<Vec<PathBuf>> {
+    let cwd = std::env::current_dir().context("reading the current folder")?;
+    let base = args.project_directory.as_ref().map(|d| cwd.join(d)).unwrap_or(cwd.clone());
+    if !args.files.is_empty() {
+        return Ok(args.files.iter().filter(|f| f.as_os_str() != "-").map(|f| cwd.join(f)).collect());
+    }
+    if let Some(list) = std::env::var_os("COMPOSE_FILE").filter(|v| !v.is_empty()) {
+        let sep = std::env::var("COMPOSE_PATH_SEPARATOR").unwrap_or_else(|_| ":".into());
+        return Ok(list.to_string_lossy().split(sep.as_str()).map(|f| base.join(f)).collect());
+    }
+    let mut dir: Option<&Path> = Some(&base);
+    while let Some(d) = dir {
+        if let Some(main) = DEFAULT_FILES.iter().map(|n| d.join(n)).find(|p| p.is_file()) {
+            let mut files = vec![main];
+            files.extend(OVERRIDE_FILES.iter().map(|n| d.join(n)).find(|p| p.is_file()));
+            return Ok(files);
+        }
+        dir = d.parent();
+    }
+    Ok(Vec::new())
+}
+
+/// `--project-directory`, else the folder of the first compose file, else the current folder.
+fn project_dir(args: &ComposeArgs, files: &[PathBuf]) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().context("reading the current folder")?;
+    let dir = match (&args.project_directory, files.first()) {
+        (Some(d), _) => cwd.join(d),
+        (None, Some(f)) => f.parent().map(Path::to_path_buf).unwrap_or(cwd),
+        (None, None) => cwd,
+    };
+    Ok(classify::normalize(&dir))
+}

@@ -1,0 +1,104 @@
+//! The exit codes a user or a script can rely on, and the error that carries one.
+use std::fmt;
+
+/// Every non-zero exit this tool makes on purpose. README.md lists them; keep both in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Something failed that has no code of its own.
+    Failure = 1,
+    /// The command line was wrong (clap's own code).
+    Usage = 2,
+    /// No compose file was found.
+    NoComposeFile = 3,
+    /// The compose file is not valid.
+    InvalidComposeFile = 4,
+    /// `docker compose` (Compose v2) is missing.
+    ComposeMissing = 5,
+    /// The Docker daemon does not answer.
+    DaemonUnreachable = 6,
+    /// The Docker context does not exist.
+    UnknownContext = 7,
+    /// Running containers block a cold backup or rollback.
+    NotStopped = 8,
+    /// Another create or rollback holds the project's lock.
+    Locked = 9,
+    /// Not enough free space for the archive.
+    NoSpace = 10,
+    /// The work ended but services could not be started again.
+    RestartFailed = 11,
+    /// A backup archive failed verification.
+    VerifyFailed = 12,
+    /// A rollback failed and what was there before was put back.
+    RolledBack = 13,
+    /// The user cancelled (Ctrl-C, SIGTERM, or the docker CLI went away).
+    Cancelled = 130,
+}
+
+impl Code {
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+/// An error whose exit code and one-line message are meant for the user as they are.
+#[derive(Debug)]
+pub struct UserError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl UserError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        UserError { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for UserError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+/// Shorthand: `bail_user!(Code::Locked, "…{}", x)` returns a [`UserError`].
+#[macro_export]
+macro_rules! bail_user {
+    ($code:expr, $($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::exit_codes::UserError::new($code, format!($($arg)*))))
+    };
+}
+
+/// The exit code for an error chain: the first [`UserError`] in it, else `Failure`.
+pub fn code_of(err: &anyhow::Error) -> Code {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<UserError>())
+        .map(|u| u.code)
+        .unwrap_or(Code::Failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct() {
+        let all = [
+            Code::Failure, Code::Usage, Code::NoComposeFile, Code::InvalidComposeFile,
+            Code::ComposeMissing, Code::DaemonUnreachable, Code::UnknownContext, Code::NotStopped,
+            Code::Locked, Code::NoSpace, Code::RestartFailed, Code::VerifyFailed,
+            Code::RolledBack, Code::Cancelled,
+        ];
+        let mut seen: Vec<u8> = all.iter().map(|c| c.as_u8()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), all.len());
+    }
+
+    #[test]
+    fn code_is_found_under_context() {
+        let err = anyhow::Error::new(UserError::new(Code::Locked, "busy")).context("creating backup");
+        assert_eq!(code_of(&err), Code::Locked);
+        assert_eq!(code_of(&anyhow::anyhow!("plain")), Code::Failure);
+    }
+}

@@ -1,0 +1,85 @@
+//! docker-nuwax-backup: cold backups and rollbacks of a Docker Compose project's volumes.
+pub mod cancel;
+pub mod cli;
+pub mod commands;
+pub mod compose;
+pub mod docker;
+pub mod exit_codes;
+pub mod output;
+pub mod plugin;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, ComposeArgs};
+use crate::docker::Docker;
+use crate::exit_codes::{code_of, Code, UserError};
+
+/// What every command gets: how to run docker, and which compose project.
+pub struct Context {
+    pub docker: Docker,
+    pub compose: ComposeArgs,
+}
+
+/// Runs the whole program on `argv` (program name first) and returns the exit code.
+pub fn run(argv: Vec<OsString>) -> ExitCode {
+    let split = cli::split_argv(&argv);
+    if split.metadata {
+        println!("{}", plugin::metadata_line());
+        return ExitCode::SUCCESS;
+    }
+    let cli = match Cli::try_parse_from(&split.rest) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { Code::Usage.as_u8() } else { 0 });
+        }
+    };
+    match execute(cli, split.docker_globals) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("docker-nuwax-backup: {}", one_line(&err));
+            ExitCode::from(code_of(&err).as_u8())
+        }
+    }
+}
+
+fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
+    cancel::install()?;
+    let ctx = Context { docker: Docker::new(docker_globals)?, compose: cli.compose };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match &cli.command {
+        Command::Status(a) => commands::status::run(&ctx, a, &mut out)?,
+        Command::Create(a) => commands::create::run(&ctx, a, &mut out)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The error chain on one line; a user error ends it (what lies below is docker's own text,
+/// already summed up in the user message).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for e in err.chain() {
+        parts.push(e.to_string());
+        if e.downcast_ref::<UserError>().is_some() {
+            break;
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        let io_kind = e.downcast_ref::<std::io::Error>().map(|io| io.kind());
+        let json_kind = e.downcast_ref::<serde_json::Error>().and_then(|j| j.io_error_kind());
+        io_kind.or(json_kind) == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,74 @@
+//! Tables and JSON written to stdout (data); human messages go to stderr through `note`.
+use std::io::Write;
+
+use anyhow::Result;
+use comfy_table::{presets, ContentArrangement, Table};
+use serde::Serialize;
+
+/// Writes `value` as pretty JSON and a newline.
+pub fn write_json<W: Write + ?Sized, T: Serialize + ?Sized>(out: &mut W, value: &T) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A plain table: a header row and rows of cells, no borders (easy to read and to grep).
+pub fn table<I, R, S>(headers: &[&str], rows: I) -> String
+where
+    I: IntoIterator<Item = R>,
+    R: IntoIterator<Item = S>,
+    S: Into<comfy_table::Cell>,
+{
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
+    t.set_header(headers.iter().copied());
+    for r in rows {
+        t.add_row(r);
+    }
+    let text = t.to_string();
+    text.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
+}
+
+/// A message for the person at the terminal, on stderr.
+pub fn note(msg: impl AsRef<str>) {
+    eprintln!("{}", msg.as_ref());
+}
+
+/// A warning for the person at the terminal, on stderr.
+pub fn warn(msg: impl AsRef<str>) {
+    eprintln!("warning: {}", msg.as_ref());
+}
+
+/// Bytes for people: 1.5 GiB.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_without_trailing_space() {
+        let t = table(&["NAME", "KIND"], vec![vec!["db", "persistent"], vec!["migrate", "one-shot"]]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with(" NAME") || lines[0].starts_with("NAME"));
+        assert!(lines.iter().all(|l| !l.ends_with(' ')));
+        assert_eq!(lines[1].find("persistent"), lines[2].find("one-shot"));
+    }
+
+    #[test]
+    fn bytes_read_well() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}
