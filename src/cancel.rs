@@ -32,7 +32,9 @@ fn watch_plugin_socket(addr: String) {
         Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
         None => SocketAddr::from_pathname(&addr),
     };
-    let Ok(stream) = sock.and_then(|a| UnixStream::connect_addr(&a)) else { return };
+    let Ok(stream) = sock.and_then(|a| UnixStream::connect_addr(&a)) else {
+        return;
+    };
     std::thread::spawn(move || {
         let mut stream = stream;
         let mut buf = [0u8; 64];

@@ -158,8 +158,16 @@ pub struct SplitArgs {
 }
 
 const GLOBALS_WITH_VALUE: &[&str] = &[
-    "--config", "-c", "--context", "-H", "--host", "-l", "--log-level", "--tlscacert",
-    "--tlscert", "--tlskey",
+    "--config",
+    "-c",
+    "--context",
+    "-H",
+    "--host",
+    "-l",
+    "--log-level",
+    "--tlscacert",
+    "--tlscert",
+    "--tlskey",
 ];
 const GLOBAL_FLAGS: &[&str] = &["-D", "--debug", "--tls", "--tlsverify"];
 
@@ -168,7 +176,10 @@ const GLOBAL_FLAGS: &[&str] = &["-D", "--debug", "--tls", "--tlsverify"];
 /// As a plugin the CLI passes `[prog, <docker globals…>, nuwaxbackup, <ours…>]`; standalone
 /// it is `[prog, <ours…>]`, and docker globals are accepted in front there too.
 pub fn split_argv(argv: &[OsString]) -> SplitArgs {
-    let prog = argv.first().cloned().unwrap_or_else(|| "docker-nuwax-backup".into());
+    let prog = argv
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "docker-nuwax-backup".into());
     let mut globals = Vec::new();
     let mut i = 1;
     while i < argv.len() {
@@ -190,13 +201,19 @@ pub fn split_argv(argv: &[OsString]) -> SplitArgs {
         }
         i += 1;
     }
-    let metadata = argv.get(i).is_some_and(|a| a == "docker-cli-plugin-metadata");
+    let metadata = argv
+        .get(i)
+        .is_some_and(|a| a == "docker-cli-plugin-metadata");
     if argv.get(i).is_some_and(|a| a == PLUGIN_NAME) {
         i += 1;
     }
     let mut rest = vec![prog];
     rest.extend(argv[i.min(argv.len())..].iter().cloned());
-    SplitArgs { docker_globals: globals, rest, metadata }
+    SplitArgs {
+        docker_globals: globals,
+        rest,
+        metadata,
+    }
 }
 
 #[cfg(test)]
@@ -209,7 +226,12 @@ mod tests {
 
     #[test]
     fn plugin_invocation_drops_the_plugin_name() {
-        let s = split_argv(&os(&["/p/docker-nuwaxbackup", "nuwaxbackup", "create", "--stop"]));
+        let s = split_argv(&os(&[
+            "/p/docker-nuwaxbackup",
+            "nuwaxbackup",
+            "create",
+            "--stop",
+        ]));
         assert!(s.docker_globals.is_empty());
         assert_eq!(s.rest, os(&["/p/docker-nuwaxbackup", "create", "--stop"]));
     }
@@ -217,14 +239,35 @@ mod tests {
     #[test]
     fn docker_globals_are_kept_unchanged_in_order() {
         let s = split_argv(&os(&[
-            "x", "--context", "c", "-H", "unix:///a.sock", "--host=tcp://h:1", "--log-level",
-            "debug", "-D", "--tlsverify", "--config=/cfg", "-c=ctx", "nuwaxbackup", "status",
+            "x",
+            "--context",
+            "c",
+            "-H",
+            "unix:///a.sock",
+            "--host=tcp://h:1",
+            "--log-level",
+            "debug",
+            "-D",
+            "--tlsverify",
+            "--config=/cfg",
+            "-c=ctx",
+            "nuwaxbackup",
+            "status",
         ]));
         assert_eq!(
             s.docker_globals,
             os(&[
-                "--context", "c", "-H", "unix:///a.sock", "--host=tcp://h:1", "--log-level",
-                "debug", "-D", "--tlsverify", "--config=/cfg", "-c=ctx",
+                "--context",
+                "c",
+                "-H",
+                "unix:///a.sock",
+                "--host=tcp://h:1",
+                "--log-level",
+                "debug",
+                "-D",
+                "--tlsverify",
+                "--config=/cfg",
+                "-c=ctx",
             ])
         );
         assert_eq!(s.rest, os(&["x", "status"]));
@@ -263,8 +306,18 @@ mod tests {
         assert_eq!(
             c.to_args(),
             os(&[
-                "-f", "a.yml", "-f", "b.yml", "-p", "p", "--project-directory", "/d",
-                "--env-file", ".env2", "--profile", "dev",
+                "-f",
+                "a.yml",
+                "-f",
+                "b.yml",
+                "-p",
+                "p",
+                "--project-directory",
+                "/d",
+                "--env-file",
+                ".env2",
+                "--profile",
+                "dev",
             ])
         );
     }

@@ -42,9 +42,13 @@ impl Docker {
     /// The docker binary the user ran (`DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND`), else `docker` on
     /// PATH. Fails when neither exists.
     pub fn new(globals: Vec<OsString>) -> Result<Self> {
-        let bin = match std::env::var_os("DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND") {
-            Some(b) if !b.is_empty() => PathBuf::from(b),
-            _ => which::which("docker").map_err(|_| {
+        // The CLI passes its own argv[0]: a path, or a bare name to look up on PATH.
+        let wanted = std::env::var_os("DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND")
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "docker".into());
+        let bin = match PathBuf::from(&wanted) {
+            p if p.components().count() > 1 => p,
+            _ => which::which(&wanted).map_err(|_| {
                 UserError::new(
                     Code::DaemonUnreachable,
                     "the docker CLI was not found on PATH: install Docker, then run this again",
@@ -61,8 +65,10 @@ impl Docker {
     }
 
     fn describe<S: AsRef<OsStr>>(args: &[S]) -> String {
-        let words: Vec<String> =
-            args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+        let words: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
         format!("docker {}", words.join(" "))
     }
 
@@ -90,7 +96,9 @@ impl Docker {
                 Ok(())
             });
         }
-        let out = expr.run().with_context(|| format!("running {}", self.bin.display()))?;
+        let out = expr
+            .run()
+            .with_context(|| format!("running {}", self.bin.display()))?;
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
@@ -107,7 +115,11 @@ impl Docker {
     }
 
     /// Like [`Docker::compose`], in its own process group (see [`Docker::output_detached`]).
-    pub fn compose_detached<S: AsRef<OsStr>>(&self, project: &ComposeArgs, sub: &[S]) -> Result<String> {
+    pub fn compose_detached<S: AsRef<OsStr>>(
+        &self,
+        project: &ComposeArgs,
+        sub: &[S],
+    ) -> Result<String> {
         self.output_detached(&compose_args(project, sub))
     }
 
@@ -120,7 +132,10 @@ impl Docker {
             .unchecked()
             .reader()
             .with_context(|| format!("starting {}", Self::describe(args)))?;
-        Ok(Stream { handle, command: Self::describe(args) })
+        Ok(Stream {
+            handle,
+            command: Self::describe(args),
+        })
     }
 
     /// Starts `docker ARGS…` with a pipe to its stdin (e.g. `docker cp - CTR:/path`).
@@ -132,7 +147,10 @@ impl Docker {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", Self::describe(args)))?;
-        Ok(Sink { child, command: Self::describe(args) })
+        Ok(Sink {
+            child,
+            command: Self::describe(args),
+        })
     }
 }
 
@@ -198,7 +216,11 @@ impl Sink {
         if status.success() {
             return Ok(());
         }
-        Err(classify(DockerError { command: self.command.clone(), code: status.code(), stderr }))
+        Err(classify(DockerError {
+            command: self.command.clone(),
+            code: status.code(),
+            stderr,
+        }))
     }
 }
 
@@ -207,22 +229,47 @@ pub fn classify(err: DockerError) -> anyhow::Error {
     let text = err.stderr.as_str();
     let line = |s: &str| s.trim().lines().last().unwrap_or("").to_string();
     let user = if text.contains("no configuration file provided") {
-        Some((Code::NoComposeFile, "no compose file found here: run this in a compose project folder or pass -f FILE".to_string()))
-    } else if text.contains("context not found") || text.contains("does not exist") && text.contains("context") {
-        Some((Code::UnknownContext, format!("unknown docker context: {} (see `docker context ls`)", line(text))))
-    } else if text.contains("Cannot connect to the Docker daemon") || text.contains("Is the docker daemon running") {
-        Some((Code::DaemonUnreachable, format!("the Docker daemon does not answer: {} (start it, or pick another --context/-H)", line(text))))
-    } else if (text.contains("'compose' is not a docker command") || text.contains("unknown command") && text.contains("compose"))
+        Some((
+            Code::NoComposeFile,
+            "no compose file found here: run this in a compose project folder or pass -f FILE"
+                .to_string(),
+        ))
+    } else if text.contains("context not found")
+        || text.contains("does not exist") && text.contains("context")
+    {
+        Some((
+            Code::UnknownContext,
+            format!(
+                "unknown docker context: {} (see `docker context ls`)",
+                line(text)
+            ),
+        ))
+    } else if text.contains("Cannot connect to the Docker daemon")
+        || text.contains("Is the docker daemon running")
+    {
+        Some((
+            Code::DaemonUnreachable,
+            format!(
+                "the Docker daemon does not answer: {} (start it, or pick another --context/-H)",
+                line(text)
+            ),
+        ))
+    } else if (text.contains("'compose' is not a docker command")
+        || text.contains("unknown command") && text.contains("compose"))
         && err.command.starts_with("docker compose")
     {
         Some((Code::ComposeMissing, compose_missing_message()))
-    } else if err.command.contains(" config ") && (text.contains("yaml:") || text.contains("invalid compose project") || text.contains("validating")) {
+    } else if err.command.contains(" config ")
+        && (text.contains("yaml:")
+            || text.contains("invalid compose project")
+            || text.contains("validating"))
+    {
         Some((Code::InvalidComposeFile, format!("the compose file is not valid: {} (fix it; `docker compose config` shows the same)", line(text))))
     } else {
         None
     };
     match user {
-        Some((code, message)) => anyhow::Error::new(err).context(UserError::new(code, message)),
+        Some((code, message)) => anyhow::Error::new(UserError::new(code, message).caused_by(err)),
         None => anyhow::Error::new(err),
     }
 }

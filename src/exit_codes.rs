@@ -45,11 +45,22 @@ impl Code {
 pub struct UserError {
     pub code: Code,
     pub message: String,
+    /// The lower-level error it sums up (kept for `--debug`-style inspection, not printed).
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl UserError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        UserError { code, message: message.into() }
+        UserError {
+            code,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
     }
 }
 
@@ -59,7 +70,13 @@ impl fmt::Display for UserError {
     }
 }
 
-impl std::error::Error for UserError {}
+impl std::error::Error for UserError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Shorthand: `bail_user!(Code::Locked, "…{}", x)` returns a [`UserError`].
 #[macro_export]
@@ -71,8 +88,8 @@ macro_rules! bail_user {
 
 /// The exit code for an error chain: the first [`UserError`] in it, else `Failure`.
 pub fn code_of(err: &anyhow::Error) -> Code {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<UserError>())
+    err.downcast_ref::<UserError>()
+        .or_else(|| err.chain().find_map(|e| e.downcast_ref::<UserError>()))
         .map(|u| u.code)
         .unwrap_or(Code::Failure)
 }
@@ -84,10 +101,20 @@ mod tests {
     #[test]
     fn codes_are_distinct() {
         let all = [
-            Code::Failure, Code::Usage, Code::NoComposeFile, Code::InvalidComposeFile,
-            Code::ComposeMissing, Code::DaemonUnreachable, Code::UnknownContext, Code::NotStopped,
-            Code::Locked, Code::NoSpace, Code::RestartFailed, Code::VerifyFailed,
-            Code::RolledBack, Code::Cancelled,
+            Code::Failure,
+            Code::Usage,
+            Code::NoComposeFile,
+            Code::InvalidComposeFile,
+            Code::ComposeMissing,
+            Code::DaemonUnreachable,
+            Code::UnknownContext,
+            Code::NotStopped,
+            Code::Locked,
+            Code::NoSpace,
+            Code::RestartFailed,
+            Code::VerifyFailed,
+            Code::RolledBack,
+            Code::Cancelled,
         ];
         let mut seen: Vec<u8> = all.iter().map(|c| c.as_u8()).collect();
         seen.sort();
@@ -97,7 +124,8 @@ mod tests {
 
     #[test]
     fn code_is_found_under_context() {
-        let err = anyhow::Error::new(UserError::new(Code::Locked, "busy")).context("creating backup");
+        let err =
+            anyhow::Error::new(UserError::new(Code::Locked, "busy")).context("creating backup");
         assert_eq!(code_of(&err), Code::Locked);
         assert_eq!(code_of(&anyhow::anyhow!("plain")), Code::Failure);
     }

@@ -35,7 +35,11 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { Code::Usage.as_u8() } else { 0 });
+            return ExitCode::from(if e.use_stderr() {
+                Code::Usage.as_u8()
+            } else {
+                0
+            });
         }
     };
     match execute(cli, split.docker_globals) {
@@ -52,7 +56,10 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
 
 fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
     cancel::install()?;
-    let ctx = Context { docker: Docker::new(docker_globals)?, compose: cli.compose };
+    let ctx = Context {
+        docker: Docker::new(docker_globals)?,
+        compose: cli.compose,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match &cli.command {
@@ -79,7 +86,9 @@ fn one_line(err: &anyhow::Error) -> String {
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         let io_kind = e.downcast_ref::<std::io::Error>().map(|io| io.kind());
-        let json_kind = e.downcast_ref::<serde_json::Error>().and_then(|j| j.io_error_kind());
+        let json_kind = e
+            .downcast_ref::<serde_json::Error>()
+            .and_then(|j| j.io_error_kind());
         io_kind.or(json_kind) == Some(std::io::ErrorKind::BrokenPipe)
     })
 }

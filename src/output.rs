@@ -20,13 +20,18 @@ where
     S: Into<comfy_table::Cell>,
 {
     let mut t = Table::new();
-    t.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
+    t.load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled);
     t.set_header(headers.iter().copied());
     for r in rows {
         t.add_row(r);
     }
     let text = t.to_string();
-    text.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
+    text.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 /// A message for the person at the terminal, on stderr.
@@ -48,7 +53,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[cfg(test)]
@@ -57,7 +66,10 @@ mod tests {
 
     #[test]
     fn tables_align_columns_without_trailing_space() {
-        let t = table(&["NAME", "KIND"], vec![vec!["db", "persistent"], vec!["migrate", "one-shot"]]);
+        let t = table(
+            &["NAME", "KIND"],
+            vec![vec!["db", "persistent"], vec!["migrate", "one-shot"]],
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with(" NAME") || lines[0].starts_with("NAME"));

@@ -25,6 +25,10 @@ mod tests {
     #[test]
     fn metadata_version_is_the_crate_version() {
         let v: serde_json::Value = serde_json::from_str(METADATA_JSON).unwrap();
-        assert_eq!(v["Version"], env!("CARGO_PKG_VERSION"), "bump plugin-metadata/metadata.json");
+        assert_eq!(
+            v["Version"],
+            env!("CARGO_PKG_VERSION"),
+            "bump plugin-metadata/metadata.json"
+        );
     }
 }

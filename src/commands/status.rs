@@ -46,12 +46,27 @@ fn write_table(p: &Project, blockers: &[Blocker], out: &mut dyn Write) -> Result
     writeln!(out, "Project {} in {}", p.name, p.dir.display())?;
     writeln!(out)?;
     let services = p.services.iter().map(|s| {
-        let states: Vec<String> = s.containers.iter().map(|c| format!("{} {}", c.name, c.state)).collect();
-        let states = if states.is_empty() { "no containers".to_string() } else { states.join(", ") };
-        let kind = serde_json::to_value(s.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let states: Vec<String> = s
+            .containers
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.state))
+            .collect();
+        let states = if states.is_empty() {
+            "no containers".to_string()
+        } else {
+            states.join(", ")
+        };
+        let kind = serde_json::to_value(s.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
         vec![s.name.clone(), s.restart_policy.clone(), kind, states]
     });
-    write!(out, "{}", table(&["SERVICE", "RESTART", "KIND", "CONTAINERS"], services))?;
+    write!(
+        out,
+        "{}",
+        table(&["SERVICE", "RESTART", "KIND", "CONTAINERS"], services)
+    )?;
     writeln!(out)?;
     let volumes = p.volumes.iter().map(|v| {
         let kind = match v {
@@ -65,19 +80,49 @@ fn write_table(p: &Project, blockers: &[Blocker], out: &mut dyn Write) -> Result
             (false, Role::Data) => "data",
             (false, Role::App) => "app",
         };
-        let used: Vec<String> = v.mounts().iter().map(|m| format!("{}:{}{}", m.service, m.target, if m.read_only { ":ro" } else { "" })).collect();
-        vec![v.label(), kind.to_string(), role.to_string(), used.join(", ")]
+        let used: Vec<String> = v
+            .mounts()
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}:{}{}",
+                    m.service,
+                    m.target,
+                    if m.read_only { ":ro" } else { "" }
+                )
+            })
+            .collect();
+        vec![
+            v.label(),
+            kind.to_string(),
+            role.to_string(),
+            used.join(", "),
+        ]
     });
-    write!(out, "{}", table(&["VOLUME", "KIND", "ROLE", "USED BY"], volumes))?;
+    write!(
+        out,
+        "{}",
+        table(&["VOLUME", "KIND", "ROLE", "USED BY"], volumes)
+    )?;
     writeln!(out)?;
     if blockers.is_empty() {
-        writeln!(out, "Cold backup: ready (no container of the project is running)")?;
+        writeln!(
+            out,
+            "Cold backup: ready (no container of the project is running)"
+        )?;
     } else {
-        writeln!(out, "Cold backup: blocked by {} running container(s):", blockers.len())?;
+        writeln!(
+            out,
+            "Cold backup: blocked by {} running container(s):",
+            blockers.len()
+        )?;
         for b in blockers {
             writeln!(out, "  {} ({}): {}", b.container, b.service, b.reason)?;
         }
-        writeln!(out, "Stop them (`docker compose stop`) or use `create --stop`.")?;
+        writeln!(
+            out,
+            "Stop them (`docker compose stop`) or use `create --stop`."
+        )?;
     }
     Ok(())
 }

@@ -27,7 +27,10 @@ pub struct Container {
 impl Container {
     /// Running in the sense that matters for a cold backup: its processes may write.
     pub fn is_live(&self) -> bool {
-        matches!(self.state.as_str(), "running" | "restarting" | "paused" | "removing")
+        matches!(
+            self.state.as_str(),
+            "running" | "restarting" | "paused" | "removing"
+        )
     }
 }
 
@@ -209,7 +212,11 @@ pub fn blockers(services: &[Service], others: &[Container]) -> Vec<Blocker> {
                 Kind::Persistent => "persistent service running",
                 Kind::OneShot => "one-shot service still running",
             };
-            out.push(Blocker { container: c.name.clone(), service: s.name.clone(), reason: reason.into() });
+            out.push(Blocker {
+                container: c.name.clone(),
+                service: s.name.clone(),
+                reason: reason.into(),
+            });
         }
     }
     for c in others.iter().filter(|c| c.is_live()) {
@@ -218,21 +225,35 @@ pub fn blockers(services: &[Service], others: &[Container]) -> Vec<Blocker> {
         } else {
             "container of a service not in the current config (another profile?) running"
         };
-        out.push(Blocker { container: c.name.clone(), service: c.service.clone(), reason: reason.into() });
+        out.push(Blocker {
+            container: c.name.clone(),
+            service: c.service.clone(),
+            reason: reason.into(),
+        });
     }
     out
 }
 
 /// The declared volumes, with mounts, roles and `x-nuwax-backup` overrides applied.
 /// `is_file` tells whether a host path is a regular file (a seam for tests).
-pub fn volumes(cfg: &ConfigJson, project_dir: &Path, is_file: &dyn Fn(&Path) -> bool) -> Vec<Volume> {
+pub fn volumes(
+    cfg: &ConfigJson,
+    project_dir: &Path,
+    is_file: &dyn Fn(&Path) -> bool,
+) -> Vec<Volume> {
     let mut named: BTreeMap<String, Vec<Mount>> = BTreeMap::new();
     let mut binds: BTreeMap<PathBuf, Vec<Mount>> = BTreeMap::new();
     for (svc_name, svc) in &cfg.services {
         for v in &svc.volumes {
-            let mount = Mount { service: svc_name.clone(), target: v.target.clone(), read_only: v.read_only };
+            let mount = Mount {
+                service: svc_name.clone(),
+                target: v.target.clone(),
+                read_only: v.read_only,
+            };
             match (v.kind.as_str(), &v.source) {
-                ("volume", Some(src)) if !src.is_empty() => named.entry(src.clone()).or_default().push(mount),
+                ("volume", Some(src)) if !src.is_empty() => {
+                    named.entry(src.clone()).or_default().push(mount)
+                }
                 ("bind", Some(src)) => binds.entry(PathBuf::from(src)).or_default().push(mount),
                 _ => {} // tmpfs, anonymous volumes, npipe, cluster: nothing to keep
             }
@@ -243,7 +264,10 @@ pub fn volumes(cfg: &ConfigJson, project_dir: &Path, is_file: &dyn Fn(&Path) -> 
         let decl = cfg.volumes.get(&key).cloned().unwrap_or_default();
         let ov = cfg.extension.volumes.get(&key);
         out.push(Volume::Volume {
-            name: decl.name.clone().unwrap_or_else(|| format!("{}_{}", cfg.name, key)),
+            name: decl
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}_{}", cfg.name, key)),
             key,
             external: decl.external,
             driver: decl.driver.clone(),
@@ -260,7 +284,9 @@ pub fn volumes(cfg: &ConfigJson, project_dir: &Path, is_file: &dyn Fn(&Path) -> 
         let ov = bind_override(cfg, project_dir, &source);
         out.push(Volume::Bind {
             inside_project: source.starts_with(project_dir),
-            role: ov.and_then(|o| o.role).unwrap_or_else(|| default_role(true, file, &mounts)),
+            role: ov
+                .and_then(|o| o.role)
+                .unwrap_or_else(|| default_role(true, file, &mounts)),
             excluded: ov.is_some_and(|o| o.exclude),
             used_by: used_by(&mounts),
             is_file: file,
@@ -285,7 +311,11 @@ fn bind_override<'a>(
 ) -> Option<&'a super::model::VolumeOverride> {
     cfg.extension.volumes.iter().find_map(|(k, v)| {
         let p = Path::new(k);
-        let abs = if p.is_absolute() { p.to_path_buf() } else { project_dir.join(p) };
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            project_dir.join(p)
+        };
         (normalize(&abs) == normalize(source)).then_some(v)
     })
 }
@@ -310,12 +340,19 @@ mod tests {
     use super::*;
     use crate::compose::model::{parse_ps, Deploy, RestartPolicyJson};
 
-    fn svc(restart: Option<&str>, condition: Option<Option<&str>>, max: Option<u64>) -> ServiceJson {
+    fn svc(
+        restart: Option<&str>,
+        condition: Option<Option<&str>>,
+        max: Option<u64>,
+    ) -> ServiceJson {
         ServiceJson {
             restart: restart.map(String::from),
             deploy: condition.map(|c| Deploy {
                 replicas: None,
-                restart_policy: Some(RestartPolicyJson { condition: c.map(String::from), max_attempts: max }),
+                restart_policy: Some(RestartPolicyJson {
+                    condition: c.map(String::from),
+                    max_attempts: max,
+                }),
             }),
             ..Default::default()
         }
@@ -336,7 +373,10 @@ mod tests {
             (svc(None, Some(Some("always")), None), "always"),
             (svc(None, Some(Some("on-failure")), Some(5)), "on-failure:5"),
             (svc(None, Some(Some("on-failure")), None), "on-failure"),
-            (svc(None, Some(Some("unless-stopped")), None), "unless-stopped"),
+            (
+                svc(None, Some(Some("unless-stopped")), None),
+                "unless-stopped",
+            ),
             // a restart_policy with no condition: Compose gives an empty policy, no restart
             (svc(None, Some(None), None), "no"),
             // deploy.restart_policy overrides restart
@@ -349,13 +389,21 @@ mod tests {
     }
 
     fn ctr(state: &str) -> Container {
-        Container { name: "c".into(), state: state.into(), service: "s".into(), oneoff: false }
+        Container {
+            name: "c".into(),
+            state: state.into(),
+            service: "s".into(),
+            oneoff: false,
+        }
     }
 
     #[test]
     fn kinds_follow_the_policy_and_on_failure_follows_running() {
         assert_eq!(kind_of("always", &[]), Kind::Persistent);
-        assert_eq!(kind_of("unless-stopped", &[ctr("exited")]), Kind::Persistent);
+        assert_eq!(
+            kind_of("unless-stopped", &[ctr("exited")]),
+            Kind::Persistent
+        );
         assert_eq!(kind_of("no", &[ctr("running")]), Kind::OneShot);
         assert_eq!(kind_of("on-failure:3", &[ctr("running")]), Kind::Persistent);
         assert_eq!(kind_of("on-failure:3", &[ctr("exited")]), Kind::OneShot);
@@ -364,12 +412,22 @@ mod tests {
 
     #[test]
     fn roles_default_by_mount_shape() {
-        let rw = Mount { service: "a".into(), target: "/x".into(), read_only: false };
-        let ro = Mount { read_only: true, ..rw.clone() };
+        let rw = Mount {
+            service: "a".into(),
+            target: "/x".into(),
+            read_only: false,
+        };
+        let ro = Mount {
+            read_only: true,
+            ..rw.clone()
+        };
         assert_eq!(default_role(false, false, &[ro.clone()]), Role::Data);
         assert_eq!(default_role(true, false, &[rw.clone()]), Role::Data);
         assert_eq!(default_role(true, false, &[ro.clone()]), Role::App);
-        assert_eq!(default_role(true, false, &[ro.clone(), rw.clone()]), Role::Data);
+        assert_eq!(
+            default_role(true, false, &[ro.clone(), rw.clone()]),
+            Role::Data
+        );
         assert_eq!(default_role(true, true, &[rw]), Role::App);
     }
 
@@ -394,11 +452,30 @@ mod tests {
     #[test]
     fn volumes_get_kinds_roles_users_and_overrides() {
         let cfg: ConfigJson = serde_json::from_str(CONFIG).unwrap();
-        let vols = volumes(&cfg, Path::new("/proj"), &|p: &Path| p.ends_with("app.conf"));
+        let vols = volumes(&cfg, Path::new("/proj"), &|p: &Path| {
+            p.ends_with("app.conf")
+        });
         let labels: Vec<String> = vols.iter().map(Volume::label).collect();
-        assert_eq!(labels, ["p_dbdata", "shared", "/elsewhere/x", "/proj/app.conf", "/proj/conf", "/proj/data"]);
+        assert_eq!(
+            labels,
+            [
+                "p_dbdata",
+                "shared",
+                "/elsewhere/x",
+                "/proj/app.conf",
+                "/proj/conf",
+                "/proj/data"
+            ]
+        );
         match &vols[0] {
-            Volume::Volume { key, used_by, role, excluded, external, .. } => {
+            Volume::Volume {
+                key,
+                used_by,
+                role,
+                excluded,
+                external,
+                ..
+            } => {
                 assert_eq!(key, "dbdata");
                 assert_eq!(used_by, &["db", "job"]);
                 assert_eq!(*role, Role::Data);
@@ -407,9 +484,19 @@ mod tests {
             _ => panic!("named volume first"),
         }
         assert!(vols[1].excluded());
-        assert!(matches!(&vols[2], Volume::Bind { inside_project: false, .. }));
+        assert!(matches!(
+            &vols[2],
+            Volume::Bind {
+                inside_project: false,
+                ..
+            }
+        ));
         assert_eq!(vols[3].role(), Role::App, "a bind-mounted file is app");
-        assert_eq!(vols[4].role(), Role::Data, "override turns a ro bind into data");
+        assert_eq!(
+            vols[4].role(),
+            Role::Data,
+            "override turns a ro bind into data"
+        );
         assert_eq!(vols[5].role(), Role::Data);
     }
 
@@ -428,7 +515,10 @@ mod tests {
         assert_eq!(svcs[0].kind, Kind::Persistent);
         assert_eq!(svcs[1].restart_policy, "no");
         let b = blockers(&svcs, &others);
-        assert_eq!(b.iter().map(|b| b.container.as_str()).collect::<Vec<_>>(), ["p-db-1", "p-job-run-1"]);
+        assert_eq!(
+            b.iter().map(|b| b.container.as_str()).collect::<Vec<_>>(),
+            ["p-db-1", "p-job-run-1"]
+        );
         assert_eq!(b[0].reason, "persistent service running");
     }
 }

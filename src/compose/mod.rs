@@ -42,7 +42,15 @@ impl Project {
         let (by_service, others) = classify::containers_by_service(&ps, &cfg.services);
         let services = classify::services(&cfg, &by_service);
         let volumes = classify::volumes(&cfg, &dir, &|p: &Path| p.is_file());
-        Ok(Project { name: cfg.name.clone(), dir, compose_files, services, volumes, others, extension: cfg.extension })
+        Ok(Project {
+            name: cfg.name.clone(),
+            dir,
+            compose_files,
+            services,
+            volumes,
+            others,
+            extension: cfg.extension,
+        })
     }
 
     /// The containers that keep a cold backup from running now.
@@ -52,7 +60,10 @@ impl Project {
 
     /// Every container of the project, in services and outside them.
     pub fn all_containers(&self) -> impl Iterator<Item = &Container> {
-        self.services.iter().flat_map(|s| s.containers.iter()).chain(self.others.iter())
+        self.services
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .chain(self.others.iter())
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
@@ -60,27 +71,58 @@ impl Project {
     }
 }
 
-const DEFAULT_FILES: &[&str] = &["compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"];
-const OVERRIDE_FILES: &[&str] =
-    &["compose.override.yaml", "compose.override.yml", "docker-compose.override.yaml", "docker-compose.override.yml"];
+const DEFAULT_FILES: &[&str] = &[
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+const OVERRIDE_FILES: &[&str] = &[
+    "compose.override.yaml",
+    "compose.override.yml",
+    "docker-compose.override.yaml",
+    "docker-compose.override.yml",
+];
 
 /// The compose files in use, as absolute paths, found the way Compose finds them:
 /// `-f`, else `COMPOSE_FILE`, else the first default name in the working folder or a parent.
 pub fn compose_files(args: &ComposeArgs) -> Result<Vec<PathBuf>> {
     let cwd = std::env::current_dir().context("reading the current folder")?;
-    let base = args.project_directory.as_ref().map(|d| cwd.join(d)).unwrap_or(cwd.clone());
+    let base = args
+        .project_directory
+        .as_ref()
+        .map(|d| cwd.join(d))
+        .unwrap_or(cwd.clone());
     if !args.files.is_empty() {
-        return Ok(args.files.iter().filter(|f| f.as_os_str() != "-").map(|f| cwd.join(f)).collect());
+        return Ok(args
+            .files
+            .iter()
+            .filter(|f| f.as_os_str() != "-")
+            .map(|f| cwd.join(f))
+            .collect());
     }
     if let Some(list) = std::env::var_os("COMPOSE_FILE").filter(|v| !v.is_empty()) {
         let sep = std::env::var("COMPOSE_PATH_SEPARATOR").unwrap_or_else(|_| ":".into());
-        return Ok(list.to_string_lossy().split(sep.as_str()).map(|f| base.join(f)).collect());
+        return Ok(list
+            .to_string_lossy()
+            .split(sep.as_str())
+            .map(|f| base.join(f))
+            .collect());
     }
     let mut dir: Option<&Path> = Some(&base);
     while let Some(d) = dir {
-        if let Some(main) = DEFAULT_FILES.iter().map(|n| d.join(n)).find(|p| p.is_file()) {
+        if let Some(main) = DEFAULT_FILES
+            .iter()
+            .map(|n| d.join(n))
+            .find(|p| p.is_file())
+        {
             let mut files = vec![main];
-            files.extend(OVERRIDE_FILES.iter().map(|n| d.join(n)).find(|p| p.is_file()));
+            files.extend(
+                OVERRIDE_FILES
+                    .iter()
+                    .map(|n| d.join(n))
+                    .find(|p| p.is_file()),
+            );
             return Ok(files);
         }
         dir = d.parent();

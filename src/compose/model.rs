@@ -106,12 +106,15 @@ pub struct PsEntry {
 impl PsEntry {
     /// A label's value from the `k=v,k=v` string compose prints.
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        self.labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
     }
 
     /// A `docker compose run` container.
     pub fn is_oneoff(&self) -> bool {
-        self.label("com.docker.compose.oneoff").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        self.label("com.docker.compose.oneoff")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
 }
 
@@ -127,7 +130,10 @@ pub fn parse_ps(text: &str) -> Result<Vec<PsEntry>> {
     }
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).with_context(|| format!("reading `docker compose ps` line {l:?}")))
+        .map(|l| {
+            serde_json::from_str(l)
+                .with_context(|| format!("reading `docker compose ps` line {l:?}"))
+        })
         .collect()
 }
 
@@ -151,7 +157,10 @@ mod tests {
     #[test]
     fn ps_reads_a_json_array() {
         let ps = parse_ps(&format!("[{LINE_A},{LINE_B}]")).unwrap();
-        assert_eq!(ps.iter().map(|p| p.service.as_str()).collect::<Vec<_>>(), ["db", "web"]);
+        assert_eq!(
+            ps.iter().map(|p| p.service.as_str()).collect::<Vec<_>>(),
+            ["db", "web"]
+        );
     }
 
     #[test]
@@ -177,7 +186,8 @@ mod tests {
         assert_eq!(cfg.extension.storage.as_deref(), Some("./bk"));
         assert!(cfg.extension.volumes["cache"].exclude);
         assert_eq!(cfg.extension.volumes["./conf"].role, Some(Role::Data));
-        let bad = serde_json::from_str::<ConfigJson>(r#"{"name":"p","x-nuwax-backup":{"stroage":"x"}}"#);
+        let bad =
+            serde_json::from_str::<ConfigJson>(r#"{"name":"p","x-nuwax-backup":{"stroage":"x"}}"#);
         assert!(bad.is_err());
     }
 }

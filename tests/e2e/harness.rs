@@ -1,0 +1,272 @@
+//! The end-to-end harness: a real docker CLI, Compose v2 and engine, with the plugin installed
+//! in a temporary DOCKER_CONFIG, one compose project per test, removed when the test ends.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The local image `scripts/ensure-engine.sh` builds (busybox, no registry needed).
+pub const IMAGE: &str = "nuwax-test-busybox:latest";
+
+/// A service command that runs until stopped and exits quickly on SIGTERM.
+pub const DAEMON: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]"#;
+
+fn engine_answers() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let ok = Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let image = ok
+            && Command::new("docker")
+                .args(["image", "inspect", IMAGE])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !(ok && image) && std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "CI=true but no Docker engine with {IMAGE} answers: run scripts/ensure-engine.sh"
+            );
+        }
+        ok && image
+    })
+}
+
+/// The outcome of one command, with what a user would look at.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn success(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn failure(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// One compose project in a temporary folder, with its own DOCKER_CONFIG and catalog.
+pub struct Project {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    config: tempfile::TempDir,
+    external_volumes: Vec<String>,
+}
+
+impl Project {
+    /// A project named `nwx-<test>-<pid>` whose compose file is `yaml` with `{name}`,
+    /// `{image}` and `{daemon}` filled in; `None` (test skipped) when no engine answers
+    /// outside CI.
+    pub fn new(test: &str, yaml: &str) -> Option<Project> {
+        if !engine_answers() {
+            eprintln!("skipped {test}: no Docker engine (run scripts/ensure-engine.sh)");
+            return None;
+        }
+        let name = format!("nwx-{}-{}", test.replace('_', "-"), std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix("nwx-proj-")
+            .tempdir()
+            .unwrap();
+        let config = tempfile::Builder::new()
+            .prefix("nwx-cfg-")
+            .tempdir()
+            .unwrap();
+        let plugins = config.path().join("cli-plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_docker-nuwax-backup"),
+            plugins.join("docker-nuwaxbackup"),
+        )
+        .unwrap();
+        let p = Project {
+            name,
+            dir,
+            config,
+            external_volumes: Vec::new(),
+        };
+        p.write_compose(yaml);
+        Some(p)
+    }
+
+    pub fn write_compose(&self, yaml: &str) {
+        let text = yaml
+            .replace("{name}", &self.name)
+            .replace("{image}", IMAGE)
+            .replace("{daemon}", DAEMON);
+        std::fs::write(self.dir.path().join("compose.yaml"), text).unwrap();
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn catalog(&self) -> PathBuf {
+        self.config.path().join("nuwax-backup").join("catalog.db")
+    }
+
+    /// A volume made outside compose (for `external: true`), removed at the end of the test.
+    pub fn external_volume(&mut self, suffix: &str) -> String {
+        let name = format!("{}-{}", self.name, suffix);
+        self.docker(&["volume", "create", &name]).success();
+        self.external_volumes.push(name.clone());
+        name
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.current_dir(self.dir.path())
+            .env("DOCKER_CONFIG", self.config.path())
+            .env_remove("NUWAX_BACKUP_CATALOG")
+            .env_remove("COMPOSE_FILE")
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `docker ARGS…` in the project folder, as a user would type it.
+    pub fn docker(&self, args: &[&str]) -> Run {
+        Run::from(self.command("docker").args(args).output().unwrap())
+    }
+
+    /// `docker nuwaxbackup ARGS…`.
+    pub fn plugin(&self, args: &[&str]) -> Run {
+        let mut all = vec!["nuwaxbackup"];
+        all.extend_from_slice(args);
+        self.docker(&all)
+    }
+
+    /// The plugin started in the background (for signals and concurrency tests).
+    pub fn plugin_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command("docker")
+            .arg("nuwaxbackup")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The binary run standalone, as `docker-nuwax-backup ARGS…`.
+    pub fn standalone(&self, args: &[&str]) -> Run {
+        Run::from(
+            self.command(env!("CARGO_BIN_EXE_docker-nuwax-backup"))
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    }
+
+    pub fn compose(&self, args: &[&str]) -> Run {
+        let mut all = vec!["compose"];
+        all.extend_from_slice(args);
+        self.docker(&all)
+    }
+
+    pub fn up(&self) {
+        self.compose(&["up", "-d", "--quiet-pull"]).success();
+    }
+
+    /// Runs a shell command in a one-off container that mounts the named volume at /v.
+    pub fn in_volume(&self, volume: &str, script: &str) -> Run {
+        self.docker(&[
+            "run",
+            "--rm",
+            "--log-driver",
+            "none",
+            "-v",
+            &format!("{volume}:/v"),
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
+    /// State of each container of a service, sorted by name.
+    pub fn states(&self, service: &str) -> Vec<String> {
+        let out = self
+            .compose(&["ps", "-a", "--format", "{{.Name}} {{.State}}", service])
+            .success();
+        let mut lines: Vec<String> = out.stdout.lines().map(String::from).collect();
+        lines.sort();
+        lines
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "--remove-orphans", "-t", "0"]);
+        for v in &self.external_volumes {
+            let _ = self.docker(&["volume", "rm", "-f", v]);
+        }
+    }
+}
+
+/// Recursively lists a host tree as `path type mode uid:gid size/target` lines.
+pub fn describe_tree(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.unwrap();
+        let m = e.path().symlink_metadata().unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let what = if m.file_type().is_symlink() {
+            format!("link->{}", std::fs::read_link(e.path()).unwrap().display())
+        } else if m.is_dir() {
+            "dir".to_string()
+        } else {
+            format!("file {} bytes", m.len())
+        };
+        out.push(format!(
+            "{rel} {what} {:o} {}:{} {}",
+            m.mode() & 0o7777,
+            m.uid(),
+            m.gid(),
+            m.mtime()
+        ));
+    }
+    out
+}

@@ -1,0 +1,4 @@
+//! End-to-end tests through the real docker CLI, Compose v2 and engine.
+mod harness;
+mod plugin;
+mod status;

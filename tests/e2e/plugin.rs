@@ -1,0 +1,91 @@
+//! The plugin protocol and invocation, as docker sees it.
+use crate::harness::Project;
+
+#[test]
+fn metadata_is_the_checked_in_file() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_docker-nuwax-backup"))
+        .arg("docker-cli-plugin-metadata")
+        .env("DOCKER_HOST", "unix:///nonexistent/never.sock")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/plugin-metadata/metadata.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(printed, file);
+    assert_eq!(printed["Version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn docker_lists_the_plugin_and_shows_its_help() {
+    let Some(p) = Project::new("plugin_listed", "services: {}\n") else {
+        return;
+    };
+    let info = p
+        .docker(&["info", "--format", "{{json .ClientInfo.Plugins}}"])
+        .success();
+    let plugins = info.json();
+    let ours = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pl| pl["Name"] == "nuwaxbackup")
+        .expect("plugin listed");
+    assert!(
+        ours.get("Err").is_none() || ours["Err"].is_null(),
+        "plugin error: {ours}"
+    );
+    assert_eq!(ours["Version"], env!("CARGO_PKG_VERSION"));
+    let help = p.plugin(&["--help"]).success();
+    assert!(help.stdout.contains("create"), "{}", help.stdout);
+    assert!(help.stdout.contains("status"));
+}
+
+#[test]
+fn errors_have_their_own_exit_codes() {
+    let Some(p) = Project::new("errors", "services: {}\n") else {
+        return;
+    };
+    std::fs::remove_file(p.path("compose.yaml")).unwrap();
+    let none = p.plugin(&["status"]).failure(3);
+    assert!(none.stderr.contains("no compose file"), "{}", none.stderr);
+    assert_eq!(
+        none.stderr.trim().lines().count(),
+        1,
+        "one line: {}",
+        none.stderr
+    );
+
+    p.write_compose("services:\n  a: [\n");
+    let bad = p.plugin(&["status"]).failure(4);
+    assert!(
+        bad.stderr.contains("compose file is not valid"),
+        "{}",
+        bad.stderr
+    );
+
+    p.write_compose("name: {name}\nservices:\n  a:\n    image: {image}\n");
+    let down = p
+        .docker(&[
+            "-H",
+            "unix:///nonexistent/never.sock",
+            "nuwaxbackup",
+            "status",
+        ])
+        .failure(6);
+    assert!(down.stderr.contains("does not answer"), "{}", down.stderr);
+
+    let ctx = p
+        .standalone(&["--context", "no-such-context", "status"])
+        .failure(7);
+    assert!(ctx.stderr.contains("no-such-context"), "{}", ctx.stderr);
+
+    let usage = p.plugin(&["status", "--format", "yaml"]).failure(2);
+    assert!(usage.stderr.contains("yaml"), "{}", usage.stderr);
+}
