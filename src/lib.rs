@@ -1,12 +1,18 @@
 //! docker-nuwax-backup: cold backups and rollbacks of a Docker Compose project's volumes.
+pub mod archive;
+pub mod backup;
 pub mod cancel;
+pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod compose;
 pub mod docker;
 pub mod exit_codes;
+pub mod lock;
 pub mod output;
 pub mod plugin;
+pub mod services;
+pub mod storage;
 
 use std::ffi::OsString;
 use std::io::Write;

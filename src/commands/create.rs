@@ -1,11 +1,64 @@
-//! `create`: a cold backup of every declared volume.
+//! `create` (alias `backup`): a cold backup of every declared volume.
 use std::io::Write;
 
 use anyhow::Result;
 
-use crate::cli::CreateArgs;
+use crate::archive::Codec;
+use crate::backup::{self, Options, Outcome};
+use crate::cli::{Compression, CreateArgs, Format};
+use crate::output::{human_bytes, note, table, write_json};
 use crate::Context;
 
-pub fn run(_ctx: &Context, _args: &CreateArgs, _out: &mut dyn Write) -> Result<()> {
-    anyhow::bail!("create is not built yet")
+pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> {
+    let codec = match args.compression {
+        Compression::Gzip => Codec::Gzip { level: args.compression_level.unwrap_or(6) },
+        Compression::Zstd => Codec::Zstd { level: args.compression_level.unwrap_or(3) as i32 },
+    };
+    let opts = Options {
+        backup_type: args.backup_type.as_str().into(),
+        service_version: args.service_version.clone(),
+        codec,
+        storage: args.storage.clone(),
+        stop: args.stop,
+        include_external_binds: args.include_external_binds,
+    };
+    match backup::run(ctx, &opts, args.dry_run)? {
+        Outcome::DryRun(plan) => match args.format {
+            Format::Json => write_json(out, &plan),
+            Format::Table => {
+                writeln!(out, "Would write {}", plan.storage.join(&plan.archive_name).display())?;
+                if plan.running.is_empty() {
+                    writeln!(out, "Nothing is running: no service stops.")?;
+                } else if args.stop {
+                    writeln!(out, "Would stop, then start again: {}", plan.running.join(", "))?;
+                } else {
+                    writeln!(out, "Refused as things stand, running: {} (stop them or pass --stop)", plan.running.join(", "))?;
+                }
+                let rows = plan.volumes.iter().map(|v| {
+                    let role = serde_json::to_value(v.role).ok().and_then(|r| r.as_str().map(String::from)).unwrap_or_default();
+                    vec![v.volume.clone(), v.kind.to_string(), role, human_bytes(v.size_bytes), v.archive_path.clone()]
+                });
+                write!(out, "{}", table(&["VOLUME", "KIND", "ROLE", "SIZE", "IN ARCHIVE"], rows))?;
+                for s in &plan.skipped {
+                    writeln!(out, "skipped {}: {}", s.volume, s.reason)?;
+                }
+                writeln!(out, "Space needed: up to {}", human_bytes(plan.bytes_needed))?;
+                Ok(())
+            }
+        },
+        Outcome::Done(row) => {
+            note(format!(
+                "backup #{} completed: {} ({}, {} files, {:.1} s)",
+                row.id,
+                row.file_path,
+                human_bytes(row.size_bytes),
+                row.file_count,
+                row.duration_ms as f64 / 1000.0
+            ));
+            if args.format == Format::Json {
+                write_json(out, &row)?;
+            }
+            Ok(())
+        }
+    }
 }

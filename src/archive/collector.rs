@@ -1,0 +1,100 @@
+//! Appends one volume's entries under its folder in the archive and records each in the manifest.
+use std::io::{self, Read};
+
+use anyhow::{bail, Result};
+
+use super::hashing::HashingReader;
+use super::manifest::{path_text, EntryKind, FileEntry, RootAttrs};
+use super::writer::{ArchiveWriter, Attrs};
+
+/// Called with the byte count of every read: progress, and `Err` to cancel.
+pub type OnRead<'a> = &'a dyn Fn(u64) -> io::Result<()>;
+
+pub struct Collector<'a> {
+    writer: &'a mut ArchiveWriter,
+    prefix: Vec<u8>,
+    on_read: OnRead<'a>,
+    pub entries: Vec<FileEntry>,
+    pub file_count: u64,
+    pub bytes: u64,
+    pub root: Option<RootAttrs>,
+}
+
+impl<'a> Collector<'a> {
+    /// Entries go below `prefix` (e.g. `volumes/dbdata`); the entry with an empty path is
+    /// the volume's root and is stored at `prefix` itself.
+    pub fn new(writer: &'a mut ArchiveWriter, prefix: &str, on_read: OnRead<'a>) -> Self {
+        Collector {
+            writer,
+            prefix: prefix.as_bytes().to_vec(),
+            on_read,
+            entries: Vec::new(),
+            file_count: 0,
+            bytes: 0,
+            root: None,
+        }
+    }
+
+    fn archive_path(&self, rel: &[u8]) -> Vec<u8> {
+        let mut p = self.prefix.clone();
+        if !rel.is_empty() {
+            p.push(b'/');
+            p.extend_from_slice(rel);
+        }
+        p
+    }
+
+    fn record(&mut self, rel: &[u8], kind: EntryKind, a: &Attrs, size: u64, sha256: Option<String>, link: Option<&[u8]>) {
+        if rel.is_empty() {
+            self.root = Some(RootAttrs { uid: a.uid, gid: a.gid, mode: a.mode & 0o7777 });
+        }
+        let (path, path_hex) = path_text(rel);
+        self.entries.push(FileEntry {
+            path,
+            path_hex,
+            kind,
+            mode: a.mode & 0o7777,
+            uid: a.uid,
+            gid: a.gid,
+            mtime: a.mtime,
+            size,
+            sha256,
+            link: link.map(|l| String::from_utf8_lossy(l).into_owned()),
+        });
+    }
+
+    pub fn dir(&mut self, rel: &[u8], a: &Attrs) -> Result<()> {
+        self.writer.append_dir(&self.archive_path(rel), a)?;
+        self.record(rel, EntryKind::Dir, a, 0, None, None);
+        Ok(())
+    }
+
+    /// A regular file of `size` bytes; fails if `data` does not yield exactly that many.
+    pub fn file<R: Read>(&mut self, rel: &[u8], a: &Attrs, size: u64, data: R) -> Result<()> {
+        let mut hashing = HashingReader::new(data.take(size), self.on_read);
+        let path = self.archive_path(rel);
+        self.writer.append_file(&path, a, size, &mut hashing)?;
+        let (read, sha) = hashing.finish();
+        if read != size {
+            bail!("{} changed size while it was read ({size} bytes expected, {read} read)", String::from_utf8_lossy(rel));
+        }
+        self.file_count += 1;
+        self.bytes += size;
+        self.record(rel, EntryKind::File, a, size, Some(sha), None);
+        Ok(())
+    }
+
+    pub fn symlink(&mut self, rel: &[u8], a: &Attrs, target: &[u8]) -> Result<()> {
+        self.writer.append_symlink(&self.archive_path(rel), a, target)?;
+        self.record(rel, EntryKind::Symlink, a, 0, None, Some(target));
+        Ok(())
+    }
+
+    /// A hard link to `target_rel`, a path of this volume appended before.
+    pub fn hardlink(&mut self, rel: &[u8], a: &Attrs, target_rel: &[u8]) -> Result<()> {
+        let target = self.archive_path(target_rel);
+        self.writer.append_hardlink(&self.archive_path(rel), a, &target)?;
+        self.record(rel, EntryKind::Hardlink, a, 0, None, Some(target_rel));
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Readers and writers that hash and count what passes through them.
+use std::io::{self, Read, Write};
+
+use sha2::{Digest, Sha256};
+
+/// Lowercase hex of a SHA-256 digest.
+pub fn hex(digest: &[u8]) -> String {
+    use std::fmt::Write as _;
+    digest.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Counts and hashes bytes read; reports each read to `on_read` (progress, cancellation).
+pub struct HashingReader<'a, R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+    on_read: &'a dyn Fn(u64) -> io::Result<()>,
+}
+
+impl<'a, R: Read> HashingReader<'a, R> {
+    pub fn new(inner: R, on_read: &'a dyn Fn(u64) -> io::Result<()>) -> Self {
+        HashingReader { inner, hasher: Sha256::new(), count: 0, on_read }
+    }
+
+    /// (bytes read, SHA-256 hex)
+    pub fn finish(self) -> (u64, String) {
+        (self.count, hex(&self.hasher.finalize()))
+    }
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        (self.on_read)(n as u64)?;
+        Ok(n)
+    }
+}
+
+/// Counts and hashes bytes written (the archive file itself).
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Sha256::new(), count: 0 }
+    }
+
+    /// (the inner writer, bytes written, SHA-256 hex)
+    pub fn finish(self) -> (W, u64, String) {
+        (self.inner, self.count, hex(&self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_and_writer_hash_what_passes() {
+        let noop = |_: u64| Ok(());
+        let mut r = HashingReader::new(&b"abc"[..], &noop);
+        let mut w = HashingWriter::new(Vec::new());
+        io::copy(&mut r, &mut w).unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(r.finish(), (3, abc.to_string()));
+        let (inner, n, digest) = w.finish();
+        assert_eq!((inner, n, digest.as_str()), (b"abc".to_vec(), 3, abc));
+    }
+}

@@ -1,0 +1,11 @@
+//! The archive: a tar stream (gzip in parallel blocks, or zstd) with a manifest. Knows nothing
+//! of docker or the catalog: sources hand it entries, it writes them and describes them.
+pub mod collector;
+pub mod fs_source;
+pub mod hashing;
+pub mod manifest;
+pub mod stream_source;
+pub mod writer;
+
+pub use manifest::{EntryKind, FileEntry, Manifest, VolumeRecord};
+pub use writer::{ArchiveWriter, Codec};

@@ -1,0 +1,257 @@
+//! `create`: plan → gate → stop? → read volumes → archive → record → start again.
+pub mod plan;
+mod write;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+
+use crate::catalog::{BackupRow, Catalog, NewBackup};
+use crate::compose::{Project, Volume};
+use crate::exit_codes::{Code, UserError};
+use crate::lock::ProjectLock;
+use crate::output::{human_bytes, note, warn};
+use crate::services::{self, Running};
+use crate::{cancel, storage, Context};
+pub use plan::{Options, Plan};
+
+/// What `create` ended with.
+pub enum Outcome {
+    DryRun(Plan),
+    Done(BackupRow),
+}
+
+/// Runs a backup (or only plans it). Fails with a user error when running containers block
+/// it, the project is locked, space is short, or services cannot be started again.
+pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
+    let project = Project::load(&ctx.docker, &ctx.compose)?;
+    let catalog_path = crate::catalog::default_path(ctx.compose.catalog.as_deref());
+    let catalog = Catalog::open(&catalog_path)?;
+    let facts = gather_facts(ctx, &project, &catalog)?;
+    let plan = plan::build(&project, opts, &facts, chrono::Utc::now());
+    for s in &plan.skipped {
+        warn(format!("not backed up: {}: {}", s.volume, s.reason));
+    }
+    if dry_run {
+        return Ok(Outcome::DryRun(plan));
+    }
+    let lock_dir = catalog_path.parent().unwrap_or(Path::new(".")).join("locks");
+    let _lock = ProjectLock::acquire(&lock_dir, &project.name, "create")?;
+    gate(&project, opts)?;
+    std::fs::create_dir_all(&plan.storage)
+        .with_context(|| format!("creating storage folder {}", plan.storage.display()))?;
+    for p in storage::remove_stale_partials(&plan.storage, &project.name) {
+        note(format!("removed {} left by an interrupted backup", p.display()));
+    }
+    check_space(&plan)?;
+    let row = execute(ctx, opts, &project, &plan, &catalog)?;
+    Ok(Outcome::Done(row))
+}
+
+/// Refuses while containers run, unless `--stop` was given.
+fn gate(project: &Project, opts: &Options) -> Result<()> {
+    let blockers = project.blockers();
+    if blockers.is_empty() || opts.stop {
+        return Ok(());
+    }
+    let list: Vec<String> = blockers.iter().map(|b| format!("{} ({})", b.container, b.reason)).collect();
+    Err(UserError::new(
+        Code::NotStopped,
+        format!(
+            "cold backup refused, containers of project {} are running: {}; stop them with `docker compose stop`, or pass --stop",
+            project.name,
+            list.join(", ")
+        ),
+    )
+    .into())
+}
+
+fn check_space(plan: &Plan) -> Result<()> {
+    let free = storage::free_bytes(&plan.storage)?;
+    if free < plan.bytes_needed {
+        return Err(UserError::new(
+            Code::NoSpace,
+            format!(
+                "not enough space in {}: {} free, up to {} needed (the volumes' size); free space or pass --storage DIR",
+                plan.storage.display(),
+                human_bytes(free),
+                human_bytes(plan.bytes_needed)
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Stops (with `--stop`), archives, starts again, and records the outcome in the catalog.
+fn execute(ctx: &Context, opts: &Options, project: &Project, plan: &Plan, catalog: &Catalog) -> Result<BackupRow> {
+    let started = Instant::now();
+    let running = if opts.stop { Running::of(project) } else { Running::default() };
+    if !running.is_empty() {
+        note(format!("stopping {}", running.names().join(", ")));
+    }
+    let work = services::stop(&ctx.docker, &ctx.compose, &running)
+        .and_then(|()| cancel::check())
+        .and_then(|()| write::archive(ctx, project, plan));
+    let restart = if running.is_empty() {
+        Ok(())
+    } else {
+        note(format!("starting {}", running.names().join(", ")));
+        services::start(&ctx.docker, &ctx.compose, &running)
+    };
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match (work, restart) {
+        (Ok(done), restart) => {
+            let id = catalog.insert(&NewBackup {
+                project: &project.name,
+                project_dir: &project.dir,
+                file_path: &done.path,
+                service_version: &plan.service_version,
+                backup_type: &plan.backup_type,
+                status: "completed",
+                created_at: &plan.created_at,
+                size_bytes: done.size,
+                sha256: Some(&done.sha256),
+                file_count: done.file_count,
+                compression: plan.compression,
+                duration_ms,
+                error: None,
+            })?;
+            let row = catalog.get(id)?.context("reading back the catalog row")?;
+            restart.with_context(|| format!("backup #{id} completed ({}), but", done.path.display()))?;
+            Ok(row)
+        }
+        (Err(err), restart) => {
+            let err = if cancel::requested() { UserError::new(Code::Cancelled, "cancelled").into() } else { err };
+            record_failure(catalog, project, plan, duration_ms, &err);
+            match restart {
+                Ok(()) => Err(err),
+                Err(r) => Err(r.context(format!("backup failed ({err:#}), and"))),
+            }
+        }
+    }
+}
+
+fn record_failure(catalog: &Catalog, project: &Project, plan: &Plan, duration_ms: u64, err: &anyhow::Error) {
+    let text = format!("{err:#}");
+    let target = plan.storage.join(&plan.archive_name);
+    let _ = catalog.insert(&NewBackup {
+        project: &project.name,
+        project_dir: &project.dir,
+        file_path: &target,
+        service_version: &plan.service_version,
+        backup_type: &plan.backup_type,
+        status: "failed",
+        created_at: &plan.created_at,
+        size_bytes: 0,
+        sha256: None,
+        file_count: 0,
+        compression: plan.compression,
+        duration_ms,
+        error: Some(&text),
+    });
+}
+
+/// Asks the engine and the filesystem what the plan needs to know, before anything stops.
+fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<plan::Facts> {
+    let mut facts = plan::Facts {
+        cwd: std::env::current_dir()?,
+        catalog_storage: catalog.storage_dir(&project.name)?,
+        ..Default::default()
+    };
+    let named: Vec<&str> = project
+        .volumes
+        .iter()
+        .filter_map(|v| match v {
+            Volume::Volume { name, .. } if !v.excluded() => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !named.is_empty() {
+        let ls = ctx.docker.output(&["volume", "ls", "--format", "{{.Name}}"])?;
+        facts.existing_volumes = ls.lines().map(|l| l.trim().to_string()).collect();
+        let present: Vec<&str> = named.iter().copied().filter(|n| facts.existing_volumes.contains(*n)).collect();
+        if !present.is_empty() {
+            facts.volume_details = volume_details(ctx, &present)?;
+            facts.volume_sizes = volume_sizes(ctx);
+        }
+    }
+    for v in &project.volumes {
+        if let Volume::Bind { source, .. } = v {
+            facts.paths.insert(source.clone(), probe(source));
+        }
+    }
+    Ok(facts)
+}
+
+fn probe(p: &Path) -> (plan::PathKind, u64) {
+    match std::fs::symlink_metadata(p).and_then(|m| if m.file_type().is_symlink() { std::fs::metadata(p) } else { Ok(m) }) {
+        Err(_) => (plan::PathKind::Missing, 0),
+        Ok(m) if m.is_dir() => (plan::PathKind::Dir, crate::archive::fs_source::size_of(p)),
+        Ok(m) if m.is_file() => (plan::PathKind::File, m.len()),
+        Ok(_) => (plan::PathKind::Special, 0),
+    }
+}
+
+fn volume_details(ctx: &Context, names: &[&str]) -> Result<HashMap<String, plan::VolumeDetails>> {
+    #[derive(serde::Deserialize)]
+    struct Inspect {
+        #[serde(rename = "Name")]
+        name: String,
+        #[serde(rename = "Driver", default)]
+        driver: String,
+        #[serde(rename = "Options", default)]
+        options: Option<std::collections::BTreeMap<String, String>>,
+        #[serde(rename = "Labels", default)]
+        labels: Option<std::collections::BTreeMap<String, String>>,
+    }
+    let mut args = vec!["volume", "inspect"];
+    args.extend_from_slice(names);
+    let text = ctx.docker.output(&args)?;
+    let list: Vec<Inspect> = serde_json::from_str(&text).context("reading `docker volume inspect`")?;
+    Ok(list
+        .into_iter()
+        .map(|i| {
+            let d = plan::VolumeDetails {
+                driver: i.driver,
+                options: i.options.unwrap_or_default(),
+                labels: i.labels.unwrap_or_default(),
+            };
+            (i.name, d)
+        })
+        .collect())
+}
+
+/// Volume sizes from `docker system df -v`; empty when the engine cannot say (the space
+/// check then counts binds only, and a warning says so).
+fn volume_sizes(ctx: &Context) -> HashMap<String, u64> {
+    #[derive(serde::Deserialize)]
+    struct Df {
+        #[serde(rename = "Name")]
+        name: String,
+        #[serde(rename = "Size", default)]
+        size: String,
+    }
+    let sizes = ctx
+        .docker
+        .output(&["system", "df", "-v", "--format", "{{json .Volumes}}"])
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<Df>>(t.trim()).ok());
+    match sizes {
+        Some(list) => list.into_iter().filter_map(|d| Some((d.name, plan::parse_docker_size(&d.size)?))).collect(),
+        None => {
+            warn("the engine did not report volume sizes; the free-space check counts bind mounts only");
+            HashMap::new()
+        }
+    }
+}
+
+/// Where a finished archive went.
+pub struct Written {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    pub file_count: u64,
+}

@@ -1,0 +1,350 @@
+//! The backup plan: what is archived where, what is skipped and why, what must stop, how much
+//! space it needs. Pure: built from the project and facts gathered beforehand.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::archive::manifest::Skipped;
+use crate::archive::Codec;
+use crate::compose::{Kind, Project, Role, Volume};
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub backup_type: String,
+    pub service_version: Option<String>,
+    pub codec: Codec,
+    pub storage: Option<PathBuf>,
+    pub stop: bool,
+    pub include_external_binds: bool,
+}
+
+/// What a host path is, looked at before planning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Missing,
+    Dir,
+    File,
+    /// A socket, fifo or device.
+    Special,
+}
+
+/// What the plan needs to know about the world.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub existing_volumes: HashSet<String>,
+    pub volume_sizes: HashMap<String, u64>,
+    /// Driver, options and labels of existing named volumes, as the engine reports them.
+    pub volume_details: HashMap<String, VolumeDetails>,
+    pub paths: HashMap<PathBuf, (PathKind, u64)>,
+    /// A storage folder set by `migrate-storage` for this project.
+    pub catalog_storage: Option<PathBuf>,
+    pub cwd: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VolumeDetails {
+    pub driver: String,
+    pub options: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One volume to archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub kind: &'static str,
+    pub volume: String,
+    pub role: Role,
+    pub archive_path: String,
+    pub size_bytes: u64,
+    #[serde(skip)]
+    pub decl: Volume,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub project: String,
+    pub project_dir: PathBuf,
+    pub backup_type: String,
+    pub service_version: String,
+    pub compression: &'static str,
+    pub storage: PathBuf,
+    pub archive_name: String,
+    pub created_at: String,
+    /// Containers that will be stopped (with `--stop`) or that block the backup (without).
+    pub running: Vec<String>,
+    pub volumes: Vec<Item>,
+    pub skipped: Vec<Skipped>,
+    /// Uncompressed bytes of all volumes: the free space required.
+    pub bytes_needed: u64,
+    #[serde(skip)]
+    pub at: DateTime<Utc>,
+    #[serde(skip)]
+    pub codec: Codec,
+    #[serde(skip)]
+    pub volume_details: HashMap<String, VolumeDetails>,
+}
+
+/// Paths no backup should read: the host's own system folders and the docker socket.
+const SYSTEM_PATHS: &[&str] = &["/proc", "/sys", "/dev", "/run", "/var/run", "/var/lib/docker", "/boot"];
+
+/// Builds the plan. `now` names the archive.
+pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc>) -> Plan {
+    let version = resolve_version(project, opts);
+    let mut items = Vec::new();
+    let mut skipped = Vec::new();
+    let mut used_paths = HashSet::new();
+    for v in &project.volumes {
+        match decide(project, opts, facts, v) {
+            Ok((kind, size, base)) => items.push(Item {
+                kind,
+                volume: v.label(),
+                role: v.role(),
+                archive_path: unique(&mut used_paths, base),
+                size_bytes: size,
+                decl: v.clone(),
+            }),
+            Err(reason) => skipped.push(Skipped { volume: v.label(), reason }),
+        }
+    }
+    let running = project.all_containers().filter(|c| c.is_live()).map(|c| c.name.clone()).collect();
+    Plan {
+        project: project.name.clone(),
+        project_dir: project.dir.clone(),
+        backup_type: opts.backup_type.clone(),
+        archive_name: crate::storage::archive_name(&opts.backup_type, &version, now, opts.codec.extension()),
+        service_version: version,
+        compression: opts.codec.name(),
+        storage: resolve_storage(project, opts, facts),
+        created_at: now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        running,
+        bytes_needed: items.iter().map(|i| i.size_bytes).sum(),
+        volumes: items,
+        skipped,
+        at: now,
+        codec: opts.codec,
+        volume_details: facts.volume_details.clone(),
+    }
+}
+
+/// `(kind, size, archive folder)` for a volume to archive, or why it is skipped.
+fn decide(project: &Project, opts: &Options, facts: &Facts, v: &Volume) -> Result<(&'static str, u64, String), String> {
+    if v.excluded() {
+        return Err("excluded by x-nuwax-backup".into());
+    }
+    match v {
+        Volume::Volume { name, key, .. } => {
+            if !facts.existing_volumes.contains(name) {
+                return Err("the volume does not exist on this engine yet (nothing to back up)".into());
+            }
+            Ok(("volume", facts.volume_sizes.get(name).copied().unwrap_or(0), format!("volumes/{}", slug(key))))
+        }
+        Volume::Bind { source, inside_project, .. } => {
+            if SYSTEM_PATHS.iter().any(|s| source.starts_with(s)) || source == Path::new("/") {
+                return Err("a system path, never backed up".into());
+            }
+            if !inside_project && !opts.include_external_binds {
+                return Err("outside the project directory (pass --include-external-binds to include it)".into());
+            }
+            let (kind, size) = facts.paths.get(source).copied().unwrap_or((PathKind::Missing, 0));
+            match kind {
+                PathKind::Missing => Err("the path does not exist".into()),
+                PathKind::Special => Err("a socket, fifo or device, which cannot be backed up".into()),
+                PathKind::Dir | PathKind::File => {
+                    let rel = source.strip_prefix(&project.dir).unwrap_or(source);
+                    let base = if *inside_project { slug(&rel.to_string_lossy()) } else { format!("external{}", slug(&source.to_string_lossy())) };
+                    Ok(("bind", size, format!("binds/{base}")))
+                }
+            }
+        }
+    }
+}
+
+/// A path or key as one archive folder name: `data/app` → `data_app`, `` → `_project`.
+fn slug(s: &str) -> String {
+    let t: String = s.trim_matches('/').chars().map(|c| if c == '/' { '_' } else { c }).collect();
+    if t.is_empty() || t == "." {
+        "_project".into()
+    } else {
+        t
+    }
+}
+
+fn unique(used: &mut HashSet<String>, base: String) -> String {
+    let mut candidate = base.clone();
+    let mut n = 2;
+    while !used.insert(candidate.clone()) {
+        candidate = format!("{base}-{n}");
+        n += 1;
+    }
+    candidate
+}
+
+/// `--service-version`, else `x-nuwax-backup.version`, else the image tag of the first
+/// persistent service (`latest` when the image has no tag), else `unknown`.
+pub fn resolve_version(project: &Project, opts: &Options) -> String {
+    if let Some(v) = opts.service_version.clone().or_else(|| project.extension.version.clone()) {
+        return v;
+    }
+    project
+        .services
+        .iter()
+        .filter(|s| s.kind == Kind::Persistent)
+        .find_map(|s| s.image.as_deref())
+        .map(image_tag)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn image_tag(image: &str) -> String {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    match last.split_once(':') {
+        Some((_, tag)) if !tag.is_empty() => tag.to_string(),
+        _ => "latest".to_string(),
+    }
+}
+
+/// `--storage` (relative to the current folder), else the catalog's folder for the project
+/// (`migrate-storage`), else `x-nuwax-backup.storage` (relative to the project directory),
+/// else `<project dir>/backups`.
+pub fn resolve_storage(project: &Project, opts: &Options, facts: &Facts) -> PathBuf {
+    let p = if let Some(s) = &opts.storage {
+        facts.cwd.join(s)
+    } else if let Some(s) = &facts.catalog_storage {
+        s.clone()
+    } else if let Some(s) = &project.extension.storage {
+        project.dir.join(s)
+    } else {
+        project.dir.join("backups")
+    };
+    crate::compose::classify::normalize(&p)
+}
+
+/// Parses docker's human sizes (`0B`, `4.096kB`, `1.2GB`; decimal units).
+pub fn parse_docker_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "B" => 1e0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "PB" => 1e15,
+        _ => return None,
+    };
+    Some((n * mult).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compose::{ConfigJson, Project};
+    use chrono::TimeZone;
+
+    fn project(json: &str) -> Project {
+        let cfg: ConfigJson = serde_json::from_str(json).unwrap();
+        let dir = PathBuf::from("/proj");
+        let (by, others) = crate::compose::classify::containers_by_service(&[], &cfg.services);
+        Project {
+            name: cfg.name.clone(),
+            services: crate::compose::classify::services(&cfg, &by),
+            volumes: crate::compose::classify::volumes(&cfg, &dir, &|p: &Path| p.ends_with("f.conf")),
+            dir,
+            compose_files: vec![],
+            others,
+            extension: cfg.extension,
+        }
+    }
+
+    const P: &str = r#"{"name": "p",
+      "services": {"db": {"image": "reg:5000/pg:15.4", "restart": "always", "volumes": [
+          {"type": "volume", "source": "dbdata", "target": "/d"},
+          {"type": "volume", "source": "gone", "target": "/g"},
+          {"type": "bind", "source": "/proj/data/app", "target": "/a"},
+          {"type": "bind", "source": "/proj/f.conf", "target": "/f.conf"},
+          {"type": "bind", "source": "/proj", "target": "/all"},
+          {"type": "bind", "source": "/srv/shared", "target": "/s"},
+          {"type": "bind", "source": "/var/run/docker.sock", "target": "/var/run/docker.sock"},
+          {"type": "bind", "source": "/proj/missing", "target": "/m"}]}},
+      "volumes": {"dbdata": {"name": "p_dbdata"}, "gone": {"name": "p_gone"}}}"#;
+
+    fn opts() -> Options {
+        Options {
+            backup_type: "manual".into(),
+            service_version: None,
+            codec: Codec::Gzip { level: 6 },
+            storage: None,
+            stop: false,
+            include_external_binds: false,
+        }
+    }
+
+    fn facts() -> Facts {
+        let mut f = Facts { cwd: "/work".into(), ..Default::default() };
+        f.existing_volumes.insert("p_dbdata".into());
+        f.volume_sizes.insert("p_dbdata".into(), 1000);
+        f.paths.insert("/proj/data/app".into(), (PathKind::Dir, 20));
+        f.paths.insert("/proj/f.conf".into(), (PathKind::File, 3));
+        f.paths.insert("/proj".into(), (PathKind::Dir, 1023));
+        f.paths.insert("/srv/shared".into(), (PathKind::Dir, 7));
+        f
+    }
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn plan_archives_what_exists_and_says_why_the_rest_is_skipped() {
+        let plan = build(&project(P), &opts(), &facts(), at());
+        let got: Vec<(&str, &str)> = plan.volumes.iter().map(|i| (i.volume.as_str(), i.archive_path.as_str())).collect();
+        assert_eq!(
+            got,
+            [("p_dbdata", "volumes/dbdata"), ("/proj", "binds/_project"), ("/proj/data/app", "binds/data_app"), ("/proj/f.conf", "binds/f.conf")]
+        );
+        let skipped: BTreeMap<&str, &str> = plan.skipped.iter().map(|s| (s.volume.as_str(), s.reason.as_str())).collect();
+        assert!(skipped["p_gone"].contains("does not exist"));
+        assert!(skipped["/srv/shared"].contains("--include-external-binds"));
+        assert!(skipped["/var/run/docker.sock"].contains("system path"));
+        assert!(skipped["/proj/missing"].contains("does not exist"));
+        assert_eq!(plan.bytes_needed, 1000 + 1023 + 20 + 3);
+        assert_eq!(plan.archive_name, "backup_manual_v15.4_2026-11-26_10-00-00.tar.gz");
+        assert_eq!(plan.storage, PathBuf::from("/proj/backups"));
+    }
+
+    #[test]
+    fn external_binds_are_included_on_request() {
+        let o = Options { include_external_binds: true, ..opts() };
+        let plan = build(&project(P), &o, &facts(), at());
+        assert!(plan.volumes.iter().any(|i| i.archive_path == "binds/externalsrv_shared"));
+    }
+
+    #[test]
+    fn version_and_storage_follow_their_precedence() {
+        let p = project(P);
+        assert_eq!(resolve_version(&p, &opts()), "15.4");
+        let o = Options { service_version: Some("9".into()), storage: Some("out".into()), ..opts() };
+        assert_eq!(resolve_version(&p, &o), "9");
+        assert_eq!(resolve_storage(&p, &o, &facts()), PathBuf::from("/work/out"));
+        let f = Facts { catalog_storage: Some("/migrated".into()), ..facts() };
+        assert_eq!(resolve_storage(&p, &opts(), &f), PathBuf::from("/migrated"));
+        assert_eq!(image_tag("busybox"), "latest");
+        assert_eq!(image_tag("reg:5000/app"), "latest");
+        assert_eq!(image_tag("app:1.2@sha256:abc"), "1.2");
+        let none = project(r#"{"name": "q", "services": {"job": {"image": "x:1"}}}"#);
+        assert_eq!(resolve_version(&none, &opts()), "unknown");
+    }
+
+    #[test]
+    fn docker_sizes_parse() {
+        assert_eq!(parse_docker_size("0B"), Some(0));
+        assert_eq!(parse_docker_size("4.096kB"), Some(4096));
+        assert_eq!(parse_docker_size("1.2GB"), Some(1_200_000_000));
+        assert_eq!(parse_docker_size("N/A"), None);
+    }
+}

@@ -1,0 +1,228 @@
+//! Writes the archive of a plan: each volume (binds from disk, named volumes through
+//! `docker cp` from a stopped container), the compose files, then the manifest.
+use std::fs::OpenOptions;
+use std::io;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use super::plan::{Item, Plan};
+use super::Written;
+use crate::archive::collector::Collector;
+use crate::archive::manifest::{self, Manifest, ServiceRecord, Skipped, StoredFile, VolumeRecord};
+use crate::archive::{fs_source, hashing, stream_source, ArchiveWriter};
+use crate::compose::{model, Kind, Project, Volume};
+use crate::output::warn;
+use crate::{cancel, storage, Context};
+
+/// Removes the partial archive unless it was published.
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes, fsyncs and publishes the archive. Fails on any read or write error, or on cancel;
+/// then no file is left under a final name.
+pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written> {
+    let partial = Partial(storage::partial_path(&plan.storage, &project.name, &plan.archive_name));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial.0)
+        .with_context(|| format!("creating {}", partial.0.display()))?;
+    let codec = plan.codec;
+    let mut writer = ArchiveWriter::new(file, codec)?;
+    let mut created = Vec::new();
+    let result = fill(ctx, project, plan, &mut writer, &mut created);
+    if !created.is_empty() {
+        let mut args = vec!["rm".to_string(), "-f".to_string()];
+        args.extend(created);
+        let _ = ctx.docker.output(&args);
+    }
+    let file_count = result?;
+    let finished = writer.finish()?;
+    drop(finished.file);
+    let ext = codec.extension();
+    let path = storage::publish(&partial.0, &plan.storage, &plan.archive_name, ext)?;
+    std::mem::forget(partial);
+    Ok(Written { path, size: finished.size, sha256: finished.sha256, file_count })
+}
+
+/// Appends every volume, the compose files and the manifest. Returns the file count.
+fn fill(
+    ctx: &Context,
+    project: &Project,
+    plan: &Plan,
+    writer: &mut ArchiveWriter,
+    created: &mut Vec<String>,
+) -> Result<u64> {
+    let bar = progress(plan.bytes_needed);
+    let on_read = |n: u64| -> io::Result<()> {
+        bar.inc(n);
+        if cancel::requested() {
+            return Err(io::Error::other("cancelled"));
+        }
+        Ok(())
+    };
+    let mut skipped = plan.skipped.clone();
+    let mut records = Vec::new();
+    for item in &plan.volumes {
+        let mut warnings = Vec::new();
+        let mut warn_fn = |w: String| {
+            warn(format!("{}: {w}", item.volume));
+            warnings.push(w);
+        };
+        let mut c = Collector::new(writer, &item.archive_path, &on_read);
+        match &item.decl {
+            Volume::Bind { source, .. } => {
+                fs_source::collect(source, &plan.storage, &mut c, &mut warn_fn)
+                    .with_context(|| format!("reading bind mount {}", source.display()))?;
+            }
+            Volume::Volume { name, .. } => read_volume(ctx, project, item, created, &mut c, &mut warn_fn)
+                .with_context(|| format!("reading volume {name}"))?,
+        }
+        records.push(record(item, plan, c));
+        skipped.extend(warnings.into_iter().map(|reason| Skipped { volume: item.volume.clone(), reason }));
+    }
+    bar.finish_and_clear();
+    let compose_files = store_compose_files(project, writer, plan.at.timestamp() as u64)?;
+    let file_count = records.iter().map(|r| r.file_count).sum();
+    let m = manifest_of(project, plan, records, compose_files, skipped);
+    let json = serde_json::to_vec_pretty(&m)?;
+    writer.append_bytes(manifest::MANIFEST_PATH, &json, plan.at.timestamp() as u64)?;
+    Ok(file_count)
+}
+
+fn progress(total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Streams a named volume out of a stopped container of the project that mounts it.
+fn read_volume(
+    ctx: &Context,
+    project: &Project,
+    item: &Item,
+    created: &mut Vec<String>,
+    c: &mut Collector<'_>,
+    warn_fn: &mut dyn FnMut(String),
+) -> Result<()> {
+    let (container, target) = container_for(ctx, project, &item.decl, created)?;
+    let src = format!("{container}:{}/.", target.trim_end_matches('/'));
+    let mut stream = ctx.docker.stream(&["cp", src.as_str(), "-"])?;
+    match stream_source::collect(&mut stream, c, warn_fn) {
+        Ok(()) => stream.finish(),
+        Err(e) => {
+            stream.kill();
+            Err(e)
+        }
+    }
+}
+
+/// A container of the project that mounts `volume`, and where; created (not started) with
+/// `docker compose create` when none exists. Containers made here are pushed to `created`.
+fn container_for(ctx: &Context, project: &Project, volume: &Volume, created: &mut Vec<String>) -> Result<(String, String)> {
+    for m in volume.mounts() {
+        if let Some(c) = project.service(&m.service).and_then(|s| s.containers.first()) {
+            return Ok((c.name.clone(), m.target.clone()));
+        }
+    }
+    let m = volume.mounts().first().context("the volume is not mounted by any service")?;
+    ctx.docker.compose(&ctx.compose, &["create", "--no-recreate", m.service.as_str()])?;
+    let ps = ctx.docker.compose(&ctx.compose, &["ps", "-a", "--format", "json", m.service.as_str()])?;
+    let mine = model::parse_ps(&ps)?.into_iter().find(|p| p.service == m.service && !p.is_oneoff());
+    let name = mine.map(|p| p.name).with_context(|| format!("no container for service {} after `docker compose create`", m.service))?;
+    created.push(name.clone());
+    Ok((name, m.target.clone()))
+}
+
+fn record(item: &Item, plan: &Plan, c: Collector<'_>) -> VolumeRecord {
+    let (kind, name, key, source, external, is_file) = match &item.decl {
+        Volume::Volume { name, key, external, .. } => ("volume", Some(name.clone()), Some(key.clone()), None, *external, false),
+        Volume::Bind { source, is_file, .. } => ("bind", None, None, Some(source.clone()), false, *is_file),
+    };
+    let details = name.as_ref().and_then(|n| plan.volume_details.get(n)).cloned().unwrap_or_default();
+    VolumeRecord {
+        kind: kind.into(),
+        name,
+        key,
+        source,
+        external,
+        is_file,
+        role: serde_json::to_value(item.role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        driver: (!details.driver.is_empty()).then_some(details.driver),
+        driver_opts: details.options,
+        labels: details.labels,
+        mounts: item.decl.mounts().iter().map(|m| format!("{}:{}{}", m.service, m.target, if m.read_only { ":ro" } else { "" })).collect(),
+        archive_path: item.archive_path.clone(),
+        root: c.root.unwrap_or_default(),
+        file_count: c.file_count,
+        bytes: c.bytes,
+        entries: c.entries,
+    }
+}
+
+/// Copies the compose files and `.env` into `compose/` for reference.
+fn store_compose_files(project: &Project, writer: &mut ArchiveWriter, mtime: u64) -> Result<Vec<StoredFile>> {
+    let mut sources: Vec<PathBuf> = project.compose_files.clone();
+    let env = project.dir.join(".env");
+    if env.is_file() {
+        sources.push(env);
+    }
+    let mut stored = Vec::new();
+    for (i, src) in sources.iter().enumerate() {
+        let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+        let base = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("file{i}"));
+        let name = if stored.iter().any(|s: &StoredFile| s.archive_path == format!("compose/{base}")) {
+            format!("compose/{i}-{base}")
+        } else {
+            format!("compose/{base}")
+        };
+        writer.append_bytes(&name, &data, mtime)?;
+        stored.push(StoredFile { source: src.clone(), archive_path: name, sha256: hashing::hex(&Sha256::digest(&data)) });
+    }
+    Ok(stored)
+}
+
+fn manifest_of(project: &Project, plan: &Plan, volumes: Vec<VolumeRecord>, compose_files: Vec<StoredFile>, skipped: Vec<Skipped>) -> Manifest {
+    let mut compose_hash = Sha256::new();
+    for f in &project.compose_files {
+        if let Ok(data) = std::fs::read(f) {
+            compose_hash.update(&data);
+        }
+    }
+    Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        tool: env!("CARGO_PKG_NAME").into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        created_at: plan.created_at.clone(),
+        project: project.name.clone(),
+        project_dir: project.dir.clone(),
+        backup_type: plan.backup_type.clone(),
+        service_version: plan.service_version.clone(),
+        compression: plan.compression.into(),
+        compose_sha256: hashing::hex(&compose_hash.finalize()),
+        compose_files,
+        services: project
+            .services
+            .iter()
+            .map(|s| ServiceRecord {
+                name: s.name.clone(),
+                kind: if s.kind == Kind::Persistent { "persistent".into() } else { "one-shot".into() },
+                restart_policy: s.restart_policy.clone(),
+                image: s.image.clone(),
+            })
+            .collect(),
+        volumes,
+        skipped,
+    }
+}

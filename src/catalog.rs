@@ -1,0 +1,253 @@
+//! The SQLite catalog of backups: an index of the archives, which remain the truth.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+/// Append-only: each step moves the schema from version N to N+1 (`PRAGMA user_version`).
+const MIGRATIONS: &[&str] = &[
+    // 1: backups and per-project settings
+    "CREATE TABLE backups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        project_dir TEXT NOT NULL,
+        file_path TEXT NOT NULL,
+        service_version TEXT NOT NULL,
+        backup_type TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('completed', 'failed')),
+        created_at TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL DEFAULT 0,
+        sha256 TEXT,
+        file_count INTEGER NOT NULL DEFAULT 0,
+        compression TEXT NOT NULL,
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        verified_at TEXT,
+        verify_result TEXT
+    );
+    CREATE INDEX backups_by_project ON backups (project, created_at);
+    CREATE TABLE projects (
+        name TEXT PRIMARY KEY,
+        storage_dir TEXT
+    );",
+];
+
+/// One catalog row, as `--format json` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BackupRow {
+    pub id: i64,
+    pub project: String,
+    pub project_dir: String,
+    pub file_path: String,
+    pub service_version: String,
+    pub backup_type: String,
+    pub status: String,
+    pub created_at: String,
+    pub size_bytes: u64,
+    pub sha256: Option<String>,
+    pub file_count: u64,
+    pub compression: String,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+/// A row to insert (the id comes from the database).
+#[derive(Debug, Clone)]
+pub struct NewBackup<'a> {
+    pub project: &'a str,
+    pub project_dir: &'a Path,
+    pub file_path: &'a Path,
+    pub service_version: &'a str,
+    pub backup_type: &'a str,
+    pub status: &'a str,
+    pub created_at: &'a str,
+    pub size_bytes: u64,
+    pub sha256: Option<&'a str>,
+    pub file_count: u64,
+    pub compression: &'a str,
+    pub duration_ms: u64,
+    pub error: Option<&'a str>,
+}
+
+pub struct Catalog {
+    conn: Connection,
+}
+
+/// `--catalog`/`NUWAX_BACKUP_CATALOG`, else `${DOCKER_CONFIG:-~/.docker}/nuwax-backup/catalog.db`.
+pub fn default_path(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    config_dir().join("nuwax-backup").join("catalog.db")
+}
+
+/// `$DOCKER_CONFIG`, else `~/.docker`.
+pub fn config_dir() -> PathBuf {
+    match std::env::var_os("DOCKER_CONFIG").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".docker"),
+    }
+}
+
+impl Catalog {
+    /// Opens (creating when missing) the catalog at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let conn = Connection::open(path).with_context(|| format!("opening catalog {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Self::from_connection(conn).with_context(|| format!("opening catalog {}", path.display()))
+    }
+
+    /// An in-memory catalog (tests).
+    pub fn in_memory() -> Result<Catalog> {
+        Self::from_connection(Connection::open_in_memory()?)
+    }
+
+    fn from_connection(mut conn: Connection) -> Result<Catalog> {
+        migrate(&mut conn)?;
+        Ok(Catalog { conn })
+    }
+
+    pub fn insert(&self, b: &NewBackup<'_>) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO backups (project, project_dir, file_path, service_version, backup_type,
+                status, created_at, size_bytes, sha256, file_count, compression, duration_ms, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                b.project,
+                b.project_dir.to_string_lossy(),
+                b.file_path.to_string_lossy(),
+                b.service_version,
+                b.backup_type,
+                b.status,
+                b.created_at,
+                b.size_bytes as i64,
+                b.sha256,
+                b.file_count as i64,
+                b.compression,
+                b.duration_ms as i64,
+                b.error,
+            ],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn get(&self, id: i64) -> Result<Option<BackupRow>> {
+        Ok(self.conn.query_row(&format!("{SELECT} WHERE id = ?1"), [id], row).optional()?)
+    }
+
+    /// A project's backups, newest first.
+    pub fn list(&self, project: Option<&str>) -> Result<Vec<BackupRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "{SELECT} WHERE (?1 IS NULL OR project = ?1) ORDER BY created_at DESC, id DESC"
+        ))?;
+        let rows = stmt.query_map([project], row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The storage folder `migrate-storage` set for a project, if any.
+    pub fn storage_dir(&self, project: &str) -> Result<Option<PathBuf>> {
+        let dir: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT storage_dir FROM projects WHERE name = ?1", [project], |r| r.get(0))
+            .optional()?;
+        Ok(dir.flatten().map(PathBuf::from))
+    }
+}
+
+const SELECT: &str = "SELECT id, project, project_dir, file_path, service_version, backup_type, status,
+    created_at, size_bytes, sha256, file_count, compression, duration_ms, error FROM backups";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
+    Ok(BackupRow {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        project_dir: r.get(2)?,
+        file_path: r.get(3)?,
+        service_version: r.get(4)?,
+        backup_type: r.get(5)?,
+        status: r.get(6)?,
+        created_at: r.get(7)?,
+        size_bytes: r.get::<_, i64>(8)? as u64,
+        sha256: r.get(9)?,
+        file_count: r.get::<_, i64>(10)? as u64,
+        compression: r.get(11)?,
+        duration_ms: r.get::<_, i64>(12)? as u64,
+        error: r.get(13)?,
+    })
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction()?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    anyhow::ensure!(
+        version <= MIGRATIONS.len(),
+        "the catalog was written by a newer docker-nuwax-backup (schema {version}); upgrade this tool"
+    );
+    for sql in &MIGRATIONS[version..] {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_row<'a>(project: &'a str, created_at: &'a str) -> NewBackup<'a> {
+        NewBackup {
+            project,
+            project_dir: Path::new("/p"),
+            file_path: Path::new("/p/backups/a.tar.gz"),
+            service_version: "1.0",
+            backup_type: "manual",
+            status: "completed",
+            created_at,
+            size_bytes: 10,
+            sha256: Some("ab"),
+            file_count: 2,
+            compression: "gzip",
+            duration_ms: 5,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_and_list_newest_first() {
+        let c = Catalog::in_memory().unwrap();
+        let a = c.insert(&new_row("p", "2026-01-01T00:00:00Z")).unwrap();
+        let b = c.insert(&new_row("p", "2026-02-01T00:00:00Z")).unwrap();
+        c.insert(&new_row("q", "2026-03-01T00:00:00Z")).unwrap();
+        let rows = c.list(Some("p")).unwrap();
+        assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [b, a]);
+        assert_eq!(rows[0].size_bytes, 10);
+        assert_eq!(c.list(None).unwrap().len(), 3);
+        assert_eq!(c.get(a).unwrap().unwrap().created_at, "2026-01-01T00:00:00Z");
+        assert!(c.get(999).unwrap().is_none());
+    }
+
+    #[test]
+    fn migrations_are_applied_once_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        Catalog::open(&path).unwrap().insert(&new_row("p", "t")).unwrap();
+        let again = Catalog::open(&path).unwrap();
+        assert_eq!(again.list(None).unwrap().len(), 1);
+        let v: i64 = again.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        let err = migrate(&mut conn).unwrap_err();
+        assert!(err.to_string().contains("newer"));
+    }
+}
