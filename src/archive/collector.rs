@@ -1,10 +1,10 @@
 //! Appends one volume's entries under its folder in the archive and records each in the manifest.
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use anyhow::{bail, Result};
 
 use super::hashing::HashingReader;
-use super::manifest::{path_text, EntryKind, FileEntry, RootAttrs};
+use super::manifest::{path_text, EntryKind, FileEntry, FileLine, RootAttrs};
 use super::writer::{ArchiveWriter, Attrs};
 
 /// Called with the byte count of every read: progress, and `Err` to cancel.
@@ -14,7 +14,8 @@ pub struct Collector<'a> {
     writer: &'a mut ArchiveWriter,
     prefix: Vec<u8>,
     on_read: OnRead<'a>,
-    pub entries: Vec<FileEntry>,
+    /// Where each entry's [`FileLine`] goes (a spill file, appended to the archive at the end).
+    lines: &'a mut dyn Write,
     pub file_count: u64,
     pub bytes: u64,
     pub root: Option<RootAttrs>,
@@ -22,13 +23,13 @@ pub struct Collector<'a> {
 
 impl<'a> Collector<'a> {
     /// Entries go below `prefix` (e.g. `volumes/dbdata`); the entry with an empty path is
-    /// the volume's root and is stored at `prefix` itself.
-    pub fn new(writer: &'a mut ArchiveWriter, prefix: &str, on_read: OnRead<'a>) -> Self {
+    /// the volume's root and is stored at `prefix` itself. Each entry is described on `lines`.
+    pub fn new(writer: &'a mut ArchiveWriter, prefix: &str, lines: &'a mut dyn Write, on_read: OnRead<'a>) -> Self {
         Collector {
             writer,
             prefix: prefix.as_bytes().to_vec(),
             on_read,
-            entries: Vec::new(),
+            lines,
             file_count: 0,
             bytes: 0,
             root: None,
@@ -44,12 +45,12 @@ impl<'a> Collector<'a> {
         p
     }
 
-    fn record(&mut self, rel: &[u8], kind: EntryKind, a: &Attrs, size: u64, sha256: Option<String>, link: Option<&[u8]>) {
+    fn record(&mut self, rel: &[u8], kind: EntryKind, a: &Attrs, size: u64, blake3: Option<String>, link: Option<&[u8]>) -> Result<()> {
         if rel.is_empty() {
             self.root = Some(RootAttrs { uid: a.uid, gid: a.gid, mode: a.mode & 0o7777 });
         }
         let (path, path_hex) = path_text(rel);
-        self.entries.push(FileEntry {
+        let entry = FileEntry {
             path,
             path_hex,
             kind,
@@ -58,15 +59,18 @@ impl<'a> Collector<'a> {
             gid: a.gid,
             mtime: a.mtime,
             size,
-            sha256,
+            blake3,
             link: link.map(|l| String::from_utf8_lossy(l).into_owned()),
-        });
+        };
+        let line = FileLine { volume: String::from_utf8_lossy(&self.prefix).into_owned(), entry };
+        serde_json::to_writer(&mut *self.lines, &line)?;
+        self.lines.write_all(b"\n")?;
+        Ok(())
     }
 
     pub fn dir(&mut self, rel: &[u8], a: &Attrs) -> Result<()> {
         self.writer.append_dir(&self.archive_path(rel), a)?;
-        self.record(rel, EntryKind::Dir, a, 0, None, None);
-        Ok(())
+        self.record(rel, EntryKind::Dir, a, 0, None, None)
     }
 
     /// A regular file of `size` bytes; fails if `data` does not yield exactly that many.
@@ -80,21 +84,18 @@ impl<'a> Collector<'a> {
         }
         self.file_count += 1;
         self.bytes += size;
-        self.record(rel, EntryKind::File, a, size, Some(sha), None);
-        Ok(())
+        self.record(rel, EntryKind::File, a, size, Some(sha), None)
     }
 
     pub fn symlink(&mut self, rel: &[u8], a: &Attrs, target: &[u8]) -> Result<()> {
         self.writer.append_symlink(&self.archive_path(rel), a, target)?;
-        self.record(rel, EntryKind::Symlink, a, 0, None, Some(target));
-        Ok(())
+        self.record(rel, EntryKind::Symlink, a, 0, None, Some(target))
     }
 
     /// A hard link to `target_rel`, a path of this volume appended before.
     pub fn hardlink(&mut self, rel: &[u8], a: &Attrs, target_rel: &[u8]) -> Result<()> {
         let target = self.archive_path(target_rel);
         self.writer.append_hardlink(&self.archive_path(rel), a, &target)?;
-        self.record(rel, EntryKind::Hardlink, a, 0, None, Some(target_rel));
-        Ok(())
+        self.record(rel, EntryKind::Hardlink, a, 0, None, Some(target_rel))
     }
 }

@@ -12,22 +12,24 @@ pub fn hex(digest: &[u8]) -> String {
     })
 }
 
-/// Counts and hashes bytes read; reports each read to `on_read` (progress, cancellation).
+/// Counts and hashes bytes read (BLAKE3: the per-file digest, 3-4x cheaper than SHA-256 on
+/// the core that also feeds the compressors); reports each read to `on_read` (progress,
+/// cancellation).
 pub struct HashingReader<'a, R> {
     inner: R,
-    hasher: Sha256,
+    hasher: blake3::Hasher,
     count: u64,
     on_read: &'a dyn Fn(u64) -> io::Result<()>,
 }
 
 impl<'a, R: Read> HashingReader<'a, R> {
     pub fn new(inner: R, on_read: &'a dyn Fn(u64) -> io::Result<()>) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), count: 0, on_read }
+        HashingReader { inner, hasher: blake3::Hasher::new(), count: 0, on_read }
     }
 
-    /// (bytes read, SHA-256 hex)
+    /// (bytes read, BLAKE3 hex)
     pub fn finish(self) -> (u64, String) {
-        (self.count, hex(&self.hasher.finalize()))
+        (self.count, self.hasher.finalize().to_hex().to_string())
     }
 }
 
@@ -82,8 +84,9 @@ mod tests {
         let mut r = HashingReader::new(&b"abc"[..], &noop);
         let mut w = HashingWriter::new(Vec::new());
         io::copy(&mut r, &mut w).unwrap();
+        let blake3_abc = "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85";
+        assert_eq!(r.finish(), (3, blake3_abc.to_string()));
         let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-        assert_eq!(r.finish(), (3, abc.to_string()));
         let (inner, n, digest) = w.finish();
         assert_eq!((inner, n, digest.as_str()), (b"abc".to_vec(), 3, abc));
     }

@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped when a reader of an older tool could misread an archive.
 pub const FORMAT_VERSION: u32 = 1;
-/// The manifest's name inside the archive.
+/// The manifest's name inside the archive (the last entry).
 pub const MANIFEST_PATH: &str = "manifest.json";
+/// One JSON object per archived entry (a [`FileLine`]), just before the manifest. Kept out of
+/// `manifest.json` so that memory stays flat however many files a volume holds.
+pub const FILES_PATH: &str = "manifest-files.jsonl";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -83,7 +86,6 @@ pub struct VolumeRecord {
     pub root: RootAttrs,
     pub file_count: u64,
     pub bytes: u64,
-    pub entries: Vec<FileEntry>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -117,11 +119,20 @@ pub struct FileEntry {
     pub mtime: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub size: u64,
+    /// BLAKE3 of a regular file's content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub blake3: Option<String>,
     /// Symlink target, or the hardlink's first path (relative to the volume root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+}
+
+/// A line of [`FILES_PATH`]: an entry and the archive folder of its volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileLine {
+    pub volume: String,
+    #[serde(flatten)]
+    pub entry: FileEntry,
 }
 
 fn is_zero(n: &u64) -> bool {

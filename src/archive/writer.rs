@@ -16,6 +16,12 @@ use super::hashing::HashingWriter;
 /// Input bytes per gzip member: large enough that the lost 32 KiB of history costs well
 /// under 1% of size, small enough to keep both cores busy and memory flat.
 const GZIP_BLOCK: usize = 1 << 20;
+/// Input bytes per zstd worker job: bounds memory (jobs in flight × this). Measured on the
+/// shared data set: 8 MiB (libzstd's default at level 3) peaks at 115 MiB RSS, 4 MiB at 62 MiB,
+/// 3 MiB at 49 MiB with the same speed.
+const ZSTD_JOB: u32 = 3 << 20;
+/// Buffer between tar and the compressor; file data is read into it in reads this large.
+const COPY_BUFFER: usize = 256 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -78,7 +84,8 @@ pub struct Attrs {
 }
 
 pub struct ArchiveWriter {
-    builder: tar::Builder<Compressor>,
+    /// The BufWriter lets `io::copy` read file data straight into its buffer in large reads.
+    builder: tar::Builder<io::BufWriter<Compressor>>,
 }
 
 /// What a finished archive is: size on disk and SHA-256 of its bytes.
@@ -112,11 +119,15 @@ impl ArchiveWriter {
                 anyhow::ensure!((1..=19).contains(&level), "zstd level must be 1-19, not {level}");
                 let mut enc = zstd::Encoder::new(out, level)?;
                 enc.multithread(threads() as u32)?;
+                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
+                // Each job starts from the full window of the data before it: smaller jobs then
+                // cost no ratio (measured: smaller archives than `zstd -3 -T2`).
+                enc.set_parameter(zstd::stream::raw::CParameter::OverlapSizeLog(9))?;
                 enc.include_checksum(true)?;
                 Compressor::Zstd(enc)
             }
         };
-        let mut builder = tar::Builder::new(compressor);
+        let mut builder = tar::Builder::new(io::BufWriter::with_capacity(COPY_BUFFER, compressor));
         builder.mode(tar::HeaderMode::Complete);
         builder.follow_symlinks(false);
         Ok(ArchiveWriter { builder })
@@ -163,7 +174,8 @@ impl ArchiveWriter {
 
     /// Writes the tar end, flushes the compressor, fsyncs the file.
     pub fn finish(self) -> Result<Finished> {
-        let compressor = self.builder.into_inner().context("writing the end of the archive")?;
+        let buffered = self.builder.into_inner().context("writing the end of the archive")?;
+        let compressor = buffered.into_inner().map_err(|e| e.into_error()).context("writing the end of the archive")?;
         let (file, size, sha256) = compressor.finish()?.finish();
         file.sync_all().context("syncing the archive to disk")?;
         Ok(Finished { file, size, sha256 })

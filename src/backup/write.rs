@@ -37,8 +37,17 @@ pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written>
         .with_context(|| format!("creating {}", partial.0.display()))?;
     let codec = plan.codec;
     let mut writer = ArchiveWriter::new(file, codec)?;
+    let spill_path = Partial(partial.0.with_extension("files"));
+    let mut spill = std::io::BufWriter::new(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&spill_path.0)
+            .with_context(|| format!("creating {}", spill_path.0.display()))?,
+    );
     let mut created = Vec::new();
-    let result = fill(ctx, project, plan, &mut writer, &mut created);
+    let result = fill(ctx, project, plan, &mut writer, &mut spill, &mut created);
     if !created.is_empty() {
         let mut args = vec!["rm".to_string(), "-f".to_string()];
         args.extend(created);
@@ -59,6 +68,7 @@ fn fill(
     project: &Project,
     plan: &Plan,
     writer: &mut ArchiveWriter,
+    spill: &mut std::io::BufWriter<std::fs::File>,
     created: &mut Vec<String>,
 ) -> Result<u64> {
     let bar = progress(plan.bytes_needed);
@@ -77,7 +87,7 @@ fn fill(
             warn(format!("{}: {w}", item.volume));
             warnings.push(w);
         };
-        let mut c = Collector::new(writer, &item.archive_path, &on_read);
+        let mut c = Collector::new(writer, &item.archive_path, spill, &on_read);
         match &item.decl {
             Volume::Bind { source, .. } => {
                 fs_source::collect(source, &plan.storage, &mut c, &mut warn_fn)
@@ -92,10 +102,22 @@ fn fill(
     bar.finish_and_clear();
     let compose_files = store_compose_files(project, writer, plan.at.timestamp() as u64)?;
     let file_count = records.iter().map(|r| r.file_count).sum();
+    append_spill(writer, spill, plan.at.timestamp() as u64)?;
     let m = manifest_of(project, plan, records, compose_files, skipped);
     let json = serde_json::to_vec_pretty(&m)?;
     writer.append_bytes(manifest::MANIFEST_PATH, &json, plan.at.timestamp() as u64)?;
     Ok(file_count)
+}
+
+/// Appends the per-entry lines collected in the spill file as `manifest-files.jsonl`.
+fn append_spill(writer: &mut ArchiveWriter, spill: &mut std::io::BufWriter<std::fs::File>, mtime: u64) -> Result<()> {
+    use std::io::{Seek, Write};
+    spill.flush()?;
+    let file = spill.get_mut();
+    let len = file.stream_position()?;
+    file.rewind()?;
+    let attrs = crate::archive::writer::Attrs { mode: 0o644, uid: 0, gid: 0, mtime };
+    writer.append_file(manifest::FILES_PATH.as_bytes(), &attrs, len, std::io::BufReader::new(&*file))
 }
 
 fn progress(total: u64) -> ProgressBar {
@@ -167,7 +189,6 @@ fn record(item: &Item, plan: &Plan, c: Collector<'_>) -> VolumeRecord {
         root: c.root.unwrap_or_default(),
         file_count: c.file_count,
         bytes: c.bytes,
-        entries: c.entries,
     }
 }
 
