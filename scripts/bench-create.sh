@@ -84,7 +84,7 @@ measure() {
     sync
     echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
     local t
-    python3 scripts/measure.py --out "$out/time.txt" -- "$@" >/dev/null 2>"$out/stderr.txt" || {
+    python3 "$repo/scripts/measure.py" --out "$out/time.txt" -- "$@" >/dev/null 2>"$out/stderr.txt" || {
         echo "$label failed:" >&2
         cat "$out/stderr.txt" >&2
         exit 1

@@ -37,6 +37,19 @@ impl Codec {
         }
     }
 
+    /// Fails when the level is outside what the codec takes (gzip 1-9, zstd 1-19).
+    pub fn validate(self) -> Result<()> {
+        match self {
+            Codec::Gzip { level } if !(1..=9).contains(&level) => {
+                anyhow::bail!("--compression-level {level} is not a gzip level: use 1-9")
+            }
+            Codec::Zstd { level } if !(1..=19).contains(&level) => {
+                anyhow::bail!("--compression-level {level} is not a zstd level: use 1-19")
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Codec::Gzip { .. } => "gzip",
@@ -102,10 +115,10 @@ fn threads() -> usize {
 impl ArchiveWriter {
     /// Starts an archive in `file` (already created, empty). Fails on a bad level.
     pub fn new(file: File, codec: Codec) -> Result<Self> {
+        codec.validate()?;
         let out = HashingWriter::new(file);
         let compressor = match codec {
             Codec::Gzip { level } => {
-                anyhow::ensure!((1..=9).contains(&level), "gzip level must be 1-9, not {level}");
                 let par: ParCompressBuilder<Mgzip> = ParCompressBuilder::new();
                 let par = par
                     .num_threads(threads())
@@ -116,7 +129,6 @@ impl ArchiveWriter {
                 Compressor::Gzip(par.from_writer(out))
             }
             Codec::Zstd { level } => {
-                anyhow::ensure!((1..=19).contains(&level), "zstd level must be 1-19, not {level}");
                 let mut enc = zstd::Encoder::new(out, level)?;
                 enc.multithread(threads() as u32)?;
                 enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;

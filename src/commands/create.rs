@@ -14,6 +14,7 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
         Compression::Gzip => Codec::Gzip { level: args.compression_level.unwrap_or(6) },
         Compression::Zstd => Codec::Zstd { level: args.compression_level.unwrap_or(3) as i32 },
     };
+    codec.validate().map_err(|e| crate::exit_codes::UserError::new(crate::exit_codes::Code::Usage, format!("{e:#}")))?;
     let opts = Options {
         backup_type: args.backup_type.as_str().into(),
         service_version: args.service_version.clone(),
