@@ -86,7 +86,8 @@ pub fn default_path(explicit: Option<&Path>) -> PathBuf {
 pub fn config_dir() -> PathBuf {
     match std::env::var_os("DOCKER_CONFIG").filter(|v| !v.is_empty()) {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".docker"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".docker"),
     }
 }
 
@@ -96,7 +97,8 @@ impl Catalog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let conn = Connection::open(path).with_context(|| format!("opening catalog {}", path.display()))?;
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening catalog {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Self::from_connection(conn).with_context(|| format!("opening catalog {}", path.display()))
@@ -137,7 +139,10 @@ impl Catalog {
     }
 
     pub fn get(&self, id: i64) -> Result<Option<BackupRow>> {
-        Ok(self.conn.query_row(&format!("{SELECT} WHERE id = ?1"), [id], row).optional()?)
+        Ok(self
+            .conn
+            .query_row(&format!("{SELECT} WHERE id = ?1"), [id], row)
+            .optional()?)
     }
 
     /// A project's backups, newest first.
@@ -145,7 +150,9 @@ impl Catalog {
         let mut stmt = self.conn.prepare(&format!(
             "{SELECT} WHERE (?1 IS NULL OR project = ?1) ORDER BY created_at DESC, id DESC"
         ))?;
-        let rows = stmt.query_map([project], row)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt
+            .query_map([project], row)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -153,13 +160,18 @@ impl Catalog {
     pub fn storage_dir(&self, project: &str) -> Result<Option<PathBuf>> {
         let dir: Option<Option<String>> = self
             .conn
-            .query_row("SELECT storage_dir FROM projects WHERE name = ?1", [project], |r| r.get(0))
+            .query_row(
+                "SELECT storage_dir FROM projects WHERE name = ?1",
+                [project],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(dir.flatten().map(PathBuf::from))
     }
 }
 
-const SELECT: &str = "SELECT id, project, project_dir, file_path, service_version, backup_type, status,
+const SELECT: &str =
+    "SELECT id, project, project_dir, file_path, service_version, backup_type, status,
     created_at, size_bytes, sha256, file_count, compression, duration_ms, error FROM backups";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
@@ -228,7 +240,10 @@ mod tests {
         assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [b, a]);
         assert_eq!(rows[0].size_bytes, 10);
         assert_eq!(c.list(None).unwrap().len(), 3);
-        assert_eq!(c.get(a).unwrap().unwrap().created_at, "2026-01-01T00:00:00Z");
+        assert_eq!(
+            c.get(a).unwrap().unwrap().created_at,
+            "2026-01-01T00:00:00Z"
+        );
         assert!(c.get(999).unwrap().is_none());
     }
 
@@ -236,10 +251,16 @@ mod tests {
     fn migrations_are_applied_once_and_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
-        Catalog::open(&path).unwrap().insert(&new_row("p", "t")).unwrap();
+        Catalog::open(&path)
+            .unwrap()
+            .insert(&new_row("p", "t"))
+            .unwrap();
         let again = Catalog::open(&path).unwrap();
         assert_eq!(again.list(None).unwrap().len(), 1);
-        let v: i64 = again.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = again
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
     }
 

@@ -42,7 +42,9 @@ impl ProjectLock {
                 )
                 .into());
             }
-            Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
         }
         file.set_len(0)?;
         file.rewind()?;
@@ -63,7 +65,11 @@ mod tests {
         let first = ProjectLock::acquire(dir.path(), "p", "create").unwrap();
         let err = ProjectLock::acquire(dir.path(), "p", "create").unwrap_err();
         assert_eq!(code_of(&err), Code::Locked);
-        assert!(err.to_string().contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         assert!(ProjectLock::acquire(dir.path(), "other", "create").is_ok());
         drop(first);
         assert!(ProjectLock::acquire(dir.path(), "p", "create").is_ok());

@@ -23,8 +23,16 @@ impl Running {
             .filter(|s| s.containers.iter().any(|c| c.is_live()))
             .map(|s| s.name.clone())
             .collect();
-        let containers = project.others.iter().filter(|c| c.is_live()).map(|c| c.name.clone()).collect();
-        Running { services, containers }
+        let containers = project
+            .others
+            .iter()
+            .filter(|c| c.is_live())
+            .map(|c| c.name.clone())
+            .collect();
+        Running {
+            services,
+            containers,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -33,7 +41,11 @@ impl Running {
 
     /// Everything, for messages.
     pub fn names(&self) -> Vec<String> {
-        self.services.iter().chain(self.containers.iter()).cloned().collect()
+        self.services
+            .iter()
+            .chain(self.containers.iter())
+            .cloned()
+            .collect()
     }
 }
 

@@ -14,31 +14,46 @@ pub const PARTIAL_PREFIX: &str = ".nuwax-partial-";
 pub fn archive_name(backup_type: &str, version: &str, at: DateTime<Utc>, ext: &str) -> String {
     let safe: String = version
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
-    format!("backup_{backup_type}_v{safe}_{}.{ext}", at.format("%Y-%m-%d_%H-%M-%S"))
+    format!(
+        "backup_{backup_type}_v{safe}_{}.{ext}",
+        at.format("%Y-%m-%d_%H-%M-%S")
+    )
 }
 
 /// The temporary name an archive is written under in `dir` (hidden, marked as partial).
 pub fn partial_path(dir: &Path, project: &str, final_name: &str) -> PathBuf {
-    dir.join(format!("{PARTIAL_PREFIX}{project}-{}-{final_name}", std::process::id()))
+    dir.join(format!(
+        "{PARTIAL_PREFIX}{project}-{}-{final_name}",
+        std::process::id()
+    ))
 }
 
 /// Removes partial archives of `project` left by runs that were killed. Only call while
 /// holding the project's lock (then no live run of this project owns one).
 pub fn remove_stale_partials(dir: &Path, project: &str) -> Vec<PathBuf> {
     let prefix = format!("{PARTIAL_PREFIX}{project}-");
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut removed = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
         // `<pid>-backup_…`: the project name may itself contain dashes, so require the pid shape.
-        let owned = rest
-            .split_once('-')
-            .is_some_and(|(pid, tail)| pid.chars().all(|c| c.is_ascii_digit()) && tail.starts_with("backup_"));
-        if owned && std::fs::remove_file(e.path()).is_ok()
-        {
+        let owned = rest.split_once('-').is_some_and(|(pid, tail)| {
+            pid.chars().all(|c| c.is_ascii_digit()) && tail.starts_with("backup_")
+        });
+        if owned && std::fs::remove_file(e.path()).is_ok() {
             removed.push(e.path());
         }
     }
@@ -51,10 +66,15 @@ pub fn remove_stale_partials(dir: &Path, project: &str) -> Vec<PathBuf> {
 pub fn publish(partial: &Path, dir: &Path, name: &str, ext: &str) -> Result<PathBuf> {
     let stem = name.strip_suffix(&format!(".{ext}")).unwrap_or(name);
     for n in 1..10_000 {
-        let candidate = if n == 1 { dir.join(name) } else { dir.join(format!("{stem}_{n}.{ext}")) };
+        let candidate = if n == 1 {
+            dir.join(name)
+        } else {
+            dir.join(format!("{stem}_{n}.{ext}"))
+        };
         match std::fs::hard_link(partial, &candidate) {
             Ok(()) => {
-                std::fs::remove_file(partial).with_context(|| format!("removing {}", partial.display()))?;
+                std::fs::remove_file(partial)
+                    .with_context(|| format!("removing {}", partial.display()))?;
                 sync_dir(dir)?;
                 return Ok(candidate);
             }
@@ -64,8 +84,9 @@ pub fn publish(partial: &Path, dir: &Path, name: &str, ext: &str) -> Result<Path
                 if candidate.exists() {
                     continue;
                 }
-                std::fs::rename(partial, &candidate)
-                    .with_context(|| format!("renaming {} to {}", partial.display(), candidate.display()))?;
+                std::fs::rename(partial, &candidate).with_context(|| {
+                    format!("renaming {} to {}", partial.display(), candidate.display())
+                })?;
                 sync_dir(dir)?;
                 return Ok(candidate);
             }
@@ -76,7 +97,9 @@ pub fn publish(partial: &Path, dir: &Path, name: &str, ext: &str) -> Result<Path
 
 /// fsync a folder so that a rename in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// Bytes available to this user in the filesystem holding `dir`.
@@ -86,7 +109,8 @@ pub fn free_bytes(dir: &Path) -> Result<u64> {
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("reading free space of {}", dir.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading free space of {}", dir.display()));
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
@@ -99,8 +123,14 @@ mod tests {
     #[test]
     fn names_follow_the_pattern_and_are_safe() {
         let at = Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap();
-        assert_eq!(archive_name("manual", "1.2.3", at, "tar.gz"), "backup_manual_v1.2.3_2026-11-26_10-00-00.tar.gz");
-        assert_eq!(archive_name("pre-upgrade", "a/b c", at, "tar.zst"), "backup_pre-upgrade_va-b-c_2026-11-26_10-00-00.tar.zst");
+        assert_eq!(
+            archive_name("manual", "1.2.3", at, "tar.gz"),
+            "backup_manual_v1.2.3_2026-11-26_10-00-00.tar.gz"
+        );
+        assert_eq!(
+            archive_name("pre-upgrade", "a/b c", at, "tar.zst"),
+            "backup_pre-upgrade_va-b-c_2026-11-26_10-00-00.tar.zst"
+        );
     }
 
     #[test]
@@ -113,7 +143,10 @@ mod tests {
             finals.push(publish(&p, dir.path(), "b.tar.gz", "tar.gz").unwrap());
             assert!(!p.exists());
         }
-        let names: Vec<String> = finals.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = finals
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, ["b.tar.gz", "b_2.tar.gz", "b_3.tar.gz"]);
         assert_eq!(std::fs::read_to_string(&finals[0]).unwrap(), "0");
     }
@@ -127,7 +160,10 @@ mod tests {
         for p in [&mine, &other, &archive] {
             std::fs::write(p, "x").unwrap();
         }
-        assert_eq!(remove_stale_partials(dir.path(), "proj"), vec![mine.clone()]);
+        assert_eq!(
+            remove_stale_partials(dir.path(), "proj"),
+            vec![mine.clone()]
+        );
         assert!(other.exists() && archive.exists() && !mine.exists());
     }
 

@@ -24,7 +24,12 @@ pub struct Collector<'a> {
 impl<'a> Collector<'a> {
     /// Entries go below `prefix` (e.g. `volumes/dbdata`); the entry with an empty path is
     /// the volume's root and is stored at `prefix` itself. Each entry is described on `lines`.
-    pub fn new(writer: &'a mut ArchiveWriter, prefix: &str, lines: &'a mut dyn Write, on_read: OnRead<'a>) -> Self {
+    pub fn new(
+        writer: &'a mut ArchiveWriter,
+        prefix: &str,
+        lines: &'a mut dyn Write,
+        on_read: OnRead<'a>,
+    ) -> Self {
         Collector {
             writer,
             prefix: prefix.as_bytes().to_vec(),
@@ -45,9 +50,21 @@ impl<'a> Collector<'a> {
         p
     }
 
-    fn record(&mut self, rel: &[u8], kind: EntryKind, a: &Attrs, size: u64, blake3: Option<String>, link: Option<&[u8]>) -> Result<()> {
+    fn record(
+        &mut self,
+        rel: &[u8],
+        kind: EntryKind,
+        a: &Attrs,
+        size: u64,
+        blake3: Option<String>,
+        link: Option<&[u8]>,
+    ) -> Result<()> {
         if rel.is_empty() {
-            self.root = Some(RootAttrs { uid: a.uid, gid: a.gid, mode: a.mode & 0o7777 });
+            self.root = Some(RootAttrs {
+                uid: a.uid,
+                gid: a.gid,
+                mode: a.mode & 0o7777,
+            });
         }
         let (path, path_hex) = path_text(rel);
         let entry = FileEntry {
@@ -62,7 +79,10 @@ impl<'a> Collector<'a> {
             blake3,
             link: link.map(|l| String::from_utf8_lossy(l).into_owned()),
         };
-        let line = FileLine { volume: String::from_utf8_lossy(&self.prefix).into_owned(), entry };
+        let line = FileLine {
+            volume: String::from_utf8_lossy(&self.prefix).into_owned(),
+            entry,
+        };
         serde_json::to_writer(&mut *self.lines, &line)?;
         self.lines.write_all(b"\n")?;
         Ok(())
@@ -80,7 +100,10 @@ impl<'a> Collector<'a> {
         self.writer.append_file(&path, a, size, &mut hashing)?;
         let (read, sha) = hashing.finish();
         if read != size {
-            bail!("{} changed size while it was read ({size} bytes expected, {read} read)", String::from_utf8_lossy(rel));
+            bail!(
+                "{} changed size while it was read ({size} bytes expected, {read} read)",
+                String::from_utf8_lossy(rel)
+            );
         }
         self.file_count += 1;
         self.bytes += size;
@@ -88,14 +111,16 @@ impl<'a> Collector<'a> {
     }
 
     pub fn symlink(&mut self, rel: &[u8], a: &Attrs, target: &[u8]) -> Result<()> {
-        self.writer.append_symlink(&self.archive_path(rel), a, target)?;
+        self.writer
+            .append_symlink(&self.archive_path(rel), a, target)?;
         self.record(rel, EntryKind::Symlink, a, 0, None, Some(target))
     }
 
     /// A hard link to `target_rel`, a path of this volume appended before.
     pub fn hardlink(&mut self, rel: &[u8], a: &Attrs, target_rel: &[u8]) -> Result<()> {
         let target = self.archive_path(target_rel);
-        self.writer.append_hardlink(&self.archive_path(rel), a, &target)?;
+        self.writer
+            .append_hardlink(&self.archive_path(rel), a, &target)?;
         self.record(rel, EntryKind::Hardlink, a, 0, None, Some(target_rel))
     }
 }

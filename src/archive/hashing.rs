@@ -24,7 +24,12 @@ pub struct HashingReader<'a, R> {
 
 impl<'a, R: Read> HashingReader<'a, R> {
     pub fn new(inner: R, on_read: &'a dyn Fn(u64) -> io::Result<()>) -> Self {
-        HashingReader { inner, hasher: blake3::Hasher::new(), count: 0, on_read }
+        HashingReader {
+            inner,
+            hasher: blake3::Hasher::new(),
+            count: 0,
+            on_read,
+        }
     }
 
     /// (bytes read, BLAKE3 hex)
@@ -52,7 +57,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), count: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     /// (the inner writer, bytes written, SHA-256 hex)

@@ -143,6 +143,9 @@ fn is_zero(n: &u64) -> bool {
 pub fn path_text(bytes: &[u8]) -> (String, Option<String>) {
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_string(), None),
-        Err(_) => (String::from_utf8_lossy(bytes).into_owned(), Some(super::hashing::hex(bytes))),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(super::hashing::hex(bytes)),
+        ),
     }
 }

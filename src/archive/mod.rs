@@ -4,6 +4,7 @@ pub mod collector;
 pub mod fs_source;
 pub mod hashing;
 pub mod manifest;
+pub mod reader;
 pub mod stream_source;
 pub mod writer;
 

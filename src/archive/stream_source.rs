@@ -19,9 +19,16 @@ fn relative(p: &[u8]) -> Vec<u8> {
 }
 
 /// Reads every entry of `stream`; devices and fifos are skipped through `warn`.
-pub fn collect<R: Read>(stream: R, c: &mut Collector<'_>, warn: &mut dyn FnMut(String)) -> Result<()> {
+pub fn collect<R: Read>(
+    stream: R,
+    c: &mut Collector<'_>,
+    warn: &mut dyn FnMut(String),
+) -> Result<()> {
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, stream));
-    for entry in archive.entries().context("reading the tar stream from docker cp")? {
+    for entry in archive
+        .entries()
+        .context("reading the tar stream from docker cp")?
+    {
         let entry = entry.context("reading the tar stream from docker cp")?;
         crate::cancel::check()?;
         let h = entry.header();
@@ -39,14 +46,20 @@ pub fn collect<R: Read>(stream: R, c: &mut Collector<'_>, warn: &mut dyn FnMut(S
                 c.file(&rel, &a, size, entry)?;
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
                 c.symlink(&rel, &a, &target)?;
             }
             tar::EntryType::Link => {
                 let target = relative(&entry.link_name_bytes().unwrap_or_default());
                 c.hardlink(&rel, &a, &target)?;
             }
-            other => warn(format!("skipped {} ({other:?} entries cannot be backed up)", String::from_utf8_lossy(&rel))),
+            other => warn(format!(
+                "skipped {} ({other:?} entries cannot be backed up)",
+                String::from_utf8_lossy(&rel)
+            )),
         }
     }
     Ok(())

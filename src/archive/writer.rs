@@ -81,7 +81,9 @@ impl Write for Compressor {
 impl Compressor {
     fn finish(self) -> Result<HashingWriter<File>> {
         match self {
-            Compressor::Gzip(mut w) => w.finish().map_err(|e| anyhow::anyhow!("finishing gzip stream: {e}")),
+            Compressor::Gzip(mut w) => w
+                .finish()
+                .map_err(|e| anyhow::anyhow!("finishing gzip stream: {e}")),
             Compressor::Zstd(w) => w.finish().context("finishing zstd stream"),
         }
     }
@@ -109,7 +111,9 @@ pub struct Finished {
 }
 
 fn threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }
 
 impl ArchiveWriter {
@@ -158,36 +162,61 @@ impl ArchiveWriter {
 
     pub fn append_dir(&mut self, path: &[u8], attrs: &Attrs) -> Result<()> {
         let mut h = Self::header(tar::EntryType::Directory, attrs, 0);
-        self.builder.append_data(&mut h, as_path(path), io::empty()).with_context(|| describe(path))
+        self.builder
+            .append_data(&mut h, as_path(path), io::empty())
+            .with_context(|| describe(path))
     }
 
     /// Appends a regular file of `size` bytes read from `data` (which must yield exactly that).
-    pub fn append_file<R: Read>(&mut self, path: &[u8], attrs: &Attrs, size: u64, data: R) -> Result<()> {
+    pub fn append_file<R: Read>(
+        &mut self,
+        path: &[u8],
+        attrs: &Attrs,
+        size: u64,
+        data: R,
+    ) -> Result<()> {
         let mut h = Self::header(tar::EntryType::Regular, attrs, size);
-        self.builder.append_data(&mut h, as_path(path), data).with_context(|| describe(path))
+        self.builder
+            .append_data(&mut h, as_path(path), data)
+            .with_context(|| describe(path))
     }
 
     pub fn append_symlink(&mut self, path: &[u8], attrs: &Attrs, target: &[u8]) -> Result<()> {
         let mut h = Self::header(tar::EntryType::Symlink, attrs, 0);
-        self.builder.append_link(&mut h, as_path(path), as_path(target)).with_context(|| describe(path))
+        self.builder
+            .append_link(&mut h, as_path(path), as_path(target))
+            .with_context(|| describe(path))
     }
 
     /// A hard link to `target`, an archive path appended before.
     pub fn append_hardlink(&mut self, path: &[u8], attrs: &Attrs, target: &[u8]) -> Result<()> {
         let mut h = Self::header(tar::EntryType::Link, attrs, 0);
-        self.builder.append_link(&mut h, as_path(path), as_path(target)).with_context(|| describe(path))
+        self.builder
+            .append_link(&mut h, as_path(path), as_path(target))
+            .with_context(|| describe(path))
     }
 
     /// A small file made by us (the manifest, copies of compose files).
     pub fn append_bytes(&mut self, path: &str, data: &[u8], mtime: u64) -> Result<()> {
-        let attrs = Attrs { mode: 0o644, uid: 0, gid: 0, mtime };
+        let attrs = Attrs {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime,
+        };
         self.append_file(path.as_bytes(), &attrs, data.len() as u64, data)
     }
 
     /// Writes the tar end, flushes the compressor, fsyncs the file.
     pub fn finish(self) -> Result<Finished> {
-        let buffered = self.builder.into_inner().context("writing the end of the archive")?;
-        let compressor = buffered.into_inner().map_err(|e| e.into_error()).context("writing the end of the archive")?;
+        let buffered = self
+            .builder
+            .into_inner()
+            .context("writing the end of the archive")?;
+        let compressor = buffered
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("writing the end of the archive")?;
         let (file, size, sha256) = compressor.finish()?.finish();
         file.sync_all().context("syncing the archive to disk")?;
         Ok(Finished { file, size, sha256 })
@@ -210,15 +239,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.tar");
         let mut w = ArchiveWriter::new(File::create(&path).unwrap(), codec).unwrap();
-        let attrs = Attrs { mode: 0o700, uid: 999, gid: 998, mtime: 1_700_000_000 };
+        let attrs = Attrs {
+            mode: 0o700,
+            uid: 999,
+            gid: 998,
+            mtime: 1_700_000_000,
+        };
         w.append_dir(b"v", &attrs).unwrap();
         let big = vec![7u8; 3 * GZIP_BLOCK + 5];
-        w.append_file(b"v/big", &attrs, big.len() as u64, &big[..]).unwrap();
+        w.append_file(b"v/big", &attrs, big.len() as u64, &big[..])
+            .unwrap();
         let long = format!("v/{}", "n".repeat(150));
-        w.append_file(long.as_bytes(), &attrs, 1, &b"x"[..]).unwrap();
+        w.append_file(long.as_bytes(), &attrs, 1, &b"x"[..])
+            .unwrap();
         w.append_symlink(b"v/s", &attrs, b"big").unwrap();
         w.append_hardlink(b"v/h", &attrs, b"v/big").unwrap();
-        w.append_file(b"v/\xff\xfe", &attrs, 0, io::empty()).unwrap();
+        w.append_file(b"v/\xff\xfe", &attrs, 0, io::empty())
+            .unwrap();
         let fin = w.finish().unwrap();
         assert_eq!(fin.size, std::fs::metadata(&path).unwrap().len());
         let file = File::open(&path).unwrap();
@@ -255,7 +292,10 @@ mod tests {
 
     #[test]
     fn zstd_archives_read_back_the_same() {
-        assert_eq!(roundtrip(Codec::Zstd { level: 3 }), roundtrip(Codec::Gzip { level: 1 }));
+        assert_eq!(
+            roundtrip(Codec::Zstd { level: 3 }),
+            roundtrip(Codec::Gzip { level: 1 })
+        );
     }
 
     #[test]

@@ -37,13 +37,19 @@ pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
     if dry_run {
         return Ok(Outcome::DryRun(plan));
     }
-    let lock_dir = catalog_path.parent().unwrap_or(Path::new(".")).join("locks");
+    let lock_dir = catalog_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("locks");
     let _lock = ProjectLock::acquire(&lock_dir, &project.name, "create")?;
     gate(&project, opts)?;
     std::fs::create_dir_all(&plan.storage)
         .with_context(|| format!("creating storage folder {}", plan.storage.display()))?;
     for p in storage::remove_stale_partials(&plan.storage, &project.name) {
-        note(format!("removed {} left by an interrupted backup", p.display()));
+        note(format!(
+            "removed {} left by an interrupted backup",
+            p.display()
+        ));
     }
     check_space(&plan)?;
     let row = execute(ctx, opts, &project, &plan, &catalog)?;
@@ -56,7 +62,10 @@ fn gate(project: &Project, opts: &Options) -> Result<()> {
     if blockers.is_empty() || opts.stop {
         return Ok(());
     }
-    let list: Vec<String> = blockers.iter().map(|b| format!("{} ({})", b.container, b.reason)).collect();
+    let list: Vec<String> = blockers
+        .iter()
+        .map(|b| format!("{} ({})", b.container, b.reason))
+        .collect();
     Err(UserError::new(
         Code::NotStopped,
         format!(
@@ -86,9 +95,19 @@ fn check_space(plan: &Plan) -> Result<()> {
 }
 
 /// Stops (with `--stop`), archives, starts again, and records the outcome in the catalog.
-fn execute(ctx: &Context, opts: &Options, project: &Project, plan: &Plan, catalog: &Catalog) -> Result<BackupRow> {
+fn execute(
+    ctx: &Context,
+    opts: &Options,
+    project: &Project,
+    plan: &Plan,
+    catalog: &Catalog,
+) -> Result<BackupRow> {
     let started = Instant::now();
-    let running = if opts.stop { Running::of(project) } else { Running::default() };
+    let running = if opts.stop {
+        Running::of(project)
+    } else {
+        Running::default()
+    };
     if !running.is_empty() {
         note(format!("stopping {}", running.names().join(", ")));
     }
@@ -120,11 +139,17 @@ fn execute(ctx: &Context, opts: &Options, project: &Project, plan: &Plan, catalo
                 error: None,
             })?;
             let row = catalog.get(id)?.context("reading back the catalog row")?;
-            restart.with_context(|| format!("backup #{id} completed ({}), but", done.path.display()))?;
+            restart.with_context(|| {
+                format!("backup #{id} completed ({}), but", done.path.display())
+            })?;
             Ok(row)
         }
         (Err(err), restart) => {
-            let err = if cancel::requested() { UserError::new(Code::Cancelled, "cancelled").into() } else { err };
+            let err = if cancel::requested() {
+                UserError::new(Code::Cancelled, "cancelled").into()
+            } else {
+                err
+            };
             record_failure(catalog, project, plan, duration_ms, &err);
             match restart {
                 Ok(()) => Err(err),
@@ -134,7 +159,13 @@ fn execute(ctx: &Context, opts: &Options, project: &Project, plan: &Plan, catalo
     }
 }
 
-fn record_failure(catalog: &Catalog, project: &Project, plan: &Plan, duration_ms: u64, err: &anyhow::Error) {
+fn record_failure(
+    catalog: &Catalog,
+    project: &Project,
+    plan: &Plan,
+    duration_ms: u64,
+    err: &anyhow::Error,
+) {
     let text = format!("{err:#}");
     let target = plan.storage.join(&plan.archive_name);
     let _ = catalog.insert(&NewBackup {
@@ -170,9 +201,15 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
         })
         .collect();
     if !named.is_empty() {
-        let ls = ctx.docker.output(&["volume", "ls", "--format", "{{.Name}}"])?;
+        let ls = ctx
+            .docker
+            .output(&["volume", "ls", "--format", "{{.Name}}"])?;
         facts.existing_volumes = ls.lines().map(|l| l.trim().to_string()).collect();
-        let present: Vec<&str> = named.iter().copied().filter(|n| facts.existing_volumes.contains(*n)).collect();
+        let present: Vec<&str> = named
+            .iter()
+            .copied()
+            .filter(|n| facts.existing_volumes.contains(*n))
+            .collect();
         if !present.is_empty() {
             facts.volume_details = volume_details(ctx, &present)?;
             facts.volume_sizes = volume_sizes(ctx);
@@ -187,7 +224,13 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
 }
 
 fn probe(p: &Path) -> (plan::PathKind, u64) {
-    match std::fs::symlink_metadata(p).and_then(|m| if m.file_type().is_symlink() { std::fs::metadata(p) } else { Ok(m) }) {
+    match std::fs::symlink_metadata(p).and_then(|m| {
+        if m.file_type().is_symlink() {
+            std::fs::metadata(p)
+        } else {
+            Ok(m)
+        }
+    }) {
         Err(_) => (plan::PathKind::Missing, 0),
         Ok(m) if m.is_dir() => (plan::PathKind::Dir, crate::archive::fs_source::size_of(p)),
         Ok(m) if m.is_file() => (plan::PathKind::File, m.len()),
@@ -210,7 +253,8 @@ fn volume_details(ctx: &Context, names: &[&str]) -> Result<HashMap<String, plan:
     let mut args = vec!["volume", "inspect"];
     args.extend_from_slice(names);
     let text = ctx.docker.output(&args)?;
-    let list: Vec<Inspect> = serde_json::from_str(&text).context("reading `docker volume inspect`")?;
+    let list: Vec<Inspect> =
+        serde_json::from_str(&text).context("reading `docker volume inspect`")?;
     Ok(list
         .into_iter()
         .map(|i| {
@@ -240,7 +284,10 @@ fn volume_sizes(ctx: &Context) -> HashMap<String, u64> {
         .ok()
         .and_then(|t| serde_json::from_str::<Vec<Df>>(t.trim()).ok());
     match sizes {
-        Some(list) => list.into_iter().filter_map(|d| Some((d.name, plan::parse_docker_size(&d.size)?))).collect(),
+        Some(list) => list
+            .into_iter()
+            .filter_map(|d| Some((d.name, plan::parse_docker_size(&d.size)?)))
+            .collect(),
         None => {
             warn("the engine did not report volume sizes; the free-space check counts bind mounts only");
             HashMap::new()

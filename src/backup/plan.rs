@@ -88,7 +88,15 @@ pub struct Plan {
 }
 
 /// Paths no backup should read: the host's own system folders and the docker socket.
-const SYSTEM_PATHS: &[&str] = &["/proc", "/sys", "/dev", "/run", "/var/run", "/var/lib/docker", "/boot"];
+const SYSTEM_PATHS: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/var/run",
+    "/var/lib/docker",
+    "/boot",
+];
 
 /// Builds the plan. `now` names the archive.
 pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc>) -> Plan {
@@ -106,15 +114,27 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
                 size_bytes: size,
                 decl: v.clone(),
             }),
-            Err(reason) => skipped.push(Skipped { volume: v.label(), reason }),
+            Err(reason) => skipped.push(Skipped {
+                volume: v.label(),
+                reason,
+            }),
         }
     }
-    let running = project.all_containers().filter(|c| c.is_live()).map(|c| c.name.clone()).collect();
+    let running = project
+        .all_containers()
+        .filter(|c| c.is_live())
+        .map(|c| c.name.clone())
+        .collect();
     Plan {
         project: project.name.clone(),
         project_dir: project.dir.clone(),
         backup_type: opts.backup_type.clone(),
-        archive_name: crate::storage::archive_name(&opts.backup_type, &version, now, opts.codec.extension()),
+        archive_name: crate::storage::archive_name(
+            &opts.backup_type,
+            &version,
+            now,
+            opts.codec.extension(),
+        ),
         service_version: version,
         compression: opts.codec.name(),
         storage: resolve_storage(project, opts, facts),
@@ -130,31 +150,59 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
 }
 
 /// `(kind, size, archive folder)` for a volume to archive, or why it is skipped.
-fn decide(project: &Project, opts: &Options, facts: &Facts, v: &Volume) -> Result<(&'static str, u64, String), String> {
+fn decide(
+    project: &Project,
+    opts: &Options,
+    facts: &Facts,
+    v: &Volume,
+) -> Result<(&'static str, u64, String), String> {
     if v.excluded() {
         return Err("excluded by x-nuwax-backup".into());
     }
     match v {
         Volume::Volume { name, key, .. } => {
             if !facts.existing_volumes.contains(name) {
-                return Err("the volume does not exist on this engine yet (nothing to back up)".into());
+                return Err(
+                    "the volume does not exist on this engine yet (nothing to back up)".into(),
+                );
             }
-            Ok(("volume", facts.volume_sizes.get(name).copied().unwrap_or(0), format!("volumes/{}", slug(key))))
+            Ok((
+                "volume",
+                facts.volume_sizes.get(name).copied().unwrap_or(0),
+                format!("volumes/{}", slug(key)),
+            ))
         }
-        Volume::Bind { source, inside_project, .. } => {
+        Volume::Bind {
+            source,
+            inside_project,
+            ..
+        } => {
             if SYSTEM_PATHS.iter().any(|s| source.starts_with(s)) || source == Path::new("/") {
                 return Err("a system path, never backed up".into());
             }
             if !inside_project && !opts.include_external_binds {
-                return Err("outside the project directory (pass --include-external-binds to include it)".into());
+                return Err(
+                    "outside the project directory (pass --include-external-binds to include it)"
+                        .into(),
+                );
             }
-            let (kind, size) = facts.paths.get(source).copied().unwrap_or((PathKind::Missing, 0));
+            let (kind, size) = facts
+                .paths
+                .get(source)
+                .copied()
+                .unwrap_or((PathKind::Missing, 0));
             match kind {
                 PathKind::Missing => Err("the path does not exist".into()),
-                PathKind::Special => Err("a socket, fifo or device, which cannot be backed up".into()),
+                PathKind::Special => {
+                    Err("a socket, fifo or device, which cannot be backed up".into())
+                }
                 PathKind::Dir | PathKind::File => {
                     let rel = source.strip_prefix(&project.dir).unwrap_or(source);
-                    let base = if *inside_project { slug(&rel.to_string_lossy()) } else { format!("external{}", slug(&source.to_string_lossy())) };
+                    let base = if *inside_project {
+                        slug(&rel.to_string_lossy())
+                    } else {
+                        format!("external{}", slug(&source.to_string_lossy()))
+                    };
                     Ok(("bind", size, format!("binds/{base}")))
                 }
             }
@@ -164,7 +212,11 @@ fn decide(project: &Project, opts: &Options, facts: &Facts, v: &Volume) -> Resul
 
 /// A path or key as one archive folder name: `data/app` → `data_app`, `` → `_project`.
 fn slug(s: &str) -> String {
-    let t: String = s.trim_matches('/').chars().map(|c| if c == '/' { '_' } else { c }).collect();
+    let t: String = s
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c == '/' { '_' } else { c })
+        .collect();
     if t.is_empty() || t == "." {
         "_project".into()
     } else {
@@ -185,7 +237,11 @@ fn unique(used: &mut HashSet<String>, base: String) -> String {
 /// `--service-version`, else `x-nuwax-backup.version`, else the image tag of the first
 /// persistent service (`latest` when the image has no tag), else `unknown`.
 pub fn resolve_version(project: &Project, opts: &Options) -> String {
-    if let Some(v) = opts.service_version.clone().or_else(|| project.extension.version.clone()) {
+    if let Some(v) = opts
+        .service_version
+        .clone()
+        .or_else(|| project.extension.version.clone())
+    {
         return v;
     }
     project
@@ -253,7 +309,9 @@ mod tests {
         Project {
             name: cfg.name.clone(),
             services: crate::compose::classify::services(&cfg, &by),
-            volumes: crate::compose::classify::volumes(&cfg, &dir, &|p: &Path| p.ends_with("f.conf")),
+            volumes: crate::compose::classify::volumes(&cfg, &dir, &|p: &Path| {
+                p.ends_with("f.conf")
+            }),
             dir,
             compose_files: vec![],
             others,
@@ -285,7 +343,10 @@ mod tests {
     }
 
     fn facts() -> Facts {
-        let mut f = Facts { cwd: "/work".into(), ..Default::default() };
+        let mut f = Facts {
+            cwd: "/work".into(),
+            ..Default::default()
+        };
         f.existing_volumes.insert("p_dbdata".into());
         f.volume_sizes.insert("p_dbdata".into(), 1000);
         f.paths.insert("/proj/data/app".into(), (PathKind::Dir, 20));
@@ -302,36 +363,68 @@ mod tests {
     #[test]
     fn plan_archives_what_exists_and_says_why_the_rest_is_skipped() {
         let plan = build(&project(P), &opts(), &facts(), at());
-        let got: Vec<(&str, &str)> = plan.volumes.iter().map(|i| (i.volume.as_str(), i.archive_path.as_str())).collect();
+        let got: Vec<(&str, &str)> = plan
+            .volumes
+            .iter()
+            .map(|i| (i.volume.as_str(), i.archive_path.as_str()))
+            .collect();
         assert_eq!(
             got,
-            [("p_dbdata", "volumes/dbdata"), ("/proj", "binds/_project"), ("/proj/data/app", "binds/data_app"), ("/proj/f.conf", "binds/f.conf")]
+            [
+                ("p_dbdata", "volumes/dbdata"),
+                ("/proj", "binds/_project"),
+                ("/proj/data/app", "binds/data_app"),
+                ("/proj/f.conf", "binds/f.conf")
+            ]
         );
-        let skipped: BTreeMap<&str, &str> = plan.skipped.iter().map(|s| (s.volume.as_str(), s.reason.as_str())).collect();
+        let skipped: BTreeMap<&str, &str> = plan
+            .skipped
+            .iter()
+            .map(|s| (s.volume.as_str(), s.reason.as_str()))
+            .collect();
         assert!(skipped["p_gone"].contains("does not exist"));
         assert!(skipped["/srv/shared"].contains("--include-external-binds"));
         assert!(skipped["/var/run/docker.sock"].contains("system path"));
         assert!(skipped["/proj/missing"].contains("does not exist"));
         assert_eq!(plan.bytes_needed, 1000 + 1023 + 20 + 3);
-        assert_eq!(plan.archive_name, "backup_manual_v15.4_2026-11-26_10-00-00.tar.gz");
+        assert_eq!(
+            plan.archive_name,
+            "backup_manual_v15.4_2026-11-26_10-00-00.tar.gz"
+        );
         assert_eq!(plan.storage, PathBuf::from("/proj/backups"));
     }
 
     #[test]
     fn external_binds_are_included_on_request() {
-        let o = Options { include_external_binds: true, ..opts() };
+        let o = Options {
+            include_external_binds: true,
+            ..opts()
+        };
         let plan = build(&project(P), &o, &facts(), at());
-        assert!(plan.volumes.iter().any(|i| i.archive_path == "binds/externalsrv_shared"));
+        assert!(plan
+            .volumes
+            .iter()
+            .any(|i| i.archive_path == "binds/externalsrv_shared"));
     }
 
     #[test]
     fn version_and_storage_follow_their_precedence() {
         let p = project(P);
         assert_eq!(resolve_version(&p, &opts()), "15.4");
-        let o = Options { service_version: Some("9".into()), storage: Some("out".into()), ..opts() };
+        let o = Options {
+            service_version: Some("9".into()),
+            storage: Some("out".into()),
+            ..opts()
+        };
         assert_eq!(resolve_version(&p, &o), "9");
-        assert_eq!(resolve_storage(&p, &o, &facts()), PathBuf::from("/work/out"));
-        let f = Facts { catalog_storage: Some("/migrated".into()), ..facts() };
+        assert_eq!(
+            resolve_storage(&p, &o, &facts()),
+            PathBuf::from("/work/out")
+        );
+        let f = Facts {
+            catalog_storage: Some("/migrated".into()),
+            ..facts()
+        };
         assert_eq!(resolve_storage(&p, &opts(), &f), PathBuf::from("/migrated"));
         assert_eq!(image_tag("busybox"), "latest");
         assert_eq!(image_tag("reg:5000/app"), "latest");

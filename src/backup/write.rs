@@ -29,7 +29,11 @@ impl Drop for Partial {
 /// Writes, fsyncs and publishes the archive. Fails on any read or write error, or on cancel;
 /// then no file is left under a final name.
 pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written> {
-    let partial = Partial(storage::partial_path(&plan.storage, &project.name, &plan.archive_name));
+    let partial = Partial(storage::partial_path(
+        &plan.storage,
+        &project.name,
+        &plan.archive_name,
+    ));
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -53,13 +57,19 @@ pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written>
         args.extend(created);
         let _ = ctx.docker.output(&args);
     }
-    let file_count = result?;
-    let finished = writer.finish()?;
+    let in_storage = || format!("writing the archive in {}", plan.storage.display());
+    let file_count = result.with_context(in_storage)?;
+    let finished = writer.finish().with_context(in_storage)?;
     drop(finished.file);
     let ext = codec.extension();
     let path = storage::publish(&partial.0, &plan.storage, &plan.archive_name, ext)?;
     std::mem::forget(partial);
-    Ok(Written { path, size: finished.size, sha256: finished.sha256, file_count })
+    Ok(Written {
+        path,
+        size: finished.size,
+        sha256: finished.sha256,
+        file_count,
+    })
 }
 
 /// Appends every volume, the compose files and the manifest. Returns the file count.
@@ -93,11 +103,16 @@ fn fill(
                 fs_source::collect(source, &plan.storage, &mut c, &mut warn_fn)
                     .with_context(|| format!("reading bind mount {}", source.display()))?;
             }
-            Volume::Volume { name, .. } => read_volume(ctx, project, item, created, &mut c, &mut warn_fn)
-                .with_context(|| format!("reading volume {name}"))?,
+            Volume::Volume { name, .. } => {
+                read_volume(ctx, project, item, created, &mut c, &mut warn_fn)
+                    .with_context(|| format!("reading volume {name}"))?
+            }
         }
         records.push(record(item, plan, c));
-        skipped.extend(warnings.into_iter().map(|reason| Skipped { volume: item.volume.clone(), reason }));
+        skipped.extend(warnings.into_iter().map(|reason| Skipped {
+            volume: item.volume.clone(),
+            reason,
+        }));
     }
     bar.finish_and_clear();
     let compose_files = store_compose_files(project, writer, plan.at.timestamp() as u64)?;
@@ -110,21 +125,37 @@ fn fill(
 }
 
 /// Appends the per-entry lines collected in the spill file as `manifest-files.jsonl`.
-fn append_spill(writer: &mut ArchiveWriter, spill: &mut std::io::BufWriter<std::fs::File>, mtime: u64) -> Result<()> {
+fn append_spill(
+    writer: &mut ArchiveWriter,
+    spill: &mut std::io::BufWriter<std::fs::File>,
+    mtime: u64,
+) -> Result<()> {
     use std::io::{Seek, Write};
     spill.flush()?;
     let file = spill.get_mut();
     let len = file.stream_position()?;
     file.rewind()?;
-    let attrs = crate::archive::writer::Attrs { mode: 0o644, uid: 0, gid: 0, mtime };
-    writer.append_file(manifest::FILES_PATH.as_bytes(), &attrs, len, std::io::BufReader::new(&*file))
+    let attrs = crate::archive::writer::Attrs {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime,
+    };
+    writer.append_file(
+        manifest::FILES_PATH.as_bytes(),
+        &attrs,
+        len,
+        std::io::BufReader::new(&*file),
+    )
 }
 
 fn progress(total: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
@@ -152,27 +183,69 @@ fn read_volume(
 
 /// A container of the project that mounts `volume`, and where; created (not started) with
 /// `docker compose create` when none exists. Containers made here are pushed to `created`.
-fn container_for(ctx: &Context, project: &Project, volume: &Volume, created: &mut Vec<String>) -> Result<(String, String)> {
+fn container_for(
+    ctx: &Context,
+    project: &Project,
+    volume: &Volume,
+    created: &mut Vec<String>,
+) -> Result<(String, String)> {
     for m in volume.mounts() {
-        if let Some(c) = project.service(&m.service).and_then(|s| s.containers.first()) {
+        if let Some(c) = project
+            .service(&m.service)
+            .and_then(|s| s.containers.first())
+        {
             return Ok((c.name.clone(), m.target.clone()));
         }
     }
-    let m = volume.mounts().first().context("the volume is not mounted by any service")?;
-    ctx.docker.compose(&ctx.compose, &["create", "--no-recreate", m.service.as_str()])?;
-    let ps = ctx.docker.compose(&ctx.compose, &["ps", "-a", "--format", "json", m.service.as_str()])?;
-    let mine = model::parse_ps(&ps)?.into_iter().find(|p| p.service == m.service && !p.is_oneoff());
-    let name = mine.map(|p| p.name).with_context(|| format!("no container for service {} after `docker compose create`", m.service))?;
+    let m = volume
+        .mounts()
+        .first()
+        .context("the volume is not mounted by any service")?;
+    ctx.docker.compose(
+        &ctx.compose,
+        &["create", "--no-recreate", m.service.as_str()],
+    )?;
+    let ps = ctx.docker.compose(
+        &ctx.compose,
+        &["ps", "-a", "--format", "json", m.service.as_str()],
+    )?;
+    let mine = model::parse_ps(&ps)?
+        .into_iter()
+        .find(|p| p.service == m.service && !p.is_oneoff());
+    let name = mine.map(|p| p.name).with_context(|| {
+        format!(
+            "no container for service {} after `docker compose create`",
+            m.service
+        )
+    })?;
     created.push(name.clone());
     Ok((name, m.target.clone()))
 }
 
 fn record(item: &Item, plan: &Plan, c: Collector<'_>) -> VolumeRecord {
     let (kind, name, key, source, external, is_file) = match &item.decl {
-        Volume::Volume { name, key, external, .. } => ("volume", Some(name.clone()), Some(key.clone()), None, *external, false),
-        Volume::Bind { source, is_file, .. } => ("bind", None, None, Some(source.clone()), false, *is_file),
+        Volume::Volume {
+            name,
+            key,
+            external,
+            ..
+        } => (
+            "volume",
+            Some(name.clone()),
+            Some(key.clone()),
+            None,
+            *external,
+            false,
+        ),
+        Volume::Bind {
+            source, is_file, ..
+        } => ("bind", None, None, Some(source.clone()), false, *is_file),
     };
-    let details = name.as_ref().and_then(|n| plan.volume_details.get(n)).cloned().unwrap_or_default();
+    let details = name
+        .as_ref()
+        .and_then(|n| plan.volume_details.get(n))
+        .cloned()
+        .unwrap_or_default();
     VolumeRecord {
         kind: kind.into(),
         name,
@@ -180,11 +253,26 @@ fn record(item: &Item, plan: &Plan, c: Collector<'_>) -> VolumeRecord {
         source,
         external,
         is_file,
-        role: serde_json::to_value(item.role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        role: serde_json::to_value(item.role)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
         driver: (!details.driver.is_empty()).then_some(details.driver),
         driver_opts: details.options,
         labels: details.labels,
-        mounts: item.decl.mounts().iter().map(|m| format!("{}:{}{}", m.service, m.target, if m.read_only { ":ro" } else { "" })).collect(),
+        mounts: item
+            .decl
+            .mounts()
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}:{}{}",
+                    m.service,
+                    m.target,
+                    if m.read_only { ":ro" } else { "" }
+                )
+            })
+            .collect(),
         archive_path: item.archive_path.clone(),
         root: c.root.unwrap_or_default(),
         file_count: c.file_count,
@@ -193,7 +281,11 @@ fn record(item: &Item, plan: &Plan, c: Collector<'_>) -> VolumeRecord {
 }
 
 /// Copies the compose files and `.env` into `compose/` for reference.
-fn store_compose_files(project: &Project, writer: &mut ArchiveWriter, mtime: u64) -> Result<Vec<StoredFile>> {
+fn store_compose_files(
+    project: &Project,
+    writer: &mut ArchiveWriter,
+    mtime: u64,
+) -> Result<Vec<StoredFile>> {
     let mut sources: Vec<PathBuf> = project.compose_files.clone();
     let env = project.dir.join(".env");
     if env.is_file() {
@@ -202,19 +294,35 @@ fn store_compose_files(project: &Project, writer: &mut ArchiveWriter, mtime: u64
     let mut stored = Vec::new();
     for (i, src) in sources.iter().enumerate() {
         let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
-        let base = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("file{i}"));
-        let name = if stored.iter().any(|s: &StoredFile| s.archive_path == format!("compose/{base}")) {
+        let base = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("file{i}"));
+        let name = if stored
+            .iter()
+            .any(|s: &StoredFile| s.archive_path == format!("compose/{base}"))
+        {
             format!("compose/{i}-{base}")
         } else {
             format!("compose/{base}")
         };
         writer.append_bytes(&name, &data, mtime)?;
-        stored.push(StoredFile { source: src.clone(), archive_path: name, sha256: hashing::hex(&Sha256::digest(&data)) });
+        stored.push(StoredFile {
+            source: src.clone(),
+            archive_path: name,
+            sha256: hashing::hex(&Sha256::digest(&data)),
+        });
     }
     Ok(stored)
 }
 
-fn manifest_of(project: &Project, plan: &Plan, volumes: Vec<VolumeRecord>, compose_files: Vec<StoredFile>, skipped: Vec<Skipped>) -> Manifest {
+fn manifest_of(
+    project: &Project,
+    plan: &Plan,
+    volumes: Vec<VolumeRecord>,
+    compose_files: Vec<StoredFile>,
+    skipped: Vec<Skipped>,
+) -> Manifest {
     let mut compose_hash = Sha256::new();
     for f in &project.compose_files {
         if let Ok(data) = std::fs::read(f) {
@@ -238,7 +346,11 @@ fn manifest_of(project: &Project, plan: &Plan, volumes: Vec<VolumeRecord>, compo
             .iter()
             .map(|s| ServiceRecord {
                 name: s.name.clone(),
-                kind: if s.kind == Kind::Persistent { "persistent".into() } else { "one-shot".into() },
+                kind: if s.kind == Kind::Persistent {
+                    "persistent".into()
+                } else {
+                    "one-shot".into()
+                },
                 restart_policy: s.restart_policy.clone(),
                 image: s.image.clone(),
             })

@@ -11,10 +11,16 @@ use crate::Context;
 
 pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> {
     let codec = match args.compression {
-        Compression::Gzip => Codec::Gzip { level: args.compression_level.unwrap_or(6) },
-        Compression::Zstd => Codec::Zstd { level: args.compression_level.unwrap_or(3) as i32 },
+        Compression::Gzip => Codec::Gzip {
+            level: args.compression_level.unwrap_or(6),
+        },
+        Compression::Zstd => Codec::Zstd {
+            level: args.compression_level.unwrap_or(3) as i32,
+        },
     };
-    codec.validate().map_err(|e| crate::exit_codes::UserError::new(crate::exit_codes::Code::Usage, format!("{e:#}")))?;
+    codec.validate().map_err(|e| {
+        crate::exit_codes::UserError::new(crate::exit_codes::Code::Usage, format!("{e:#}"))
+    })?;
     let opts = Options {
         backup_type: args.backup_type.as_str().into(),
         service_version: args.service_version.clone(),
@@ -27,23 +33,52 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
         Outcome::DryRun(plan) => match args.format {
             Format::Json => write_json(out, &plan),
             Format::Table => {
-                writeln!(out, "Would write {}", plan.storage.join(&plan.archive_name).display())?;
+                writeln!(
+                    out,
+                    "Would write {}",
+                    plan.storage.join(&plan.archive_name).display()
+                )?;
                 if plan.running.is_empty() {
                     writeln!(out, "Nothing is running: no service stops.")?;
                 } else if args.stop {
-                    writeln!(out, "Would stop, then start again: {}", plan.running.join(", "))?;
+                    writeln!(
+                        out,
+                        "Would stop, then start again: {}",
+                        plan.running.join(", ")
+                    )?;
                 } else {
-                    writeln!(out, "Refused as things stand, running: {} (stop them or pass --stop)", plan.running.join(", "))?;
+                    writeln!(
+                        out,
+                        "Refused as things stand, running: {} (stop them or pass --stop)",
+                        plan.running.join(", ")
+                    )?;
                 }
                 let rows = plan.volumes.iter().map(|v| {
-                    let role = serde_json::to_value(v.role).ok().and_then(|r| r.as_str().map(String::from)).unwrap_or_default();
-                    vec![v.volume.clone(), v.kind.to_string(), role, human_bytes(v.size_bytes), v.archive_path.clone()]
+                    let role = serde_json::to_value(v.role)
+                        .ok()
+                        .and_then(|r| r.as_str().map(String::from))
+                        .unwrap_or_default();
+                    vec![
+                        v.volume.clone(),
+                        v.kind.to_string(),
+                        role,
+                        human_bytes(v.size_bytes),
+                        v.archive_path.clone(),
+                    ]
                 });
-                write!(out, "{}", table(&["VOLUME", "KIND", "ROLE", "SIZE", "IN ARCHIVE"], rows))?;
+                write!(
+                    out,
+                    "{}",
+                    table(&["VOLUME", "KIND", "ROLE", "SIZE", "IN ARCHIVE"], rows)
+                )?;
                 for s in &plan.skipped {
                     writeln!(out, "skipped {}: {}", s.volume, s.reason)?;
                 }
-                writeln!(out, "Space needed: up to {}", human_bytes(plan.bytes_needed))?;
+                writeln!(
+                    out,
+                    "Space needed: up to {}",
+                    human_bytes(plan.bytes_needed)
+                )?;
                 Ok(())
             }
         },

@@ -1,0 +1,348 @@
+//! Reads archives back: opens either codec, checks every entry is safe to extract, and
+//! verifies the whole file against its manifest (and the catalog's SHA-256) in one pass.
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Component, Path};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::hashing::hex;
+use super::manifest::{EntryKind, FileLine, Manifest, FILES_PATH, MANIFEST_PATH};
+
+/// Hashes the compressed bytes as they are read (shared, so the hash survives the decoder).
+struct Sha256Reader<R> {
+    inner: R,
+    state: Arc<Mutex<(Sha256, u64)>>,
+}
+
+impl<R: Read> Read for Sha256Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut s = self.state.lock().expect("hash state");
+        s.0.update(&buf[..n]);
+        s.1 += n as u64;
+        Ok(n)
+    }
+}
+
+/// The decompressed tar stream of an archive, and the running SHA-256 of its file.
+pub struct Opened {
+    pub tar: Box<dyn Read>,
+    digest: Arc<Mutex<(Sha256, u64)>>,
+}
+
+impl Opened {
+    /// SHA-256 and size of the bytes read so far (all of them, once the tar is read to its end).
+    pub fn file_digest(&self) -> (String, u64) {
+        let s = self.digest.lock().expect("hash state");
+        (hex(&s.0.clone().finalize()), s.1)
+    }
+}
+
+/// Opens a `.tar.gz` (any gzip, ours is multi-member) or `.tar.zst` by its magic bytes.
+pub fn open(path: &Path) -> Result<Opened> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic)?;
+    let digest = Arc::new(Mutex::new((Sha256::new(), 0u64)));
+    let head = io::Cursor::new(magic[..n].to_vec());
+    let raw = BufReader::with_capacity(
+        1 << 20,
+        Sha256Reader {
+            inner: head.chain(file),
+            state: digest.clone(),
+        },
+    );
+    let tar: Box<dyn Read> = match magic {
+        [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
+        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::with_buffer(raw)?),
+        _ => bail!("{} is not a gzip or zstd archive", path.display()),
+    };
+    Ok(Opened { tar, digest })
+}
+
+/// What a verified archive holds.
+pub struct Verified {
+    pub manifest: Manifest,
+    pub sha256: String,
+    pub size: u64,
+    pub entries: u64,
+}
+
+/// Why an archive entry may not be extracted, or `None` when it is safe. `symlinks` holds the
+/// symlink paths seen so far: nothing may be written through one.
+pub fn unsafe_entry(
+    path: &[u8],
+    kind: tar::EntryType,
+    link: Option<&[u8]>,
+    symlinks: &[Vec<u8>],
+) -> Option<String> {
+    let shown = String::from_utf8_lossy(path);
+    if !is_plain_relative(path) {
+        return Some(format!("{shown}: absolute path or `..` in the archive"));
+    }
+    match kind {
+        tar::EntryType::Directory
+        | tar::EntryType::Regular
+        | tar::EntryType::Continuous
+        | tar::EntryType::Symlink => {}
+        tar::EntryType::Link => {
+            let target = link.unwrap_or_default();
+            if !is_plain_relative(target)
+                || volume_of(target) != volume_of(path)
+                || volume_of(path).is_none()
+            {
+                return Some(format!(
+                    "{shown}: hard link to {} leaves its volume",
+                    String::from_utf8_lossy(target)
+                ));
+            }
+        }
+        other => {
+            return Some(format!(
+                "{shown}: {other:?} entries (devices, fifos) are refused"
+            ))
+        }
+    }
+    if let Some(s) = symlinks
+        .iter()
+        .find(|s| path.len() > s.len() && path.starts_with(s) && path[s.len()] == b'/')
+    {
+        return Some(format!(
+            "{shown}: written through the symlink {}",
+            String::from_utf8_lossy(s)
+        ));
+    }
+    None
+}
+
+fn is_plain_relative(p: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = Path::new(std::ffi::OsStr::from_bytes(p));
+    !p.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// `volumes/<key>` or `binds/<slug>` of an archive path.
+pub fn volume_of(p: &[u8]) -> Option<&[u8]> {
+    let mut parts = p.splitn(3, |b| *b == b'/');
+    let top = parts.next()?;
+    let name = parts.next()?;
+    if (top == b"volumes" || top == b"binds") && !name.is_empty() {
+        Some(&p[..top.len() + 1 + name.len()])
+    } else {
+        None
+    }
+}
+
+struct Seen {
+    kind: EntryKind,
+    size: u64,
+    blake3: Option<String>,
+}
+
+/// Reads the whole archive once: every entry must be safe, every file must match the
+/// manifest's size and BLAKE3, the manifest must be there and valid, and (when given) the
+/// file's SHA-256 must equal `expected_sha256`. Fails with what is wrong.
+pub fn verify(path: &Path, expected_sha256: Option<&str>) -> Result<Verified> {
+    let mut opened = open(path)?;
+    let mut seen: HashMap<Vec<u8>, Seen> = HashMap::new();
+    let mut symlinks: Vec<Vec<u8>> = Vec::new();
+    let mut manifest_bytes = None;
+    let mut lines_bytes = None;
+    let mut entries = 0u64;
+    {
+        let mut archive = tar::Archive::new(&mut opened.tar);
+        for entry in archive.entries().context("reading the archive")? {
+            let mut entry = entry.context("the archive is damaged or cut short")?;
+            crate::cancel::check()?;
+            entries += 1;
+            let p = entry.path_bytes().into_owned();
+            let kind = entry.header().entry_type();
+            let link = entry.link_name_bytes().map(|l| l.into_owned());
+            if let Some(why) = unsafe_entry(&p, kind, link.as_deref(), &symlinks) {
+                bail!("unsafe entry {why}");
+            }
+            if p == MANIFEST_PATH.as_bytes() || p == FILES_PATH.as_bytes() {
+                let mut buf = Vec::new();
+                entry
+                    .read_to_end(&mut buf)
+                    .context("the archive is damaged or cut short")?;
+                if p == MANIFEST_PATH.as_bytes() {
+                    manifest_bytes = Some(buf)
+                } else {
+                    lines_bytes = Some(buf)
+                }
+                continue;
+            }
+            let record = match kind {
+                tar::EntryType::Directory => Seen {
+                    kind: EntryKind::Dir,
+                    size: 0,
+                    blake3: None,
+                },
+                tar::EntryType::Symlink => {
+                    symlinks.push(p.clone());
+                    Seen {
+                        kind: EntryKind::Symlink,
+                        size: 0,
+                        blake3: None,
+                    }
+                }
+                tar::EntryType::Link => Seen {
+                    kind: EntryKind::Hardlink,
+                    size: 0,
+                    blake3: None,
+                },
+                _ => {
+                    let mut h = blake3::Hasher::new();
+                    let n = io::copy(&mut entry, &mut h)
+                        .context("the archive is damaged or cut short")?;
+                    Seen {
+                        kind: EntryKind::File,
+                        size: n,
+                        blake3: Some(h.finalize().to_hex().to_string()),
+                    }
+                }
+            };
+            seen.insert(p, record);
+        }
+    }
+    io::copy(&mut opened.tar, &mut io::sink()).context("the archive is damaged or cut short")?;
+    let (sha256, size) = opened.file_digest();
+    if let Some(want) = expected_sha256 {
+        if want != sha256 {
+            bail!("checksum mismatch: the file's SHA-256 is {sha256}, the catalog recorded {want}");
+        }
+    }
+    let manifest: Manifest = serde_json::from_slice(
+        &manifest_bytes.context("no manifest.json: not a docker-nuwax-backup archive")?,
+    )
+    .context("manifest.json is not valid")?;
+    if manifest.format_version > super::manifest::FORMAT_VERSION {
+        bail!(
+            "archive format {} is newer than this tool understands: upgrade docker-nuwax-backup",
+            manifest.format_version
+        );
+    }
+    check_lines(
+        &lines_bytes.context("no manifest-files.jsonl in the archive")?,
+        &seen,
+    )?;
+    Ok(Verified {
+        manifest,
+        sha256,
+        size,
+        entries,
+    })
+}
+
+/// Every line of the files list must match an entry read, and every volume entry read must
+/// have its line.
+fn check_lines(bytes: &[u8], seen: &HashMap<Vec<u8>, Seen>) -> Result<()> {
+    let mut listed = 0usize;
+    for (i, line) in bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let l: FileLine = serde_json::from_slice(line)
+            .with_context(|| format!("manifest-files.jsonl line {} is not valid", i + 1))?;
+        let rel = match &l.entry.path_hex {
+            Some(h) => decode_hex(h).with_context(|| format!("bad path_hex on line {}", i + 1))?,
+            None => l.entry.path.clone().into_bytes(),
+        };
+        let mut full = l.volume.clone().into_bytes();
+        if !rel.is_empty() {
+            full.push(b'/');
+            full.extend_from_slice(&rel);
+        }
+        let shown = String::from_utf8_lossy(&full).into_owned();
+        let got = seen
+            .get(&full)
+            .with_context(|| format!("{shown} is in the manifest but missing from the archive"))?;
+        if got.kind != l.entry.kind {
+            bail!(
+                "{shown}: the archive holds a {:?}, the manifest a {:?}",
+                got.kind,
+                l.entry.kind
+            );
+        }
+        if got.kind == EntryKind::File && (got.size != l.entry.size || got.blake3 != l.entry.blake3)
+        {
+            bail!("{shown}: content differs from the manifest (size or BLAKE3)");
+        }
+        listed += 1;
+    }
+    let in_volumes = seen.keys().filter(|k| volume_of(k).is_some()).count();
+    if in_volumes != listed {
+        bail!("the archive holds {in_volumes} volume entries but the manifest lists {listed}");
+    }
+    Ok(())
+}
+
+fn decode_hex(h: &str) -> Option<Vec<u8>> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| h.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tar::EntryType as T;
+
+    #[test]
+    fn unsafe_entries_are_named() {
+        let none: Vec<Vec<u8>> = vec![];
+        assert!(unsafe_entry(b"volumes/db/a", T::Regular, None, &none).is_none());
+        assert!(unsafe_entry(b"/etc/passwd", T::Regular, None, &none)
+            .unwrap()
+            .contains("absolute"));
+        assert!(unsafe_entry(b"volumes/db/../../x", T::Regular, None, &none)
+            .unwrap()
+            .contains(".."));
+        assert!(
+            unsafe_entry(b"volumes/db/h", T::Link, Some(b"/etc/passwd"), &none)
+                .unwrap()
+                .contains("hard link")
+        );
+        assert!(
+            unsafe_entry(b"volumes/db/h", T::Link, Some(b"volumes/other/f"), &none)
+                .unwrap()
+                .contains("hard link")
+        );
+        assert!(unsafe_entry(b"volumes/db/h", T::Link, Some(b"volumes/db/f"), &none).is_none());
+        assert!(unsafe_entry(b"volumes/db/dev", T::Char, None, &none)
+            .unwrap()
+            .contains("devices"));
+        assert!(unsafe_entry(b"volumes/db/fifo", T::Fifo, None, &none).is_some());
+        let links = vec![b"volumes/db/l".to_vec()];
+        assert!(
+            unsafe_entry(b"volumes/db/l/passwd", T::Regular, None, &links)
+                .unwrap()
+                .contains("symlink")
+        );
+        assert!(unsafe_entry(b"volumes/db/lx", T::Regular, None, &links).is_none());
+    }
+
+    #[test]
+    fn volumes_are_found_from_paths() {
+        assert_eq!(volume_of(b"volumes/db/a/b"), Some(&b"volumes/db"[..]));
+        assert_eq!(volume_of(b"binds/conf"), Some(&b"binds/conf"[..]));
+        assert_eq!(volume_of(b"compose/compose.yaml"), None);
+        assert_eq!(volume_of(b"manifest.json"), None);
+    }
+
+    #[test]
+    fn hex_paths_decode() {
+        assert_eq!(decode_hex("ff41"), Some(vec![0xff, 0x41]));
+        assert_eq!(decode_hex("zz"), None);
+    }
+}
