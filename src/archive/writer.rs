@@ -58,33 +58,59 @@ impl Codec {
     }
 }
 
+/// `None` once finished. gzp's writer panics when dropped or finished after a failed write,
+/// so an abandoned one (an error or a cancel mid-archive) is forgotten in `Drop`: its idle
+/// threads are left to the end of the process, which is near on that path.
 enum Compressor {
-    Gzip(ParCompress<'static, Mgzip, HashingWriter<File>>),
-    Zstd(zstd::Encoder<'static, HashingWriter<File>>),
+    Gzip(Option<ParCompress<'static, Mgzip, HashingWriter<File>>>),
+    Zstd(Option<zstd::Encoder<'static, HashingWriter<File>>>),
+}
+
+fn finished() -> io::Error {
+    io::Error::other("the archive stream is already finished")
 }
 
 impl Write for Compressor {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Compressor::Gzip(w) => w.write(buf),
-            Compressor::Zstd(w) => w.write(buf),
+            Compressor::Gzip(w) => w.as_mut().ok_or_else(finished)?.write(buf),
+            Compressor::Zstd(w) => w.as_mut().ok_or_else(finished)?.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Compressor::Gzip(w) => w.flush(),
-            Compressor::Zstd(w) => w.flush(),
+            Compressor::Gzip(w) => w.as_mut().ok_or_else(finished)?.flush(),
+            Compressor::Zstd(w) => w.as_mut().ok_or_else(finished)?.flush(),
         }
     }
 }
 
 impl Compressor {
-    fn finish(self) -> Result<HashingWriter<File>> {
-        match self {
-            Compressor::Gzip(mut w) => w
+    fn finish(mut self) -> Result<HashingWriter<File>> {
+        match &mut self {
+            Compressor::Gzip(w) => {
+                let mut w = w.take().ok_or_else(finished)?;
+                let result = w.finish();
+                if result.is_err() {
+                    std::mem::forget(w);
+                }
+                result.map_err(|e| anyhow::anyhow!("finishing the gzip stream: {e}"))
+            }
+            Compressor::Zstd(w) => w
+                .take()
+                .ok_or_else(finished)?
                 .finish()
-                .map_err(|e| anyhow::anyhow!("finishing gzip stream: {e}")),
-            Compressor::Zstd(w) => w.finish().context("finishing zstd stream"),
+                .context("finishing the zstd stream"),
+        }
+    }
+}
+
+impl Drop for Compressor {
+    fn drop(&mut self) {
+        if let Compressor::Gzip(slot) = self {
+            if let Some(w) = slot.take() {
+                std::mem::forget(w);
+            }
         }
     }
 }
@@ -130,7 +156,7 @@ impl ArchiveWriter {
                     .buffer_size(GZIP_BLOCK)
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .compression_level(gzp::Compression::new(level));
-                Compressor::Gzip(par.from_writer(out))
+                Compressor::Gzip(Some(par.from_writer(out)))
             }
             Codec::Zstd { level } => {
                 let mut enc = zstd::Encoder::new(out, level)?;
@@ -140,7 +166,7 @@ impl ArchiveWriter {
                 // cost no ratio (measured: smaller archives than `zstd -3 -T2`).
                 enc.set_parameter(zstd::stream::raw::CParameter::OverlapSizeLog(9))?;
                 enc.include_checksum(true)?;
-                Compressor::Zstd(enc)
+                Compressor::Zstd(Some(enc))
             }
         };
         let mut builder = tar::Builder::new(io::BufWriter::with_capacity(COPY_BUFFER, compressor));
