@@ -24,6 +24,8 @@ pub enum Command {
     /// Make a cold backup of every declared volume of the project.
     #[command(alias = "backup")]
     Create(CreateArgs),
+    /// Restore a backup: verified first, transactional, full or --data-only.
+    Rollback(RollbackArgs),
 }
 
 /// Compose's own project options, passed identically to every `docker compose` call.
@@ -141,6 +143,30 @@ pub struct CreateArgs {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The backup to restore (its catalog id); without it, a picker on a terminal.
+    pub id: Option<i64>,
+    /// Restore only volumes with role `data` (keeps app files such as config binds).
+    #[arg(long)]
+    pub data_only: bool,
+    /// Leave this volume untouched: engine name, compose key, or bind path (repeatable).
+    #[arg(long = "exclude", value_name = "NAME_OR_PATH")]
+    pub exclude: Vec<String>,
+    /// Do not start the services that were running before.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Skip the backup of the current state taken before anything is replaced.
+    #[arg(long)]
+    pub no_safety_backup: bool,
+    /// Do not ask for confirmation (needed without a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,

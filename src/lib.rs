@@ -11,6 +11,7 @@ pub mod exit_codes;
 pub mod lock;
 pub mod output;
 pub mod plugin;
+pub mod restore;
 pub mod services;
 pub mod storage;
 
@@ -71,6 +72,7 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
     match &cli.command {
         Command::Status(a) => commands::status::run(&ctx, a, &mut out)?,
         Command::Create(a) => commands::create::run(&ctx, a, &mut out)?,
+        Command::Rollback(a) => commands::rollback::run(&ctx, a, &mut out)?,
     }
     out.flush()?;
     Ok(())

@@ -175,19 +175,8 @@ impl ArchiveWriter {
         Ok(ArchiveWriter { builder })
     }
 
-    fn header(kind: tar::EntryType, attrs: &Attrs, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(attrs.mode & 0o7777);
-        h.set_uid(attrs.uid);
-        h.set_gid(attrs.gid);
-        h.set_mtime(attrs.mtime);
-        h.set_size(size);
-        h
-    }
-
     pub fn append_dir(&mut self, path: &[u8], attrs: &Attrs) -> Result<()> {
-        let mut h = Self::header(tar::EntryType::Directory, attrs, 0);
+        let mut h = header(tar::EntryType::Directory, attrs, 0);
         self.builder
             .append_data(&mut h, as_path(path), io::empty())
             .with_context(|| describe(path))
@@ -201,14 +190,14 @@ impl ArchiveWriter {
         size: u64,
         data: R,
     ) -> Result<()> {
-        let mut h = Self::header(tar::EntryType::Regular, attrs, size);
+        let mut h = header(tar::EntryType::Regular, attrs, size);
         self.builder
             .append_data(&mut h, as_path(path), data)
             .with_context(|| describe(path))
     }
 
     pub fn append_symlink(&mut self, path: &[u8], attrs: &Attrs, target: &[u8]) -> Result<()> {
-        let mut h = Self::header(tar::EntryType::Symlink, attrs, 0);
+        let mut h = header(tar::EntryType::Symlink, attrs, 0);
         self.builder
             .append_link(&mut h, as_path(path), as_path(target))
             .with_context(|| describe(path))
@@ -216,7 +205,7 @@ impl ArchiveWriter {
 
     /// A hard link to `target`, an archive path appended before.
     pub fn append_hardlink(&mut self, path: &[u8], attrs: &Attrs, target: &[u8]) -> Result<()> {
-        let mut h = Self::header(tar::EntryType::Link, attrs, 0);
+        let mut h = header(tar::EntryType::Link, attrs, 0);
         self.builder
             .append_link(&mut h, as_path(path), as_path(target))
             .with_context(|| describe(path))
@@ -247,6 +236,18 @@ impl ArchiveWriter {
         file.sync_all().context("syncing the archive to disk")?;
         Ok(Finished { file, size, sha256 })
     }
+}
+
+/// A GNU header with numeric owner, mode, mtime and size (names are set by tar's append).
+pub fn header(kind: tar::EntryType, attrs: &Attrs, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(attrs.mode & 0o7777);
+    h.set_uid(attrs.uid);
+    h.set_gid(attrs.gid);
+    h.set_mtime(attrs.mtime);
+    h.set_size(size);
+    h
 }
 
 fn as_path(bytes: &[u8]) -> &Path {

@@ -1,0 +1,162 @@
+//! Named volumes: recreate the volume empty with its recorded driver, options and labels (the
+//! labels Compose put there, so Compose sees its own volume), then fill it through the engine:
+//! `docker cp` into a never-started helper container that mounts it with `nocopy`, so the
+//! image's own files are never copied in and owners come from the archive.
+use std::io::{BufWriter, Read, Write};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::archive::manifest::VolumeRecord;
+use crate::archive::writer::{header, Attrs};
+use crate::docker::{Docker, Sink};
+
+/// Where the helper container mounts the volume; entries are written below it, so that the
+/// volume's root gets its recorded owner and mode too.
+const FILL_DIR: &str = ".nuwax-fill";
+
+/// A container that uses a volume, as `docker ps -a --filter volume=…` reports it.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub state: String,
+    pub project: String,
+    pub service: String,
+}
+
+/// Every container (of any project) that mounts `volume`.
+pub fn users(docker: &Docker, volume: &str) -> Result<Vec<User>> {
+    let fmt = "{{.Names}}\t{{.State}}\t{{.Label \"com.docker.compose.project\"}}\t{{.Label \"com.docker.compose.service\"}}";
+    let out = docker.output(&["ps", "-a", "--filter", &format!("volume={volume}"), "--format", fmt])?;
+    Ok(out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split('\t').map(String::from);
+            User {
+                name: f.next().unwrap_or_default(),
+                state: f.next().unwrap_or_default(),
+                project: f.next().unwrap_or_default(),
+                service: f.next().unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+pub fn exists(docker: &Docker, volume: &str) -> bool {
+    docker.output(&["volume", "inspect", volume]).is_ok()
+}
+
+/// Removes `volume` (its containers must be removed first) and creates it again, empty.
+pub fn recreate(docker: &Docker, rec: &VolumeRecord) -> Result<()> {
+    let name = rec.name.as_deref().context("a named volume without a name in the manifest")?;
+    if exists(docker, name) {
+        docker.output(&["volume", "rm", name]).with_context(|| format!("removing volume {name}"))?;
+    }
+    let mut args = vec!["volume".to_string(), "create".to_string()];
+    if let Some(d) = &rec.driver {
+        args.extend(["--driver".into(), d.clone()]);
+    }
+    for (k, v) in &rec.driver_opts {
+        args.extend(["--opt".into(), format!("{k}={v}")]);
+    }
+    for (k, v) in &rec.labels {
+        args.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    args.push(name.to_string());
+    docker.output(&args).with_context(|| format!("creating volume {name}"))?;
+    Ok(())
+}
+
+/// A tar stream into a helper container that mounts one volume.
+pub struct Filler {
+    docker: Docker,
+    container: String,
+    builder: Option<tar::Builder<BufWriter<std::process::ChildStdin>>>,
+    sink: Option<Sink>,
+}
+
+impl Filler {
+    /// Creates (never starts) a helper container from `image` mounting `volume` with `nocopy`.
+    pub fn start(docker: &Docker, volume: &str, image: &str) -> Result<Filler> {
+        let container = format!("nuwax-fill-{}-{}", std::process::id(), volume);
+        let _ = docker.output(&["rm", "-f", &container]);
+        docker
+            .output(&[
+                "create", "--name", &container, "--network", "none", "--log-driver", "none",
+                "-v", &format!("{volume}:/{FILL_DIR}:nocopy"), image, "/nuwax-never-started",
+            ])
+            .with_context(|| format!("creating a helper container from {image} to fill {volume}"))?;
+        let mut sink = docker.sink(&["cp", "-", &format!("{container}:/")])?;
+        let stdin = sink.take_stdin();
+        Ok(Filler {
+            docker: docker.clone(),
+            container,
+            builder: Some(tar::Builder::new(BufWriter::with_capacity(256 << 10, stdin))),
+            sink: Some(sink),
+        })
+    }
+
+    fn path(rel: &[u8]) -> Vec<u8> {
+        let mut p = FILL_DIR.as_bytes().to_vec();
+        if !rel.is_empty() {
+            p.push(b'/');
+            p.extend_from_slice(rel);
+        }
+        p
+    }
+
+    fn builder(&mut self) -> Result<&mut tar::Builder<BufWriter<std::process::ChildStdin>>> {
+        self.builder.as_mut().context("the fill stream is closed")
+    }
+
+    /// Appends one entry; `data` is read only for regular files.
+    pub fn entry(&mut self, rel: &[u8], kind: tar::EntryType, a: &Attrs, size: u64, link: Option<&[u8]>, data: &mut dyn Read) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = Self::path(rel);
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(&path));
+        let b = self.builder()?;
+        match kind {
+            tar::EntryType::Directory => b.append_data(&mut header(kind, a, 0), p, std::io::empty())?,
+            tar::EntryType::Symlink => {
+                let target = std::ffi::OsStr::from_bytes(link.unwrap_or_default());
+                b.append_link(&mut header(kind, a, 0), p, target)?
+            }
+            tar::EntryType::Link => {
+                let target = Self::path(link.unwrap_or_default());
+                b.append_link(&mut header(kind, a, 0), p, std::ffi::OsStr::from_bytes(&target))?
+            }
+            _ => b.append_data(&mut header(tar::EntryType::Regular, a, size), p, data)?,
+        }
+        Ok(())
+    }
+
+    /// Ends the stream, waits for `docker cp`, removes the helper container.
+    pub fn finish(mut self) -> Result<()> {
+        let result = self.close();
+        let _ = self.docker.output(&["rm", "-f", &self.container]);
+        result
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(b) = self.builder.take() {
+            let mut w = b.into_inner().context("ending the fill stream")?;
+            w.flush().context("ending the fill stream")?;
+        }
+        match self.sink.take() {
+            Some(s) => s.finish(),
+            None => bail!("the fill stream was already closed"),
+        }
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        if self.sink.is_some() {
+            drop(self.builder.take());
+            if let Some(s) = self.sink.take() {
+                let _ = s.finish();
+            }
+            let _ = self.docker.output(&["rm", "-f", &self.container]);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Bind mounts: extract a volume into a staging path beside its target, then swap the two
+//! atomically (`renameat2(RENAME_EXCHANGE)`); the old content is removed only at the end.
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::archive::writer::Attrs;
+
+/// Marks staging paths; a rollback that was killed leaves them beside the target.
+pub const STAGING_MARK: &str = ".nuwax-restore-";
+
+/// One bind target being restored.
+#[derive(Debug)]
+pub struct Staged {
+    pub target: PathBuf,
+    /// Holds the archived content before the swap, the previous content after it.
+    pub staging: PathBuf,
+    /// The target existed before the swap (so the swap was an exchange).
+    pub existed: bool,
+    pub swapped: bool,
+}
+
+impl Staged {
+    pub fn new(target: &Path) -> Result<Staged> {
+        let parent = target.parent().context("a bind target has no parent folder")?;
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let staging = parent.join(format!("{STAGING_MARK}{}-{name}", std::process::id()));
+        remove_any(&staging)?;
+        Ok(Staged { target: target.to_path_buf(), staging, existed: false, swapped: false })
+    }
+
+    /// Puts the staged content in place in one step.
+    pub fn swap(&mut self) -> Result<()> {
+        self.existed = fs::symlink_metadata(&self.target).is_ok();
+        if self.existed {
+            exchange(&self.staging, &self.target)?;
+        } else {
+            fs::rename(&self.staging, &self.target)
+                .with_context(|| format!("moving {} to {}", self.staging.display(), self.target.display()))?;
+        }
+        self.swapped = true;
+        Ok(())
+    }
+
+    /// Puts the previous content back (after a later step failed) and drops the staged copy.
+    pub fn undo(&mut self) -> Result<()> {
+        if self.swapped {
+            if self.existed {
+                exchange(&self.staging, &self.target)?;
+            } else {
+                fs::rename(&self.target, &self.staging)?;
+            }
+            self.swapped = false;
+        }
+        remove_any(&self.staging)
+    }
+
+    /// Drops the previous content (after the whole rollback succeeded).
+    pub fn commit(&self) -> Result<()> {
+        remove_any(&self.staging)
+    }
+}
+
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both are valid NUL-terminated paths.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("swapping {} and {} (both must be on one filesystem that supports RENAME_EXCHANGE)", a.display(), b.display()));
+    }
+    Ok(())
+}
+
+pub fn remove_any(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display())),
+        Ok(_) => fs::remove_file(p).with_context(|| format!("removing {}", p.display())),
+    }
+}
+
+/// Writes entries below `root` with exact owners, modes and mtimes. Folder attributes are
+/// applied last (deepest first), so that writing into a folder does not change them.
+pub struct HostWriter {
+    root: PathBuf,
+    dirs: Vec<(PathBuf, Attrs)>,
+}
+
+impl HostWriter {
+    pub fn new(root: &Path) -> HostWriter {
+        HostWriter { root: root.to_path_buf(), dirs: Vec::new() }
+    }
+
+    fn at(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(std::ffi::OsStr::from_bytes(rel))
+        }
+    }
+
+    pub fn dir(&mut self, rel: &[u8], a: &Attrs) -> Result<()> {
+        let p = self.at(rel);
+        fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        self.dirs.push((p, *a));
+        Ok(())
+    }
+
+    pub fn file(&mut self, rel: &[u8], a: &Attrs, data: &mut dyn Read) -> Result<()> {
+        let p = self.at(rel);
+        let mut f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+        io::copy(data, &mut f).with_context(|| format!("writing {}", p.display()))?;
+        f.sync_all().with_context(|| format!("syncing {}", p.display()))?;
+        drop(f);
+        set_attrs(&p, a, false)
+    }
+
+    pub fn symlink(&mut self, rel: &[u8], a: &Attrs, target: &[u8]) -> Result<()> {
+        let p = self.at(rel);
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p)
+            .with_context(|| format!("creating link {}", p.display()))?;
+        set_attrs(&p, a, true)
+    }
+
+    /// A hard link to `target_rel`, written before below the same root.
+    pub fn hardlink(&mut self, rel: &[u8], target_rel: &[u8]) -> Result<()> {
+        let p = self.at(rel);
+        fs::hard_link(self.at(target_rel), &p).with_context(|| format!("creating hard link {}", p.display()))
+    }
+
+    /// Applies folder attributes and syncs what was written.
+    pub fn finish(mut self) -> Result<()> {
+        self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
+        for (p, a) in &self.dirs {
+            set_attrs(p, a, false)?;
+        }
+        if self.root.is_dir() {
+            crate::storage::sync_dir(&self.root)?;
+        }
+        Ok(())
+    }
+}
+
+/// Owner, then mode (a chown clears set-id bits), then mtime; symlinks keep their own mode.
+fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
+    let ctx = || format!("setting owner, mode and time of {}", p.display());
+    std::os::unix::fs::lchown(p, Some(a.uid as u32), Some(a.gid as u32)).with_context(ctx)?;
+    if !is_link {
+        fs::set_permissions(p, fs::Permissions::from_mode(a.mode & 0o7777)).with_context(ctx)?;
+    }
+    let c = CString::new(p.as_os_str().as_bytes())?;
+    let t = libc::timespec { tv_sec: a.mtime as libc::time_t, tv_nsec: 0 };
+    let times = [t, t];
+    // SAFETY: valid path and two timespecs, as utimensat requires.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).with_context(ctx);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn staged_content_swaps_in_and_undo_puts_the_old_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("data");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("old"), "old").unwrap();
+        let mut s = Staged::new(&target).unwrap();
+        let mut w = HostWriter::new(&s.staging);
+        let a = Attrs { mode: 0o750, uid: 999, gid: 998, mtime: 1_600_000_000 };
+        w.dir(b"", &a).unwrap();
+        w.file(b"new", &Attrs { mode: 0o600, ..a }, &mut &b"new"[..]).unwrap();
+        w.symlink(b"link", &a, b"new").unwrap();
+        w.hardlink(b"hard", b"new").unwrap();
+        w.finish().unwrap();
+        s.swap().unwrap();
+        assert!(target.join("new").exists() && !target.join("old").exists());
+        let m = fs::metadata(&target).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777, m.mtime()), (999, 998, 0o750, 1_600_000_000));
+        assert_eq!(fs::metadata(target.join("hard")).unwrap().nlink(), 2);
+        assert_eq!(fs::symlink_metadata(target.join("link")).unwrap().mtime(), 1_600_000_000);
+        s.undo().unwrap();
+        assert!(target.join("old").exists() && !target.join("new").exists());
+        assert!(!s.staging.exists());
+    }
+
+    #[test]
+    fn a_missing_target_is_created_and_commit_removes_the_old_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("gone/app.conf");
+        let mut s = Staged::new(&target).unwrap();
+        let mut w = HostWriter::new(&s.staging);
+        w.file(b"", &Attrs { mode: 0o644, uid: 0, gid: 0, mtime: 1 }, &mut &b"x=1"[..]).unwrap();
+        w.finish().unwrap();
+        s.swap().unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "x=1");
+        s.commit().unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("gone")).unwrap().count(), 1);
+    }
+}
