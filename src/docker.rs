@@ -203,7 +203,10 @@ pub struct Sink {
 impl Sink {
     /// The pipe to docker's stdin, to be written and dropped before [`Sink::finish`].
     pub fn take_stdin(&mut self) -> std::process::ChildStdin {
-        self.child.stdin.take().expect("stdin is piped and taken once")
+        self.child
+            .stdin
+            .take()
+            .expect("stdin is piped and taken once")
     }
 
     /// Closes stdin, waits for docker, and fails when it exited non-zero.

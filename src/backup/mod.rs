@@ -161,7 +161,12 @@ fn execute(
 
 /// A backup of a project whose containers are already stopped (rollback's safety backup):
 /// no gate, no stop, no start. Fails like `create` does, recording a failed row.
-pub fn create_stopped(ctx: &Context, project: &Project, opts: &Options, catalog: &Catalog) -> Result<BackupRow> {
+pub fn create_stopped(
+    ctx: &Context,
+    project: &Project,
+    opts: &Options,
+    catalog: &Catalog,
+) -> Result<BackupRow> {
     let started = Instant::now();
     let facts = gather_facts(ctx, project, catalog)?;
     let plan = plan::build(project, opts, &facts, chrono::Utc::now());
@@ -169,15 +174,33 @@ pub fn create_stopped(ctx: &Context, project: &Project, opts: &Options, catalog:
         .with_context(|| format!("creating storage folder {}", plan.storage.display()))?;
     check_space(&plan)?;
     match write::archive(ctx, project, &plan) {
-        Ok(done) => record_completed(catalog, project, &plan, &done, started.elapsed().as_millis() as u64),
+        Ok(done) => record_completed(
+            catalog,
+            project,
+            &plan,
+            &done,
+            started.elapsed().as_millis() as u64,
+        ),
         Err(err) => {
-            record_failure(catalog, project, &plan, started.elapsed().as_millis() as u64, &err);
+            record_failure(
+                catalog,
+                project,
+                &plan,
+                started.elapsed().as_millis() as u64,
+                &err,
+            );
             Err(err)
         }
     }
 }
 
-fn record_completed(catalog: &Catalog, project: &Project, plan: &Plan, done: &Written, duration_ms: u64) -> Result<BackupRow> {
+fn record_completed(
+    catalog: &Catalog,
+    project: &Project,
+    plan: &Plan,
+    done: &Written,
+    duration_ms: u64,
+) -> Result<BackupRow> {
     let id = catalog.insert(&NewBackup {
         project: &project.name,
         project_dir: &project.dir,

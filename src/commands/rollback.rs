@@ -23,7 +23,11 @@ pub fn run(ctx: &Context, args: &RollbackArgs, out: &mut dyn Write) -> Result<()
         report.backup_id,
         report.mode,
         report.restored.join(", "),
-        if report.kept.is_empty() { String::new() } else { format!("; kept {}", report.kept.join(", ")) },
+        if report.kept.is_empty() {
+            String::new()
+        } else {
+            format!("; kept {}", report.kept.join(", "))
+        },
         match report.safety_backup_id {
             Some(id) => format!("; safety backup #{id}"),
             None => String::new(),

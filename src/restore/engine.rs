@@ -26,7 +26,14 @@ pub struct User {
 /// Every container (of any project) that mounts `volume`.
 pub fn users(docker: &Docker, volume: &str) -> Result<Vec<User>> {
     let fmt = "{{.Names}}\t{{.State}}\t{{.Label \"com.docker.compose.project\"}}\t{{.Label \"com.docker.compose.service\"}}";
-    let out = docker.output(&["ps", "-a", "--filter", &format!("volume={volume}"), "--format", fmt])?;
+    let out = docker.output(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("volume={volume}"),
+        "--format",
+        fmt,
+    ])?;
     Ok(out
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -48,9 +55,14 @@ pub fn exists(docker: &Docker, volume: &str) -> bool {
 
 /// Removes `volume` (its containers must be removed first) and creates it again, empty.
 pub fn recreate(docker: &Docker, rec: &VolumeRecord) -> Result<()> {
-    let name = rec.name.as_deref().context("a named volume without a name in the manifest")?;
+    let name = rec
+        .name
+        .as_deref()
+        .context("a named volume without a name in the manifest")?;
     if exists(docker, name) {
-        docker.output(&["volume", "rm", name]).with_context(|| format!("removing volume {name}"))?;
+        docker
+            .output(&["volume", "rm", name])
+            .with_context(|| format!("removing volume {name}"))?;
     }
     let mut args = vec!["volume".to_string(), "create".to_string()];
     if let Some(d) = &rec.driver {
@@ -63,7 +75,9 @@ pub fn recreate(docker: &Docker, rec: &VolumeRecord) -> Result<()> {
         args.extend(["--label".into(), format!("{k}={v}")]);
     }
     args.push(name.to_string());
-    docker.output(&args).with_context(|| format!("creating volume {name}"))?;
+    docker
+        .output(&args)
+        .with_context(|| format!("creating volume {name}"))?;
     Ok(())
 }
 
@@ -82,16 +96,30 @@ impl Filler {
         let _ = docker.output(&["rm", "-f", &container]);
         docker
             .output(&[
-                "create", "--name", &container, "--network", "none", "--log-driver", "none",
-                "-v", &format!("{volume}:/{FILL_DIR}:nocopy"), image, "/nuwax-never-started",
+                "create",
+                "--name",
+                &container,
+                "--network",
+                "none",
+                "--log-driver",
+                "none",
+                "-v",
+                &format!("{volume}:/{FILL_DIR}:nocopy"),
+                image,
+                "/nuwax-never-started",
             ])
-            .with_context(|| format!("creating a helper container from {image} to fill {volume}"))?;
+            .with_context(|| {
+                format!("creating a helper container from {image} to fill {volume}")
+            })?;
         let mut sink = docker.sink(&["cp", "-", &format!("{container}:/")])?;
         let stdin = sink.take_stdin();
         Ok(Filler {
             docker: docker.clone(),
             container,
-            builder: Some(tar::Builder::new(BufWriter::with_capacity(256 << 10, stdin))),
+            builder: Some(tar::Builder::new(BufWriter::with_capacity(
+                256 << 10,
+                stdin,
+            ))),
             sink: Some(sink),
         })
     }
@@ -110,20 +138,34 @@ impl Filler {
     }
 
     /// Appends one entry; `data` is read only for regular files.
-    pub fn entry(&mut self, rel: &[u8], kind: tar::EntryType, a: &Attrs, size: u64, link: Option<&[u8]>, data: &mut dyn Read) -> Result<()> {
+    pub fn entry(
+        &mut self,
+        rel: &[u8],
+        kind: tar::EntryType,
+        a: &Attrs,
+        size: u64,
+        link: Option<&[u8]>,
+        data: &mut dyn Read,
+    ) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
         let path = Self::path(rel);
         let p = std::path::Path::new(std::ffi::OsStr::from_bytes(&path));
         let b = self.builder()?;
         match kind {
-            tar::EntryType::Directory => b.append_data(&mut header(kind, a, 0), p, std::io::empty())?,
+            tar::EntryType::Directory => {
+                b.append_data(&mut header(kind, a, 0), p, std::io::empty())?
+            }
             tar::EntryType::Symlink => {
                 let target = std::ffi::OsStr::from_bytes(link.unwrap_or_default());
                 b.append_link(&mut header(kind, a, 0), p, target)?
             }
             tar::EntryType::Link => {
                 let target = Self::path(link.unwrap_or_default());
-                b.append_link(&mut header(kind, a, 0), p, std::ffi::OsStr::from_bytes(&target))?
+                b.append_link(
+                    &mut header(kind, a, 0),
+                    p,
+                    std::ffi::OsStr::from_bytes(&target),
+                )?
             }
             _ => b.append_data(&mut header(tar::EntryType::Regular, a, size), p, data)?,
         }

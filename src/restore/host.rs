@@ -27,12 +27,22 @@ pub struct Staged {
 
 impl Staged {
     pub fn new(target: &Path) -> Result<Staged> {
-        let parent = target.parent().context("a bind target has no parent folder")?;
+        let parent = target
+            .parent()
+            .context("a bind target has no parent folder")?;
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let staging = parent.join(format!("{STAGING_MARK}{}-{name}", std::process::id()));
         remove_any(&staging)?;
-        Ok(Staged { target: target.to_path_buf(), staging, existed: false, swapped: false })
+        Ok(Staged {
+            target: target.to_path_buf(),
+            staging,
+            existed: false,
+            swapped: false,
+        })
     }
 
     /// Puts the staged content in place in one step.
@@ -41,8 +51,13 @@ impl Staged {
         if self.existed {
             exchange(&self.staging, &self.target)?;
         } else {
-            fs::rename(&self.staging, &self.target)
-                .with_context(|| format!("moving {} to {}", self.staging.display(), self.target.display()))?;
+            fs::rename(&self.staging, &self.target).with_context(|| {
+                format!(
+                    "moving {} to {}",
+                    self.staging.display(),
+                    self.target.display()
+                )
+            })?;
         }
         self.swapped = true;
         Ok(())
@@ -71,10 +86,23 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
     let ca = CString::new(a.as_os_str().as_bytes())?;
     let cb = CString::new(b.as_os_str().as_bytes())?;
     // SAFETY: both are valid NUL-terminated paths.
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
     if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("swapping {} and {} (both must be on one filesystem that supports RENAME_EXCHANGE)", a.display(), b.display()));
+        return Err(io::Error::last_os_error()).with_context(|| {
+            format!(
+                "swapping {} and {} (both must be on one filesystem that supports RENAME_EXCHANGE)",
+                a.display(),
+                b.display()
+            )
+        });
     }
     Ok(())
 }
@@ -83,7 +111,9 @@ pub fn remove_any(p: &Path) -> Result<()> {
     match fs::symlink_metadata(p) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display())),
+        Ok(m) if m.is_dir() => {
+            fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))
+        }
         Ok(_) => fs::remove_file(p).with_context(|| format!("removing {}", p.display())),
     }
 }
@@ -97,7 +127,10 @@ pub struct HostWriter {
 
 impl HostWriter {
     pub fn new(root: &Path) -> HostWriter {
-        HostWriter { root: root.to_path_buf(), dirs: Vec::new() }
+        HostWriter {
+            root: root.to_path_buf(),
+            dirs: Vec::new(),
+        }
     }
 
     fn at(&self, rel: &[u8]) -> PathBuf {
@@ -119,7 +152,8 @@ impl HostWriter {
         let p = self.at(rel);
         let mut f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
         io::copy(data, &mut f).with_context(|| format!("writing {}", p.display()))?;
-        f.sync_all().with_context(|| format!("syncing {}", p.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", p.display()))?;
         drop(f);
         set_attrs(&p, a, false)
     }
@@ -134,12 +168,14 @@ impl HostWriter {
     /// A hard link to `target_rel`, written before below the same root.
     pub fn hardlink(&mut self, rel: &[u8], target_rel: &[u8]) -> Result<()> {
         let p = self.at(rel);
-        fs::hard_link(self.at(target_rel), &p).with_context(|| format!("creating hard link {}", p.display()))
+        fs::hard_link(self.at(target_rel), &p)
+            .with_context(|| format!("creating hard link {}", p.display()))
     }
 
     /// Applies folder attributes and syncs what was written.
     pub fn finish(mut self) -> Result<()> {
-        self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
+        self.dirs
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
         for (p, a) in &self.dirs {
             set_attrs(p, a, false)?;
         }
@@ -158,10 +194,20 @@ fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
         fs::set_permissions(p, fs::Permissions::from_mode(a.mode & 0o7777)).with_context(ctx)?;
     }
     let c = CString::new(p.as_os_str().as_bytes())?;
-    let t = libc::timespec { tv_sec: a.mtime as libc::time_t, tv_nsec: 0 };
+    let t = libc::timespec {
+        tv_sec: a.mtime as libc::time_t,
+        tv_nsec: 0,
+    };
     let times = [t, t];
     // SAFETY: valid path and two timespecs, as utimensat requires.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error()).with_context(ctx);
     }
@@ -181,18 +227,30 @@ mod tests {
         fs::write(target.join("old"), "old").unwrap();
         let mut s = Staged::new(&target).unwrap();
         let mut w = HostWriter::new(&s.staging);
-        let a = Attrs { mode: 0o750, uid: 999, gid: 998, mtime: 1_600_000_000 };
+        let a = Attrs {
+            mode: 0o750,
+            uid: 999,
+            gid: 998,
+            mtime: 1_600_000_000,
+        };
         w.dir(b"", &a).unwrap();
-        w.file(b"new", &Attrs { mode: 0o600, ..a }, &mut &b"new"[..]).unwrap();
+        w.file(b"new", &Attrs { mode: 0o600, ..a }, &mut &b"new"[..])
+            .unwrap();
         w.symlink(b"link", &a, b"new").unwrap();
         w.hardlink(b"hard", b"new").unwrap();
         w.finish().unwrap();
         s.swap().unwrap();
         assert!(target.join("new").exists() && !target.join("old").exists());
         let m = fs::metadata(&target).unwrap();
-        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777, m.mtime()), (999, 998, 0o750, 1_600_000_000));
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777, m.mtime()),
+            (999, 998, 0o750, 1_600_000_000)
+        );
         assert_eq!(fs::metadata(target.join("hard")).unwrap().nlink(), 2);
-        assert_eq!(fs::symlink_metadata(target.join("link")).unwrap().mtime(), 1_600_000_000);
+        assert_eq!(
+            fs::symlink_metadata(target.join("link")).unwrap().mtime(),
+            1_600_000_000
+        );
         s.undo().unwrap();
         assert!(target.join("old").exists() && !target.join("new").exists());
         assert!(!s.staging.exists());
@@ -204,7 +262,17 @@ mod tests {
         let target = dir.path().join("gone/app.conf");
         let mut s = Staged::new(&target).unwrap();
         let mut w = HostWriter::new(&s.staging);
-        w.file(b"", &Attrs { mode: 0o644, uid: 0, gid: 0, mtime: 1 }, &mut &b"x=1"[..]).unwrap();
+        w.file(
+            b"",
+            &Attrs {
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: 1,
+            },
+            &mut &b"x=1"[..],
+        )
+        .unwrap();
         w.finish().unwrap();
         s.swap().unwrap();
         assert_eq!(fs::read_to_string(&target).unwrap(), "x=1");

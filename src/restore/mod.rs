@@ -57,24 +57,52 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     let catalog = Catalog::open(&catalog_path)?;
     let row = choose(&catalog, &project, opts.id)?;
     note(format!("verifying backup #{} ({})", row.id, row.file_path));
-    let verified = reader::verify(Path::new(&row.file_path), row.sha256.as_deref()).map_err(|e| {
-        user(Code::VerifyFailed, format!("backup #{} failed verification, nothing was changed: {e:#}", row.id))
-    })?;
+    let verified =
+        reader::verify(Path::new(&row.file_path), row.sha256.as_deref()).map_err(|e| {
+            user(
+                Code::VerifyFailed,
+                format!(
+                    "backup #{} failed verification, nothing was changed: {e:#}",
+                    row.id
+                ),
+            )
+        })?;
     let manifest = verified.manifest;
     if manifest.project != project.name {
-        bail!("backup #{} is of project {}, not {}", row.id, manifest.project, project.name);
+        bail!(
+            "backup #{} is of project {}, not {}",
+            row.id,
+            manifest.project,
+            project.name
+        );
     }
     let unknown = plan::unknown_excludes(&manifest, &opts.excludes, &project.dir);
     if !unknown.is_empty() {
-        return Err(user(Code::Usage, format!("--exclude {} matches no volume of backup #{}", unknown.join(", "), row.id)));
+        return Err(user(
+            Code::Usage,
+            format!(
+                "--exclude {} matches no volume of backup #{}",
+                unknown.join(", "),
+                row.id
+            ),
+        ));
     }
     let sel = plan::select(&manifest, opts.data_only, &opts.excludes, &project.dir);
     if sel.restore.is_empty() {
-        return Err(user(Code::Usage, format!("nothing to restore from backup #{}: every volume is kept", row.id)));
+        return Err(user(
+            Code::Usage,
+            format!(
+                "nothing to restore from backup #{}: every volume is kept",
+                row.id
+            ),
+        ));
     }
     let images = preflight(ctx, &project, &manifest.services, &sel.restore)?;
     confirm(&row, &sel, opts.yes)?;
-    let lock_dir = catalog_path.parent().unwrap_or(Path::new(".")).join("locks");
+    let lock_dir = catalog_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("locks");
     let _lock = ProjectLock::acquire(&lock_dir, &project.name, "rollback")?;
     clean_stale_staging(&sel.restore);
 
@@ -84,7 +112,20 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     }
     services::stop(&ctx.docker, &ctx.compose, &running)?;
     let outcome = stopped_rollback(ctx, opts, &project, &catalog, &row, &sel, &images);
-    let (safety_id, removed_services, result) = outcome;
+    let (safety_id, mut removed_services, result) = outcome;
+    // Also the services of restored named volumes whose containers an interrupted rollback
+    // removed earlier: `create --no-recreate` leaves existing containers alone.
+    for v in project.volumes.iter().filter(|v| {
+        sel.restore
+            .iter()
+            .any(|r| r.name.as_deref() == Some(v.label().as_str()))
+    }) {
+        for m in v.mounts() {
+            if !removed_services.contains(&m.service) {
+                removed_services.push(m.service.clone());
+            }
+        }
+    }
     recreate_containers(ctx, &removed_services);
     let start = if opts.no_start || running.is_empty() {
         Ok(())
@@ -100,7 +141,11 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
         restored: sel.restore.iter().map(plan::label).collect(),
         kept: sel.kept.iter().map(|k| k.volume.clone()).collect(),
         safety_backup_id: safety_id,
-        started: if opts.no_start { Vec::new() } else { running.names() },
+        started: if opts.no_start {
+            Vec::new()
+        } else {
+            running.names()
+        },
     })
 }
 
@@ -111,40 +156,92 @@ fn choose(catalog: &Catalog, project: &Project, id: Option<i64>) -> Result<Backu
         Some(id) => id,
         None => pick(catalog, project)?,
     };
-    let row = catalog
-        .get(id)?
-        .ok_or_else(|| user(Code::Usage, format!("no backup #{id} in the catalog (see `docker nuwaxbackup list`)")))?;
+    let row = catalog.get(id)?.ok_or_else(|| {
+        user(
+            Code::Usage,
+            format!("no backup #{id} in the catalog (see `docker nuwaxbackup list`)"),
+        )
+    })?;
     if row.project != project.name {
-        return Err(user(Code::Usage, format!("backup #{id} is of project {}, not {}", row.project, project.name)));
+        return Err(user(
+            Code::Usage,
+            format!(
+                "backup #{id} is of project {}, not {}",
+                row.project, project.name
+            ),
+        ));
     }
     if row.status != "completed" {
-        return Err(user(Code::Usage, format!("backup #{id} is {}, not completed: it cannot be restored", row.status)));
+        return Err(user(
+            Code::Usage,
+            format!(
+                "backup #{id} is {}, not completed: it cannot be restored",
+                row.status
+            ),
+        ));
     }
     Ok(row)
 }
 
 fn pick(catalog: &Catalog, project: &Project) -> Result<i64> {
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        return Err(user(Code::Usage, "no backup ID given: pass one, e.g. `docker nuwaxbackup rollback 7`".into()));
+        return Err(user(
+            Code::Usage,
+            "no backup ID given: pass one, e.g. `docker nuwaxbackup rollback 7`".into(),
+        ));
     }
-    let rows: Vec<BackupRow> = catalog.list(Some(&project.name))?.into_iter().filter(|r| r.status == "completed").collect();
+    let rows: Vec<BackupRow> = catalog
+        .list(Some(&project.name))?
+        .into_iter()
+        .filter(|r| r.status == "completed")
+        .collect();
     if rows.is_empty() {
-        return Err(user(Code::Usage, format!("project {} has no completed backup to roll back to", project.name)));
+        return Err(user(
+            Code::Usage,
+            format!(
+                "project {} has no completed backup to roll back to",
+                project.name
+            ),
+        ));
     }
     let items: Vec<String> = rows
         .iter()
         .map(|r| {
-            format!("#{:<4} {}  {:<12} v{:<10} {:>10}", r.id, r.created_at, r.backup_type, r.service_version, crate::output::human_bytes(r.size_bytes))
+            format!(
+                "#{:<4} {}  {:<12} v{:<10} {:>10}",
+                r.id,
+                r.created_at,
+                r.backup_type,
+                r.service_version,
+                crate::output::human_bytes(r.size_bytes)
+            )
         })
         .collect();
-    let choice = dialoguer::Select::new().with_prompt("Roll back to which backup?").items(&items).default(0).interact_opt()?;
-    choice.map(|i| rows[i].id).ok_or_else(|| user(Code::Cancelled, "no backup chosen: nothing was changed".into()))
+    let choice = dialoguer::Select::new()
+        .with_prompt("Roll back to which backup?")
+        .items(&items)
+        .default(0)
+        .interact_opt()?;
+    choice.map(|i| rows[i].id).ok_or_else(|| {
+        user(
+            Code::Cancelled,
+            "no backup chosen: nothing was changed".into(),
+        )
+    })
 }
 
 fn confirm(row: &BackupRow, sel: &plan::Selection, yes: bool) -> Result<()> {
-    note(format!("rollback to backup #{} of {} (version {}):", row.id, row.created_at, row.service_version));
+    note(format!(
+        "rollback to backup #{} of {} (version {}):",
+        row.id, row.created_at, row.service_version
+    ));
     for v in &sel.restore {
-        note(format!("  replace {} ({}, {})", plan::label(v), v.kind, v.role));
+        note(format!(
+            "  replace {} ({}, {})",
+            plan::label(v),
+            v.kind,
+            v.role
+        ));
     }
     for k in &sel.kept {
         note(format!("  keep    {} ({})", k.volume, k.reason));
@@ -153,10 +250,23 @@ fn confirm(row: &BackupRow, sel: &plan::Selection, yes: bool) -> Result<()> {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        return Err(user(Code::Usage, "a rollback replaces data: confirm on a terminal, or pass --yes".into()));
+        return Err(user(
+            Code::Usage,
+            "a rollback replaces data: confirm on a terminal, or pass --yes".into(),
+        ));
     }
-    let ok = dialoguer::Confirm::new().with_prompt("Replace these volumes?").default(false).interact()?;
-    if ok { Ok(()) } else { Err(user(Code::Cancelled, "rollback not confirmed: nothing was changed".into())) }
+    let ok = dialoguer::Confirm::new()
+        .with_prompt("Replace these volumes?")
+        .default(false)
+        .interact()?;
+    if ok {
+        Ok(())
+    } else {
+        Err(user(
+            Code::Cancelled,
+            "rollback not confirmed: nothing was changed".into(),
+        ))
+    }
 }
 
 /// Checks, before anything changes, that every named volume can be recreated: no container of
@@ -170,7 +280,10 @@ fn preflight(
 ) -> Result<HashMap<String, String>> {
     let mut images = HashMap::new();
     for v in restore.iter().filter(|v| v.kind == "volume") {
-        let name = v.name.clone().context("a named volume without a name in the manifest")?;
+        let name = v
+            .name
+            .clone()
+            .context("a named volume without a name in the manifest")?;
         for u in engine::users(&ctx.docker, &name)? {
             if u.project != project.name {
                 return Err(user(
@@ -179,7 +292,8 @@ fn preflight(
                 ));
             }
         }
-        let image = image_for(project, services, v).with_context(|| format!("no image of the project mounts volume {name}"))?;
+        let image = image_for(project, services, v)
+            .with_context(|| format!("no image of the project mounts volume {name}"))?;
         ctx.docker
             .output(&["image", "inspect", "--format", "{{.Id}}", &image])
             .map_err(|_| user(Code::Usage, format!("image {image} (to fill volume {name}) is not on this engine: pull or build it first")))?;
@@ -188,17 +302,24 @@ fn preflight(
     Ok(images)
 }
 
-fn image_for(project: &Project, services: &[crate::archive::manifest::ServiceRecord], v: &VolumeRecord) -> Option<String> {
+fn image_for(
+    project: &Project,
+    services: &[crate::archive::manifest::ServiceRecord],
+    v: &VolumeRecord,
+) -> Option<String> {
     let current = project.volumes.iter().find_map(|d| match d {
-        Volume::Volume { name, mounts, .. } if Some(name) == v.name.as_ref() => {
-            mounts.iter().find_map(|m| project.service(&m.service).and_then(|s| s.image.clone()))
-        }
+        Volume::Volume { name, mounts, .. } if Some(name) == v.name.as_ref() => mounts
+            .iter()
+            .find_map(|m| project.service(&m.service).and_then(|s| s.image.clone())),
         _ => None,
     });
     current.or_else(|| {
         v.mounts.iter().find_map(|m| {
             let svc = m.split(':').next()?;
-            services.iter().find(|s| s.name == svc).and_then(|s| s.image.clone())
+            services
+                .iter()
+                .find(|s| s.name == svc)
+                .and_then(|s| s.image.clone())
         })
     })
 }
@@ -206,11 +327,22 @@ fn image_for(project: &Project, services: &[crate::archive::manifest::ServiceRec
 /// Staging paths left by a rollback that was killed (we hold the lock: none is live).
 fn clean_stale_staging(restore: &[VolumeRecord]) {
     for source in restore.iter().filter_map(|v| v.source.as_ref()) {
-        let Some(parent) = source.parent() else { continue };
-        let Ok(entries) = std::fs::read_dir(parent) else { continue };
+        let Some(parent) = source.parent() else {
+            continue;
+        };
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            continue;
+        };
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(host::STAGING_MARK) && host::remove_any(&e.path()).is_ok() {
-                note(format!("removed {} left by an interrupted rollback", e.path().display()));
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(host::STAGING_MARK)
+                && host::remove_any(&e.path()).is_ok()
+            {
+                note(format!(
+                    "removed {} left by an interrupted rollback",
+                    e.path().display()
+                ));
             }
         }
     }
@@ -233,23 +365,43 @@ fn stopped_rollback(
     } else {
         match safety_backup(ctx, project, catalog, &sel.restore) {
             Ok(s) => Some(s),
-            Err(e) => return (None, Vec::new(), Err(e.context("taking the safety backup (nothing was changed)"))),
+            Err(e) => {
+                return (
+                    None,
+                    Vec::new(),
+                    Err(e.context("taking the safety backup (nothing was changed)")),
+                )
+            }
         }
     };
     let safety_id = safety.as_ref().map(|s| s.id);
-    let result = apply(ctx, project, Path::new(&row.file_path), &sel.restore, images, &mut progress)
-        .and_then(|()| progress.swap_all());
+    let result = apply(
+        ctx,
+        project,
+        Path::new(&row.file_path),
+        &sel.restore,
+        images,
+        &mut progress,
+    )
+    .and_then(|()| progress.swap_all());
     match result {
         Ok(()) => {
             for s in &progress.staged {
                 if let Err(e) = s.commit() {
-                    warn(format!("could not remove the previous content of {}: {e:#}", s.target.display()));
+                    warn(format!(
+                        "could not remove the previous content of {}: {e:#}",
+                        s.target.display()
+                    ));
                 }
             }
             (safety_id, progress.removed_services, Ok(()))
         }
         Err(err) => {
-            let err = if crate::cancel::requested() { user(Code::Cancelled, "cancelled".into()) } else { err };
+            let err = if crate::cancel::requested() {
+                user(Code::Cancelled, "cancelled".into())
+            } else {
+                err
+            };
             let undo = undo(ctx, project, &mut progress, safety.as_ref(), images);
             let where_safety = match &safety {
                 Some(s) => format!("safety backup #{} is {}", s.id, s.file_path),
@@ -262,16 +414,28 @@ fn stopped_rollback(
                     row.id
                 ),
             };
-            (safety_id, progress.removed_services, Err(user(Code::RolledBack, msg)))
+            (
+                safety_id,
+                progress.removed_services,
+                Err(user(Code::RolledBack, msg)),
+            )
         }
     }
 }
 
-fn safety_backup(ctx: &Context, project: &Project, catalog: &Catalog, restore: &[VolumeRecord]) -> Result<BackupRow> {
+fn safety_backup(
+    ctx: &Context,
+    project: &Project,
+    catalog: &Catalog,
+    restore: &[VolumeRecord],
+) -> Result<BackupRow> {
     let mut subset = project.clone();
     subset.volumes.retain(|v| {
         let label = v.label();
-        restore.iter().any(|r| r.name.as_deref() == Some(label.as_str()) || r.source.as_deref() == Some(Path::new(&label)))
+        restore.iter().any(|r| {
+            r.name.as_deref() == Some(label.as_str())
+                || r.source.as_deref() == Some(Path::new(&label))
+        })
     });
     for v in subset.volumes.iter_mut() {
         match v {
@@ -334,20 +498,32 @@ fn apply(
         let mut entry = entry.context("reading the archive")?;
         crate::cancel::check()?;
         let path = entry.path_bytes().into_owned();
-        let Some(vol) = reader::volume_of(&path).map(<[u8]>::to_vec) else { continue };
+        let Some(vol) = reader::volume_of(&path).map(<[u8]>::to_vec) else {
+            continue;
+        };
         if current.as_ref().map(|(v, _)| v != &vol).unwrap_or(true) {
             if let Some((_, c)) = current.take() {
                 finish(c)?;
             }
-            if let Some(rec) = records.iter().find(|r| r.archive_path.as_bytes() == vol.as_slice()) {
+            if let Some(rec) = records
+                .iter()
+                .find(|r| r.archive_path.as_bytes() == vol.as_slice())
+            {
                 note(format!("restoring {}", plan::label(rec)));
                 current = Some((vol.clone(), begin(ctx, project, rec, images, progress)?));
             }
         }
-        let Some((_, target)) = current.as_mut() else { continue };
+        let Some((_, target)) = current.as_mut() else {
+            continue;
+        };
         let rel = path.get(vol.len() + 1..).unwrap_or_default().to_vec();
         let h = entry.header();
-        let a = Attrs { mode: h.mode()?, uid: h.uid()?, gid: h.gid()?, mtime: h.mtime()? };
+        let a = Attrs {
+            mode: h.mode()?,
+            uid: h.uid()?,
+            gid: h.gid()?,
+            mtime: h.mtime()?,
+        };
         let kind = h.entry_type();
         let size = entry.size();
         let link = entry.link_name_bytes().map(|l| l.into_owned());
@@ -355,8 +531,12 @@ fn apply(
         match target {
             Current::Host(w) => match kind {
                 tar::EntryType::Directory => w.dir(&rel, &a)?,
-                tar::EntryType::Symlink => w.symlink(&rel, &a, link.as_deref().unwrap_or_default())?,
-                tar::EntryType::Link => w.hardlink(&rel, &link_rel(link.as_deref().unwrap_or_default()))?,
+                tar::EntryType::Symlink => {
+                    w.symlink(&rel, &a, link.as_deref().unwrap_or_default())?
+                }
+                tar::EntryType::Link => {
+                    w.hardlink(&rel, &link_rel(link.as_deref().unwrap_or_default()))?
+                }
                 _ => w.file(&rel, &a, &mut entry)?,
             },
             Current::Engine(f) => {
@@ -382,17 +562,26 @@ fn begin(
     progress: &mut Progress,
 ) -> Result<Current> {
     if rec.kind == "bind" {
-        let target = rec.source.clone().context("a bind without a source in the manifest")?;
+        let target = rec
+            .source
+            .clone()
+            .context("a bind without a source in the manifest")?;
         let staged = host::Staged::new(&target)?;
         let writer = host::HostWriter::new(&staged.staging);
         progress.staged.push(staged);
         return Ok(Current::Host(writer));
     }
-    let name = rec.name.clone().context("a named volume without a name in the manifest")?;
+    let name = rec
+        .name
+        .clone()
+        .context("a named volume without a name in the manifest")?;
     let mut remove = Vec::new();
     for u in engine::users(&ctx.docker, &name)? {
         if u.project != project.name {
-            bail!("volume {name} is in use by container {} of another project", u.name);
+            bail!(
+                "volume {name} is in use by container {} of another project",
+                u.name
+            );
         }
         if !u.service.is_empty() && !progress.removed_services.contains(&u.service) {
             progress.removed_services.push(u.service.clone());
@@ -402,12 +591,20 @@ fn begin(
     if !remove.is_empty() {
         let mut args = vec!["rm".to_string()];
         args.extend(remove);
-        ctx.docker.output(&args).with_context(|| format!("removing the stopped containers that use {name}"))?;
+        ctx.docker
+            .output(&args)
+            .with_context(|| format!("removing the stopped containers that use {name}"))?;
     }
     progress.recreated.push(name.clone());
     engine::recreate(&ctx.docker, rec)?;
-    let image = images.get(&name).with_context(|| format!("no image to fill {name}"))?;
-    Ok(Current::Engine(engine::Filler::start(&ctx.docker, &name, image)?))
+    let image = images
+        .get(&name)
+        .with_context(|| format!("no image to fill {name}"))?;
+    Ok(Current::Engine(engine::Filler::start(
+        &ctx.docker,
+        &name,
+        image,
+    )?))
 }
 
 fn finish(c: Current) -> Result<()> {
@@ -434,7 +631,10 @@ fn undo(
     }
     if !progress.recreated.is_empty() {
         match safety {
-            None => failures.push(format!("volumes {} were recreated and cannot be put back", progress.recreated.join(", "))),
+            None => failures.push(format!(
+                "volumes {} were recreated and cannot be put back",
+                progress.recreated.join(", ")
+            )),
             Some(row) => {
                 if let Err(e) = refill_from_safety(ctx, project, row, progress, images) {
                     failures.push(format!("{e:#}"));
@@ -442,7 +642,11 @@ fn undo(
             }
         }
     }
-    if failures.is_empty() { Ok(()) } else { bail!("{}", failures.join("; ")) }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failures.join("; "))
+    }
 }
 
 fn refill_from_safety(
@@ -453,17 +657,31 @@ fn refill_from_safety(
     images: &HashMap<String, String>,
 ) -> Result<()> {
     let path = PathBuf::from(&row.file_path);
-    let safety = reader::verify(&path, row.sha256.as_deref()).context("reading the safety backup")?;
+    let safety =
+        reader::verify(&path, row.sha256.as_deref()).context("reading the safety backup")?;
     let records: Vec<VolumeRecord> = safety
         .manifest
         .volumes
         .into_iter()
-        .filter(|v| v.kind == "volume" && v.name.as_ref().is_some_and(|n| progress.recreated.contains(n)))
+        .filter(|v| {
+            v.kind == "volume"
+                && v.name
+                    .as_ref()
+                    .is_some_and(|n| progress.recreated.contains(n))
+        })
         .collect();
     for name in &progress.recreated {
-        if !records.iter().any(|r| r.name.as_ref() == Some(name)) && engine::exists(&ctx.docker, name) {
-            let _ = ctx.docker.output(&["rm", "-f", &format!("nuwax-fill-{}-{name}", std::process::id())]);
-            ctx.docker.output(&["volume", "rm", name]).with_context(|| format!("removing {name}, which did not exist before"))?;
+        if !records.iter().any(|r| r.name.as_ref() == Some(name))
+            && engine::exists(&ctx.docker, name)
+        {
+            let _ = ctx.docker.output(&[
+                "rm",
+                "-f",
+                &format!("nuwax-fill-{}-{name}", std::process::id()),
+            ]);
+            ctx.docker
+                .output(&["volume", "rm", name])
+                .with_context(|| format!("removing {name}, which did not exist before"))?;
         }
     }
     let mut again = Progress::default();
@@ -484,6 +702,9 @@ fn recreate_containers(ctx: &Context, services: &[String]) {
     let mut args = vec!["create".to_string(), "--no-recreate".to_string()];
     args.extend(services.iter().cloned());
     if let Err(e) = ctx.docker.compose_detached(&ctx.compose, &args) {
-        warn(format!("could not create the containers of {} again: {e:#}; run `docker compose create`", services.join(", ")));
+        warn(format!(
+            "could not create the containers of {} again: {e:#}; run `docker compose create`",
+            services.join(", ")
+        ));
     }
 }

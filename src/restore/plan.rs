@@ -20,7 +20,10 @@ pub struct Selection {
 
 /// How a user names a volume record: the engine name, or the host path.
 pub fn label(v: &VolumeRecord) -> String {
-    v.name.clone().or_else(|| v.source.as_ref().map(|s| s.display().to_string())).unwrap_or_else(|| v.archive_path.clone())
+    v.name
+        .clone()
+        .or_else(|| v.source.as_ref().map(|s| s.display().to_string()))
+        .unwrap_or_else(|| v.archive_path.clone())
 }
 
 /// `--exclude X` matches a volume's engine name, compose key, host path (absolute or relative
@@ -36,7 +39,10 @@ fn excluded(v: &VolumeRecord, excludes: &[String], project_dir: &Path) -> bool {
 }
 
 pub fn select(m: &Manifest, data_only: bool, excludes: &[String], project_dir: &Path) -> Selection {
-    let mut sel = Selection { restore: Vec::new(), kept: Vec::new() };
+    let mut sel = Selection {
+        restore: Vec::new(),
+        kept: Vec::new(),
+    };
     for v in &m.volumes {
         let reason = if excluded(v, excludes, project_dir) {
             Some("--exclude")
@@ -46,7 +52,10 @@ pub fn select(m: &Manifest, data_only: bool, excludes: &[String], project_dir: &
             None
         };
         match reason {
-            Some(r) => sel.kept.push(Kept { volume: label(v), reason: r.into() }),
+            Some(r) => sel.kept.push(Kept {
+                volume: label(v),
+                reason: r.into(),
+            }),
             None => sel.restore.push(v.clone()),
         }
     }
@@ -57,7 +66,11 @@ pub fn select(m: &Manifest, data_only: bool, excludes: &[String], project_dir: &
 pub fn unknown_excludes(m: &Manifest, excludes: &[String], project_dir: &Path) -> Vec<String> {
     excludes
         .iter()
-        .filter(|x| !m.volumes.iter().any(|v| excluded(v, std::slice::from_ref(x), project_dir)))
+        .filter(|x| {
+            !m.volumes
+                .iter()
+                .any(|v| excluded(v, std::slice::from_ref(x), project_dir))
+        })
         .cloned()
         .collect()
 }
@@ -123,11 +136,22 @@ mod tests {
     fn excludes_match_names_keys_and_paths() {
         let m = manifest();
         for x in ["p_db", "db", "volumes/db"] {
-            assert_eq!(names(&select(&m, false, &[x.into()], Path::new("/p")).restore), ["/p/data", "/p/conf"], "{x}");
+            assert_eq!(
+                names(&select(&m, false, &[x.into()], Path::new("/p")).restore),
+                ["/p/data", "/p/conf"],
+                "{x}"
+            );
         }
         for x in ["./data", "data", "/p/data", "data/"] {
-            assert_eq!(names(&select(&m, false, &[x.into()], Path::new("/p")).restore), ["p_db", "/p/conf"], "{x}");
+            assert_eq!(
+                names(&select(&m, false, &[x.into()], Path::new("/p")).restore),
+                ["p_db", "/p/conf"],
+                "{x}"
+            );
         }
-        assert_eq!(unknown_excludes(&m, &["nope".into(), "db".into()], Path::new("/p")), ["nope"]);
+        assert_eq!(
+            unknown_excludes(&m, &["nope".into(), "db".into()], Path::new("/p")),
+            ["nope"]
+        );
     }
 }

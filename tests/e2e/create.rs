@@ -470,7 +470,7 @@ fn kill_9_leaves_no_completed_backup_and_the_next_run_cleans_up() {
     assert_eq!(files.len(), 1, "only the new archive: {files:?}");
 }
 
-fn children_of(pid: u32) -> Vec<u32> {
+pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()

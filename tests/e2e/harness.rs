@@ -220,6 +220,25 @@ impl Project {
         ])
     }
 
+    /// A named volume's tree as `path|type|mode|uid:gid|size|mtime|link` lines plus content
+    /// digests, read through a one-off container.
+    pub fn volume_tree(&self, volume: &str) -> Vec<String> {
+        let script = r#"cd /v && find . | sort | while read f; do stat -c '%n|%F|%a|%u:%g|%s|%Y|%N' "$f"; if [ -f "$f" ] && [ ! -L "$f" ]; then sha256sum "$f"; fi; done"#;
+        let out = self
+            .docker(&[
+                "run",
+                "--rm",
+                "-v",
+                &format!("{volume}:/v"),
+                IMAGE,
+                "sh",
+                "-c",
+                script,
+            ])
+            .success();
+        out.stdout.lines().map(String::from).collect()
+    }
+
     /// State of each container of a service, sorted by name.
     pub fn states(&self, service: &str) -> Vec<String> {
         let out = self

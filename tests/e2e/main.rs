@@ -2,4 +2,10 @@
 mod create;
 mod harness;
 mod plugin;
+mod rollback;
 mod status;
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,501 @@
+//! `rollback` end to end: exact round trips, partial rollbacks, verification, undo.
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::harness::{describe_tree, Project};
+
+const APP: &str = r#"
+name: {name}
+services:
+  db:
+    image: {image}
+    command: {daemon}
+    restart: always
+    volumes: ["dbdata:/var/lib/db", "./data:/srv/data", "./conf:/conf:ro"]
+volumes:
+  dbdata: {}
+"#;
+
+fn volume(p: &Project) -> String {
+    format!("{}_dbdata", p.name)
+}
+
+/// A project with content in every volume, up and running.
+fn seeded(test: &str, yaml: &str) -> Option<Project> {
+    let p = Project::new(test, yaml)?;
+    std::fs::create_dir_all(p.path("data/sub/empty")).unwrap();
+    std::fs::write(p.path("data/a.txt"), "version one").unwrap();
+    std::fs::hard_link(p.path("data/a.txt"), p.path("data/sub/a-link")).unwrap();
+    std::os::unix::fs::symlink("../a.txt", p.path("data/sub/sym")).unwrap();
+    std::os::unix::fs::chown(p.path("data/sub"), Some(999), Some(999)).unwrap();
+    std::fs::set_permissions(p.path("data/sub"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::create_dir_all(p.path("conf")).unwrap();
+    std::fs::write(p.path("conf/app.ini"), "debug=false\n").unwrap();
+    p.up();
+    p.in_volume(
+        &volume(&p),
+        "mkdir -p /v/pgdata/base && echo row1 > /v/pgdata/base/t1 && ln -s base/t1 /v/pgdata/latest && \
+         ln /v/pgdata/base/t1 /v/pgdata/t1.hard && chown -R 999:999 /v/pgdata && chmod 0700 /v/pgdata && \
+         chown 999:999 /v && chmod 0750 /v",
+    )
+    .success();
+    Some(p)
+}
+
+fn backup(p: &Project) -> i64 {
+    p.plugin(&["create", "--stop", "--format", "json"])
+        .success()
+        .json()["id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Changes every volume: adds, removes, rewrites, chmods, chowns.
+fn damage(p: &Project) {
+    std::fs::write(p.path("data/a.txt"), "version two, longer").unwrap();
+    std::fs::write(p.path("data/new.txt"), "added").unwrap();
+    std::fs::remove_dir_all(p.path("data/sub/empty")).unwrap();
+    std::fs::set_permissions(p.path("data/sub"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(p.path("data/a.txt"), Some(1234), Some(1234)).unwrap();
+    std::fs::write(p.path("conf/app.ini"), "debug=true\n").unwrap();
+    p.in_volume(
+        &volume(p),
+        "echo row2 >> /v/pgdata/base/t1 && rm /v/pgdata/latest && touch /v/pgdata/stale && chown -R 0:0 /v/pgdata && chmod 0755 /v",
+    )
+    .success();
+}
+
+fn trees(p: &Project) -> (Vec<String>, Vec<String>, Vec<String>) {
+    (
+        describe_tree(&p.path("data")),
+        describe_tree(&p.path("conf")),
+        p.volume_tree(&volume(p)),
+    )
+}
+
+#[test]
+fn rollback_restores_every_volume_bit_for_bit_and_restarts() {
+    let Some(p) = seeded("roundtrip", APP) else {
+        return;
+    };
+    let before = trees(&p);
+    let id = backup(&p);
+    damage(&p);
+    let damaged = trees(&p);
+    assert_ne!(before, damaged);
+
+    let run = p
+        .plugin(&["rollback", &id.to_string(), "--yes", "--format", "json"])
+        .success();
+    let report = run.json();
+    assert_eq!(report["backup_id"], id);
+    assert_eq!(report["mode"], "full");
+    assert_eq!(report["restored"].as_array().unwrap().len(), 3);
+    assert_eq!(report["started"], serde_json::json!(["db"]));
+    let after = trees(&p);
+    assert_eq!(after.0, before.0, "bind restored exactly");
+    assert_eq!(after.1, before.1, "read-only bind restored exactly");
+    assert_eq!(after.2, before.2, "named volume restored exactly");
+    assert_eq!(p.states("db"), [format!("{}-db-1 running", p.name)]);
+    let leftovers: Vec<_> = std::fs::read_dir(p.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".nuwax"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The safety backup holds the state just before the rollback, and restores it.
+    let safety = report["safety_backup_id"].as_i64().unwrap();
+    p.plugin(&["rollback", &safety.to_string(), "--yes"])
+        .success();
+    assert_eq!(
+        trees(&p),
+        damaged,
+        "rolling back the rollback gives the damaged state back"
+    );
+}
+
+#[test]
+fn data_only_and_exclude_leave_their_targets_untouched() {
+    let Some(p) = seeded("partial", APP) else {
+        return;
+    };
+    let id = backup(&p).to_string();
+    damage(&p);
+    let damaged = trees(&p);
+    let before_conf = damaged.1.clone();
+    let report = p
+        .plugin(&["rollback", &id, "--data-only", "--yes", "--format", "json"])
+        .success()
+        .json();
+    assert_eq!(report["mode"], "data-only");
+    assert_eq!(
+        report["kept"],
+        serde_json::json!([p.path("conf").to_str().unwrap()])
+    );
+    assert_eq!(
+        describe_tree(&p.path("conf")),
+        before_conf,
+        "app-role bind untouched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("data/a.txt")).unwrap(),
+        "version one"
+    );
+
+    damage(&p);
+    let vol_before = p.volume_tree(&volume(&p));
+    p.plugin(&[
+        "rollback",
+        &id,
+        "--exclude",
+        "dbdata",
+        "--exclude",
+        "./conf",
+        "--yes",
+    ])
+    .success();
+    assert_eq!(
+        p.volume_tree(&volume(&p)),
+        vol_before,
+        "excluded volume untouched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("conf/app.ini")).unwrap(),
+        "debug=true\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("data/a.txt")).unwrap(),
+        "version one"
+    );
+
+    let typo = p
+        .plugin(&["rollback", &id, "--exclude", "nosuch", "--yes"])
+        .failure(2);
+    assert!(typo.stderr.contains("nosuch"), "{}", typo.stderr);
+}
+
+#[test]
+fn after_down_v_rollback_brings_the_volumes_back_as_compose_made_them() {
+    let Some(p) = seeded("downv", APP) else {
+        return;
+    };
+    let before = trees(&p);
+    let id = backup(&p).to_string();
+    p.compose(&["down", "-v", "-t", "1"]).success();
+    p.plugin(&["rollback", &id, "--yes", "--no-start"])
+        .success();
+    let up = p.compose(&["up", "-d"]).success();
+    assert!(
+        !up.stderr.contains("not created by Docker Compose"),
+        "{}",
+        up.stderr
+    );
+    assert!(!up.stderr.contains("Recreate"), "{}", up.stderr);
+    assert_eq!(trees(&p).2, before.2);
+}
+
+#[test]
+fn without_yes_or_id_and_no_terminal_rollback_refuses() {
+    let Some(p) = seeded("noyes", APP) else {
+        return;
+    };
+    let id = backup(&p).to_string();
+    damage(&p);
+    let damaged = trees(&p);
+    let no_yes = p.plugin(&["rollback", &id]).failure(2);
+    assert!(no_yes.stderr.contains("--yes"), "{}", no_yes.stderr);
+    let no_id = p.plugin(&["rollback", "--yes"]).failure(2);
+    assert!(no_id.stderr.contains("ID"), "{}", no_id.stderr);
+    let unknown = p.plugin(&["rollback", "9999", "--yes"]).failure(2);
+    assert!(unknown.stderr.contains("9999"), "{}", unknown.stderr);
+    assert_eq!(trees(&p), damaged);
+}
+
+fn archive_of(p: &Project, id: i64) -> PathBuf {
+    let conn = rusqlite::Connection::open(p.catalog()).unwrap();
+    let path: String = conn
+        .query_row("SELECT file_path FROM backups WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    PathBuf::from(path)
+}
+
+/// Registers a hand-made archive in the catalog with its true checksum.
+fn register(p: &Project, path: &Path) -> i64 {
+    use sha2::Digest;
+    let sha = crate::hex(&sha2::Sha256::digest(std::fs::read(path).unwrap()));
+    let conn = rusqlite::Connection::open(p.catalog()).unwrap();
+    conn.execute(
+        "INSERT INTO backups (project, project_dir, file_path, service_version, backup_type, status, created_at, compression, sha256)
+         VALUES (?1, ?2, ?3, '1', 'manual', 'completed', '2026-01-01T00:00:00Z', 'gzip', ?4)",
+        rusqlite::params![p.name, p.dir.path().to_str().unwrap(), path.to_str().unwrap(), sha],
+    )
+    .unwrap();
+    conn.last_insert_rowid()
+}
+
+/// A gzip tar with raw entries: (name, type, link, data).
+fn evil_archive(
+    dir: &Path,
+    name: &str,
+    entries: &[(&str, tar::EntryType, &str, &[u8])],
+) -> PathBuf {
+    let path = dir.join(name);
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::default(),
+    );
+    let mut b = tar::Builder::new(gz);
+    for (n, kind, link, data) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..n.len()].copy_from_slice(n.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap();
+    path
+}
+
+#[test]
+fn damaged_or_malicious_archives_are_refused_before_any_change() {
+    let Some(p) = seeded("verify", APP) else {
+        return;
+    };
+    let id = backup(&p);
+    damage(&p);
+    let damaged = trees(&p);
+    let good = archive_of(&p, id);
+    let bytes = std::fs::read(&good).unwrap();
+    let evil_dir = p.path("evil");
+    std::fs::create_dir_all(&evil_dir).unwrap();
+
+    let mut cases: Vec<(String, i64, &str)> = Vec::new();
+    let truncated = evil_dir.join("truncated.tar.gz");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    cases.push(("truncated".into(), register(&p, &truncated), "damaged"));
+    let mut flipped_bytes = bytes.clone();
+    let mid = flipped_bytes.len() / 3;
+    flipped_bytes[mid] ^= 0x55;
+    let flipped = evil_dir.join("flipped.tar.gz");
+    std::fs::write(&flipped, &flipped_bytes).unwrap();
+    let flipped_id = register(&p, &flipped);
+    cases.push(("flipped byte".into(), flipped_id, ""));
+    let copy = evil_dir.join("copy.tar.gz");
+    std::fs::write(&copy, &bytes).unwrap();
+    let mismatch = register(&p, &copy);
+    rusqlite::Connection::open(p.catalog())
+        .unwrap()
+        .execute(
+            "UPDATE backups SET sha256 = 'abc' WHERE id = ?1",
+            [mismatch],
+        )
+        .unwrap();
+    cases.push(("checksum mismatch".into(), mismatch, "checksum mismatch"));
+    let gone = evil_dir.join("gone.tar.gz");
+    std::fs::write(&gone, &bytes).unwrap();
+    let gone_id = register(&p, &gone);
+    std::fs::remove_file(&gone).unwrap();
+    cases.push(("missing file".into(), gone_id, "opening"));
+    let d = |n: &str| format!("binds/data/{n}");
+    let evil: Vec<(&str, Vec<(String, tar::EntryType, &str, &[u8])>, &str)> = vec![
+        (
+            "dotdot",
+            vec![(
+                "binds/data/../../escape".into(),
+                tar::EntryType::Regular,
+                "",
+                b"x",
+            )],
+            "..",
+        ),
+        (
+            "absolute",
+            vec![(
+                "/tmp/nuwax-evil-absolute".into(),
+                tar::EntryType::Regular,
+                "",
+                b"x",
+            )],
+            "absolute",
+        ),
+        (
+            "through-symlink",
+            vec![
+                (d("l"), tar::EntryType::Symlink, "/etc", b""),
+                (d("l/evil"), tar::EntryType::Regular, "", b"x"),
+            ],
+            "symlink",
+        ),
+        (
+            "hardlink-passwd",
+            vec![(d("pw"), tar::EntryType::Link, "/etc/passwd", b"")],
+            "hard link",
+        ),
+        (
+            "device",
+            vec![(d("dev"), tar::EntryType::Char, "", b"")],
+            "devices",
+        ),
+    ];
+    for (name, entries, why) in &evil {
+        let refs: Vec<(&str, tar::EntryType, &str, &[u8])> = entries
+            .iter()
+            .map(|(n, t, l, b)| (n.as_str(), *t, *l, *b))
+            .collect();
+        let path = evil_archive(&evil_dir, &format!("{name}.tar.gz"), &refs);
+        cases.push((name.to_string(), register(&p, &path), why));
+    }
+    for (case, id, why) in cases {
+        let run = p.plugin(&["rollback", &id.to_string(), "--yes"]);
+        assert_eq!(run.code, 12, "{case}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("nothing was changed") && run.stderr.contains(why),
+            "{case}: {}",
+            run.stderr
+        );
+        assert_eq!(trees(&p), damaged, "{case}: nothing changed");
+        assert_eq!(
+            p.states("db"),
+            [format!("{}-db-1 running", p.name)],
+            "{case}: nothing stopped"
+        );
+    }
+    assert!(!Path::new("/tmp/nuwax-evil-absolute").exists());
+    assert!(!p.dir.path().parent().unwrap().join("escape").exists());
+    let rows: i64 = rusqlite::Connection::open(p.catalog())
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM backups WHERE backup_type = 'pre-rollback'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0, "no safety backup was taken for a refused rollback");
+}
+
+const SMALL: &str = r#"
+name: {name}
+services:
+  db:
+    image: {image}
+    command: {daemon}
+    restart: always
+    volumes: ["dbdata:/var/lib/db", "./small/data:/srv/data"]
+volumes:
+  dbdata: {}
+"#;
+
+#[test]
+fn a_failure_mid_restore_puts_everything_back_and_restarts() {
+    let Some(p) = Project::new("undo", SMALL) else {
+        return;
+    };
+    let small = p.path("small");
+    std::fs::create_dir_all(&small).unwrap();
+    assert!(std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap()
+        .success());
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _umount = Umount(small.clone());
+    std::fs::create_dir_all(small.join("data")).unwrap();
+    std::fs::write(small.join("data/big"), vec![7u8; 1200 << 10]).unwrap();
+    p.up();
+    p.in_volume(&volume(&p), "echo before > /v/state").success();
+    let id = backup(&p).to_string();
+    // Now the archived bind no longer fits beside the current one on the small filesystem.
+    std::fs::remove_file(small.join("data/big")).unwrap();
+    std::fs::write(small.join("data/now"), "current").unwrap();
+    std::fs::write(small.join("filler"), vec![1u8; 1500 << 10]).unwrap();
+    p.in_volume(&volume(&p), "echo after > /v/state").success();
+    let bind_before = describe_tree(&small.join("data"));
+    let vol_before = p.volume_tree(&volume(&p));
+
+    let run = p.plugin(&["rollback", &id, "--yes"]);
+    assert_eq!(run.code, 13, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("previous state was put back")
+            && run.stderr.contains("safety backup #"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        describe_tree(&small.join("data")),
+        bind_before,
+        "bind as before"
+    );
+    assert_eq!(
+        p.volume_tree(&volume(&p)),
+        vol_before,
+        "named volume as before"
+    );
+    assert_eq!(
+        p.states("db"),
+        [format!("{}-db-1 running", p.name)],
+        "restarted"
+    );
+    let staging: Vec<_> = std::fs::read_dir(&small)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".nuwax"))
+        .collect();
+    assert!(staging.is_empty(), "staging removed");
+}
+
+#[test]
+fn kill_9_during_rollback_never_leaves_a_mixed_bind_and_a_rerun_succeeds() {
+    let Some(p) = Project::new("rbkill", APP) else {
+        return;
+    };
+    std::fs::create_dir_all(p.path("conf")).unwrap();
+    for i in 0..200 {
+        std::fs::create_dir_all(p.path("data")).unwrap();
+        std::fs::write(p.path(&format!("data/f{i:03}")), vec![b'a'; 20_000]).unwrap();
+    }
+    p.up();
+    let id = backup(&p).to_string();
+    let archived = describe_tree(&p.path("data"));
+    for delay_ms in [150u64, 400, 700, 1000] {
+        for i in 0..200 {
+            std::fs::write(p.path(&format!("data/f{i:03}")), vec![b'b'; 20_000 + i]).unwrap();
+        }
+        let current = describe_tree(&p.path("data"));
+        let mut child = p.plugin_spawn(&["rollback", &id, "--yes", "--no-safety-backup"]);
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        for pid in crate::create::children_of(child.id()) {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let now = describe_tree(&p.path("data"));
+        assert!(
+            now == archived || now == current,
+            "after kill at {delay_ms} ms the bind is mixed"
+        );
+        // A `docker compose start` the killed run had begun (in its own process group, so
+        // that it survives) may still be finishing.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        p.plugin(&["rollback", &id, "--yes", "--no-safety-backup", "--no-start"])
+            .success();
+        assert_eq!(
+            describe_tree(&p.path("data")),
+            archived,
+            "a rerun completes the rollback"
+        );
+        p.compose(&["start"]).success();
+    }
+}
