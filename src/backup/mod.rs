@@ -123,22 +123,8 @@ fn execute(
     let duration_ms = started.elapsed().as_millis() as u64;
     match (work, restart) {
         (Ok(done), restart) => {
-            let id = catalog.insert(&NewBackup {
-                project: &project.name,
-                project_dir: &project.dir,
-                file_path: &done.path,
-                service_version: &plan.service_version,
-                backup_type: &plan.backup_type,
-                status: "completed",
-                created_at: &plan.created_at,
-                size_bytes: done.size,
-                sha256: Some(&done.sha256),
-                file_count: done.file_count,
-                compression: plan.compression,
-                duration_ms,
-                error: None,
-            })?;
-            let row = catalog.get(id)?.context("reading back the catalog row")?;
+            let row = record_completed(catalog, project, plan, &done, duration_ms)?;
+            let id = row.id;
             restart.with_context(|| {
                 format!("backup #{id} completed ({}), but", done.path.display())
             })?;

@@ -13,7 +13,7 @@ use super::Written;
 use crate::archive::collector::Collector;
 use crate::archive::manifest::{self, Manifest, ServiceRecord, Skipped, StoredFile, VolumeRecord};
 use crate::archive::{fs_source, hashing, stream_source, ArchiveWriter};
-use crate::compose::{model, Kind, Project, Volume};
+use crate::compose::{model, Project, Volume};
 use crate::output::warn;
 use crate::{cancel, storage, Context};
 
@@ -253,26 +253,11 @@ fn record(item: &Item, plan: &Plan, c: Collector<'_>) -> VolumeRecord {
         source,
         external,
         is_file,
-        role: serde_json::to_value(item.role)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
+        role: item.role.as_str().into(),
         driver: (!details.driver.is_empty()).then_some(details.driver),
         driver_opts: details.options,
         labels: details.labels,
-        mounts: item
-            .decl
-            .mounts()
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}:{}{}",
-                    m.service,
-                    m.target,
-                    if m.read_only { ":ro" } else { "" }
-                )
-            })
-            .collect(),
+        mounts: item.decl.mounts().iter().map(ToString::to_string).collect(),
         archive_path: item.archive_path.clone(),
         root: c.root.unwrap_or_default(),
         file_count: c.file_count,
@@ -346,11 +331,7 @@ fn manifest_of(
             .iter()
             .map(|s| ServiceRecord {
                 name: s.name.clone(),
-                kind: if s.kind == Kind::Persistent {
-                    "persistent".into()
-                } else {
-                    "one-shot".into()
-                },
+                kind: s.kind.as_str().into(),
                 restart_policy: s.restart_policy.clone(),
                 image: s.image.clone(),
             })

@@ -54,10 +54,7 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
                     )?;
                 }
                 let rows = plan.volumes.iter().map(|v| {
-                    let role = serde_json::to_value(v.role)
-                        .ok()
-                        .and_then(|r| r.as_str().map(String::from))
-                        .unwrap_or_default();
+                    let role = v.role.as_str().to_string();
                     vec![
                         v.volume.clone(),
                         v.kind.to_string(),

@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::{Format, StatusArgs};
-use crate::compose::{Blocker, Container, Project, Role, Service, Volume};
+use crate::compose::{Blocker, Container, Project, Service, Volume};
 use crate::output::{table, write_json};
 use crate::Context;
 
@@ -56,11 +56,12 @@ fn write_table(p: &Project, blockers: &[Blocker], out: &mut dyn Write) -> Result
         } else {
             states.join(", ")
         };
-        let kind = serde_json::to_value(s.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        vec![s.name.clone(), s.restart_policy.clone(), kind, states]
+        vec![
+            s.name.clone(),
+            s.restart_policy.clone(),
+            s.kind.as_str().to_string(),
+            states,
+        ]
     });
     write!(
         out,
@@ -75,23 +76,12 @@ fn write_table(p: &Project, blockers: &[Blocker], out: &mut dyn Write) -> Result
             Volume::Bind { is_file: true, .. } => "bind (file)",
             Volume::Bind { .. } => "bind",
         };
-        let role = match (v.excluded(), v.role()) {
-            (true, _) => "excluded",
-            (false, Role::Data) => "data",
-            (false, Role::App) => "app",
+        let role = if v.excluded() {
+            "excluded"
+        } else {
+            v.role().as_str()
         };
-        let used: Vec<String> = v
-            .mounts()
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}:{}{}",
-                    m.service,
-                    m.target,
-                    if m.read_only { ":ro" } else { "" }
-                )
-            })
-            .collect();
+        let used: Vec<String> = v.mounts().iter().map(ToString::to_string).collect();
         vec![
             v.label(),
             kind.to_string(),

@@ -108,6 +108,28 @@ impl Volume {
     }
 }
 
+impl std::fmt::Display for Mount {
+    /// `service:target`, with `:ro` when read-only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}{}",
+            self.service,
+            self.target,
+            if self.read_only { ":ro" } else { "" }
+        )
+    }
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Persistent => "persistent",
+            Kind::OneShot => "one-shot",
+        }
+    }
+}
+
 /// A container that keeps a cold backup from running now.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Blocker {

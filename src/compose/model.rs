@@ -88,6 +88,15 @@ pub enum Role {
     App,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Data => "data",
+            Role::App => "app",
+        }
+    }
+}
+
 /// One container as `docker compose ps -a --format json` reports it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PsEntry {
