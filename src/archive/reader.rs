@@ -42,26 +42,40 @@ impl Opened {
     }
 }
 
-/// Opens a `.tar.gz` (any gzip, ours is multi-member) or `.tar.zst` by its magic bytes.
+/// Opens a `.tar.gz` or `.tar.zst` by its magic bytes. Our gzip archives (independent members
+/// marked with gzp's `IG` extra field) are decompressed on all cores with CRC checks; any
+/// other gzip is read as a plain multi-member stream.
 pub fn open(path: &Path) -> Result<Opened> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut magic = [0u8; 4];
-    let n = file.read(&mut magic)?;
+    let mut magic = [0u8; 16];
+    let mut n = 0;
+    while n < magic.len() {
+        match file.read(&mut magic[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
     let digest = Arc::new(Mutex::new((Sha256::new(), 0u64)));
     let head = io::Cursor::new(magic[..n].to_vec());
-    let raw = BufReader::with_capacity(
-        1 << 20,
-        Sha256Reader {
-            inner: head.chain(file),
-            state: digest.clone(),
-        },
-    );
-    let tar: Box<dyn Read> = match magic {
-        [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
-        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::with_buffer(raw)?),
-        _ => bail!("{} is not a gzip or zstd archive", path.display()),
+    let raw = Sha256Reader { inner: head.chain(file), state: digest.clone() };
+    let is_gzip = n >= 2 && magic[..2] == [0x1f, 0x8b];
+    let is_mgzip = is_gzip && n >= 14 && magic[3] & 4 == 4 && &magic[12..14] == b"IG";
+    let tar: Box<dyn Read> = if is_mgzip {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Box::new(
+            gzp::par::decompress::ParDecompressBuilder::<gzp::deflate::Mgzip>::new()
+                .num_threads(threads)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .from_reader(raw),
+        )
+    } else if is_gzip {
+        Box::new(flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, raw)))
+    } else if n >= 4 && magic[..4] == [0x28, 0xb5, 0x2f, 0xfd] {
+        Box::new(zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 20, raw))?)
+    } else {
+        bail!("{} is not a gzip or zstd archive", path.display())
     };
-    Ok(Opened { tar, digest })
+    Ok(Opened { tar: Box::new(BufReader::with_capacity(256 << 10, tar)), digest })
 }
 
 /// What a verified archive holds.
