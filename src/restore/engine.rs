@@ -81,6 +81,52 @@ pub fn recreate(docker: &Docker, rec: &VolumeRecord) -> Result<()> {
     Ok(())
 }
 
+/// The volume's folder on this machine, when the engine stores it here and this process can
+/// write it: then a restore writes there directly (as fast as a bind) instead of through
+/// `docker cp`. Proven, not assumed: a probe file sent through the engine must appear in the
+/// local folder (a remote engine or a VM never passes). `NUWAX_BACKUP_VOLUME_IO=engine` turns
+/// this off.
+pub fn local_mountpoint(
+    docker: &Docker,
+    volume: &str,
+    image: &str,
+) -> Result<Option<std::path::PathBuf>> {
+    if std::env::var("NUWAX_BACKUP_VOLUME_IO").as_deref() == Ok("engine") {
+        return Ok(None);
+    }
+    let mp = docker.output(&["volume", "inspect", "--format", "{{.Mountpoint}}", volume])?;
+    let mp = std::path::PathBuf::from(mp.trim());
+    if mp.as_os_str().is_empty() || !mp.is_dir() {
+        return Ok(None);
+    }
+    let probe = format!(
+        ".nuwax-probe-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    );
+    let mut f = Filler::start(docker, volume, image)?;
+    let a = Attrs {
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+    };
+    f.entry(
+        probe.as_bytes(),
+        tar::EntryType::Regular,
+        &a,
+        0,
+        None,
+        &mut std::io::empty(),
+    )?;
+    f.finish()?;
+    let local = mp.join(&probe);
+    if local.is_file() && std::fs::remove_file(&local).is_ok() {
+        return Ok(Some(mp));
+    }
+    Ok(None)
+}
+
 /// A tar stream into a helper container that mounts one volume.
 pub struct Filler {
     docker: Docker,

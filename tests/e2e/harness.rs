@@ -173,6 +173,16 @@ impl Project {
         self.docker(&all)
     }
 
+    /// `docker nuwaxbackup ARGS…` with extra environment variables.
+    pub fn plugin_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
+        let mut c = self.command("docker");
+        c.arg("nuwaxbackup").args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Run::from(c.output().unwrap())
+    }
+
     /// The plugin started in the background (for signals and concurrency tests).
     pub fn plugin_spawn(&self, args: &[&str]) -> std::process::Child {
         self.command("docker")

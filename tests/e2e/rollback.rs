@@ -114,6 +114,15 @@ fn rollback_restores_every_volume_bit_for_bit_and_restarts() {
         damaged,
         "rolling back the rollback gives the damaged state back"
     );
+
+    // Through the engine only (`docker cp`, as on a remote engine): the same exact result.
+    let engine = [("NUWAX_BACKUP_VOLUME_IO", "engine")];
+    p.plugin_env(
+        &engine,
+        &["rollback", &id.to_string(), "--yes", "--no-safety-backup"],
+    )
+    .success();
+    assert_eq!(trees(&p), before, "restored through docker cp exactly");
 }
 
 #[test]
