@@ -156,6 +156,61 @@ impl Catalog {
         Ok(rows)
     }
 
+    /// Removes a row. Fails when there is no such row.
+    pub fn delete(&self, id: i64) -> Result<()> {
+        let n = self
+            .conn
+            .execute("DELETE FROM backups WHERE id = ?1", [id])?;
+        anyhow::ensure!(n == 1, "no backup #{id} in the catalog");
+        Ok(())
+    }
+
+    /// Records the outcome of a verification (`ok`, or what is wrong).
+    pub fn record_verification(&self, id: i64, result: &str) -> Result<()> {
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        self.conn.execute(
+            "UPDATE backups SET verified_at = ?2, verify_result = ?3 WHERE id = ?1",
+            params![id, now, result],
+        )?;
+        Ok(())
+    }
+
+    /// The last verification result of a row, if it was ever verified.
+    pub fn verification(&self, id: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT verify_result FROM backups WHERE id = ?1",
+                [id],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Points rows at new files and makes `dir` the project's storage folder, all at once.
+    pub fn move_files(
+        &mut self,
+        project: &str,
+        dir: &Path,
+        moves: &[(i64, PathBuf)],
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for (id, path) in moves {
+            tx.execute(
+                "UPDATE backups SET file_path = ?2 WHERE id = ?1",
+                params![id, path.to_string_lossy()],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO projects (name, storage_dir) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET storage_dir = excluded.storage_dir",
+            params![project, dir.to_string_lossy()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The storage folder `migrate-storage` set for a project, if any.
     pub fn storage_dir(&self, project: &str) -> Result<Option<PathBuf>> {
         let dir: Option<Option<String>> = self

@@ -26,6 +26,104 @@ pub enum Command {
     Create(CreateArgs),
     /// Restore a backup: verified first, transactional, full or --data-only.
     Rollback(RollbackArgs),
+    /// List the project's backups, newest first.
+    List(ListArgs),
+    /// Delete backups: the archive file and the catalog row.
+    Delete(DeleteArgs),
+    /// Check archives against the catalog and their manifests.
+    Verify(VerifyArgs),
+    /// Move every archive of the project to another folder, and use it from now on.
+    MigrateStorage(MigrateArgs),
+    /// Delete backups outside a retention policy (restic's keep flags).
+    Prune(PruneArgs),
+    /// Register archives found in a folder (from another host, or after the catalog was lost).
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ListFormat {
+    #[default]
+    Table,
+    Json,
+    /// One id a line.
+    Ids,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ListFormat,
+    /// Every project in the catalog, not only the current one.
+    #[arg(long)]
+    pub all_projects: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Catalog ids of the backups to delete.
+    #[arg(required = true)]
+    pub ids: Vec<i64>,
+    /// Do not ask (needed without a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Catalog ids to verify (default: every completed backup of the project with --all).
+    pub ids: Vec<i64>,
+    /// Verify every completed backup of the project.
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+    /// With --all: of every project.
+    #[arg(long)]
+    pub all_projects: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The new storage folder (created when missing; any filesystem).
+    pub new_dir: PathBuf,
+    /// Do not ask (needed without a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Keep the newest backup of each of the last N days that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<usize>,
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<usize>,
+    /// Keep the newest backup of each of the last N months that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<usize>,
+    /// Also delete pre-rollback safety backups younger than a day.
+    #[arg(long)]
+    pub prune_recent_safety: bool,
+    /// Print what would be kept and deleted, and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask (needed without a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Folder to look for archives in.
+    pub dir: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 /// Compose's own project options, passed identically to every `docker compose` call.
@@ -242,9 +340,29 @@ pub fn split_argv(argv: &[OsString]) -> SplitArgs {
     }
 }
 
+/// `backup list` (the seed's words) is `list`; `backup` alone stays `create`.
+pub fn backup_list_alias(mut rest: Vec<OsString>) -> Vec<OsString> {
+    if rest.len() >= 3 && rest[1] == "backup" && rest[2] == "list" {
+        rest.remove(1);
+    }
+    rest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_list_is_list() {
+        assert_eq!(
+            backup_list_alias(os(&["x", "backup", "list", "--format", "ids"])),
+            os(&["x", "list", "--format", "ids"])
+        );
+        assert_eq!(
+            backup_list_alias(os(&["x", "backup", "--stop"])),
+            os(&["x", "backup", "--stop"])
+        );
+    }
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()

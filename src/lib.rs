@@ -11,6 +11,8 @@ pub mod exit_codes;
 pub mod lock;
 pub mod output;
 pub mod plugin;
+pub mod prompt;
+pub mod prune;
 pub mod restore;
 pub mod services;
 pub mod storage;
@@ -31,6 +33,22 @@ pub struct Context {
     pub compose: ComposeArgs,
 }
 
+impl Context {
+    pub fn catalog_path(&self) -> std::path::PathBuf {
+        catalog::default_path(self.compose.catalog.as_deref())
+    }
+
+    /// Opens the catalog (creating it when missing).
+    pub fn catalog(&self) -> anyhow::Result<catalog::Catalog> {
+        catalog::Catalog::open(&self.catalog_path())
+    }
+
+    /// The current compose project's name (no daemon needed).
+    pub fn project_name(&self) -> anyhow::Result<String> {
+        compose::Project::name_only(&self.docker, &self.compose)
+    }
+}
+
 /// Runs the whole program on `argv` (program name first) and returns the exit code.
 pub fn run(argv: Vec<OsString>) -> ExitCode {
     let split = cli::split_argv(&argv);
@@ -38,7 +56,7 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
         println!("{}", plugin::metadata_line());
         return ExitCode::SUCCESS;
     }
-    let cli = match Cli::try_parse_from(&split.rest) {
+    let cli = match Cli::try_parse_from(cli::backup_list_alias(split.rest)) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -73,6 +91,12 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
         Command::Status(a) => commands::status::run(&ctx, a, &mut out)?,
         Command::Create(a) => commands::create::run(&ctx, a, &mut out)?,
         Command::Rollback(a) => commands::rollback::run(&ctx, a, &mut out)?,
+        Command::List(a) => commands::list::run(&ctx, a, &mut out)?,
+        Command::Delete(a) => commands::delete::run(&ctx, a, &mut out)?,
+        Command::Verify(a) => commands::verify::run(&ctx, a, &mut out)?,
+        Command::MigrateStorage(a) => commands::migrate_storage::run(&ctx, a, &mut out)?,
+        Command::Prune(a) => commands::prune::run(&ctx, a, &mut out)?,
+        Command::Import(a) => commands::import::run(&ctx, a, &mut out)?,
     }
     out.flush()?;
     Ok(())

@@ -12,6 +12,14 @@ pub fn hex(digest: &[u8]) -> String {
     })
 }
 
+/// SHA-256 of a whole file, hex.
+pub fn sha256_file(path: &std::path::Path) -> io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    Ok(hex(&h.finalize()))
+}
+
 /// Counts and hashes bytes read (BLAKE3: the per-file digest, 3-4x cheaper than SHA-256 on
 /// the core that also feeds the compressors); reports each read to `on_read` (progress,
 /// cancellation).

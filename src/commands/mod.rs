@@ -1,4 +1,10 @@
 //! One file per subcommand: arguments in, a domain call, output out.
 pub mod create;
+pub mod delete;
+pub mod import;
+pub mod list;
+pub mod migrate_storage;
+pub mod prune;
 pub mod rollback;
 pub mod status;
+pub mod verify;

@@ -53,6 +53,18 @@ impl Project {
         })
     }
 
+    /// Only the project's name, from `docker compose config` (no daemon needed).
+    pub fn name_only(docker: &Docker, args: &ComposeArgs) -> Result<String> {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            name: String,
+        }
+        let text = docker.compose(args, &["config", "--format", "json"])?;
+        Ok(serde_json::from_str::<Named>(&text)
+            .context("reading `docker compose config` output")?
+            .name)
+    }
+
     /// The containers that keep a cold backup from running now.
     pub fn blockers(&self) -> Vec<Blocker> {
         classify::blockers(&self.services, &self.others)

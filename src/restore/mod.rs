@@ -250,27 +250,7 @@ fn confirm(row: &BackupRow, sel: &plan::Selection, yes: bool) -> Result<()> {
     for k in &sel.kept {
         note(format!("  keep    {} ({})", k.volume, k.reason));
     }
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(user(
-            Code::Usage,
-            "a rollback replaces data: confirm on a terminal, or pass --yes".into(),
-        ));
-    }
-    let ok = dialoguer::Confirm::new()
-        .with_prompt("Replace these volumes?")
-        .default(false)
-        .interact()?;
-    if ok {
-        Ok(())
-    } else {
-        Err(user(
-            Code::Cancelled,
-            "rollback not confirmed: nothing was changed".into(),
-        ))
-    }
+    crate::prompt::confirm(yes, "Replace these volumes?", "a rollback replaces data")
 }
 
 /// Checks, before anything changes, that every named volume can be recreated: no container of

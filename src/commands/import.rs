@@ -1,0 +1,95 @@
+//! `import DIR`: register the archives found in a folder, from their own manifests.
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+
+use crate::archive::reader;
+use crate::catalog::{BackupRow, NewBackup};
+use crate::cli::{Format, ImportArgs};
+use crate::output::{note, table, warn, write_json};
+use crate::Context;
+
+pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
+    let catalog = ctx.catalog()?;
+    let dir = std::env::current_dir()?.join(&args.dir);
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    let known: Vec<String> = catalog
+        .list(None)?
+        .into_iter()
+        .map(|r| r.file_path)
+        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .starts_with('.')
+        })
+        .collect();
+    files.sort();
+    let mut imported: Vec<BackupRow> = Vec::new();
+    for path in files {
+        crate::cancel::check()?;
+        if known.iter().any(|k| PathBuf::from(k) == path) {
+            continue;
+        }
+        let v = match reader::verify(&path, None) {
+            Ok(v) => v,
+            Err(e) => {
+                warn(format!(
+                    "skipped {}: not a docker-nuwax-backup archive, or damaged ({e:#})",
+                    path.display()
+                ));
+                continue;
+            }
+        };
+        let m = &v.manifest;
+        let id = catalog.insert(&NewBackup {
+            project: &m.project,
+            project_dir: &m.project_dir,
+            file_path: &path,
+            service_version: &m.service_version,
+            backup_type: &m.backup_type,
+            status: "completed",
+            created_at: &m.created_at,
+            size_bytes: v.size,
+            sha256: Some(&v.sha256),
+            file_count: m.volumes.iter().map(|v| v.file_count).sum(),
+            compression: &m.compression,
+            duration_ms: 0,
+            error: None,
+        })?;
+        imported.push(catalog.get(id)?.context("reading back the catalog row")?);
+    }
+    note(format!(
+        "imported {} archive(s) from {}",
+        imported.len(),
+        dir.display()
+    ));
+    match args.format {
+        Format::Json => write_json(out, &imported)?,
+        Format::Table => write!(
+            out,
+            "{}",
+            table(
+                &["ID", "PROJECT", "TYPE", "VERSION", "FILE"],
+                imported.iter().map(|r| vec![
+                    r.id.to_string(),
+                    r.project.clone(),
+                    r.backup_type.clone(),
+                    r.service_version.clone(),
+                    r.file_path.clone()
+                ])
+            )
+        )?,
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! `migrate-storage NEW_DIR`: copy, fsync, verify, switch the catalog in one transaction, then
+//! remove the old files. Interrupted anywhere, every backup stays reachable; run it again to
+//! finish.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::archive::hashing::sha256_file;
+use crate::cli::MigrateArgs;
+use crate::lock::ProjectLock;
+use crate::output::{note, warn};
+use crate::{storage, Context};
+
+pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()> {
+    let project = ctx.project_name()?;
+    let mut catalog = ctx.catalog()?;
+    let new_dir = std::env::current_dir()?.join(&args.new_dir);
+    std::fs::create_dir_all(&new_dir).with_context(|| format!("creating {}", new_dir.display()))?;
+    let new_dir = new_dir.canonicalize()?;
+    let rows: Vec<_> = catalog
+        .list(Some(&project))?
+        .into_iter()
+        .filter(|r| r.status == "completed")
+        .collect();
+    note(format!(
+        "move {} backup(s) of {project} to {}",
+        rows.len(),
+        new_dir.display()
+    ));
+    crate::prompt::confirm(args.yes, "Move them?", "moving backups")?;
+    let lock_dir = ctx
+        .catalog_path()
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("locks");
+    let _lock = ProjectLock::acquire(&lock_dir, &project, "migrate-storage")?;
+
+    let mut moves: Vec<(i64, PathBuf)> = Vec::new();
+    let mut old_files: Vec<PathBuf> = Vec::new();
+    for r in &rows {
+        crate::cancel::check()?;
+        let src = PathBuf::from(&r.file_path);
+        if src.parent() == Some(new_dir.as_path()) {
+            continue;
+        }
+        let name = src
+            .file_name()
+            .context("an archive path without a file name")?;
+        let dest = new_dir.join(name);
+        let want = r.sha256.as_deref().unwrap_or_default();
+        if dest.exists() {
+            if sha256_file(&dest)? != want {
+                bail!(
+                    "{} exists and is not backup #{}: move it away first",
+                    dest.display(),
+                    r.id
+                );
+            }
+        } else if !src.is_file() {
+            warn(format!(
+                "backup #{}: {} is missing, left as it is",
+                r.id,
+                src.display()
+            ));
+            continue;
+        } else {
+            copy_verified(&src, &new_dir, &dest, want)
+                .with_context(|| format!("copying backup #{}", r.id))?;
+        }
+        moves.push((r.id, dest));
+        old_files.push(src);
+    }
+    catalog.move_files(&project, &new_dir, &moves)?;
+    for old in &old_files {
+        if let Err(e) = std::fs::remove_file(old) {
+            warn(format!("could not remove {}: {e}", old.display()));
+        }
+    }
+    note(format!(
+        "moved {} backup(s); {} is the storage folder of {project} from now on",
+        moves.len(),
+        new_dir.display()
+    ));
+    Ok(())
+}
+
+/// Copies `src` to a partial name in `dir`, syncs it, checks its SHA-256, then names it `dest`.
+fn copy_verified(src: &Path, dir: &Path, dest: &Path, sha256: &str) -> Result<()> {
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        "{}migrate-{}-{name}",
+        storage::PARTIAL_PREFIX,
+        std::process::id()
+    ));
+    std::fs::copy(src, &tmp)
+        .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    let got = sha256_file(&tmp)?;
+    if got != sha256 {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("the copy of {} does not match the catalog's SHA-256 (the original may be damaged: run verify)", src.display());
+    }
+    std::fs::rename(&tmp, dest)?;
+    storage::sync_dir(dir)
+}

@@ -1,0 +1,129 @@
+//! `prune`: delete backups outside the retention policy, saying what is kept and why.
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::cli::{Format, PruneArgs};
+use crate::exit_codes::{Code, UserError};
+use crate::lock::ProjectLock;
+use crate::output::{note, table, write_json};
+use crate::prune::{decide, Candidate, Policy};
+use crate::Context;
+
+#[derive(Serialize)]
+struct Line {
+    id: i64,
+    created_at: String,
+    backup_type: String,
+    keep: bool,
+    reasons: Vec<String>,
+    file_path: String,
+}
+
+pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
+    let policy = Policy {
+        keep_last: args.keep_last,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+        prune_recent_safety: args.prune_recent_safety,
+    };
+    if policy.is_empty() {
+        return Err(UserError::new(
+            Code::Usage,
+            "give a policy: --keep-last N, --keep-daily N, --keep-weekly N or --keep-monthly N",
+        )
+        .into());
+    }
+    let project = ctx.project_name()?;
+    let catalog = ctx.catalog()?;
+    let rows: Vec<_> = catalog
+        .list(Some(&project))?
+        .into_iter()
+        .filter(|r| r.status == "completed")
+        .collect();
+    let mut cands = Vec::new();
+    for r in &rows {
+        let created = chrono::DateTime::parse_from_rfc3339(&r.created_at)
+            .with_context(|| format!("backup #{} has a bad created_at {}", r.id, r.created_at))?
+            .with_timezone(&chrono::Utc);
+        let verified_ok = catalog.verification(r.id)?.as_deref() == Some("ok");
+        cands.push(Candidate {
+            id: r.id,
+            created,
+            backup_type: r.backup_type.clone(),
+            verified_ok,
+        });
+    }
+    let decisions = decide(&cands, &policy, chrono::Utc::now());
+    let lines: Vec<Line> = decisions
+        .iter()
+        .filter_map(|d| {
+            let r = rows.iter().find(|r| r.id == d.id)?;
+            Some(Line {
+                id: d.id,
+                created_at: r.created_at.clone(),
+                backup_type: r.backup_type.clone(),
+                keep: d.keep,
+                reasons: d.reasons.clone(),
+                file_path: r.file_path.clone(),
+            })
+        })
+        .collect();
+    match args.format {
+        Format::Json => write_json(out, &lines)?,
+        Format::Table => write!(
+            out,
+            "{}",
+            table(
+                &["ID", "CREATED", "TYPE", "ACTION", "WHY"],
+                lines.iter().map(|l| vec![
+                    l.id.to_string(),
+                    crate::commands::list::local_time(&l.created_at),
+                    l.backup_type.clone(),
+                    if l.keep { "keep" } else { "delete" }.to_string(),
+                    l.reasons.join(", "),
+                ])
+            )
+        )?,
+    }
+    let doomed: Vec<&Line> = lines.iter().filter(|l| !l.keep).collect();
+    if args.dry_run || doomed.is_empty() {
+        note(format!(
+            "{} to delete{}",
+            doomed.len(),
+            if args.dry_run {
+                " (dry run: nothing deleted)"
+            } else {
+                ""
+            }
+        ));
+        return Ok(());
+    }
+    crate::prompt::confirm(
+        args.yes,
+        &format!("Delete {} backup(s)?", doomed.len()),
+        "pruning backups",
+    )?;
+    let lock_dir = ctx
+        .catalog_path()
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("locks");
+    let _lock = ProjectLock::acquire(&lock_dir, &project, "prune")?;
+    for l in doomed {
+        match std::fs::remove_file(&l.file_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", l.file_path)),
+        }
+        catalog.delete(l.id)?;
+    }
+    note(format!(
+        "deleted {} backup(s)",
+        lines.iter().filter(|l| !l.keep).count()
+    ));
+    Ok(())
+}
