@@ -99,6 +99,7 @@ pub fn local_mountpoint(
     if mp.as_os_str().is_empty() || !mp.is_dir() {
         return Ok(None);
     }
+    let before = std::fs::metadata(&mp)?;
     let probe = format!(
         ".nuwax-probe-{}-{}",
         std::process::id(),
@@ -122,6 +123,8 @@ pub fn local_mountpoint(
     f.finish()?;
     let local = mp.join(&probe);
     if local.is_file() && std::fs::remove_file(&local).is_ok() {
+        // The probe touched the folder: give it back its times (it may be kept by an undo).
+        super::host::restore_times(&mp, &before)?;
         return Ok(Some(mp));
     }
     Ok(None)

@@ -14,7 +14,28 @@ use crate::archive::writer::Attrs;
 /// Marks staging paths; a rollback that was killed leaves them beside the target.
 pub const STAGING_MARK: &str = ".nuwax-restore-";
 
-/// One bind target being restored.
+/// Removes staging paths in `dir` left by a rollback that was killed (call while holding
+/// the project's lock: then none of them is live).
+pub fn clean_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mine = format!("{STAGING_MARK}{}-", std::process::id());
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(STAGING_MARK)
+            && !name.starts_with(&mine)
+            && remove_any(&e.path()).is_ok()
+        {
+            crate::output::note(format!(
+                "removed {} left by an interrupted rollback",
+                e.path().display()
+            ));
+        }
+    }
+}
+
+/// One target (a bind, or a named volume's folder) being restored.
 #[derive(Debug)]
 pub struct Staged {
     pub target: PathBuf,
@@ -189,6 +210,36 @@ fn syncfs(p: &Path) -> Result<()> {
     // SAFETY: a valid open file descriptor.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
         return Err(io::Error::last_os_error()).with_context(|| format!("syncing {}", p.display()));
+    }
+    Ok(())
+}
+
+/// Sets a path's access and modification times back to those of `m` (taken before a change).
+pub fn restore_times(p: &Path, m: &fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let c = CString::new(p.as_os_str().as_bytes())?;
+    let times = [
+        libc::timespec {
+            tv_sec: m.atime() as libc::time_t,
+            tv_nsec: m.atime_nsec() as libc::c_long,
+        },
+        libc::timespec {
+            tv_sec: m.mtime() as libc::time_t,
+            tv_nsec: m.mtime_nsec() as libc::c_long,
+        },
+    ];
+    // SAFETY: valid path and two timespecs, as utimensat requires.
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("setting the times of {}", p.display()));
     }
     Ok(())
 }

@@ -310,25 +310,8 @@ fn image_for(
 
 /// Staging paths left by a rollback that was killed (we hold the lock: none is live).
 fn clean_stale_staging(restore: &[VolumeRecord]) {
-    for source in restore.iter().filter_map(|v| v.source.as_ref()) {
-        let Some(parent) = source.parent() else {
-            continue;
-        };
-        let Ok(entries) = std::fs::read_dir(parent) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(host::STAGING_MARK)
-                && host::remove_any(&e.path()).is_ok()
-            {
-                note(format!(
-                    "removed {} left by an interrupted rollback",
-                    e.path().display()
-                ));
-            }
-        }
+    for parent in restore.iter().filter_map(|v| v.source.as_ref()?.parent()) {
+        host::clean_stale(parent);
     }
 }
 
@@ -460,10 +443,9 @@ impl Progress {
 
 /// Where one volume's entries are going.
 enum Current {
-    /// Writes into the staging path of the last entry of `Progress::staged`.
+    /// Writes into the staging path of the last entry of `Progress::staged` (a bind, or a
+    /// named volume's folder on this machine).
     Host(host::HostWriter),
-    /// Writes straight into a freshly recreated named volume's local folder.
-    Direct(host::HostWriter),
     Engine(engine::Filler),
 }
 
@@ -515,7 +497,7 @@ fn apply(
         let link = entry.link_name_bytes().map(|l| l.into_owned());
         let link_rel = |l: &[u8]| l.get(vol.len() + 1..).unwrap_or_default().to_vec();
         match target {
-            Current::Host(w) | Current::Direct(w) => match kind {
+            Current::Host(w) => match kind {
                 tar::EntryType::Directory => w.dir(&rel, &a)?,
                 tar::EntryType::Symlink => {
                     w.symlink(&rel, &a, link.as_deref().unwrap_or_default())?
@@ -552,17 +534,56 @@ fn begin(
             .source
             .clone()
             .context("a bind without a source in the manifest")?;
-        let staged = host::Staged::new(&target)?;
-        let writer = host::HostWriter::new(&staged.staging);
-        progress.staged.push(staged);
-        return Ok(Current::Host(writer));
+        return Ok(Current::Host(stage(&target, progress)?));
     }
     let name = rec
         .name
         .clone()
         .context("a named volume without a name in the manifest")?;
+    let image = images
+        .get(&name)
+        .with_context(|| format!("no image to fill {name}"))?;
+    if !engine::exists(&ctx.docker, &name) {
+        progress.recreated.push(name.clone());
+        engine::recreate(&ctx.docker, rec)?;
+    }
+    // On this machine: staged beside the volume's folder and swapped in atomically, like a
+    // bind (the volume object, and Compose's labels on it, stay).
+    if let Some(dir) = engine::local_mountpoint(&ctx.docker, &name, image)? {
+        return Ok(Current::Host(stage(&dir, progress)?));
+    }
+    remove_users(ctx, project, &name, progress)?;
+    if !progress.recreated.contains(&name) {
+        progress.recreated.push(name.clone());
+    }
+    engine::recreate(&ctx.docker, rec)?;
+    Ok(Current::Engine(engine::Filler::start(
+        &ctx.docker,
+        &name,
+        image,
+    )?))
+}
+
+/// A staging path beside `target` (stale ones from a killed rollback removed first).
+fn stage(target: &Path, progress: &mut Progress) -> Result<host::HostWriter> {
+    if let Some(parent) = target.parent() {
+        host::clean_stale(parent);
+    }
+    let staged = host::Staged::new(target)?;
+    let writer = host::HostWriter::new(&staged.staging);
+    progress.staged.push(staged);
+    Ok(writer)
+}
+
+/// Removes the project's stopped containers that mount `name` (so it can be recreated).
+fn remove_users(
+    ctx: &Context,
+    project: &Project,
+    name: &str,
+    progress: &mut Progress,
+) -> Result<()> {
     let mut remove = Vec::new();
-    for u in engine::users(&ctx.docker, &name)? {
+    for u in engine::users(&ctx.docker, name)? {
         if u.project != project.name {
             bail!(
                 "volume {name} is in use by container {} of another project",
@@ -581,24 +602,12 @@ fn begin(
             .output(&args)
             .with_context(|| format!("removing the stopped containers that use {name}"))?;
     }
-    progress.recreated.push(name.clone());
-    engine::recreate(&ctx.docker, rec)?;
-    let image = images
-        .get(&name)
-        .with_context(|| format!("no image to fill {name}"))?;
-    if let Some(dir) = engine::local_mountpoint(&ctx.docker, &name, image)? {
-        return Ok(Current::Direct(host::HostWriter::new(&dir)));
-    }
-    Ok(Current::Engine(engine::Filler::start(
-        &ctx.docker,
-        &name,
-        image,
-    )?))
+    Ok(())
 }
 
 fn finish(c: Current) -> Result<()> {
     match c {
-        Current::Host(writer) | Current::Direct(writer) => writer.finish(),
+        Current::Host(writer) => writer.finish(),
         Current::Engine(f) => f.finish(),
     }
 }

@@ -403,7 +403,16 @@ volumes:
 
 #[test]
 fn a_failure_mid_restore_puts_everything_back_and_restarts() {
-    let Some(p) = Project::new("undo", SMALL) else {
+    undo_scenario("undo", &[]);
+}
+
+#[test]
+fn a_failure_mid_restore_through_the_engine_refills_volumes_from_the_safety_backup() {
+    undo_scenario("undoengine", &[("NUWAX_BACKUP_VOLUME_IO", "engine")]);
+}
+
+fn undo_scenario(test: &str, env: &[(&str, &str)]) {
+    let Some(p) = Project::new(test, SMALL) else {
         return;
     };
     let small = p.path("small");
@@ -434,7 +443,7 @@ fn a_failure_mid_restore_puts_everything_back_and_restarts() {
     let bind_before = describe_tree(&small.join("data"));
     let vol_before = p.volume_tree(&volume(&p));
 
-    let run = p.plugin(&["rollback", &id, "--yes"]);
+    let run = p.plugin_env(env, &["rollback", &id, "--yes"]);
     assert_eq!(run.code, 13, "{}", run.stderr);
     assert!(
         run.stderr.contains("previous state was put back")
@@ -466,23 +475,34 @@ fn a_failure_mid_restore_puts_everything_back_and_restarts() {
 }
 
 #[test]
-fn kill_9_during_rollback_never_leaves_a_mixed_bind_and_a_rerun_succeeds() {
+fn kill_9_during_rollback_never_leaves_a_mixed_volume_and_a_rerun_succeeds() {
     let Some(p) = Project::new("rbkill", APP) else {
         return;
     };
     std::fs::create_dir_all(p.path("conf")).unwrap();
-    for i in 0..200 {
-        std::fs::create_dir_all(p.path("data")).unwrap();
-        std::fs::write(p.path(&format!("data/f{i:03}")), vec![b'a'; 20_000]).unwrap();
-    }
-    p.up();
-    let id = backup(&p).to_string();
-    let archived = describe_tree(&p.path("data"));
-    for delay_ms in [150u64, 400, 700, 1000] {
+    std::fs::create_dir_all(p.path("data")).unwrap();
+    let write_all = |fill: u8, extra: usize| {
+        // Host files get `fill` bytes; volume files random bytes of another length.
         for i in 0..200 {
-            std::fs::write(p.path(&format!("data/f{i:03}")), vec![b'b'; 20_000 + i]).unwrap();
+            std::fs::write(
+                p.path(&format!("data/f{i:03}")),
+                vec![fill; 20_000 + extra * i],
+            )
+            .unwrap();
         }
-        let current = describe_tree(&p.path("data"));
+        let script = format!(
+            "for i in $(seq 1 200); do head -c {} /dev/urandom > /v/f$i; done",
+            20_000 + extra
+        );
+        p.in_volume(&volume(&p), &script).success();
+    };
+    p.up();
+    write_all(b'a', 0);
+    let id = backup(&p).to_string();
+    let archived = (describe_tree(&p.path("data")), p.volume_tree(&volume(&p)));
+    for delay_ms in [150u64, 400, 700, 1000, 1400] {
+        write_all(b'b', 1);
+        let current = (describe_tree(&p.path("data")), p.volume_tree(&volume(&p)));
         let mut child = p.plugin_spawn(&["rollback", &id, "--yes", "--no-safety-backup"]);
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         for pid in crate::create::children_of(child.id()) {
@@ -490,19 +510,29 @@ fn kill_9_during_rollback_never_leaves_a_mixed_bind_and_a_rerun_succeeds() {
         }
         let _ = child.kill();
         let _ = child.wait();
-        let now = describe_tree(&p.path("data"));
-        assert!(
-            now == archived || now == current,
-            "after kill at {delay_ms} ms the bind is mixed"
-        );
         // A `docker compose start` the killed run had begun (in its own process group, so
         // that it survives) may still be finishing.
-        std::thread::sleep(std::time::Duration::from_secs(3));
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let bind_now = describe_tree(&p.path("data"));
+        assert!(
+            bind_now == archived.0 || bind_now == current.0,
+            "after kill at {delay_ms} ms the bind is mixed"
+        );
+        let vol_now = p.volume_tree(&volume(&p));
+        assert!(
+            vol_now == archived.1 || vol_now == current.1,
+            "after kill at {delay_ms} ms the volume is mixed"
+        );
         p.plugin(&["rollback", &id, "--yes", "--no-safety-backup", "--no-start"])
             .success();
         assert_eq!(
             describe_tree(&p.path("data")),
-            archived,
+            archived.0,
+            "a rerun completes the rollback"
+        );
+        assert_eq!(
+            p.volume_tree(&volume(&p)),
+            archived.1,
             "a rerun completes the rollback"
         );
         p.compose(&["start"]).success();
