@@ -285,3 +285,38 @@ fn compose_missing_message() -> String {
         "`docker compose` (Compose v2) is not installed: install the docker-compose-plugin".into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit_codes::code_of;
+
+    fn err(command: &str, stderr: &str) -> anyhow::Error {
+        classify(DockerError {
+            command: command.into(),
+            code: Some(1),
+            stderr: stderr.into(),
+        })
+    }
+
+    #[test]
+    fn known_failures_get_their_codes_and_one_line() {
+        let cases = [
+            ("docker compose config --format json", "no configuration file provided: not found", Code::NoComposeFile),
+            ("docker compose config --format json", "yaml: line 2: did not find expected node content", Code::InvalidComposeFile),
+            ("docker compose ps -a", "Cannot connect to the Docker daemon at unix:///x.sock. Is the docker daemon running?", Code::DaemonUnreachable),
+            ("docker compose ps -a", "Failed to initialize: unable to resolve docker endpoint: context \"nope\": context not found: open …", Code::UnknownContext),
+            ("docker compose config --format json", "docker: 'compose' is not a docker command.\nSee 'docker --help'", Code::ComposeMissing),
+            ("docker compose version", "docker: unknown command: docker compose", Code::ComposeMissing),
+        ];
+        for (cmd, stderr, code) in cases {
+            let e = err(cmd, stderr);
+            assert_eq!(code_of(&e), code, "{stderr}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        assert_eq!(
+            code_of(&err("docker volume rm x", "volume is in use")),
+            Code::Failure
+        );
+    }
+}
