@@ -43,6 +43,16 @@ impl Context {
         catalog::Catalog::open(&self.catalog_path())
     }
 
+    /// Takes the project's lock for `what` (one create/rollback/prune/migrate at a time).
+    pub fn lock(&self, project: &str, what: &str) -> anyhow::Result<lock::ProjectLock> {
+        let dir = self
+            .catalog_path()
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("locks");
+        lock::ProjectLock::acquire(&dir, project, what)
+    }
+
     /// The current compose project's name (no daemon needed).
     pub fn project_name(&self) -> anyhow::Result<String> {
         compose::Project::name_only(&self.docker, &self.compose)

@@ -32,6 +32,9 @@ impl Policy {
     }
 }
 
+/// The name of a backup's day, week or month.
+type Bucket = fn(&DateTime<Utc>) -> String;
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Decision {
     pub id: i64,
@@ -58,7 +61,7 @@ pub fn decide(cands: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<D
             d.reasons.push(format!("last {n}"));
         }
     }
-    let rules: [(Option<usize>, &str, fn(&DateTime<Utc>) -> String); 3] = [
+    let rules: [(Option<usize>, &str, Bucket); 3] = [
         (policy.keep_daily, "daily", |t| {
             t.format("%Y-%m-%d").to_string()
         }),

@@ -11,7 +11,6 @@ use anyhow::{Context as _, Result};
 use crate::catalog::{BackupRow, Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
-use crate::lock::ProjectLock;
 use crate::output::{human_bytes, note, warn};
 use crate::services::{self, Running};
 use crate::{cancel, storage, Context};
@@ -27,8 +26,7 @@ pub enum Outcome {
 /// it, the project is locked, space is short, or services cannot be started again.
 pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
     let project = Project::load(&ctx.docker, &ctx.compose)?;
-    let catalog_path = crate::catalog::default_path(ctx.compose.catalog.as_deref());
-    let catalog = Catalog::open(&catalog_path)?;
+    let catalog = ctx.catalog()?;
     let facts = gather_facts(ctx, &project, &catalog)?;
     let plan = plan::build(&project, opts, &facts, chrono::Utc::now());
     for s in &plan.skipped {
@@ -37,11 +35,7 @@ pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
     if dry_run {
         return Ok(Outcome::DryRun(plan));
     }
-    let lock_dir = catalog_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("locks");
-    let _lock = ProjectLock::acquire(&lock_dir, &project.name, "create")?;
+    let _lock = ctx.lock(&project.name, "create")?;
     gate(&project, opts)?;
     std::fs::create_dir_all(&plan.storage)
         .with_context(|| format!("creating storage folder {}", plan.storage.display()))?;

@@ -38,7 +38,7 @@ pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> 
     let mut imported: Vec<BackupRow> = Vec::new();
     for path in files {
         crate::cancel::check()?;
-        if known.iter().any(|k| PathBuf::from(k) == path) {
+        if known.iter().any(|k| std::path::Path::new(k) == path) {
             continue;
         }
         let v = match reader::verify(&path, None) {

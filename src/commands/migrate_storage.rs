@@ -8,7 +8,6 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::archive::hashing::sha256_file;
 use crate::cli::MigrateArgs;
-use crate::lock::ProjectLock;
 use crate::output::{note, warn};
 use crate::{storage, Context};
 
@@ -29,12 +28,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()
         new_dir.display()
     ));
     crate::prompt::confirm(args.yes, "Move them?", "moving backups")?;
-    let lock_dir = ctx
-        .catalog_path()
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("locks");
-    let _lock = ProjectLock::acquire(&lock_dir, &project, "migrate-storage")?;
+    let _lock = ctx.lock(&project, "migrate-storage")?;
 
     let mut moves: Vec<(i64, PathBuf)> = Vec::new();
     let mut old_files: Vec<PathBuf> = Vec::new();

@@ -1,13 +1,11 @@
 //! `prune`: delete backups outside the retention policy, saying what is kept and why.
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::cli::{Format, PruneArgs};
 use crate::exit_codes::{Code, UserError};
-use crate::lock::ProjectLock;
 use crate::output::{note, table, write_json};
 use crate::prune::{decide, Candidate, Policy};
 use crate::Context;
@@ -107,12 +105,7 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
         &format!("Delete {} backup(s)?", doomed.len()),
         "pruning backups",
     )?;
-    let lock_dir = ctx
-        .catalog_path()
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("locks");
-    let _lock = ProjectLock::acquire(&lock_dir, &project, "prune")?;
+    let _lock = ctx.lock(&project, "prune")?;
     for l in doomed {
         match std::fs::remove_file(&l.file_path) {
             Ok(()) => {}

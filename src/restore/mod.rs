@@ -19,7 +19,6 @@ use crate::backup;
 use crate::catalog::{BackupRow, Catalog};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
-use crate::lock::ProjectLock;
 use crate::output::{note, warn};
 use crate::services::{self, Running};
 use crate::Context;
@@ -53,8 +52,7 @@ fn user(code: Code, msg: String) -> anyhow::Error {
 /// the safety backup failed and the previous state was put back.
 pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     let project = Project::load(&ctx.docker, &ctx.compose)?;
-    let catalog_path = crate::catalog::default_path(ctx.compose.catalog.as_deref());
-    let catalog = Catalog::open(&catalog_path)?;
+    let catalog = ctx.catalog()?;
     let row = choose(&catalog, &project, opts.id)?;
     note(format!("verifying backup #{} ({})", row.id, row.file_path));
     let verified =
@@ -103,11 +101,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     }
     let images = preflight(ctx, &project, &manifest.services, &sel.restore)?;
     confirm(&row, &sel, opts.yes)?;
-    let lock_dir = catalog_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("locks");
-    let _lock = ProjectLock::acquire(&lock_dir, &project.name, "rollback")?;
+    let _lock = ctx.lock(&project.name, "rollback")?;
     clean_stale_staging(&sel.restore);
 
     let running = Running::of(&project);
