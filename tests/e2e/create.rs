@@ -438,6 +438,31 @@ fn sigterm_mid_archive_cancels_cleanly_and_restarts_services() {
 }
 
 #[test]
+fn sigint_to_the_standalone_binary_cancels_cleanly_and_restarts_services() {
+    let Some(p) = Project::new("sigint", ONE_SERVICE) else {
+        return;
+    };
+    random_files(&p.path("data"), 40, 4 << 20);
+    p.up();
+    let mut child = p.standalone_spawn(&["create", "--stop", "--compression-level", "9"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !files_in(&p.path("backups"))
+        .iter()
+        .any(|f| f.starts_with(".nuwax-partial-"))
+    {
+        assert!(Instant::now() < deadline, "create never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert_eq!(p.states("db"), [format!("{}-db-1 running", p.name)]);
+    assert!(files_in(&p.path("backups")).is_empty());
+}
+
+#[test]
 fn kill_9_leaves_no_completed_backup_and_the_next_run_cleans_up() {
     let Some(p) = Project::new("kill9", ONE_SERVICE) else {
         return;

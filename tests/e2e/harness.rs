@@ -194,6 +194,16 @@ impl Project {
             .unwrap()
     }
 
+    /// The binary started standalone in the background (signals go straight to it).
+    pub fn standalone_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(env!("CARGO_BIN_EXE_docker-nuwax-backup"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// The binary run standalone, as `docker-nuwax-backup ARGS…`.
     pub fn standalone(&self, args: &[&str]) -> Run {
         Run::from(
