@@ -49,6 +49,46 @@ pub fn users(docker: &Docker, volume: &str) -> Result<Vec<User>> {
         .collect())
 }
 
+/// Removes helper containers and probe volumes left by a rollback that was killed (their
+/// names carry the pid of the process that made them; a live one is left alone).
+pub fn clean_stale(docker: &Docker) {
+    let dead = |name: &str, prefix: &str| {
+        let pid = name
+            .trim_start_matches(prefix)
+            .split('-')
+            .next()
+            .unwrap_or("");
+        !pid.is_empty()
+            && pid.chars().all(|c| c.is_ascii_digit())
+            && !std::path::Path::new("/proc").join(pid).exists()
+    };
+    if let Ok(names) = docker.output(&[
+        "ps",
+        "-a",
+        "--filter",
+        "name=nuwax-fill-",
+        "--format",
+        "{{.Names}}",
+    ]) {
+        for n in names
+            .lines()
+            .map(str::trim)
+            .filter(|n| dead(n, "nuwax-fill-"))
+        {
+            let _ = docker.output(&["rm", "-f", n]);
+        }
+    }
+    if let Ok(names) = docker.output(&["volume", "ls", "-q", "--filter", "name=nuwax-probe-"]) {
+        for n in names
+            .lines()
+            .map(str::trim)
+            .filter(|n| dead(n, "nuwax-probe-"))
+        {
+            let _ = docker.output(&["volume", "rm", "-f", n]);
+        }
+    }
+}
+
 pub fn exists(docker: &Docker, volume: &str) -> bool {
     docker.output(&["volume", "inspect", volume]).is_ok()
 }
@@ -81,28 +121,30 @@ pub fn recreate(docker: &Docker, rec: &VolumeRecord) -> Result<()> {
     Ok(())
 }
 
-/// The volume's folder on this machine, when the engine stores it here and this process can
-/// write it: then a restore writes there directly (as fast as a bind) instead of through
-/// `docker cp`. Proven, not assumed: a probe file sent through the engine must appear in the
-/// local folder (a remote engine or a VM never passes). `NUWAX_BACKUP_VOLUME_IO=engine` turns
-/// this off.
-pub fn local_mountpoint(
-    docker: &Docker,
-    volume: &str,
-    image: &str,
-) -> Result<Option<std::path::PathBuf>> {
+/// Whether the engine keeps its `local` volumes on this machine, where this process can write
+/// them. Proven, not assumed, and without touching any real volume: a probe file is sent
+/// through the engine into a throw-away volume and must appear in that volume's folder here
+/// (a remote engine, a VM or a rootless engine never passes). `NUWAX_BACKUP_VOLUME_IO=engine`
+/// turns this off.
+pub fn volumes_are_local(docker: &Docker, image: &str) -> Result<bool> {
     if std::env::var("NUWAX_BACKUP_VOLUME_IO").as_deref() == Ok("engine") {
-        return Ok(None);
+        return Ok(false);
     }
+    let probe_volume = format!("nuwax-probe-{}", std::process::id());
+    docker.output(&["volume", "create", &probe_volume])?;
+    let result = probe(docker, &probe_volume, image);
+    let _ = docker.output(&["volume", "rm", "-f", &probe_volume]);
+    result
+}
+
+fn probe(docker: &Docker, volume: &str, image: &str) -> Result<bool> {
     let mp = docker.output(&["volume", "inspect", "--format", "{{.Mountpoint}}", volume])?;
     let mp = std::path::PathBuf::from(mp.trim());
     if mp.as_os_str().is_empty() || !mp.is_dir() {
-        return Ok(None);
+        return Ok(false);
     }
-    let before = std::fs::metadata(&mp)?;
-    let probe = format!(
-        ".nuwax-probe-{}-{}",
-        std::process::id(),
+    let name = format!(
+        ".nuwax-probe-{}",
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
     );
     let mut f = Filler::start(docker, volume, image)?;
@@ -113,7 +155,7 @@ pub fn local_mountpoint(
         mtime: 0,
     };
     f.entry(
-        probe.as_bytes(),
+        name.as_bytes(),
         tar::EntryType::Regular,
         &a,
         0,
@@ -121,13 +163,18 @@ pub fn local_mountpoint(
         &mut std::io::empty(),
     )?;
     f.finish()?;
-    let local = mp.join(&probe);
-    if local.is_file() && std::fs::remove_file(&local).is_ok() {
-        // The probe touched the folder: give it back its times (it may be kept by an undo).
-        super::host::restore_times(&mp, &before)?;
-        return Ok(Some(mp));
-    }
-    Ok(None)
+    Ok(mp.join(&name).is_file())
+}
+
+/// The folder of a plain `local` volume (no driver options, so no mount of its own), when
+/// [`volumes_are_local`] holds.
+pub fn local_mountpoint(docker: &Docker, volume: &str) -> Result<Option<std::path::PathBuf>> {
+    let fmt = "{{.Driver}}|{{len .Options}}|{{.Mountpoint}}";
+    let out = docker.output(&["volume", "inspect", "--format", fmt, volume])?;
+    let mut parts = out.trim().splitn(3, '|');
+    let (driver, options, mp) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    let mp = std::path::PathBuf::from(mp);
+    Ok((driver == Some("local") && options == Some("0") && mp.is_dir()).then_some(mp))
 }
 
 /// A tar stream into a helper container that mounts one volume.

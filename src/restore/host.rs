@@ -214,36 +214,6 @@ fn syncfs(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Sets a path's access and modification times back to those of `m` (taken before a change).
-pub fn restore_times(p: &Path, m: &fs::Metadata) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let c = CString::new(p.as_os_str().as_bytes())?;
-    let times = [
-        libc::timespec {
-            tv_sec: m.atime() as libc::time_t,
-            tv_nsec: m.atime_nsec() as libc::c_long,
-        },
-        libc::timespec {
-            tv_sec: m.mtime() as libc::time_t,
-            tv_nsec: m.mtime_nsec() as libc::c_long,
-        },
-    ];
-    // SAFETY: valid path and two timespecs, as utimensat requires.
-    if unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("setting the times of {}", p.display()));
-    }
-    Ok(())
-}
-
 /// Owner, then mode (a chown clears set-id bits), then mtime; symlinks keep their own mode.
 fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
     let ctx = || format!("setting owner, mode and time of {}", p.display());

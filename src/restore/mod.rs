@@ -103,6 +103,9 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     confirm(&row, &sel, opts.yes)?;
     let _lock = ctx.lock(&project.name, "rollback")?;
     clean_stale_staging(&sel.restore);
+    if sel.restore.iter().any(|v| v.kind == "volume") {
+        engine::clean_stale(&ctx.docker);
+    }
 
     let running = Running::of(&project);
     if !running.is_empty() {
@@ -420,6 +423,8 @@ fn safety_backup(
 /// What a restore changed so far, so that it can be undone.
 #[derive(Default)]
 struct Progress {
+    /// Whether named volumes can be written in place here (probed once, on first need).
+    local_volumes: Option<bool>,
     staged: Vec<host::Staged>,
     recreated: Vec<String>,
     removed_services: Vec<String>,
@@ -543,7 +548,14 @@ fn begin(
     }
     // On this machine: staged beside the volume's folder and swapped in atomically, like a
     // bind (the volume object, and Compose's labels on it, stay).
-    if let Some(dir) = engine::local_mountpoint(&ctx.docker, &name, image)? {
+    if progress.local_volumes.is_none() {
+        progress.local_volumes = Some(engine::volumes_are_local(&ctx.docker, image)?);
+    }
+    let local = match progress.local_volumes {
+        Some(true) => engine::local_mountpoint(&ctx.docker, &name)?,
+        _ => None,
+    };
+    if let Some(dir) = local {
         return Ok(Current::Host(stage(&dir, progress)?));
     }
     remove_users(ctx, project, &name, progress)?;

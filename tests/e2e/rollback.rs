@@ -537,4 +537,37 @@ fn kill_9_during_rollback_never_leaves_a_mixed_volume_and_a_rerun_succeeds() {
         );
         p.compose(&["start"]).success();
     }
+    // What the killed runs left (helper containers, probe volumes) is gone after the reruns.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    p.plugin(&["rollback", &id, "--yes", "--no-safety-backup"])
+        .success();
+    let dead = |name: &str, prefix: &str| {
+        let pid = name
+            .trim_start_matches(prefix)
+            .split('-')
+            .next()
+            .unwrap_or("");
+        !Path::new("/proc").join(pid).exists()
+    };
+    let helpers = p
+        .docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            "name=nuwax-fill-",
+            "--format",
+            "{{.Names}}",
+        ])
+        .success()
+        .stdout;
+    let stale: Vec<&str> = helpers
+        .lines()
+        .filter(|n| n.contains(&p.name) || dead(n, "nuwax-fill-"))
+        .collect();
+    assert!(stale.is_empty(), "{stale:?}");
+    let probes = p
+        .docker(&["volume", "ls", "-q", "--filter", "name=nuwax-probe-"])
+        .success()
+        .stdout;
+    assert!(probes.lines().all(|n| !dead(n, "nuwax-probe-")), "{probes}");
 }
