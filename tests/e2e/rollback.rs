@@ -4,12 +4,20 @@ use std::path::{Path, PathBuf};
 
 use crate::harness::{describe_tree, Project};
 
+/// `db` refuses to run with a data folder of the wrong owner or mode, like PostgreSQL does.
 const APP: &str = r#"
 name: {name}
 services:
   db:
     image: {image}
-    command: {daemon}
+    command:
+      - sh
+      - -c
+      - |
+        if [ -e /var/lib/db/pgdata ] && [ "$$(stat -c %u:%a /var/lib/db/pgdata)" != "999:700" ]; then
+          echo "pgdata has the wrong owner or mode" >&2; exit 3
+        fi
+        trap 'exit 0' TERM; while :; do sleep 0.2; done
     restart: always
     volumes: ["dbdata:/var/lib/db", "./data:/srv/data", "./conf:/conf:ro"]
 volumes:
@@ -83,6 +91,13 @@ fn rollback_restores_every_volume_bit_for_bit_and_restarts() {
     damage(&p);
     let damaged = trees(&p);
     assert_ne!(before, damaged);
+    p.compose(&["restart", "-t", "2", "db"]).success();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_ne!(
+        p.states("db"),
+        [format!("{}-db-1 running", p.name)],
+        "db refuses the damaged data folder"
+    );
 
     let run = p
         .plugin(&["rollback", &id.to_string(), "--yes", "--format", "json"])
@@ -96,6 +111,7 @@ fn rollback_restores_every_volume_bit_for_bit_and_restarts() {
     assert_eq!(after.0, before.0, "bind restored exactly");
     assert_eq!(after.1, before.1, "read-only bind restored exactly");
     assert_eq!(after.2, before.2, "named volume restored exactly");
+    std::thread::sleep(std::time::Duration::from_secs(1));
     assert_eq!(p.states("db"), [format!("{}-db-1 running", p.name)]);
     let leftovers: Vec<_> = std::fs::read_dir(p.dir.path())
         .unwrap()
