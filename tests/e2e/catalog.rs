@@ -1,7 +1,7 @@
 //! Catalog commands end to end: list, delete, verify, import, migrate-storage, prune.
 use std::path::{Path, PathBuf};
 
-use crate::harness::Project;
+use crate::harness::{Project, Tmpfs};
 
 const BIND_ONLY: &str = r#"
 name: {name}
@@ -202,14 +202,6 @@ fn import_rebuilds_a_lost_catalog_on_which_rollback_works() {
     );
 }
 
-struct Tmpfs(PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 fn file_paths(p: &Project) -> Vec<PathBuf> {
     let rows = p.plugin(&["list", "--format", "json"]).success().json();
     rows.as_array()
@@ -228,13 +220,7 @@ fn migrate_storage_moves_across_filesystems_and_survives_interruption() {
     }
     let target = p.path("elsewhere");
     std::fs::create_dir_all(&target).unwrap();
-    assert!(std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&target)
-        .status()
-        .unwrap()
-        .success());
-    let _umount = Tmpfs(target.clone());
+    let _umount = Tmpfs::mount(target.clone(), "64m");
     let new_dir = target.join("bk");
 
     for delay_ms in [5u64, 30, 80] {

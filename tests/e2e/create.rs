@@ -4,7 +4,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::harness::{describe_tree, Project};
+use crate::harness::{describe_tree, Project, Tmpfs};
 
 const ONE_SERVICE: &str = r#"
 name: {name}
@@ -325,27 +325,6 @@ fn random_files(dir: &Path, n: usize, size: usize) {
             *b = seed as u8;
         }
         std::fs::write(dir.join(format!("f{i:05}")), buf).unwrap();
-    }
-}
-
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&path).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mounting a tmpfs needs root");
-        Tmpfs(path)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 

@@ -229,8 +229,6 @@ impl Project {
         self.docker(&[
             "run",
             "--rm",
-            "--log-driver",
-            "none",
             "-v",
             &format!("{volume}:/v"),
             IMAGE,
@@ -244,18 +242,7 @@ impl Project {
     /// digests, read through a one-off container.
     pub fn volume_tree(&self, volume: &str) -> Vec<String> {
         let script = r#"cd /v && find . | sort | while read f; do stat -c '%n|%F|%a|%u:%g|%s|%Y|%N' "$f"; if [ -f "$f" ] && [ ! -L "$f" ]; then sha256sum "$f"; fi; done"#;
-        let out = self
-            .docker(&[
-                "run",
-                "--rm",
-                "-v",
-                &format!("{volume}:/v"),
-                IMAGE,
-                "sh",
-                "-c",
-                script,
-            ])
-            .success();
+        let out = self.in_volume(volume, script).success();
         out.stdout.lines().map(String::from).collect()
     }
 
@@ -308,4 +295,26 @@ pub fn describe_tree(root: &Path) -> Vec<String> {
         ));
     }
     out
+}
+
+/// A small tmpfs mounted for one test (to fill a filesystem on purpose); unmounted on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        Tmpfs(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }

@@ -2,7 +2,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::harness::{describe_tree, Project};
+use crate::harness::{describe_tree, Project, Tmpfs};
 
 /// `db` refuses to run with a data folder of the wrong owner or mode, like PostgreSQL does.
 const APP: &str = r#"
@@ -433,19 +433,7 @@ fn undo_scenario(test: &str, env: &[(&str, &str)]) {
     };
     let small = p.path("small");
     std::fs::create_dir_all(&small).unwrap();
-    assert!(std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap()
-        .success());
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _umount = Umount(small.clone());
+    let _umount = Tmpfs::mount(small.clone(), "2m");
     std::fs::create_dir_all(small.join("data")).unwrap();
     std::fs::write(small.join("data/big"), vec![7u8; 1200 << 10]).unwrap();
     p.up();
