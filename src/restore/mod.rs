@@ -94,8 +94,13 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
         return Err(user(
             Code::Usage,
             format!(
-                "nothing to restore from backup #{}: every volume is kept",
-                row.id
+                "nothing to restore from backup #{}: {}",
+                row.id,
+                if manifest.volumes.is_empty() {
+                    "it holds no volume"
+                } else {
+                    "every volume is kept"
+                }
             ),
         ));
     }
