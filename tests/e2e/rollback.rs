@@ -73,6 +73,19 @@ fn damage(p: &Project) {
     .success();
 }
 
+/// How often the engine restarted `db` (it exits at once on a bad data folder).
+fn restarts(p: &Project) -> u64 {
+    let out = p
+        .docker(&[
+            "inspect",
+            "-f",
+            "{{.RestartCount}}",
+            &format!("{}-db-1", p.name),
+        ])
+        .success();
+    out.stdout.trim().parse().unwrap()
+}
+
 fn trees(p: &Project) -> (Vec<String>, Vec<String>, Vec<String>) {
     (
         describe_tree(&p.path("data")),
@@ -92,12 +105,14 @@ fn rollback_restores_every_volume_bit_for_bit_and_restarts() {
     let damaged = trees(&p);
     assert_ne!(before, damaged);
     p.compose(&["restart", "-t", "2", "db"]).success();
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    assert_ne!(
-        p.states("db"),
-        [format!("{}-db-1 running", p.name)],
-        "db refuses the damaged data folder"
-    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while restarts(&p) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "db refuses the damaged data folder"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     let run = p
         .plugin(&["rollback", &id.to_string(), "--yes", "--format", "json"])
@@ -111,7 +126,13 @@ fn rollback_restores_every_volume_bit_for_bit_and_restarts() {
     assert_eq!(after.0, before.0, "bind restored exactly");
     assert_eq!(after.1, before.1, "read-only bind restored exactly");
     assert_eq!(after.2, before.2, "named volume restored exactly");
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    let settled = restarts(&p);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        restarts(&p),
+        settled,
+        "db accepts the restored data folder and keeps running"
+    );
     assert_eq!(p.states("db"), [format!("{}-db-1 running", p.name)]);
     let leftovers: Vec<_> = std::fs::read_dir(p.dir.path())
         .unwrap()
