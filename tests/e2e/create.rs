@@ -368,9 +368,8 @@ fn a_failed_backup_restarts_services_and_records_the_failure() {
     );
 }
 
-/// Starts a slow create (much random data at level 9) and waits until it writes its archive.
-fn start_slow_create(p: &Project, args: &[&str]) -> std::process::Child {
-    let child = p.plugin_spawn(args);
+/// Waits until a create started in the background writes its partial archive.
+fn wait_until_writing(p: &Project) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !files_in(&p.path("backups"))
         .iter()
@@ -379,19 +378,32 @@ fn start_slow_create(p: &Project, args: &[&str]) -> std::process::Child {
         assert!(Instant::now() < deadline, "create never started writing");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Starts a slow create (much random data at level 9) and waits until it writes its archive.
+fn start_slow_create(p: &Project, args: &[&str]) -> std::process::Child {
+    let child = p.plugin_spawn(args);
+    wait_until_writing(p);
     std::thread::sleep(Duration::from_millis(200));
     child
 }
 
-#[test]
-fn sigterm_mid_archive_cancels_cleanly_and_restarts_services() {
-    let Some(p) = Project::new("sigterm", ONE_SERVICE) else {
+/// Signals a `create --stop` mid-archive: it must exit 130, start the service again, leave
+/// no file in storage, and record a failed row.
+fn cancel_mid_archive(test: &str, through_docker: bool, signal: i32) {
+    let Some(p) = Project::new(test, ONE_SERVICE) else {
         return;
     };
     random_files(&p.path("data"), 40, 4 << 20);
     p.up();
-    let mut child = start_slow_create(&p, &["create", "--stop", "--compression-level", "9"]);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let args = ["create", "--stop", "--compression-level", "9"];
+    let mut child = if through_docker {
+        p.plugin_spawn(&args)
+    } else {
+        p.standalone_spawn(&args)
+    };
+    wait_until_writing(&p);
+    unsafe { libc::kill(child.id() as i32, signal) };
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
@@ -416,29 +428,15 @@ fn sigterm_mid_archive_cancels_cleanly_and_restarts_services() {
     );
 }
 
+/// Without a terminal the docker CLI does not pass SIGTERM on: it closes the plugin socket.
+#[test]
+fn sigterm_to_docker_mid_archive_cancels_cleanly_and_restarts_services() {
+    cancel_mid_archive("sigterm", true, libc::SIGTERM);
+}
+
 #[test]
 fn sigint_to_the_standalone_binary_cancels_cleanly_and_restarts_services() {
-    let Some(p) = Project::new("sigint", ONE_SERVICE) else {
-        return;
-    };
-    random_files(&p.path("data"), 40, 4 << 20);
-    p.up();
-    let mut child = p.standalone_spawn(&["create", "--stop", "--compression-level", "9"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !files_in(&p.path("backups"))
-        .iter()
-        .any(|f| f.starts_with(".nuwax-partial-"))
-    {
-        assert!(Instant::now() < deadline, "create never started writing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
-    assert_eq!(p.states("db"), [format!("{}-db-1 running", p.name)]);
-    assert!(files_in(&p.path("backups")).is_empty());
+    cancel_mid_archive("sigint", false, libc::SIGINT);
 }
 
 #[test]
