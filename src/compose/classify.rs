@@ -443,9 +443,18 @@ mod tests {
             read_only: true,
             ..rw.clone()
         };
-        assert_eq!(default_role(false, false, &[ro.clone()]), Role::Data);
-        assert_eq!(default_role(true, false, &[rw.clone()]), Role::Data);
-        assert_eq!(default_role(true, false, &[ro.clone()]), Role::App);
+        assert_eq!(
+            default_role(false, false, std::slice::from_ref(&ro)),
+            Role::Data
+        );
+        assert_eq!(
+            default_role(true, false, std::slice::from_ref(&rw)),
+            Role::Data
+        );
+        assert_eq!(
+            default_role(true, false, std::slice::from_ref(&ro)),
+            Role::App
+        );
         assert_eq!(
             default_role(true, false, &[ro.clone(), rw.clone()]),
             Role::Data

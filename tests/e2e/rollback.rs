@@ -283,6 +283,9 @@ fn register(p: &Project, path: &Path) -> i64 {
     conn.last_insert_rowid()
 }
 
+/// One hand-made entry: (name, type, link target, data).
+type RawEntry<'a> = (String, tar::EntryType, &'a str, &'a [u8]);
+
 /// A gzip tar with raw entries: (name, type, link, data).
 fn evil_archive(
     dir: &Path,
@@ -350,7 +353,7 @@ fn damaged_or_malicious_archives_are_refused_before_any_change() {
     std::fs::remove_file(&gone).unwrap();
     cases.push(("missing file".into(), gone_id, "opening"));
     let d = |n: &str| format!("binds/data/{n}");
-    let evil: Vec<(&str, Vec<(String, tar::EntryType, &str, &[u8])>, &str)> = vec![
+    let evil: Vec<(&str, Vec<RawEntry>, &str)> = vec![
         (
             "dotdot",
             vec![(
