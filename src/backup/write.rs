@@ -265,12 +265,14 @@ fn record(item: &Item, plan: &Plan, c: Collector<'_>) -> VolumeRecord {
     }
 }
 
-/// Copies the compose files and `.env` into `compose/` for reference.
+/// Copies the compose files and `.env` into `compose/` for reference. Returns them with the
+/// SHA-256 over the compose files' bytes in order (`.env` not included).
 fn store_compose_files(
     project: &Project,
     writer: &mut ArchiveWriter,
     mtime: u64,
-) -> Result<Vec<StoredFile>> {
+) -> Result<(Vec<StoredFile>, String)> {
+    let mut compose_hash = Sha256::new();
     let mut sources: Vec<PathBuf> = project.compose_files.clone();
     let env = project.dir.join(".env");
     if env.is_file() {
@@ -279,6 +281,9 @@ fn store_compose_files(
     let mut stored = Vec::new();
     for (i, src) in sources.iter().enumerate() {
         let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+        if i < project.compose_files.len() {
+            compose_hash.update(&data);
+        }
         let base = src
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -298,22 +303,16 @@ fn store_compose_files(
             sha256: hashing::hex(&Sha256::digest(&data)),
         });
     }
-    Ok(stored)
+    Ok((stored, hashing::hex(&compose_hash.finalize())))
 }
 
 fn manifest_of(
     project: &Project,
     plan: &Plan,
     volumes: Vec<VolumeRecord>,
-    compose_files: Vec<StoredFile>,
+    (compose_files, compose_sha256): (Vec<StoredFile>, String),
     skipped: Vec<Skipped>,
 ) -> Manifest {
-    let mut compose_hash = Sha256::new();
-    for f in &project.compose_files {
-        if let Ok(data) = std::fs::read(f) {
-            compose_hash.update(&data);
-        }
-    }
     Manifest {
         format_version: manifest::FORMAT_VERSION,
         tool: env!("CARGO_PKG_NAME").into(),
@@ -324,7 +323,7 @@ fn manifest_of(
         backup_type: plan.backup_type.clone(),
         service_version: plan.service_version.clone(),
         compression: plan.compression.into(),
-        compose_sha256: hashing::hex(&compose_hash.finalize()),
+        compose_sha256,
         compose_files,
         services: project
             .services
