@@ -5,6 +5,8 @@ use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
+use crate::exit_codes::{Code, UserError};
+
 /// Append-only: each step moves the schema from version N to N+1 (`PRAGMA user_version`).
 const MIGRATIONS: &[&str] = &[
     // 1: backups and per-project settings
@@ -74,6 +76,55 @@ pub struct Catalog {
     conn: Connection,
 }
 
+/// How long a command waits for another process's write to the catalog before giving up.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Turns "database is locked" into `Locked` and "not a database" into a message that names
+/// the file and what to do.
+fn explain(err: anyhow::Error, path: &Path) -> anyhow::Error {
+    use rusqlite::ErrorCode;
+    let code = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<rusqlite::Error>())
+        .and_then(|e| e.sqlite_error_code());
+    let (code, message) = match code {
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => (
+            Code::Locked,
+            format!(
+                "catalog busy: {} stayed locked by another process for {} s; try again",
+                path.display(),
+                BUSY_TIMEOUT.as_secs()
+            ),
+        ),
+        Some(ErrorCode::NotADatabase) => (
+            Code::Failure,
+            format!(
+                "{} is not an SQLite catalog: pass --catalog PATH (or NUWAX_BACKUP_CATALOG) for another one, or move that file away",
+                path.display()
+            ),
+        ),
+        _ => return err.context(format!("opening catalog {}", path.display())),
+    };
+    anyhow::Error::new(UserError::new(code, message))
+}
+
+/// Maps a busy catalog to `Locked` on any statement after opening.
+fn busy(err: rusqlite::Error) -> anyhow::Error {
+    if matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked)
+    ) {
+        return anyhow::Error::new(UserError::new(
+            Code::Locked,
+            format!(
+                "catalog busy: it stayed locked by another process for {} s; try again",
+                BUSY_TIMEOUT.as_secs()
+            ),
+        ));
+    }
+    err.into()
+}
+
 /// `--catalog`/`NUWAX_BACKUP_CATALOG`, else `${DOCKER_CONFIG:-~/.docker}/nuwax-backup/catalog.db`.
 pub fn default_path(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = explicit {
@@ -93,15 +144,22 @@ pub fn config_dir() -> PathBuf {
 
 impl Catalog {
     /// Opens (creating when missing) the catalog at `path` and brings its schema up to date.
+    /// Waits up to [`BUSY_TIMEOUT`] for other processes; fails with `Locked` past it, and
+    /// with a user error naming the file when it is not an SQLite database.
     pub fn open(path: &Path) -> Result<Catalog> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::private::create_dir_all(dir)?;
         }
+        crate::private::create_file(path)?;
         let conn = Connection::open(path)
             .with_context(|| format!("opening catalog {}", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        Self::from_connection(conn).with_context(|| format!("opening catalog {}", path.display()))
+        // Before the first statement: even switching to WAL must wait for a busy catalog.
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let setup = conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Self::from_connection(conn));
+        setup.map_err(|e| explain(e, path))
     }
 
     /// An in-memory catalog (tests).
@@ -115,7 +173,8 @@ impl Catalog {
     }
 
     pub fn insert(&self, b: &NewBackup<'_>) -> Result<i64> {
-        self.conn.execute(
+        self.conn
+            .execute(
             "INSERT INTO backups (project, project_dir, file_path, service_version, backup_type,
                 status, created_at, size_bytes, sha256, file_count, compression, duration_ms, error)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -134,7 +193,8 @@ impl Catalog {
                 b.duration_ms as i64,
                 b.error,
             ],
-        )?;
+        )
+            .map_err(busy)?;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -160,7 +220,8 @@ impl Catalog {
     pub fn delete(&self, id: i64) -> Result<()> {
         let n = self
             .conn
-            .execute("DELETE FROM backups WHERE id = ?1", [id])?;
+            .execute("DELETE FROM backups WHERE id = ?1", [id])
+            .map_err(busy)?;
         anyhow::ensure!(n == 1, "no backup #{id} in the catalog");
         Ok(())
     }
@@ -171,7 +232,8 @@ impl Catalog {
         self.conn.execute(
             "UPDATE backups SET verified_at = ?2, verify_result = ?3 WHERE id = ?1",
             params![id, now, result],
-        )?;
+        )
+        .map_err(busy)?;
         Ok(())
     }
 
@@ -195,7 +257,10 @@ impl Catalog {
         dir: &Path,
         moves: &[(i64, PathBuf)],
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(busy)?;
         for (id, path) in moves {
             tx.execute(
                 "UPDATE backups SET file_path = ?2 WHERE id = ?1",
@@ -207,7 +272,7 @@ impl Catalog {
              ON CONFLICT(name) DO UPDATE SET storage_dir = excluded.storage_dir",
             params![project, dir.to_string_lossy()],
         )?;
-        tx.commit()?;
+        tx.commit().map_err(busy)?;
         Ok(())
     }
 
@@ -248,18 +313,25 @@ fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
     })
 }
 
+/// Applies missing migrations inside one `BEGIN IMMEDIATE` transaction, re-reading the
+/// version there, so two processes creating a brand-new catalog at once both succeed.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(busy)?;
     let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     anyhow::ensure!(
         version <= MIGRATIONS.len(),
         "the catalog was written by a newer docker-nuwax-backup (schema {version}); upgrade this tool"
     );
+    if version == MIGRATIONS.len() {
+        return Ok(());
+    }
     for sql in &MIGRATIONS[version..] {
         tx.execute_batch(sql)?;
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
-    tx.commit()?;
+    tx.commit().map_err(busy)?;
     Ok(())
 }
 

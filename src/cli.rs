@@ -36,8 +36,12 @@ pub enum Command {
     MigrateStorage(MigrateArgs),
     /// Delete backups outside a retention policy (restic's keep flags).
     Prune(PruneArgs),
-    /// Register archives found in a folder (from another host, or after the catalog was lost).
+    /// Register archives found in a folder, or one archive (from another host, or after the
+    /// catalog was lost).
     Import(ImportArgs),
+    /// Finish a create or rollback that was killed: clean its leftovers, undo a half-moved
+    /// mount point, start what it stopped, record a dead create as failed.
+    Recover(StatusArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -120,7 +124,7 @@ pub struct PruneArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// Folder to look for archives in.
+    /// Folder to look for archives in, or one archive file.
     pub dir: PathBuf,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,

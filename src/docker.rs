@@ -110,8 +110,27 @@ impl Docker {
     }
 
     /// Runs `docker compose <project flags> SUB…` and returns its stdout.
+    /// A failure that has no code of its own is checked against `docker compose version`: a
+    /// docker CLI without the Compose v2 plugin answers `compose` with odd errors (`unknown
+    /// flag: --format`), which must read as "Compose v2 is missing" (exit 5).
     pub fn compose<S: AsRef<OsStr>>(&self, project: &ComposeArgs, sub: &[S]) -> Result<String> {
         self.output(&compose_args(project, sub))
+            .map_err(|e| self.unless_compose_missing(e))
+    }
+
+    fn unless_compose_missing(&self, err: anyhow::Error) -> anyhow::Error {
+        if crate::exit_codes::code_of(&err) != Code::Failure {
+            return err;
+        }
+        let version = self.output(&["compose", "version", "--short"]);
+        match version {
+            Ok(v) if v.trim().starts_with(|c: char| c.is_ascii_digit() && c != '1') => err,
+            Ok(v) if v.trim().starts_with('v') && !v.trim().starts_with("v1") => err,
+            _ => anyhow::Error::new(UserError::new(
+                Code::ComposeMissing,
+                compose_missing_message(),
+            )),
+        }
     }
 
     /// Like [`Docker::compose`], in its own process group (see [`Docker::output_detached`]).
@@ -121,6 +140,7 @@ impl Docker {
         sub: &[S],
     ) -> Result<String> {
         self.output_detached(&compose_args(project, sub))
+            .map_err(|e| self.unless_compose_missing(e))
     }
 
     /// Starts `docker ARGS…` and returns a reader of its stdout. Read it to the end, then call

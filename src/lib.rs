@@ -11,9 +11,13 @@ pub mod exit_codes;
 pub mod lock;
 pub mod output;
 pub mod plugin;
+pub mod private;
 pub mod prompt;
 pub mod prune;
+pub mod recover;
+pub mod fault;
 pub mod restore;
+pub mod runs;
 pub mod services;
 pub mod storage;
 
@@ -45,12 +49,20 @@ impl Context {
 
     /// Takes the project's lock for `what` (one create/rollback/prune/migrate at a time).
     pub fn lock(&self, project: &str, what: &str) -> anyhow::Result<lock::ProjectLock> {
-        let dir = self
-            .catalog_path()
+        lock::ProjectLock::acquire(&self.locks_dir(), project, what)
+    }
+
+    /// Where the projects' lock files are (beside the catalog: per user, like the catalog).
+    pub fn locks_dir(&self) -> std::path::PathBuf {
+        self.catalog_path()
             .parent()
             .unwrap_or(std::path::Path::new("."))
-            .join("locks");
-        lock::ProjectLock::acquire(&dir, project, what)
+            .join("locks")
+    }
+
+    /// Where the run records of this catalog are.
+    pub fn runs_dir(&self) -> std::path::PathBuf {
+        runs::dir_for(&self.catalog_path())
     }
 
     /// The current compose project's name (no daemon needed).
@@ -107,6 +119,7 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
         Command::MigrateStorage(a) => commands::migrate_storage::run(&ctx, a, &mut out)?,
         Command::Prune(a) => commands::prune::run(&ctx, a, &mut out)?,
         Command::Import(a) => commands::import::run(&ctx, a, &mut out)?,
+        Command::Recover(a) => commands::recover::run(&ctx, a, &mut out)?,
     }
     out.flush()?;
     Ok(())

@@ -27,20 +27,12 @@ impl ProjectLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
-        match file.try_lock() {
+        match try_lock_briefly(&file) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                return Err(UserError::new(
-                    Code::Locked,
-                    format!(
-                        "another create or rollback of project {project} is running ({}): wait for it to finish",
-                        if holder.is_empty() { "unknown process".to_string() } else { holder.to_string() }
-                    ),
-                )
-                .into());
+                return Err(UserError::new(Code::Locked, busy_message(project, &holder)).into());
             }
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", path.display()))
@@ -52,6 +44,47 @@ impl ProjectLock {
         file.flush()?;
         Ok(ProjectLock { _file: file, path })
     }
+}
+
+/// Takes the lock, retrying for half a second: `status` probes it with a shared lock for an
+/// instant, which must not make a create fail.
+fn try_lock_briefly(file: &File) -> Result<(), TryLockError> {
+    for _ in 0..10 {
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            other => return other,
+        }
+    }
+    file.try_lock()
+}
+
+/// Whether a live process holds `project`'s lock in `dir` now (probed with a shared lock that
+/// is released at once; a missing lock file means no).
+pub fn is_held(dir: &Path, project: &str) -> bool {
+    let Ok(file) = File::open(dir.join(format!("{project}.lock"))) else {
+        return false;
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(TryLockError::WouldBlock) => true,
+        Err(TryLockError::Error(_)) => false,
+    }
+}
+
+/// "project P is busy: a create (pid 12) is running…", from the holder's `what, pid N` line.
+fn busy_message(project: &str, holder: &str) -> String {
+    let holder = holder.trim();
+    let who = match holder.split_once(", pid ") {
+        Some((what, pid)) => format!("a {what} (pid {pid})"),
+        None if holder.is_empty() => "another run".to_string(),
+        None => holder.to_string(),
+    };
+    format!("project {project} is busy: {who} is running; wait for it to finish and try again")
 }
 
 #[cfg(test)]
@@ -70,8 +103,11 @@ mod tests {
                 .contains(&format!("pid {}", std::process::id())),
             "{err}"
         );
+        assert!(err.to_string().contains("a create (pid"), "{err}");
         assert!(ProjectLock::acquire(dir.path(), "other", "create").is_ok());
+        assert!(is_held(dir.path(), "p"));
         drop(first);
+        assert!(!is_held(dir.path(), "p"));
         assert!(ProjectLock::acquire(dir.path(), "p", "create").is_ok());
     }
 }

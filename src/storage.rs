@@ -28,6 +28,30 @@ pub fn archive_name(backup_type: &str, version: &str, at: DateTime<Utc>, ext: &s
     )
 }
 
+/// Creates the storage folder (`0700`) when missing, and warns once when an existing one is
+/// readable by every local user (its mode is never changed: the tool did not make it).
+pub fn prepare(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        crate::private::create_dir_all(dir)
+            .with_context(|| format!("creating storage folder {}", dir.display()))?;
+    }
+    if let Some(w) = world_readable_warning(dir) {
+        crate::output::warn(w);
+    }
+    Ok(())
+}
+
+/// The warning for a storage folder that every local user can read, if it is one.
+pub fn world_readable_warning(dir: &Path) -> Option<String> {
+    crate::private::world_readable(dir).then(|| {
+        format!(
+            "storage folder {} is readable by every local user, and backups hold your data: run `chmod 700 {}` (or 750 to share with a group)",
+            dir.display(),
+            dir.display()
+        )
+    })
+}
+
 /// The temporary name an archive is written under in `dir` (hidden, marked as partial).
 pub fn partial_path(dir: &Path, project: &str, final_name: &str) -> PathBuf {
     dir.join(format!(
@@ -46,7 +70,12 @@ pub fn remove_stale_partials(dir: &Path, project: &str) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+        // Also `migrate-<pid>-…`, the name earlier versions gave migrate-storage's copies.
+        let legacy = format!("{PARTIAL_PREFIX}migrate-");
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix).or_else(|| n.strip_prefix(&legacy)))
+        else {
             continue;
         };
         // `<pid>-backup_…`: the project name may itself contain dashes, so require the pid shape.

@@ -12,6 +12,7 @@ use crate::catalog::{BackupRow, Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
+use crate::runs::{ActiveRun, PendingRow};
 use crate::services::{self, Running};
 use crate::{cancel, storage, Context};
 pub use plan::{Options, Plan};
@@ -25,8 +26,18 @@ pub enum Outcome {
 /// Runs a backup (or only plans it). Fails with a user error when running containers block
 /// it, the project is locked, space is short, or services cannot be started again.
 pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
-    let project = Project::load(&ctx.docker, &ctx.compose)?;
+    let mut project = Project::load(&ctx.docker, &ctx.compose)?;
     let catalog = ctx.catalog()?;
+    let lock = if dry_run {
+        None
+    } else {
+        let lock = ctx.lock(&project.name, "create")?;
+        // A dead run of the project is finished first (it may have left services down).
+        if !crate::recover::dead_run(ctx, &project, &catalog)?.is_empty() {
+            project = Project::load(&ctx.docker, &ctx.compose)?;
+        }
+        Some(lock)
+    };
     let facts = gather_facts(ctx, &project, &catalog)?;
     let plan = plan::build(&project, opts, &facts, chrono::Utc::now());
     for s in &plan.skipped {
@@ -37,8 +48,7 @@ pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
     }
     let _lock = ctx.lock(&project.name, "create")?;
     gate(&project, opts)?;
-    std::fs::create_dir_all(&plan.storage)
-        .with_context(|| format!("creating storage folder {}", plan.storage.display()))?;
+    storage::prepare(&plan.storage)?;
     for p in storage::remove_stale_partials(&plan.storage, &project.name) {
         note(format!(
             "removed {} left by an interrupted backup",
@@ -46,7 +56,10 @@ pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
         ));
     }
     check_space(&plan)?;
-    let row = execute(ctx, opts, &project, &plan, &catalog)?;
+    let mut run = ActiveRun::begin(&ctx.runs_dir(), &project.name, "create")?;
+    run.pending_row(pending_row(&project, &plan))?;
+    let row = execute(ctx, opts, &project, &plan, &catalog, &mut run)?;
+    drop(lock);
     Ok(Outcome::Done(row))
 }
 
@@ -95,6 +108,7 @@ fn execute(
     project: &Project,
     plan: &Plan,
     catalog: &Catalog,
+    run: &mut ActiveRun,
 ) -> Result<BackupRow> {
     let started = Instant::now();
     let running = if opts.stop {
@@ -105,9 +119,16 @@ fn execute(
     if !running.is_empty() {
         note(format!("stopping {}", running.names().join(", ")));
     }
-    let work = services::stop(&ctx.docker, &ctx.compose, &running)
+    let work = run
+        .stopping(&running)
+        .and_then(|()| services::stop(&ctx.docker, &ctx.compose, &running))
         .and_then(|()| cancel::check())
-        .and_then(|()| write::archive(ctx, project, plan));
+        .and_then(|()| run.phase("archiving"))
+        .and_then(|()| {
+            crate::fault::point("create-archiving");
+            write::archive(ctx, project, plan)
+        });
+    let _ = run.phase("starting");
     let restart = if running.is_empty() {
         Ok(())
     } else {
@@ -150,8 +171,7 @@ pub fn create_stopped(
     let started = Instant::now();
     let facts = gather_facts(ctx, project, catalog)?;
     let plan = plan::build(project, opts, &facts, chrono::Utc::now());
-    std::fs::create_dir_all(&plan.storage)
-        .with_context(|| format!("creating storage folder {}", plan.storage.display()))?;
+    storage::prepare(&plan.storage)?;
     check_space(&plan)?;
     match write::archive(ctx, project, &plan) {
         Ok(done) => record_completed(
@@ -171,6 +191,17 @@ pub fn create_stopped(
             );
             Err(err)
         }
+    }
+}
+
+fn pending_row(project: &Project, plan: &Plan) -> PendingRow {
+    PendingRow {
+        project_dir: project.dir.clone(),
+        storage: plan.storage.clone(),
+        service_version: plan.service_version.clone(),
+        backup_type: plan.backup_type.clone(),
+        compression: plan.compression.to_string(),
+        created_at: plan.created_at.clone(),
     }
 }
 

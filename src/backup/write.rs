@@ -1,6 +1,7 @@
 //! Writes the archive of a plan: each volume (binds from disk, named volumes through
 //! `docker cp` from a stopped container), the compose files, then the manifest.
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::io;
 use std::path::PathBuf;
 
@@ -34,11 +35,7 @@ pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written>
         &project.name,
         &plan.archive_name,
     ));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&partial.0)
-        .with_context(|| format!("creating {}", partial.0.display()))?;
+    let file = crate::private::create_new(&partial.0)?;
     let codec = plan.codec;
     let mut writer = ArchiveWriter::new(file, codec)?;
     let spill_path = Partial(partial.0.with_extension("files"));
@@ -47,6 +44,7 @@ pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written>
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&spill_path.0)
             .with_context(|| format!("creating {}", spill_path.0.display()))?,
     );
@@ -170,6 +168,18 @@ fn read_volume(
     warn_fn: &mut dyn FnMut(String),
 ) -> Result<()> {
     let (container, target) = container_for(ctx, project, &item.decl, created)?;
+    let nested = item
+        .decl
+        .mounts()
+        .iter()
+        .any(|m| m.target == target && project.has_nested_mount(&m.service, &target));
+    // A nested mount would be read as part of the volume: read the volume alone instead.
+    let (container, target) = match (nested, &item.decl) {
+        (true, Volume::Volume { name, .. }) => {
+            (alone(ctx, &container, name, created)?, format!("/{ALONE_DIR}"))
+        }
+        _ => (container, target),
+    };
     let src = format!("{container}:{}/.", target.trim_end_matches('/'));
     let mut stream = ctx.docker.stream(&["cp", src.as_str(), "-"])?;
     match stream_source::collect(&mut stream, c, warn_fn) {
@@ -179,6 +189,38 @@ fn read_volume(
             Err(e)
         }
     }
+}
+
+/// Where [`alone`]'s helper container mounts the volume.
+const ALONE_DIR: &str = ".nuwax-read";
+
+/// A never-started helper container, from the image of `container`, that mounts `volume` alone
+/// (read-only, no copy of the image's files), so a nested mount is not read as the volume's.
+fn alone(ctx: &Context, container: &str, volume: &str, created: &mut Vec<String>) -> Result<String> {
+    let image = ctx
+        .docker
+        .output(&["inspect", "--format", "{{.Image}}", container])?
+        .trim()
+        .to_string();
+    let name = format!("nuwax-fill-{}-read-{volume}", std::process::id());
+    let _ = ctx.docker.output(&["rm", "-f", &name]);
+    ctx.docker
+        .output(&[
+            "create",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--log-driver",
+            "none",
+            "-v",
+            &format!("{volume}:/{ALONE_DIR}:ro,nocopy"),
+            &image,
+            "/nuwax-never-started",
+        ])
+        .with_context(|| format!("creating a helper container to read volume {volume} alone"))?;
+    created.push(name.clone());
+    Ok(name)
 }
 
 /// A container of the project that mounts `volume`, and where; created (not started) with

@@ -3,6 +3,7 @@ use std::io::Write;
 
 use anyhow::{Context as _, Result};
 
+use crate::catalog::BackupRow;
 use crate::cli::DeleteArgs;
 use crate::exit_codes::{Code, UserError};
 use crate::output::note;
@@ -10,16 +11,19 @@ use crate::Context;
 
 pub fn run(ctx: &Context, args: &DeleteArgs, _out: &mut dyn Write) -> Result<()> {
     let catalog = ctx.catalog()?;
-    let mut rows = Vec::new();
-    for id in &args.ids {
-        let row = catalog.get(*id)?.ok_or_else(|| {
-            UserError::new(
-                Code::Usage,
-                format!("no backup #{id} in the catalog: nothing was deleted"),
-            )
-        })?;
-        rows.push(row);
-    }
+    let mut projects: Vec<String> = rows_of(&catalog, &args.ids)?
+        .into_iter()
+        .map(|r| r.project)
+        .collect();
+    projects.sort();
+    projects.dedup();
+    // Sorted order, so two commands spanning the same projects never wait on each other.
+    let _locks = projects
+        .iter()
+        .map(|p| ctx.lock(p, "delete"))
+        .collect::<Result<Vec<_>>>()?;
+    // Decide on rows read under the locks.
+    let rows = rows_of(&catalog, &args.ids)?;
     for r in &rows {
         note(format!("delete #{} {} ({})", r.id, r.file_path, r.status));
     }
@@ -34,4 +38,19 @@ pub fn run(ctx: &Context, args: &DeleteArgs, _out: &mut dyn Write) -> Result<()>
         note(format!("deleted backup #{}", r.id));
     }
     Ok(())
+}
+
+/// The rows of `ids`; fails naming the first id that is not in the catalog.
+fn rows_of(catalog: &crate::catalog::Catalog, ids: &[i64]) -> Result<Vec<BackupRow>> {
+    let mut rows = Vec::new();
+    for id in ids {
+        let row = catalog.get(*id)?.ok_or_else(|| {
+            UserError::new(
+                Code::Usage,
+                format!("no backup #{id} in the catalog: nothing was deleted"),
+            )
+        })?;
+        rows.push(row);
+    }
+    Ok(rows)
 }

@@ -1,40 +1,34 @@
-//! `import DIR`: register the archives found in a folder, from their own manifests.
+//! `import DIR|FILE`: register the archives found in a folder (or one archive), from their
+//! own manifests.
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
 use crate::archive::reader;
 use crate::catalog::{BackupRow, NewBackup};
 use crate::cli::{Format, ImportArgs};
+use crate::exit_codes::{Code, UserError};
 use crate::output::{note, table, warn, write_json};
 use crate::Context;
 
 pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
     let catalog = ctx.catalog()?;
-    let dir = std::env::current_dir()?.join(&args.dir);
-    let dir = dir
+    let given = std::env::current_dir()?.join(&args.dir);
+    let given = given
         .canonicalize()
-        .with_context(|| format!("reading {}", dir.display()))?;
+        .with_context(|| format!("reading {}", given.display()))?;
+    let one_file = given.is_file();
+    let files = if one_file {
+        vec![given.clone()]
+    } else {
+        archives_in(&given)?
+    };
     let known: Vec<String> = catalog
         .list(None)?
         .into_iter()
         .map(|r| r.file_path)
         .collect();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_file()
-                && !p
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .starts_with('.')
-        })
-        .collect();
-    files.sort();
     let mut imported: Vec<BackupRow> = Vec::new();
     for path in files {
         crate::cancel::check()?;
@@ -43,6 +37,16 @@ pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> 
         }
         let v = match reader::verify(&path, None) {
             Ok(v) => v,
+            Err(e) if one_file => {
+                return Err(UserError::new(
+                    Code::Failure,
+                    format!(
+                        "{} is not a docker-nuwax-backup archive, or it is damaged: {e:#}",
+                        path.display()
+                    ),
+                )
+                .into())
+            }
             Err(e) => {
                 warn(format!(
                     "skipped {}: not a docker-nuwax-backup archive, or damaged ({e:#})",
@@ -72,7 +76,7 @@ pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> 
     note(format!(
         "imported {} archive(s) from {}",
         imported.len(),
-        dir.display()
+        given.display()
     ));
     match args.format {
         Format::Json => write_json(out, &imported)?,
@@ -92,4 +96,23 @@ pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> 
         )?,
     }
     Ok(())
+}
+
+/// The visible files of `dir`, sorted (each is tried as an archive).
+fn archives_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .starts_with('.')
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }

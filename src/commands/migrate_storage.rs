@@ -15,20 +15,26 @@ pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()
     let project = ctx.project_name()?;
     let mut catalog = ctx.catalog()?;
     let new_dir = std::env::current_dir()?.join(&args.new_dir);
-    std::fs::create_dir_all(&new_dir).with_context(|| format!("creating {}", new_dir.display()))?;
+    storage::prepare(&new_dir)?;
     let new_dir = new_dir.canonicalize()?;
-    let rows: Vec<_> = catalog
-        .list(Some(&project))?
-        .into_iter()
-        .filter(|r| r.status == "completed")
-        .collect();
+    let completed = |c: &crate::catalog::Catalog| -> Result<Vec<_>> {
+        Ok(c.list(Some(&project))?
+            .into_iter()
+            .filter(|r| r.status == "completed")
+            .collect())
+    };
     note(format!(
         "move {} backup(s) of {project} to {}",
-        rows.len(),
+        completed(&catalog)?.len(),
         new_dir.display()
     ));
     crate::prompt::confirm(args.yes, "Move them?", "moving backups")?;
     let _lock = ctx.lock(&project, "migrate-storage")?;
+    for p in storage::remove_stale_partials(&new_dir, &project) {
+        note(format!("removed {} left by an interrupted run", p.display()));
+    }
+    // Decide on rows read under the lock: a create may have finished meanwhile.
+    let rows = completed(&catalog)?;
 
     let mut moves: Vec<(i64, PathBuf)> = Vec::new();
     let mut old_files: Vec<PathBuf> = Vec::new();
@@ -59,7 +65,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()
             ));
             continue;
         } else {
-            copy_verified(&src, &new_dir, &dest, want)
+            copy_verified(&src, &project, &new_dir, &dest, want)
                 .with_context(|| format!("copying backup #{}", r.id))?;
         }
         moves.push((r.id, dest));
@@ -80,15 +86,17 @@ pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()
 }
 
 /// Copies `src` to a partial name in `dir`, syncs it, checks its SHA-256, then names it `dest`.
-fn copy_verified(src: &Path, dir: &Path, dest: &Path, sha256: &str) -> Result<()> {
+fn copy_verified(src: &Path, project: &str, dir: &Path, dest: &Path, sha256: &str) -> Result<()> {
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(
-        "{}migrate-{}-{name}",
-        storage::PARTIAL_PREFIX,
-        std::process::id()
-    ));
-    std::fs::copy(src, &tmp)
-        .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+    // Named like create's partials, so the next run of the project removes it when killed.
+    let tmp = storage::partial_path(dir, project, &name);
+    {
+        let mut to = crate::private::create_new(&tmp)?;
+        let mut from = std::fs::File::open(src)
+            .with_context(|| format!("opening {}", src.display()))?;
+        std::io::copy(&mut from, &mut to)
+            .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+    }
     std::fs::File::open(&tmp)?.sync_all()?;
     let got = sha256_file(&tmp)?;
     if got != sha256 {

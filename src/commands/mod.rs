@@ -5,6 +5,7 @@ pub mod import;
 pub mod list;
 pub mod migrate_storage;
 pub mod prune;
+pub mod recover;
 pub mod rollback;
 pub mod status;
 pub mod verify;

@@ -37,6 +37,12 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
     }
     let project = ctx.project_name()?;
     let catalog = ctx.catalog()?;
+    // A real prune decides on rows read under the lock; a dry run only reads.
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(ctx.lock(&project, "prune")?)
+    };
     let rows: Vec<_> = catalog
         .list(Some(&project))?
         .into_iter()
@@ -105,7 +111,6 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
         &format!("Delete {} backup(s)?", doomed.len()),
         "pruning backups",
     )?;
-    let _lock = ctx.lock(&project, "prune")?;
     for l in doomed {
         match std::fs::remove_file(&l.file_path) {
             Ok(()) => {}

@@ -19,11 +19,75 @@ struct StatusJson<'a> {
     other_containers: &'a [Container],
     cold_backup_ready: bool,
     blockers: Vec<Blocker>,
+    interrupted_run: Option<Interrupted>,
+    /// Bind mount points a killed rollback left half-moved (run `recover`).
+    mixed: Vec<String>,
+    /// Set when the storage folder is readable by every local user.
+    storage_warning: Option<String>,
+}
+
+/// A run whose record exists while nobody holds the project's lock: it died.
+#[derive(Serialize)]
+struct Interrupted {
+    command: String,
+    pid: u32,
+    started_at: String,
+    phase: String,
+    stopped: Vec<String>,
+}
+
+/// What `status` learns beyond the compose model: dead runs and half-done rollbacks.
+struct Health {
+    interrupted: Option<Interrupted>,
+    mixed: Vec<String>,
+    storage_warning: Option<String>,
+}
+
+fn health(ctx: &Context, p: &Project) -> Result<Health> {
+    let record = crate::runs::read(&ctx.runs_dir(), &p.name)?
+        .filter(|_| !crate::lock::is_held(&ctx.locks_dir(), &p.name));
+    let mixed = p
+        .volumes
+        .iter()
+        .filter_map(|v| match v {
+            Volume::Bind { source, .. } if crate::restore::mount::is_mixed(source) => {
+                Some(source.display().to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    let from_catalog = if ctx.catalog_path().exists() {
+        ctx.catalog()?.storage_dir(&p.name)?
+    } else {
+        None
+    };
+    let storage = from_catalog.unwrap_or_else(|| match &p.extension.storage {
+        Some(s) => p.dir.join(s),
+        None => p.dir.join("backups"),
+    });
+    Ok(Health {
+        interrupted: record.map(|r| Interrupted {
+            command: r.command,
+            pid: r.pid,
+            started_at: r.started_at,
+            phase: r.phase,
+            stopped: r.stopped,
+        }),
+        mixed,
+        storage_warning: storage
+            .is_dir()
+            .then(|| crate::storage::world_readable_warning(&storage))
+            .flatten(),
+    })
 }
 
 pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
     let project = Project::load(&ctx.docker, &ctx.compose)?;
     let blockers = project.blockers();
+    let health = health(ctx, &project)?;
+    if let Some(w) = &health.storage_warning {
+        crate::output::warn(w.clone());
+    }
     match args.format {
         Format::Json => write_json(
             out,
@@ -34,12 +98,40 @@ pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> 
                 services: &project.services,
                 volumes: &project.volumes,
                 other_containers: &project.others,
-                cold_backup_ready: blockers.is_empty(),
+                cold_backup_ready: blockers.is_empty() && health.interrupted.is_none(),
                 blockers,
+                interrupted_run: health.interrupted,
+                mixed: health.mixed,
+                storage_warning: health.storage_warning,
             },
         ),
-        Format::Table => write_table(&project, &blockers, out),
+        Format::Table => {
+            write_table(&project, &blockers, out)?;
+            write_health(&health, out)
+        }
     }
+}
+
+fn write_health(h: &Health, out: &mut dyn Write) -> Result<()> {
+    if let Some(r) = &h.interrupted {
+        writeln!(
+            out,
+            "Interrupted: a {} (pid {}, started {}) died in phase {}{}; run `docker nuwaxbackup recover`",
+            r.command,
+            r.pid,
+            r.started_at,
+            r.phase,
+            if r.stopped.is_empty() {
+                String::new()
+            } else {
+                format!(", leaving stopped: {}", r.stopped.join(", "))
+            }
+        )?;
+    }
+    for m in &h.mixed {
+        writeln!(out, "Bind {m}: mixed: run `recover`")?;
+    }
+    Ok(())
 }
 
 fn write_table(p: &Project, blockers: &[Blocker], out: &mut dyn Write) -> Result<()> {

@@ -81,6 +81,44 @@ impl Project {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
+
+    /// Whether another declared mount of `service` sits below `target` (reading `target`
+    /// through that service's container would then read the nested mount's files too).
+    pub fn has_nested_mount(&self, service: &str, target: &str) -> bool {
+        nested_below(
+            self.volumes
+                .iter()
+                .flat_map(|v| v.mounts())
+                .filter(|m| m.service == service)
+                .map(|m| m.target.as_str()),
+            target,
+        )
+    }
+}
+
+/// Whether one of `targets` is strictly below `target` (`/data/conf` is below `/data`,
+/// `/database` is not).
+pub fn nested_below<'a>(targets: impl IntoIterator<Item = &'a str>, target: &str) -> bool {
+    let base = target.trim_end_matches('/');
+    targets.into_iter().any(|t| {
+        t.trim_end_matches('/')
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+            || (base.is_empty() && t != "/")
+    })
+}
+
+#[cfg(test)]
+mod nested_tests {
+    use super::nested_below;
+
+    #[test]
+    fn only_mounts_strictly_below_count() {
+        assert!(nested_below(["/data", "/data/conf"], "/data"));
+        assert!(nested_below(["/data/conf/x"], "/data/"));
+        assert!(!nested_below(["/data", "/database", "/other"], "/data"));
+        assert!(!nested_below(["/data"], "/data"));
+    }
 }
 
 const DEFAULT_FILES: &[&str] = &[

@@ -44,10 +44,22 @@ pub struct Staged {
     /// The target existed before the swap (so the swap was an exchange).
     pub existed: bool,
     pub swapped: bool,
+    /// Set when the target is a mount point: staged inside it, moved in step by step.
+    pub in_mount: Option<super::mount::InMount>,
 }
 
 impl Staged {
     pub fn new(target: &Path) -> Result<Staged> {
+        if super::mount::is_mount_point(target) {
+            let m = super::mount::InMount::new(target)?;
+            return Ok(Staged {
+                target: target.to_path_buf(),
+                staging: m.write_root(),
+                existed: true,
+                swapped: false,
+                in_mount: Some(m),
+            });
+        }
         let parent = target
             .parent()
             .context("a bind target has no parent folder")?;
@@ -63,11 +75,15 @@ impl Staged {
             staging,
             existed: false,
             swapped: false,
+            in_mount: None,
         })
     }
 
     /// Puts the staged content in place in one step.
     pub fn swap(&mut self) -> Result<()> {
+        if let Some(m) = self.in_mount.as_mut() {
+            return m.swap();
+        }
         self.existed = fs::symlink_metadata(&self.target).is_ok();
         if self.existed {
             exchange(&self.staging, &self.target)?;
@@ -86,6 +102,9 @@ impl Staged {
 
     /// Puts the previous content back (after a later step failed) and drops the staged copy.
     pub fn undo(&mut self) -> Result<()> {
+        if let Some(m) = self.in_mount.as_mut() {
+            return m.undo();
+        }
         if self.swapped {
             if self.existed {
                 exchange(&self.staging, &self.target)?;
@@ -99,11 +118,14 @@ impl Staged {
 
     /// Drops the previous content (after the whole rollback succeeded).
     pub fn commit(&self) -> Result<()> {
+        if let Some(m) = &self.in_mount {
+            return m.commit();
+        }
         remove_any(&self.staging)
     }
 }
 
-fn exchange(a: &Path, b: &Path) -> Result<()> {
+pub(super) fn exchange(a: &Path, b: &Path) -> Result<()> {
     let ca = CString::new(a.as_os_str().as_bytes())?;
     let cb = CString::new(b.as_os_str().as_bytes())?;
     // SAFETY: both are valid NUL-terminated paths.
@@ -215,7 +237,7 @@ fn syncfs(p: &Path) -> Result<()> {
 }
 
 /// Owner, then mode (a chown clears set-id bits), then mtime; symlinks keep their own mode.
-fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
+pub(super) fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
     let ctx = || format!("setting owner, mode and time of {}", p.display());
     std::os::unix::fs::lchown(p, Some(a.uid as u32), Some(a.gid as u32)).with_context(ctx)?;
     if !is_link {

@@ -2,7 +2,9 @@
 //! failure after the safety backup, put back what was there and start what ran.
 pub mod engine;
 pub mod host;
+pub mod mount;
 pub mod plan;
+mod space;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -20,6 +22,7 @@ use crate::catalog::{BackupRow, Catalog};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{note, warn};
+use crate::runs::ActiveRun;
 use crate::services::{self, Running};
 use crate::Context;
 
@@ -105,8 +108,16 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
         ));
     }
     let images = preflight(ctx, &project, &manifest.services, &sel.restore)?;
+    space::check(&sel.restore)?;
     confirm(&row, &sel, opts.yes)?;
     let _lock = ctx.lock(&project.name, "rollback")?;
+    // A dead run of the project is finished first (it may have left services down).
+    let project = if crate::recover::dead_run(ctx, &project, &catalog)?.is_empty() {
+        project
+    } else {
+        Project::load(&ctx.docker, &ctx.compose)?
+    };
+    let mut record = ActiveRun::begin(&ctx.runs_dir(), &project.name, "rollback")?;
     clean_stale_staging(&sel.restore);
     if sel.restore.iter().any(|v| v.kind == "volume") {
         engine::clean_stale(&ctx.docker);
@@ -116,8 +127,12 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     if !running.is_empty() {
         note(format!("stopping {}", running.names().join(", ")));
     }
+    record.stopping(&running)?;
     services::stop(&ctx.docker, &ctx.compose, &running)?;
+    record.phase("restoring")?;
+    crate::fault::point("rollback-restoring");
     let outcome = stopped_rollback(ctx, opts, &project, &catalog, &row, &sel, &images);
+    let _ = record.phase("starting");
     let (safety_id, mut removed_services, result) = outcome;
     // Also the services of restored named volumes whose containers an interrupted rollback
     // removed earlier: `create --no-recreate` leaves existing containers alone.

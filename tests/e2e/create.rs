@@ -494,7 +494,7 @@ fn two_creates_at_once_one_refuses_clearly() {
     let mut first = start_slow_create(&p, &["create", "--compression-level", "9"]);
     let second = p.plugin(&["create"]).failure(9);
     assert!(
-        second.stderr.contains("another create or rollback"),
+        second.stderr.contains(&format!("project {} is busy", p.name)) && second.stderr.contains("a create (pid"),
         "{}",
         second.stderr
     );

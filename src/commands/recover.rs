@@ -1,0 +1,38 @@
+//! `recover`: finish a create or rollback of the project that was killed.
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::catalog::Catalog;
+use crate::cli::{Format, StatusArgs};
+use crate::compose::Project;
+use crate::output::{note, write_json};
+use crate::Context;
+
+/// Exits 0 (done, or nothing to do), 9 (the run is alive: its lock is held), 11 (starting
+/// the services failed).
+pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
+    let project = Project::load(&ctx.docker, &ctx.compose)?;
+    let _lock = ctx.lock(&project.name, "recover")?;
+    let catalog: Catalog = ctx.catalog()?;
+    let done = crate::recover::dead_run(ctx, &project, &catalog)?;
+    if done.is_empty() {
+        note(format!("project {}: nothing to recover", project.name));
+    }
+    match args.format {
+        Format::Json => write_json(out, &done),
+        Format::Table => {
+            if let Some(r) = &done.interrupted_run {
+                writeln!(
+                    out,
+                    "recovered the interrupted {} (pid {}, phase {}); started: {}",
+                    r.command,
+                    r.pid,
+                    r.phase,
+                    if done.started.is_empty() { "nothing".into() } else { done.started.join(", ") }
+                )?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Fault seams for the end-to-end tests: `NUWAX_BACKUP_TEST_KILL_AT=<point>` makes the process
+//! SIGKILL itself at that point, exactly as `kill -9` or the OOM killer would end it there.
+//! Unset (always, outside tests), every point is a no-op.
+
+/// Dies by SIGKILL when `NUWAX_BACKUP_TEST_KILL_AT` names `point`.
+pub fn point(point: &str) {
+    if std::env::var("NUWAX_BACKUP_TEST_KILL_AT").as_deref() == Ok(point) {
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Whether the tests asked to act as a filesystem without `RENAME_EXCHANGE` (NFS, older ZFS).
+pub fn no_exchange() -> bool {
+    std::env::var("NUWAX_BACKUP_TEST_NO_EXCHANGE").as_deref() == Ok("1")
+}

@@ -1,0 +1,134 @@
+//! Finishing a run that died (kill -9, the OOM killer, a power cut): its partial and staging
+//! files removed, a half-moved mount point undone, what it stopped started again, and a dead
+//! `create` recorded as a `failed` row with error `interrupted`.
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::catalog::{Catalog, NewBackup};
+use crate::compose::{Project, Volume};
+use crate::output::{note, warn};
+use crate::restore::{engine, host, mount};
+use crate::runs::{self, RunRecord};
+use crate::{services, storage, Context};
+
+/// What a recovery found and did (`recover --format json`).
+#[derive(Debug, Serialize)]
+pub struct Recovered {
+    pub interrupted_run: Option<RunRecord>,
+    /// Bind mount points whose half-done rollback was finished or undone.
+    pub mount_points: Vec<String>,
+    pub started: Vec<String>,
+}
+
+/// Recovers the dead run of `project`, if one left its record or a half-moved mount point.
+/// Call while holding the project's lock (then no live run owns what is found). Fails with
+/// `RestartFailed` when starting what it stopped fails; the record is then kept, so the next
+/// `recover` tries again.
+pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<Recovered> {
+    let mount_points = undo_mount_points(project)?;
+    let dir = ctx.runs_dir();
+    let Some(rec) = runs::read(&dir, &project.name)? else {
+        return Ok(Recovered {
+            interrupted_run: None,
+            mount_points,
+            started: Vec::new(),
+        });
+    };
+    warn(format!(
+        "found an interrupted {} of project {} (pid {}, started {}, phase {}): recovering it",
+        rec.command, project.name, rec.pid, rec.started_at, rec.phase
+    ));
+    if rec.command == "create" {
+        record_interrupted_create(catalog, project, &rec)?;
+    } else {
+        clean_rollback(ctx, project);
+    }
+    start_again(ctx, &rec)?;
+    runs::remove(&dir, &project.name)?;
+    Ok(Recovered {
+        started: rec.stopped.clone(),
+        interrupted_run: Some(rec),
+        mount_points,
+    })
+}
+
+impl Recovered {
+    pub fn is_empty(&self) -> bool {
+        self.interrupted_run.is_none() && self.mount_points.is_empty()
+    }
+}
+
+/// Undoes (or finishes, when its journal says done) what a killed rollback left inside bind
+/// mount points.
+fn undo_mount_points(project: &Project) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for v in &project.volumes {
+        if let Volume::Bind { source, .. } = v {
+            for what in mount::recover(source)? {
+                note(what);
+                done.push(source.display().to_string());
+            }
+        }
+    }
+    Ok(done)
+}
+
+fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunRecord) -> Result<()> {
+    let Some(p) = &rec.pending_row else {
+        return Ok(());
+    };
+    for path in storage::remove_stale_partials(&p.storage, &project.name) {
+        note(format!("removed {} left by the interrupted backup", path.display()));
+    }
+    let id = catalog.insert(&NewBackup {
+        project: &project.name,
+        project_dir: &p.project_dir,
+        file_path: &p.storage,
+        service_version: &p.service_version,
+        backup_type: &p.backup_type,
+        status: "failed",
+        created_at: &p.created_at,
+        size_bytes: 0,
+        sha256: None,
+        file_count: 0,
+        compression: &p.compression,
+        duration_ms: 0,
+        error: Some("interrupted"),
+    })?;
+    note(format!("recorded the interrupted backup as failed (#{id})"));
+    Ok(())
+}
+
+/// Staging folders beside binds and named volumes, and helper containers of a dead rollback.
+/// Each target was swapped whole or not at all, so removing them leaves every one either as
+/// before or as archived.
+fn clean_rollback(ctx: &Context, project: &Project) {
+    for v in &project.volumes {
+        let folder = match v {
+            Volume::Bind { source, .. } => Some(source.clone()),
+            Volume::Volume { name, .. } => engine::local_mountpoint(&ctx.docker, name)
+                .ok()
+                .flatten(),
+        };
+        if let Some(parent) = folder.as_deref().and_then(|f| f.parent()) {
+            host::clean_stale(parent);
+        }
+    }
+    engine::clean_stale(&ctx.docker);
+}
+
+/// Makes the containers a rollback may have removed, then starts what the run stopped.
+fn start_again(ctx: &Context, rec: &RunRecord) -> Result<()> {
+    let running = rec.running();
+    if running.is_empty() {
+        return Ok(());
+    }
+    if rec.command == "rollback" && !running.services.is_empty() {
+        let mut args = vec!["create".to_string(), "--no-recreate".to_string()];
+        args.extend(running.services.iter().cloned());
+        let _ = ctx.docker.compose_detached(&ctx.compose, &args);
+    }
+    note(format!("starting {}", running.names().join(", ")));
+    services::start(&ctx.docker, &ctx.compose, &running)
+        .context("the interrupted run was cleaned up, but")
+}

@@ -1,0 +1,195 @@
+//! Run records: what a `create` or `rollback` in progress has stopped and which phase it is
+//! in, written and fsynced at each phase and removed when the run ends. A record left behind
+//! (kill -9, the OOM killer, a power cut) is how `status` and `recover` find a dead run: it is
+//! dead exactly when its record exists and the project's lock can be taken.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::services::Running;
+
+/// What a create would have recorded as its catalog row, kept so that a dead create can be
+/// recorded as `failed` with error `interrupted`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingRow {
+    pub project_dir: PathBuf,
+    pub storage: PathBuf,
+    pub service_version: String,
+    pub backup_type: String,
+    pub compression: String,
+    pub created_at: String,
+}
+
+/// `<catalog dir>/runs/<project>.json`. `status --format json` prints the first five fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub command: String,
+    pub pid: u32,
+    pub started_at: String,
+    pub phase: String,
+    /// Everything it stopped (services and other containers), for messages.
+    pub stopped: Vec<String>,
+    #[serde(default)]
+    pub stopped_services: Vec<String>,
+    #[serde(default)]
+    pub stopped_containers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_row: Option<PendingRow>,
+}
+
+impl RunRecord {
+    /// What the dead run left stopped, to start again.
+    pub fn running(&self) -> Running {
+        Running {
+            services: self.stopped_services.clone(),
+            containers: self.stopped_containers.clone(),
+        }
+    }
+}
+
+/// The record of the run this process is making; removed when dropped (the run ended, well
+/// or not). A process that dies without unwinding leaves it behind, which is the point.
+pub struct ActiveRun {
+    path: PathBuf,
+    record: RunRecord,
+}
+
+/// Where the records of catalog `catalog` live.
+pub fn dir_for(catalog: &Path) -> PathBuf {
+    catalog
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("runs")
+}
+
+fn path_of(dir: &Path, project: &str) -> PathBuf {
+    dir.join(format!("{project}.json"))
+}
+
+/// The record a previous run of `project` left, if any (callers decide whether it is dead).
+pub fn read(dir: &Path, project: &str) -> Result<Option<RunRecord>> {
+    let path = path_of(dir, project);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "run record {} is damaged: remove it after checking the project",
+                path.display()
+            )
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Removes a dead run's record (after it was recovered).
+pub fn remove(dir: &Path, project: &str) -> Result<()> {
+    let path = path_of(dir, project);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => crate::storage::sync_dir(dir),
+    }
+}
+
+impl ActiveRun {
+    /// Starts the record of `command` on `project` (call while holding the project's lock).
+    pub fn begin(dir: &Path, project: &str, command: &str) -> Result<ActiveRun> {
+        crate::private::create_dir_all(dir)?;
+        let run = ActiveRun {
+            path: path_of(dir, project),
+            record: RunRecord {
+                command: command.to_string(),
+                pid: std::process::id(),
+                started_at: chrono::Utc::now()
+                    .format("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string(),
+                phase: "starting".into(),
+                stopped: Vec::new(),
+                stopped_services: Vec::new(),
+                stopped_containers: Vec::new(),
+                pending_row: None,
+            },
+        };
+        run.write()?;
+        Ok(run)
+    }
+
+    /// Moves to `phase` (written and fsynced before the phase's work starts).
+    pub fn phase(&mut self, phase: &str) -> Result<()> {
+        self.record.phase = phase.to_string();
+        self.write()
+    }
+
+    /// Records what is about to be stopped, before stopping it.
+    pub fn stopping(&mut self, running: &Running) -> Result<()> {
+        self.record.stopped = running.names();
+        self.record.stopped_services = running.services.clone();
+        self.record.stopped_containers = running.containers.clone();
+        self.phase("stopping")
+    }
+
+    pub fn pending_row(&mut self, row: PendingRow) -> Result<()> {
+        self.record.pending_row = Some(row);
+        self.write()
+    }
+
+    /// Write to a temporary file, fsync, rename, fsync the folder: never a half record.
+    fn write(&self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = self.path.with_extension(format!("json.{}.tmp", self.record.pid));
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = crate::private::create_new(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&self.record)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("writing run record {}", self.path.display()))?;
+        crate::storage::sync_dir(dir)
+    }
+}
+
+impl Drop for ActiveRun {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_record_lives_while_the_run_does_and_is_private() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("runs");
+        let mut run = ActiveRun::begin(&dir, "p", "create").unwrap();
+        run.stopping(&Running {
+            services: vec!["db".into()],
+            containers: vec!["p-x-1".into()],
+        })
+        .unwrap();
+        run.phase("archiving").unwrap();
+        let rec = read(&dir, "p").unwrap().unwrap();
+        assert_eq!(rec.phase, "archiving");
+        assert_eq!(rec.stopped, ["db", "p-x-1"]);
+        assert_eq!(rec.running().services, ["db"]);
+        let meta = std::fs::metadata(dir.join("p.json")).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        drop(run);
+        assert!(read(&dir, "p").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_forgotten_record_stays_for_recovery() {
+        let d = tempfile::tempdir().unwrap();
+        let run = ActiveRun::begin(d.path(), "p", "rollback").unwrap();
+        std::mem::forget(run);
+        assert_eq!(read(d.path(), "p").unwrap().unwrap().command, "rollback");
+        remove(d.path(), "p").unwrap();
+        assert!(read(d.path(), "p").unwrap().is_none());
+    }
+}
