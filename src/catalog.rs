@@ -229,11 +229,12 @@ impl Catalog {
     /// Records the outcome of a verification (`ok`, or what is wrong).
     pub fn record_verification(&self, id: i64, result: &str) -> Result<()> {
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        self.conn.execute(
-            "UPDATE backups SET verified_at = ?2, verify_result = ?3 WHERE id = ?1",
-            params![id, now, result],
-        )
-        .map_err(busy)?;
+        self.conn
+            .execute(
+                "UPDATE backups SET verified_at = ?2, verify_result = ?3 WHERE id = ?1",
+                params![id, now, result],
+            )
+            .map_err(busy)?;
         Ok(())
     }
 

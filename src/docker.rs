@@ -124,7 +124,12 @@ impl Docker {
         }
         let version = self.output(&["compose", "version", "--short"]);
         match version {
-            Ok(v) if v.trim().starts_with(|c: char| c.is_ascii_digit() && c != '1') => err,
+            Ok(v)
+                if v.trim()
+                    .starts_with(|c: char| c.is_ascii_digit() && c != '1') =>
+            {
+                err
+            }
             Ok(v) if v.trim().starts_with('v') && !v.trim().starts_with("v1") => err,
             _ => anyhow::Error::new(UserError::new(
                 Code::ComposeMissing,

@@ -78,7 +78,10 @@ fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunReco
         return Ok(());
     };
     for path in storage::remove_stale_partials(&p.storage, &project.name) {
-        note(format!("removed {} left by the interrupted backup", path.display()));
+        note(format!(
+            "removed {} left by an interrupted backup",
+            path.display()
+        ));
     }
     let id = catalog.insert(&NewBackup {
         project: &project.name,
@@ -106,9 +109,9 @@ fn clean_rollback(ctx: &Context, project: &Project) {
     for v in &project.volumes {
         let folder = match v {
             Volume::Bind { source, .. } => Some(source.clone()),
-            Volume::Volume { name, .. } => engine::local_mountpoint(&ctx.docker, name)
-                .ok()
-                .flatten(),
+            Volume::Volume { name, .. } => {
+                engine::local_mountpoint(&ctx.docker, name).ok().flatten()
+            }
         };
         if let Some(parent) = folder.as_deref().and_then(|f| f.parent()) {
             host::clean_stale(parent);

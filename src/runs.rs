@@ -58,10 +58,7 @@ pub struct ActiveRun {
 
 /// Where the records of catalog `catalog` live.
 pub fn dir_for(catalog: &Path) -> PathBuf {
-    catalog
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("runs")
+    catalog.parent().unwrap_or(Path::new(".")).join("runs")
 }
 
 fn path_of(dir: &Path, project: &str) -> PathBuf {
@@ -103,9 +100,7 @@ impl ActiveRun {
             record: RunRecord {
                 command: command.to_string(),
                 pid: std::process::id(),
-                started_at: chrono::Utc::now()
-                    .format("%Y-%m-%dT%H:%M:%SZ")
-                    .to_string(),
+                started_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 phase: "starting".into(),
                 stopped: Vec::new(),
                 stopped_services: Vec::new(),
@@ -139,7 +134,9 @@ impl ActiveRun {
     /// Write to a temporary file, fsync, rename, fsync the folder: never a half record.
     fn write(&self) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let tmp = self.path.with_extension(format!("json.{}.tmp", self.record.pid));
+        let tmp = self
+            .path
+            .with_extension(format!("json.{}.tmp", self.record.pid));
         let _ = std::fs::remove_file(&tmp);
         let mut f = crate::private::create_new(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(&self.record)?)?;

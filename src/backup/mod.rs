@@ -46,7 +46,6 @@ pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
     if dry_run {
         return Ok(Outcome::DryRun(plan));
     }
-    let _lock = ctx.lock(&project.name, "create")?;
     gate(&project, opts)?;
     storage::prepare(&plan.storage)?;
     for p in storage::remove_stale_partials(&plan.storage, &project.name) {

@@ -1,8 +1,8 @@
 //! Writes the archive of a plan: each volume (binds from disk, named volumes through
 //! `docker cp` from a stopped container), the compose files, then the manifest.
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
@@ -175,9 +175,10 @@ fn read_volume(
         .any(|m| m.target == target && project.has_nested_mount(&m.service, &target));
     // A nested mount would be read as part of the volume: read the volume alone instead.
     let (container, target) = match (nested, &item.decl) {
-        (true, Volume::Volume { name, .. }) => {
-            (alone(ctx, &container, name, created)?, format!("/{ALONE_DIR}"))
-        }
+        (true, Volume::Volume { name, .. }) => (
+            alone(ctx, &container, name, created)?,
+            format!("/{ALONE_DIR}"),
+        ),
         _ => (container, target),
     };
     let src = format!("{container}:{}/.", target.trim_end_matches('/'));
@@ -196,7 +197,12 @@ const ALONE_DIR: &str = ".nuwax-read";
 
 /// A never-started helper container, from the image of `container`, that mounts `volume` alone
 /// (read-only, no copy of the image's files), so a nested mount is not read as the volume's.
-fn alone(ctx: &Context, container: &str, volume: &str, created: &mut Vec<String>) -> Result<String> {
+fn alone(
+    ctx: &Context,
+    container: &str,
+    volume: &str,
+    created: &mut Vec<String>,
+) -> Result<String> {
     let image = ctx
         .docker
         .output(&["inspect", "--format", "{{.Image}}", container])?

@@ -31,7 +31,10 @@ pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()
     crate::prompt::confirm(args.yes, "Move them?", "moving backups")?;
     let _lock = ctx.lock(&project, "migrate-storage")?;
     for p in storage::remove_stale_partials(&new_dir, &project) {
-        note(format!("removed {} left by an interrupted run", p.display()));
+        note(format!(
+            "removed {} left by an interrupted run",
+            p.display()
+        ));
     }
     // Decide on rows read under the lock: a create may have finished meanwhile.
     let rows = completed(&catalog)?;
@@ -92,8 +95,8 @@ fn copy_verified(src: &Path, project: &str, dir: &Path, dest: &Path, sha256: &st
     let tmp = storage::partial_path(dir, project, &name);
     {
         let mut to = crate::private::create_new(&tmp)?;
-        let mut from = std::fs::File::open(src)
-            .with_context(|| format!("opening {}", src.display()))?;
+        let mut from =
+            std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
         std::io::copy(&mut from, &mut to)
             .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
     }

@@ -29,7 +29,11 @@ pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> 
                     r.command,
                     r.pid,
                     r.phase,
-                    if done.started.is_empty() { "nothing".into() } else { done.started.join(", ") }
+                    if done.started.is_empty() {
+                        "nothing".into()
+                    } else {
+                        done.started.join(", ")
+                    }
                 )?;
             }
             Ok(())

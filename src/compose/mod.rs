@@ -108,19 +108,6 @@ pub fn nested_below<'a>(targets: impl IntoIterator<Item = &'a str>, target: &str
     })
 }
 
-#[cfg(test)]
-mod nested_tests {
-    use super::nested_below;
-
-    #[test]
-    fn only_mounts_strictly_below_count() {
-        assert!(nested_below(["/data", "/data/conf"], "/data"));
-        assert!(nested_below(["/data/conf/x"], "/data/"));
-        assert!(!nested_below(["/data", "/database", "/other"], "/data"));
-        assert!(!nested_below(["/data"], "/data"));
-    }
-}
-
 const DEFAULT_FILES: &[&str] = &[
     "compose.yaml",
     "compose.yml",
@@ -189,4 +176,17 @@ fn project_dir(args: &ComposeArgs, files: &[PathBuf]) -> Result<PathBuf> {
         (None, None) => cwd,
     };
     Ok(classify::normalize(&dir))
+}
+
+#[cfg(test)]
+mod nested_tests {
+    use super::nested_below;
+
+    #[test]
+    fn only_mounts_strictly_below_count() {
+        assert!(nested_below(["/data", "/data/conf"], "/data"));
+        assert!(nested_below(["/data/conf/x"], "/data/"));
+        assert!(!nested_below(["/data", "/database", "/other"], "/data"));
+        assert!(!nested_below(["/data"], "/data"));
+    }
 }

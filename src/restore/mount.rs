@@ -47,7 +47,9 @@ fn unescape(f: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(f.len());
     let mut i = 0;
     while i < f.len() {
-        let oct = f.get(i + 1..i + 4).filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let oct = f
+            .get(i + 1..i + 4)
+            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
         match (f[i], oct) {
             (b'\\', Some(o)) => {
                 out.push(o.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
@@ -135,11 +137,15 @@ pub struct InMount {
 }
 
 impl InMount {
-    /// Makes the staging folder (mode 0700) inside `target`.
+    /// Makes the staging folder (mode 0700) inside `target`, recording the target root's
+    /// owner, mode and times first (in `root`), since making the folder changes them.
     pub fn new(target: &Path) -> Result<InMount> {
         let staging = target.join(format!("{STAGING_MARK}{}", std::process::id()));
         remove_any(&staging)?;
+        let root = attrs_of(target)?;
         crate::private::create_dir_all(&staging.join("old"))?;
+        write_synced(&staging.join("root"), &root_line(&root))?;
+        set_attrs(target, &root, false)?;
         Ok(InMount {
             target: target.to_path_buf(),
             staging,
@@ -162,21 +168,28 @@ impl InMount {
             .map(|(n, _)| n)
             .collect();
         let can = !self.no_exchange && exchange_works(&self.staging);
-        let root = attrs_of(&self.target)?;
-        let mut journal = Journal::create(&self.staging, &root)?;
+        // The archived root's attributes, read before moving entries out of `new/` changes
+        // its times; given to the target when the staging folder goes.
+        write_synced(
+            &self.staging.join("new-root"),
+            &root_line(&attrs_of(&self.write_root())?),
+        )?;
+        let mut journal = Journal::create(&self.staging)?;
         self.swapped = true;
         for (i, step) in plan_steps(&cur, &new, can).iter().enumerate() {
             journal.append(&step.line())?;
             self.apply(step)?;
             crate::fault::point(&format!("mount-step-{}", i + 1));
         }
-        set_attrs(&self.target, &attrs_of(&self.write_root())?, false)?;
-        sync(&self.target)?;
         journal.append("done")
     }
 
     fn apply(&self, step: &Step) -> Result<()> {
-        let (t, n, o) = (self.target.as_path(), self.write_root(), self.staging.join("old"));
+        let (t, n, o) = (
+            self.target.as_path(),
+            self.write_root(),
+            self.staging.join("old"),
+        );
         match step {
             Step::Exchange { name, .. } => exchange(&at(&n, name), &at(t, name)),
             Step::Out { name } => rename(&at(t, name), &at(&o, name)),
@@ -188,13 +201,29 @@ impl InMount {
     pub fn undo(&mut self) -> Result<()> {
         undo_journal(&self.target, &self.staging)?;
         self.swapped = false;
-        remove_any(&self.staging)
+        drop_staging(&self.target, &self.staging, false)
     }
 
-    /// Drops the previous content (after the whole rollback succeeded).
+    /// Drops the previous content (after the whole rollback succeeded); the root gets the
+    /// archived owner, mode and times.
     pub fn commit(&self) -> Result<()> {
-        remove_any(&self.staging)
+        drop_staging(&self.target, &self.staging, true)
     }
+}
+
+/// Removes the staging folder, then gives the target root the attributes it ends with: the
+/// archived root's (`new/`) after a finished swap, else those recorded before staging.
+/// Last, since removing the folder changes the root's times.
+fn drop_staging(target: &Path, staging: &Path, finished: bool) -> Result<()> {
+    let file = if finished { "new-root" } else { "root" };
+    let attrs = fs::read_to_string(staging.join(file))
+        .ok()
+        .and_then(|l| parse_root(l.trim()));
+    remove_any(staging)?;
+    if let Some(a) = attrs {
+        set_attrs(target, &a, false)?;
+    }
+    sync(target)
 }
 
 /// Finishes or undoes what a killed rollback left inside mount point `target`: a staging
@@ -204,12 +233,18 @@ pub fn recover(target: &Path) -> Result<Vec<String>> {
     let mut done = Vec::new();
     for staging in stale_stagings(target) {
         if journal_done(&staging) {
-            remove_any(&staging)?;
-            done.push(format!("{}: finished the interrupted rollback", target.display()));
+            drop_staging(target, &staging, true)?;
+            done.push(format!(
+                "{}: finished the interrupted rollback",
+                target.display()
+            ));
         } else {
             undo_journal(target, &staging)?;
-            remove_any(&staging)?;
-            done.push(format!("{}: undid the interrupted rollback", target.display()));
+            drop_staging(target, &staging, false)?;
+            done.push(format!(
+                "{}: undid the interrupted rollback",
+                target.display()
+            ));
         }
     }
     Ok(done)
@@ -246,9 +281,11 @@ fn undo_journal(target: &Path, staging: &Path) -> Result<()> {
     let Ok(f) = File::open(staging.join("journal")) else {
         return Ok(()); // killed before the first move: the target is untouched
     };
-    let mut lines = BufReader::new(f).lines();
-    let root = lines.next().transpose()?.and_then(|l| parse_root(&l));
-    let steps: Vec<Step> = lines.map_while(|l| l.ok()).filter_map(|l| Step::parse(&l)).collect();
+    let steps: Vec<Step> = BufReader::new(f)
+        .lines()
+        .map_while(|l| l.ok())
+        .filter_map(|l| Step::parse(&l))
+        .collect();
     let (n, o) = (staging.join("new"), staging.join("old"));
     for step in steps.iter().rev() {
         match step {
@@ -270,9 +307,6 @@ fn undo_journal(target: &Path, staging: &Path) -> Result<()> {
                 }
             }
         }
-    }
-    if let Some(a) = root {
-        set_attrs(target, &a, false)?;
     }
     sync(target)
 }
@@ -306,8 +340,7 @@ fn at(dir: &Path, name: &[u8]) -> PathBuf {
 }
 
 fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to)
-        .with_context(|| format!("moving {} to {}", from.display(), to.display()))
+    fs::rename(from, to).with_context(|| format!("moving {} to {}", from.display(), to.display()))
 }
 
 fn attrs_of(p: &Path) -> Result<Attrs> {
@@ -318,6 +351,10 @@ fn attrs_of(p: &Path) -> Result<Attrs> {
         gid: m.gid() as u64,
         mtime: m.mtime() as u64,
     })
+}
+
+fn root_line(a: &Attrs) -> String {
+    format!("root {} {} {} {}", a.mode, a.uid, a.gid, a.mtime)
 }
 
 fn parse_root(line: &str) -> Option<Attrs> {
@@ -337,6 +374,14 @@ fn parse_root(line: &str) -> Option<Attrs> {
     }
 }
 
+/// A small private file, fsynced with its folder.
+fn write_synced(path: &Path, line: &str) -> Result<()> {
+    let mut f = crate::private::create_new(path)?;
+    writeln!(f, "{line}")?;
+    f.sync_all()?;
+    sync(path.parent().unwrap_or(Path::new(".")))
+}
+
 fn sync(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
@@ -347,7 +392,7 @@ fn sync(dir: &Path) -> Result<()> {
 struct Journal(File);
 
 impl Journal {
-    fn create(staging: &Path, root: &Attrs) -> Result<Journal> {
+    fn create(staging: &Path) -> Result<Journal> {
         let path = staging.join("journal");
         let f = OpenOptions::new()
             .append(true)
@@ -355,10 +400,8 @@ impl Journal {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?;
-        let mut j = Journal(f);
-        j.append(&format!("root {} {} {} {}", root.mode, root.uid, root.gid, root.mtime))?;
         sync(staging)?;
-        Ok(j)
+        Ok(Journal(f))
     }
 
     fn append(&mut self, line: &str) -> Result<()> {
@@ -383,23 +426,44 @@ mod tests {
         assert_eq!(
             plan_steps(&cur, &new, true),
             vec![
-                Step::Exchange { name: b"a".to_vec(), ino: 1 },
-                Step::In { name: b"new".to_vec() },
-                Step::Out { name: b"old".to_vec() },
+                Step::Exchange {
+                    name: b"a".to_vec(),
+                    ino: 1
+                },
+                Step::In {
+                    name: b"new".to_vec()
+                },
+                Step::Out {
+                    name: b"old".to_vec()
+                },
             ]
         );
         assert_eq!(
             plan_steps(&cur, &new, false)[..2],
-            [Step::Out { name: b"a".to_vec() }, Step::In { name: b"a".to_vec() }]
+            [
+                Step::Out {
+                    name: b"a".to_vec()
+                },
+                Step::In {
+                    name: b"a".to_vec()
+                }
+            ]
         );
     }
 
     #[test]
     fn journal_lines_round_trip_odd_names() {
         for s in [
-            Step::Exchange { name: b"a b\n\xff".to_vec(), ino: 42 },
-            Step::Out { name: b"x".to_vec() },
-            Step::In { name: b"y z".to_vec() },
+            Step::Exchange {
+                name: b"a b\n\xff".to_vec(),
+                ino: 42,
+            },
+            Step::Out {
+                name: b"x".to_vec(),
+            },
+            Step::In {
+                name: b"y z".to_vec(),
+            },
         ] {
             assert_eq!(Step::parse(&s.line()), Some(s));
         }
@@ -467,9 +531,12 @@ mod tests {
         let m = staged(&t);
         // A run killed after its first two steps, as its journal shows.
         let cur = entries(&t, &m.staging).unwrap();
-        let new: Vec<Vec<u8>> = entries(&m.write_root(), Path::new("")).unwrap()
-            .into_iter().map(|(n, _)| n).collect();
-        let mut j = Journal::create(&m.staging, &attrs_of(&t).unwrap()).unwrap();
+        let new: Vec<Vec<u8>> = entries(&m.write_root(), Path::new(""))
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let mut j = Journal::create(&m.staging).unwrap();
         for step in plan_steps(&cur, &new, true).iter().take(2) {
             j.append(&step.line()).unwrap();
             m.apply(step).unwrap();

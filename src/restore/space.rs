@@ -1,5 +1,6 @@
-//! Free space for staging, checked before anything stops: a bind is staged beside itself, or
-//! inside itself when it is a mount point, so each needs room on that filesystem.
+//! Free space for staging inside mount-point binds, checked before anything stops: such a
+//! bind is staged on its own filesystem, which often cannot hold two copies. (An ordinary
+//! bind that runs out of room while staging beside itself is undone, exit 13.)
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -23,16 +24,12 @@ fn footprint(v: &VolumeRecord) -> u64 {
     v.bytes + v.file_count * 4096
 }
 
-/// The folder a bind is staged in: the bind itself when it is a mount point, else the
-/// nearest existing folder above it.
+/// The folder a bind is staged in when it is a mount point (the bind itself).
 fn staging_folder(target: &Path) -> Option<PathBuf> {
-    if super::mount::is_mount_point(target) {
-        return Some(target.to_path_buf());
-    }
-    target.ancestors().skip(1).find(|a| a.is_dir()).map(Path::to_path_buf)
+    super::mount::is_mount_point(target).then(|| target.to_path_buf())
 }
 
-/// Sums what the binds of `restore` need per filesystem.
+/// Sums what the mount-point binds of `restore` need per filesystem.
 pub fn needs(restore: &[VolumeRecord]) -> Vec<Need> {
     let mut out: Vec<Need> = Vec::new();
     for v in restore.iter().filter(|v| v.kind == "bind") {

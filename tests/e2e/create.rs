@@ -313,7 +313,7 @@ fn archive_keeps_owners_modes_links_and_odd_names_for_binds_and_volumes() {
 }
 
 /// Writes `n` files of `size` random bytes below `dir`.
-fn random_files(dir: &Path, n: usize, size: usize) {
+pub(crate) fn random_files(dir: &Path, n: usize, size: usize) {
     std::fs::create_dir_all(dir).unwrap();
     let mut seed = 0x9e3779b97f4a7c15u64;
     for i in 0..n {
@@ -381,7 +381,7 @@ fn wait_until_writing(p: &Project) {
 }
 
 /// Starts a slow create (much random data at level 9) and waits until it writes its archive.
-fn start_slow_create(p: &Project, args: &[&str]) -> std::process::Child {
+pub(crate) fn start_slow_create(p: &Project, args: &[&str]) -> std::process::Child {
     let child = p.plugin_spawn(args);
     wait_until_writing(p);
     std::thread::sleep(Duration::from_millis(200));
@@ -494,7 +494,10 @@ fn two_creates_at_once_one_refuses_clearly() {
     let mut first = start_slow_create(&p, &["create", "--compression-level", "9"]);
     let second = p.plugin(&["create"]).failure(9);
     assert!(
-        second.stderr.contains(&format!("project {} is busy", p.name)) && second.stderr.contains("a create (pid"),
+        second
+            .stderr
+            .contains(&format!("project {} is busy", p.name))
+            && second.stderr.contains("a create (pid"),
         "{}",
         second.stderr
     );

@@ -3,6 +3,7 @@ mod catalog;
 mod create;
 mod harness;
 mod plugin;
+mod reliability;
 mod rollback;
 mod status;
 
