@@ -33,6 +33,22 @@ install -D -m 0755 "$bin" "$bin_dir/docker-nuwax-backup"
 echo "installed standalone: $bin_dir/docker-nuwax-backup" >&2
 case ":$PATH:" in *":$bin_dir:"*) ;; *) echo "note: add $bin_dir to PATH for standalone use" >&2 ;; esac
 
-if command -v docker >/dev/null 2>&1; then
+if ! command -v docker >/dev/null 2>&1; then
+    echo "note: no docker CLI on PATH: install Docker (https://docs.docker.com/engine/install/); as root on Debian, scripts/ensure-engine.sh sets one up" >&2
+elif ! docker info >/dev/null 2>&1; then
+    docker nuwaxbackup --version >&2
+    echo "note: the Docker engine does not answer: start it (sudo systemctl start docker); as root on Debian without one, scripts/ensure-engine.sh sets one up" >&2
+elif ! docker compose version >/dev/null 2>&1; then
+    docker nuwaxbackup --version >&2
+    echo "note: Compose v2 (docker compose) is missing: install the docker-compose-plugin package" >&2
+else
     docker nuwaxbackup --version >&2
 fi
+cat >&2 <<'NEXT'
+
+next, in your own compose project's folder:
+  docker nuwaxbackup status            # what would be backed up, and what blocks a cold backup
+  docker nuwaxbackup create --stop     # stop, back up, start again
+  docker nuwaxbackup list              # your backups, newest first
+(scripts/demo.sh shows the whole job on a throw-away sample project)
+NEXT

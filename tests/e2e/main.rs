@@ -1,6 +1,7 @@
 //! End-to-end tests through the real docker CLI, Compose v2 and engine.
 mod catalog;
 mod create;
+mod demo;
 mod harness;
 mod plugin;
 mod reliability;
