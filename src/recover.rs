@@ -52,6 +52,21 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
     })
 }
 
+/// Takes the project's lock for `what`, then finishes a dead run of the project first (it
+/// may have left services down). Returns the lock and the project as it is now.
+pub fn lock_and_recover(
+    ctx: &Context,
+    project: Project,
+    catalog: &Catalog,
+    what: &str,
+) -> Result<(crate::lock::ProjectLock, Project)> {
+    let lock = ctx.lock(&project.name, what)?;
+    if dead_run(ctx, &project, catalog)?.is_empty() {
+        return Ok((lock, project));
+    }
+    Ok((lock, Project::load(&ctx.docker, &ctx.compose)?))
+}
+
 impl Recovered {
     pub fn is_empty(&self) -> bool {
         self.interrupted_run.is_none() && self.mount_points.is_empty()

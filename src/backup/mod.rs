@@ -26,17 +26,13 @@ pub enum Outcome {
 /// Runs a backup (or only plans it). Fails with a user error when running containers block
 /// it, the project is locked, space is short, or services cannot be started again.
 pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
-    let mut project = Project::load(&ctx.docker, &ctx.compose)?;
+    let project = Project::load(&ctx.docker, &ctx.compose)?;
     let catalog = ctx.catalog()?;
-    let lock = if dry_run {
-        None
+    let (lock, project) = if dry_run {
+        (None, project)
     } else {
-        let lock = ctx.lock(&project.name, "create")?;
-        // A dead run of the project is finished first (it may have left services down).
-        if !crate::recover::dead_run(ctx, &project, &catalog)?.is_empty() {
-            project = Project::load(&ctx.docker, &ctx.compose)?;
-        }
-        Some(lock)
+        let (l, p) = crate::recover::lock_and_recover(ctx, project, &catalog, "create")?;
+        (Some(l), p)
     };
     let facts = gather_facts(ctx, &project, &catalog)?;
     let plan = plan::build(&project, opts, &facts, chrono::Utc::now());

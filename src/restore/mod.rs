@@ -110,27 +110,9 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     let images = preflight(ctx, &project, &manifest.services, &sel.restore)?;
     space::check(&sel.restore)?;
     confirm(&row, &sel, opts.yes)?;
-    let _lock = ctx.lock(&project.name, "rollback")?;
-    // A dead run of the project is finished first (it may have left services down).
-    let project = if crate::recover::dead_run(ctx, &project, &catalog)?.is_empty() {
-        project
-    } else {
-        Project::load(&ctx.docker, &ctx.compose)?
-    };
+    let (_lock, project) = crate::recover::lock_and_recover(ctx, project, &catalog, "rollback")?;
     let mut record = ActiveRun::begin(&ctx.runs_dir(), &project.name, "rollback")?;
-    clean_stale_staging(&sel.restore);
-    if sel.restore.iter().any(|v| v.kind == "volume") {
-        engine::clean_stale(&ctx.docker);
-    }
-
-    let running = Running::of(&project);
-    if !running.is_empty() {
-        note(format!("stopping {}", running.names().join(", ")));
-    }
-    record.stopping(&running)?;
-    services::stop(&ctx.docker, &ctx.compose, &running)?;
-    record.phase("restoring")?;
-    crate::fault::point("rollback-restoring");
+    let running = stop_for_restore(ctx, &project, &sel.restore, &mut record)?;
     let outcome = stopped_rollback(ctx, opts, &project, &catalog, &row, &sel, &images);
     let _ = record.phase("starting");
     let (safety_id, mut removed_services, result) = outcome;
@@ -168,6 +150,28 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
             running.names()
         },
     })
+}
+
+/// Removes what killed runs left, then stops what runs, recording it first in the run record.
+fn stop_for_restore(
+    ctx: &Context,
+    project: &Project,
+    restore: &[VolumeRecord],
+    record: &mut ActiveRun,
+) -> Result<Running> {
+    clean_stale_staging(restore);
+    if restore.iter().any(|v| v.kind == "volume") {
+        engine::clean_stale(&ctx.docker);
+    }
+    let running = Running::of(project);
+    if !running.is_empty() {
+        note(format!("stopping {}", running.names().join(", ")));
+    }
+    record.stopping(&running)?;
+    services::stop(&ctx.docker, &ctx.compose, &running)?;
+    record.phase("restoring")?;
+    crate::fault::point("rollback-restoring");
+    Ok(running)
 }
 
 /// The backup to restore: by id, else picked on a terminal; it must be a completed backup of
