@@ -128,9 +128,13 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
 /// The error chain on one line; a user error ends it (what lies below is docker's own text,
 /// already summed up in the user message).
 fn one_line(err: &anyhow::Error) -> String {
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
     for e in err.chain() {
-        parts.push(e.to_string());
+        let text = e.to_string();
+        // A cause once: io errors often repeat their own text as their source's.
+        if !parts.last().is_some_and(|last| last.ends_with(&text)) {
+            parts.push(text);
+        }
         if e.downcast_ref::<UserError>().is_some() {
             break;
         }
@@ -146,4 +150,21 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .and_then(|j| j.io_error_kind());
         io_kind.or(json_kind) == Some(std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let err = anyhow::Error::new(std::io::Error::new(io.kind(), io.to_string()))
+            .context(io.to_string())
+            .context("reading ./data/pg");
+        assert_eq!(
+            one_line(&err),
+            "reading ./data/pg: Permission denied (os error 13)"
+        );
+    }
 }
