@@ -79,48 +79,49 @@ pub struct Catalog {
 /// How long a command waits for another process's write to the catalog before giving up.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Turns "database is locked" into `Locked` and "not a database" into a message that names
-/// the file and what to do.
-fn explain(err: anyhow::Error, path: &Path) -> anyhow::Error {
-    use rusqlite::ErrorCode;
-    let code = err
-        .chain()
-        .find_map(|e| e.downcast_ref::<rusqlite::Error>())
-        .and_then(|e| e.sqlite_error_code());
-    let (code, message) = match code {
-        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => (
-            Code::Locked,
-            format!(
-                "catalog busy: {} stayed locked by another process for {} s; try again",
-                path.display(),
-                BUSY_TIMEOUT.as_secs()
-            ),
+/// Whether SQLite gave up waiting for another process's lock.
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn busy_error(what: &str) -> anyhow::Error {
+    anyhow::Error::new(UserError::new(
+        Code::Locked,
+        format!(
+            "catalog busy: {what} stayed locked by another process for {} s; try again",
+            BUSY_TIMEOUT.as_secs()
         ),
-        Some(ErrorCode::NotADatabase) => (
+    ))
+}
+
+/// Turns a busy catalog into `Locked` and "not a database" into a message that names the
+/// file and what to do.
+fn explain(err: anyhow::Error, path: &Path) -> anyhow::Error {
+    let sqlite = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<rusqlite::Error>());
+    if sqlite.is_some_and(is_busy) {
+        return busy_error(&path.display().to_string());
+    }
+    if sqlite.and_then(|e| e.sqlite_error_code()) == Some(rusqlite::ErrorCode::NotADatabase) {
+        return anyhow::Error::new(UserError::new(
             Code::Failure,
             format!(
                 "{} is not an SQLite catalog: pass --catalog PATH (or NUWAX_BACKUP_CATALOG) for another one, or move that file away",
                 path.display()
             ),
-        ),
-        _ => return err.context(format!("opening catalog {}", path.display())),
-    };
-    anyhow::Error::new(UserError::new(code, message))
+        ));
+    }
+    err.context(format!("opening catalog {}", path.display()))
 }
 
 /// Maps a busy catalog to `Locked` on any statement after opening.
 fn busy(err: rusqlite::Error) -> anyhow::Error {
-    if matches!(
-        err.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked)
-    ) {
-        return anyhow::Error::new(UserError::new(
-            Code::Locked,
-            format!(
-                "catalog busy: it stayed locked by another process for {} s; try again",
-                BUSY_TIMEOUT.as_secs()
-            ),
-        ));
+    if is_busy(&err) {
+        return busy_error("it");
     }
     err.into()
 }

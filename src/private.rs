@@ -26,28 +26,25 @@ pub fn file_mode_in(dir: &Path) -> u32 {
 
 /// Creates `path` (empty) with the private mode for its folder when it does not exist yet.
 pub fn create_file(path: &Path) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(file_mode_in(dir))
-        .open(path)
-    {
-        Ok(_) => Ok(()),
+    match open_new(path) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+        other => other
+            .map(drop)
+            .with_context(|| format!("creating {}", path.display())),
     }
 }
 
 /// Opens a new file for writing with the private mode for its folder (fails when it exists).
 pub fn create_new(path: &Path) -> Result<File> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    open_new(path).with_context(|| format!("creating {}", path.display()))
+}
+
+fn open_new(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(file_mode_in(dir))
+        .mode(file_mode_in(path.parent().unwrap_or(Path::new("."))))
         .open(path)
-        .with_context(|| format!("creating {}", path.display()))
 }
 
 /// Whether every local user can read `dir` (then backups in it are not private).

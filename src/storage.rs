@@ -64,14 +64,14 @@ pub fn partial_path(dir: &Path, project: &str, final_name: &str) -> PathBuf {
 /// holding the project's lock (then no live run of this project owns one).
 pub fn remove_stale_partials(dir: &Path, project: &str) -> Vec<PathBuf> {
     let prefix = format!("{PARTIAL_PREFIX}{project}-");
+    // Also `migrate-<pid>-…`, the name earlier versions gave migrate-storage's copies.
+    let legacy = format!("{PARTIAL_PREFIX}migrate-");
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name();
-        // Also `migrate-<pid>-…`, the name earlier versions gave migrate-storage's copies.
-        let legacy = format!("{PARTIAL_PREFIX}migrate-");
         let Some(rest) = name
             .to_str()
             .and_then(|n| n.strip_prefix(&prefix).or_else(|| n.strip_prefix(&legacy)))

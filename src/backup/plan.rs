@@ -137,7 +137,7 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
         ),
         service_version: version,
         compression: opts.codec.name(),
-        storage: resolve_storage(project, opts, facts),
+        storage: resolve_storage(project, opts.storage.as_deref(), facts),
         created_at: now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         running,
         bytes_needed: items.iter().map(|i| i.size_bytes).sum(),
@@ -265,8 +265,8 @@ fn image_tag(image: &str) -> String {
 /// `--storage` (relative to the current folder), else the catalog's folder for the project
 /// (`migrate-storage`), else `x-nuwax-backup.storage` (relative to the project directory),
 /// else `<project dir>/backups`.
-pub fn resolve_storage(project: &Project, opts: &Options, facts: &Facts) -> PathBuf {
-    let p = if let Some(s) = &opts.storage {
+pub fn resolve_storage(project: &Project, explicit: Option<&Path>, facts: &Facts) -> PathBuf {
+    let p = if let Some(s) = explicit {
         facts.cwd.join(s)
     } else if let Some(s) = &facts.catalog_storage {
         s.clone()
@@ -418,14 +418,14 @@ mod tests {
         };
         assert_eq!(resolve_version(&p, &o), "9");
         assert_eq!(
-            resolve_storage(&p, &o, &facts()),
+            resolve_storage(&p, o.storage.as_deref(), &facts()),
             PathBuf::from("/work/out")
         );
         let f = Facts {
             catalog_storage: Some("/migrated".into()),
             ..facts()
         };
-        assert_eq!(resolve_storage(&p, &opts(), &f), PathBuf::from("/migrated"));
+        assert_eq!(resolve_storage(&p, None, &f), PathBuf::from("/migrated"));
         assert_eq!(image_tag("busybox"), "latest");
         assert_eq!(image_tag("reg:5000/app"), "latest");
         assert_eq!(image_tag("app:1.2@sha256:abc"), "1.2");

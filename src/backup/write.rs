@@ -209,21 +209,8 @@ fn alone(
         .trim()
         .to_string();
     let name = format!("nuwax-fill-{}-read-{volume}", std::process::id());
-    let _ = ctx.docker.output(&["rm", "-f", &name]);
-    ctx.docker
-        .output(&[
-            "create",
-            "--name",
-            &name,
-            "--network",
-            "none",
-            "--log-driver",
-            "none",
-            "-v",
-            &format!("{volume}:/{ALONE_DIR}:ro,nocopy"),
-            &image,
-            "/nuwax-never-started",
-        ])
+    let mount = format!("{volume}:/{ALONE_DIR}:ro,nocopy");
+    crate::restore::engine::create_helper(&ctx.docker, &name, &mount, &image)
         .with_context(|| format!("creating a helper container to read volume {volume} alone"))?;
     created.push(name.clone());
     Ok(name)

@@ -56,15 +56,15 @@ fn health(ctx: &Context, p: &Project) -> Result<Health> {
             _ => None,
         })
         .collect();
-    let from_catalog = if ctx.catalog_path().exists() {
-        ctx.catalog()?.storage_dir(&p.name)?
-    } else {
-        None
+    let facts = crate::backup::plan::Facts {
+        catalog_storage: if ctx.catalog_path().exists() {
+            ctx.catalog()?.storage_dir(&p.name)?
+        } else {
+            None
+        },
+        ..Default::default()
     };
-    let storage = from_catalog.unwrap_or_else(|| match &p.extension.storage {
-        Some(s) => p.dir.join(s),
-        None => p.dir.join("backups"),
-    });
+    let storage = crate::backup::plan::resolve_storage(p, None, &facts);
     Ok(Health {
         interrupted: record.map(|r| Interrupted {
             command: r.command,

@@ -89,6 +89,27 @@ pub fn clean_stale(docker: &Docker) {
     }
 }
 
+/// Creates (never starts) helper container `name` from `image` with volume mount `mount`, no
+/// network and no logs, replacing one of that name. Names start with `nuwax-fill-<pid>-`, so
+/// [`clean_stale`] removes those a killed run left.
+pub fn create_helper(docker: &Docker, name: &str, mount: &str, image: &str) -> Result<()> {
+    let _ = docker.output(&["rm", "-f", name]);
+    docker.output(&[
+        "create",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "--log-driver",
+        "none",
+        "-v",
+        mount,
+        image,
+        "/nuwax-never-started",
+    ])?;
+    Ok(())
+}
+
 pub fn exists(docker: &Docker, volume: &str) -> bool {
     docker.output(&["volume", "inspect", volume]).is_ok()
 }
@@ -189,24 +210,13 @@ impl Filler {
     /// Creates (never starts) a helper container from `image` mounting `volume` with `nocopy`.
     pub fn start(docker: &Docker, volume: &str, image: &str) -> Result<Filler> {
         let container = format!("nuwax-fill-{}-{}", std::process::id(), volume);
-        let _ = docker.output(&["rm", "-f", &container]);
-        docker
-            .output(&[
-                "create",
-                "--name",
-                &container,
-                "--network",
-                "none",
-                "--log-driver",
-                "none",
-                "-v",
-                &format!("{volume}:/{FILL_DIR}:nocopy"),
-                image,
-                "/nuwax-never-started",
-            ])
-            .with_context(|| {
-                format!("creating a helper container from {image} to fill {volume}")
-            })?;
+        create_helper(
+            docker,
+            &container,
+            &format!("{volume}:/{FILL_DIR}:nocopy"),
+            image,
+        )
+        .with_context(|| format!("creating a helper container from {image} to fill {volume}"))?;
         let mut sink = docker.sink(&["cp", "-", &format!("{container}:/")])?;
         let stdin = sink.take_stdin();
         Ok(Filler {

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 
 use super::host::{exchange, remove_any, set_attrs, STAGING_MARK};
 use crate::archive::writer::Attrs;
+use crate::storage::sync_dir;
 
 /// Whether `p` is a folder with a filesystem mounted on it (another device than its parent, or
 /// listed as a mount point, which also catches bind mounts of the same device).
@@ -223,7 +224,7 @@ fn drop_staging(target: &Path, staging: &Path, finished: bool) -> Result<()> {
     if let Some(a) = attrs {
         set_attrs(target, &a, false)?;
     }
-    sync(target)
+    sync_dir(target)
 }
 
 /// Finishes or undoes what a killed rollback left inside mount point `target`: a staging
@@ -308,7 +309,7 @@ fn undo_journal(target: &Path, staging: &Path) -> Result<()> {
             }
         }
     }
-    sync(target)
+    sync_dir(target)
 }
 
 /// The top-level entries of `dir` with their inodes, leaving out `skip`.
@@ -379,13 +380,7 @@ fn write_synced(path: &Path, line: &str) -> Result<()> {
     let mut f = crate::private::create_new(path)?;
     writeln!(f, "{line}")?;
     f.sync_all()?;
-    sync(path.parent().unwrap_or(Path::new(".")))
-}
-
-fn sync(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// The append-only, fsynced journal of one restore into a mount point.
@@ -400,7 +395,7 @@ impl Journal {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?;
-        sync(staging)?;
+        sync_dir(staging)?;
         Ok(Journal(f))
     }
 

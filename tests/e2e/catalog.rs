@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use crate::harness::{Project, Tmpfs};
 
-const BIND_ONLY: &str = r#"
+pub(crate) const BIND_ONLY: &str = r#"
 name: {name}
 services:
   app:

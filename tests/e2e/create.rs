@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{describe_tree, Project, Tmpfs};
 
-const ONE_SERVICE: &str = r#"
+pub(crate) const ONE_SERVICE: &str = r#"
 name: {name}
 services:
   db:

@@ -4,7 +4,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::create::{random_files, start_slow_create};
+use crate::catalog::BIND_ONLY;
+use crate::create::{random_files, start_slow_create, ONE_SERVICE};
 use crate::harness::{describe_tree, Project, Tmpfs, IMAGE};
 
 /// One service whose data bind `./data` is a mount point (the test mounts a tmpfs there).
@@ -166,21 +167,9 @@ fn staging_that_does_not_fit_the_mount_point_refuses_before_stopping() {
     assert!(running(&p, "app"), "nothing was stopped");
 }
 
-const ONE: &str = r#"
-name: {name}
-services:
-  db:
-    image: {image}
-    command: {daemon}
-    restart: always
-    volumes: ["dbdata:/var/lib/db", "./data:/srv/data"]
-volumes:
-  dbdata: {}
-"#;
-
 #[test]
 fn a_killed_create_leaves_a_record_that_recover_and_the_next_create_finish() {
-    let Some(p) = Project::new("killcreate", ONE) else {
+    let Some(p) = Project::new("killcreate", ONE_SERVICE) else {
         return;
     };
     std::fs::create_dir_all(p.path("data")).unwrap();
@@ -239,7 +228,7 @@ fn a_killed_create_leaves_a_record_that_recover_and_the_next_create_finish() {
 
 #[test]
 fn a_rollback_killed_after_the_stop_is_recovered() {
-    let Some(p) = Project::new("killroll", ONE) else {
+    let Some(p) = Project::new("killroll", ONE_SERVICE) else {
         return;
     };
     std::fs::create_dir_all(p.path("data")).unwrap();
@@ -259,7 +248,7 @@ fn a_rollback_killed_after_the_stop_is_recovered() {
 
 #[test]
 fn recover_refuses_while_the_run_is_alive() {
-    let Some(p) = Project::new("alive", ONE) else {
+    let Some(p) = Project::new("alive", ONE_SERVICE) else {
         return;
     };
     random_files(&p.path("data"), 40, 4 << 20);
@@ -273,7 +262,7 @@ fn recover_refuses_while_the_run_is_alive() {
 
 #[test]
 fn delete_of_a_backup_refuses_while_a_create_of_its_project_runs() {
-    let Some(p) = Project::new("dellock", ONE) else {
+    let Some(p) = Project::new("dellock", ONE_SERVICE) else {
         return;
     };
     random_files(&p.path("data"), 40, 4 << 20);
@@ -287,16 +276,6 @@ fn delete_of_a_backup_refuses_while_a_create_of_its_project_runs() {
     let rows = p.plugin(&["list", "--format", "json"]).success().json();
     assert_eq!(rows.as_array().unwrap().len(), 2, "nothing was deleted");
 }
-
-/// A bind-only project with no container: `create` needs nothing running.
-const BIND_ONLY: &str = r#"
-name: {name}
-services:
-  app:
-    image: {image}
-    command: {daemon}
-    volumes: ["./data:/srv/data"]
-"#;
 
 #[test]
 fn six_projects_create_list_and_delete_in_parallel_on_one_fresh_catalog() {
