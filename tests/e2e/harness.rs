@@ -86,7 +86,7 @@ impl Run {
 /// One compose project in a temporary folder, with its own DOCKER_CONFIG and catalog.
 pub struct Project {
     pub name: String,
-    pub dir: tempfile::TempDir,
+    pub dir: Dir,
     config: tempfile::TempDir,
     external_volumes: Vec<String>,
 }
@@ -96,15 +96,27 @@ impl Project {
     /// `{image}` and `{daemon}` filled in; `None` (test skipped) when no engine answers
     /// outside CI.
     pub fn new(test: &str, yaml: &str) -> Option<Project> {
-        if !engine_answers() {
-            eprintln!("skipped {test}: no Docker engine (run scripts/ensure-engine.sh)");
-            return None;
-        }
         let name = format!("nwx-{}-{}", test.replace('_', "-"), std::process::id());
         let dir = tempfile::Builder::new()
             .prefix("nwx-proj-")
             .tempdir()
-            .unwrap();
+            .unwrap()
+            .keep();
+        Project::at(&name, dir, yaml)
+    }
+
+    /// A project with a fixed name in a fixed folder (made empty first, removed at the end):
+    /// for archives whose manifest names their paths.
+    pub fn at(name: &str, dir: PathBuf, yaml: &str) -> Option<Project> {
+        if !engine_answers() {
+            let _ = std::fs::remove_dir_all(&dir);
+            eprintln!("skipped {name}: no Docker engine (run scripts/ensure-engine.sh)");
+            return None;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Dir(dir);
+        let name = name.to_string();
         let config = tempfile::Builder::new()
             .prefix("nwx-cfg-")
             .tempdir()
@@ -254,6 +266,21 @@ impl Project {
         let mut lines: Vec<String> = out.stdout.lines().map(String::from).collect();
         lines.sort();
         lines
+    }
+}
+
+/// A test's project folder, removed with everything in it at the end.
+pub struct Dir(PathBuf);
+
+impl Dir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -2,6 +2,7 @@
 mod catalog;
 mod create;
 mod demo;
+mod fixture;
 mod harness;
 mod plugin;
 mod reliability;
