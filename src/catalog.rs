@@ -6,6 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use crate::exit_codes::{Code, UserError};
+use crate::records::{BackupType, Status, Verification};
 
 /// Append-only: each step moves the schema from version N to N+1 (`PRAGMA user_version`).
 const MIGRATIONS: &[&str] = &[
@@ -43,8 +44,8 @@ pub struct BackupRow {
     pub project_dir: String,
     pub file_path: String,
     pub service_version: String,
-    pub backup_type: String,
-    pub status: String,
+    pub backup_type: BackupType,
+    pub status: Status,
     pub created_at: String,
     pub size_bytes: u64,
     pub sha256: Option<String>,
@@ -61,8 +62,8 @@ pub struct NewBackup<'a> {
     pub project_dir: &'a Path,
     pub file_path: &'a Path,
     pub service_version: &'a str,
-    pub backup_type: &'a str,
-    pub status: &'a str,
+    pub backup_type: BackupType,
+    pub status: Status,
     pub created_at: &'a str,
     pub size_bytes: u64,
     pub sha256: Option<&'a str>,
@@ -184,8 +185,8 @@ impl Catalog {
                 b.project_dir.to_string_lossy(),
                 b.file_path.to_string_lossy(),
                 b.service_version,
-                b.backup_type,
-                b.status,
+                b.backup_type.as_str(),
+                b.status.as_str(),
                 b.created_at,
                 b.size_bytes as i64,
                 b.sha256,
@@ -228,19 +229,19 @@ impl Catalog {
     }
 
     /// Records the outcome of a verification (`ok`, or what is wrong).
-    pub fn record_verification(&self, id: i64, result: &str) -> Result<()> {
+    pub fn record_verification(&self, id: i64, result: &Verification) -> Result<()> {
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
         self.conn
             .execute(
                 "UPDATE backups SET verified_at = ?2, verify_result = ?3 WHERE id = ?1",
-                params![id, now, result],
+                params![id, now, result.to_db()],
             )
             .map_err(busy)?;
         Ok(())
     }
 
     /// The last verification result of a row, if it was ever verified.
-    pub fn verification(&self, id: i64) -> Result<Option<String>> {
+    pub fn verification(&self, id: i64) -> Result<Option<Verification>> {
         Ok(self
             .conn
             .query_row(
@@ -249,7 +250,8 @@ impl Catalog {
                 |r| r.get::<_, Option<String>>(0),
             )
             .optional()?
-            .flatten())
+            .flatten()
+            .map(|s| Verification::from_db(&s)))
     }
 
     /// Points rows at new files and makes `dir` the project's storage folder, all at once.
@@ -303,8 +305,8 @@ fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
         project_dir: r.get(2)?,
         file_path: r.get(3)?,
         service_version: r.get(4)?,
-        backup_type: r.get(5)?,
-        status: r.get(6)?,
+        backup_type: word(r, 5)?,
+        status: word(r, 6)?,
         created_at: r.get(7)?,
         size_bytes: r.get::<_, i64>(8)? as u64,
         sha256: r.get(9)?,
@@ -312,6 +314,14 @@ fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
         compression: r.get(11)?,
         duration_ms: r.get::<_, i64>(12)? as u64,
         error: r.get(13)?,
+    })
+}
+
+/// A typed word (type, status) read from a TEXT column.
+fn word<T: std::str::FromStr<Err = anyhow::Error>>(r: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+    let text: String = r.get(i)?;
+    text.parse().map_err(|e: anyhow::Error| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
     })
 }
 
@@ -347,8 +357,8 @@ mod tests {
             project_dir: Path::new("/p"),
             file_path: Path::new("/p/backups/a.tar.gz"),
             service_version: "1.0",
-            backup_type: "manual",
-            status: "completed",
+            backup_type: BackupType::Manual,
+            status: Status::Completed,
             created_at,
             size_bytes: 10,
             sha256: Some("ab"),

@@ -202,11 +202,11 @@ pub enum BackupType {
     PreUpgrade,
 }
 
-impl BackupType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackupType::Manual => "manual",
-            BackupType::PreUpgrade => "pre-upgrade",
+impl From<BackupType> for crate::records::BackupType {
+    fn from(t: BackupType) -> Self {
+        match t {
+            BackupType::Manual => crate::records::BackupType::Manual,
+            BackupType::PreUpgrade => crate::records::BackupType::PreUpgrade,
         }
     }
 }
@@ -266,6 +266,14 @@ pub struct RollbackArgs {
     /// Skip the backup of the current state taken before anything is replaced.
     #[arg(long)]
     pub no_safety_backup: bool,
+    /// For binds that are mount points too small for a staged copy: empty them, then write
+    /// the backup straight in (undone from the safety backup, not by an atomic swap).
+    #[arg(long)]
+    pub in_place: bool,
+    /// Verify the backup and print the plan: what each volume gets, what stops and starts,
+    /// space needed, images changed since the backup. Changes nothing, takes no lock.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Do not ask for confirmation (needed without a terminal).
     #[arg(short = 'y', long)]
     pub yes: bool,

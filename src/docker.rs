@@ -74,6 +74,21 @@ impl Docker {
 
     /// Runs `docker ARGS…` and returns its stdout. Fails with a [`DockerError`] (mapped to a
     /// user error where the cause is known) when docker exits non-zero.
+    /// The local image ID of each reference the engine has (missing ones are left out).
+    pub fn image_ids<'a>(
+        &self,
+        refs: impl IntoIterator<Item = &'a str>,
+    ) -> std::collections::HashMap<String, String> {
+        refs.into_iter()
+            .filter_map(|r| {
+                let id = self
+                    .output(&["image", "inspect", "--format", "{{.Id}}", r])
+                    .ok()?;
+                Some((r.to_string(), id.trim().to_string()))
+            })
+            .collect()
+    }
+
     pub fn output<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
         self.output_in_group(args, false)
     }

@@ -15,6 +15,7 @@ pub mod plugin;
 pub mod private;
 pub mod prompt;
 pub mod prune;
+pub mod records;
 pub mod recover;
 pub mod restore;
 pub mod runs;

@@ -1,6 +1,7 @@
 //! The retention policy of `prune` (restic's meaning of the keep flags), as a pure function.
 use std::collections::HashSet;
 
+use crate::records::BackupType;
 use chrono::{DateTime, Datelike, Duration, Utc};
 use serde::Serialize;
 
@@ -8,7 +9,7 @@ use serde::Serialize;
 pub struct Candidate {
     pub id: i64,
     pub created: DateTime<Utc>,
-    pub backup_type: String,
+    pub backup_type: BackupType,
     /// Its last `verify` passed.
     pub verified_ok: bool,
 }
@@ -90,7 +91,7 @@ pub fn decide(cands: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<D
     }
     if !policy.prune_recent_safety {
         for (c, d) in sorted.iter().zip(decisions.iter_mut()) {
-            if c.backup_type == "pre-rollback" && now - c.created < Duration::days(1) {
+            if c.backup_type == BackupType::PreRollback && now - c.created < Duration::days(1) {
                 d.reasons.push("safety backup younger than a day".into());
             }
         }
@@ -123,7 +124,7 @@ mod tests {
                 v.push(Candidate {
                     id,
                     created: t + Duration::hours(h),
-                    backup_type: "manual".into(),
+                    backup_type: BackupType::Manual,
                     verified_ok: false,
                 });
                 id += 1;
@@ -223,7 +224,7 @@ mod tests {
         c.push(Candidate {
             id: 999,
             created: now - Duration::hours(2),
-            backup_type: "pre-rollback".into(),
+            backup_type: BackupType::PreRollback,
             verified_ok: false,
         });
         let d = decide(

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::catalog::{Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::output::{note, warn};
+use crate::records::Status;
 use crate::restore::{engine, host, mount};
 use crate::runs::{self, RunRecord};
 use crate::{services, storage, Context};
@@ -42,6 +43,7 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
         record_interrupted_create(catalog, project, &rec)?;
     } else {
         clean_rollback(ctx, project);
+        refill_in_place(ctx, project, &rec)?;
     }
     start_again(ctx, &rec)?;
     runs::remove(&dir, &project.name)?;
@@ -103,8 +105,8 @@ fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunReco
         project_dir: &p.project_dir,
         file_path: &p.storage,
         service_version: &p.service_version,
-        backup_type: &p.backup_type,
-        status: "failed",
+        backup_type: p.backup_type,
+        status: Status::Failed,
         created_at: &p.created_at,
         size_bytes: 0,
         sha256: None,
@@ -133,6 +135,34 @@ fn clean_rollback(ctx: &Context, project: &Project) {
         }
     }
     engine::clean_stale(&ctx.docker);
+}
+
+/// Writes the targets a dead `rollback --in-place` had emptied, and not written whole, back
+/// from its safety backup (the record is kept when that fails, so the next run tries again).
+fn refill_in_place(ctx: &Context, project: &Project, rec: &RunRecord) -> Result<()> {
+    if rec.in_place.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = rec
+        .in_place
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let Some(safety) = &rec.safety_backup else {
+        anyhow::bail!("{} were emptied by the interrupted rollback and no safety backup is recorded: roll back again", shown.join(", "));
+    };
+    note(format!(
+        "putting back {} from the safety backup {}",
+        shown.join(", "),
+        safety.display()
+    ));
+    crate::restore::refill_in_place(ctx, project, safety, &rec.in_place).with_context(|| {
+        format!(
+            "putting back {} from {}",
+            shown.join(", "),
+            safety.display()
+        )
+    })
 }
 
 /// Makes the containers a rollback may have removed, then starts what the run stopped.

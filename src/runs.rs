@@ -17,7 +17,7 @@ pub struct PendingRow {
     pub project_dir: PathBuf,
     pub storage: PathBuf,
     pub service_version: String,
-    pub backup_type: String,
+    pub backup_type: crate::records::BackupType,
     pub compression: String,
     pub created_at: String,
 }
@@ -37,6 +37,12 @@ pub struct RunRecord {
     pub stopped_containers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_row: Option<PendingRow>,
+    /// `rollback --in-place`: targets emptied and not yet completely written, and the safety
+    /// backup that puts them back when the run dies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_place: Vec<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_backup: Option<PathBuf>,
 }
 
 impl RunRecord {
@@ -106,6 +112,8 @@ impl ActiveRun {
                 stopped_services: Vec::new(),
                 stopped_containers: Vec::new(),
                 pending_row: None,
+                in_place: Vec::new(),
+                safety_backup: None,
             },
         };
         run.write()?;
@@ -124,6 +132,21 @@ impl ActiveRun {
         self.record.stopped_services = running.services.clone();
         self.record.stopped_containers = running.containers.clone();
         self.phase("stopping")
+    }
+
+    /// Records the safety backup that can put emptied targets back.
+    pub fn safety_backup(&mut self, file: &Path) -> Result<()> {
+        self.record.safety_backup = Some(file.to_path_buf());
+        self.write()
+    }
+
+    /// Records that `target` is about to be emptied (`done == false`) or was written whole.
+    pub fn in_place(&mut self, target: &Path, done: bool) -> Result<()> {
+        self.record.in_place.retain(|t| t != target);
+        if !done {
+            self.record.in_place.push(target.to_path_buf());
+        }
+        self.write()
     }
 
     pub fn pending_row(&mut self, row: PendingRow) -> Result<()> {

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::records::{BackupType, Role, VolumeKind};
+
 /// Bumped when a reader of an older tool could misread an archive.
 pub const FORMAT_VERSION: u32 = 1;
 /// The manifest's name inside the archive (the last entry).
@@ -20,7 +22,7 @@ pub struct Manifest {
     pub created_at: String,
     pub project: String,
     pub project_dir: PathBuf,
-    pub backup_type: String,
+    pub backup_type: BackupType,
     pub service_version: String,
     pub compression: String,
     /// SHA-256 over the compose files in order (each file's bytes).
@@ -45,6 +47,9 @@ pub struct ServiceRecord {
     pub kind: String,
     pub restart_policy: String,
     pub image: Option<String>,
+    /// The local image ID of `image` when the backup was made (archives before 0.2 lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -56,8 +61,7 @@ pub struct Skipped {
 /// One archived volume: where it came from, where it sits in the archive, and its files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VolumeRecord {
-    /// `volume` or `bind`.
-    pub kind: String,
+    pub kind: VolumeKind,
     /// Engine volume name (named volumes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -71,7 +75,7 @@ pub struct VolumeRecord {
     pub external: bool,
     #[serde(default)]
     pub is_file: bool,
-    pub role: String,
+    pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
     #[serde(default)]

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
-use std::path::{Component, Path};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::hashing::hex;
 use super::manifest::{EntryKind, FileLine, Manifest, FILES_PATH, MANIFEST_PATH};
+use super::safety::PathChecker;
 
 /// Hashes the compressed bytes as they are read (shared, so the hash survives the decoder).
 struct Sha256Reader<R> {
@@ -99,73 +100,7 @@ pub struct Verified {
     pub entries: u64,
 }
 
-/// Why an archive entry may not be extracted, or `None` when it is safe. `symlinks` holds the
-/// symlink paths seen so far: nothing may be written through one.
-pub fn unsafe_entry(
-    path: &[u8],
-    kind: tar::EntryType,
-    link: Option<&[u8]>,
-    symlinks: &[Vec<u8>],
-) -> Option<String> {
-    let shown = String::from_utf8_lossy(path);
-    if !is_plain_relative(path) {
-        return Some(format!("{shown}: absolute path or `..` in the archive"));
-    }
-    match kind {
-        tar::EntryType::Directory
-        | tar::EntryType::Regular
-        | tar::EntryType::Continuous
-        | tar::EntryType::Symlink => {}
-        tar::EntryType::Link => {
-            let target = link.unwrap_or_default();
-            if !is_plain_relative(target)
-                || volume_of(target) != volume_of(path)
-                || volume_of(path).is_none()
-            {
-                return Some(format!(
-                    "{shown}: hard link to {} leaves its volume",
-                    String::from_utf8_lossy(target)
-                ));
-            }
-        }
-        other => {
-            return Some(format!(
-                "{shown}: {other:?} entries (devices, fifos) are refused"
-            ))
-        }
-    }
-    if let Some(s) = symlinks
-        .iter()
-        .find(|s| path.len() > s.len() && path.starts_with(s) && path[s.len()] == b'/')
-    {
-        return Some(format!(
-            "{shown}: written through the symlink {}",
-            String::from_utf8_lossy(s)
-        ));
-    }
-    None
-}
-
-fn is_plain_relative(p: &[u8]) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let path = Path::new(std::ffi::OsStr::from_bytes(p));
-    !p.is_empty()
-        && path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
-
-/// `volumes/<key>` or `binds/<slug>` of an archive path.
-pub fn volume_of(p: &[u8]) -> Option<&[u8]> {
-    let mut parts = p.splitn(3, |b| *b == b'/');
-    let top = parts.next()?;
-    let name = parts.next()?;
-    if (top == b"volumes" || top == b"binds") && !name.is_empty() {
-        Some(&p[..top.len() + 1 + name.len()])
-    } else {
-        None
-    }
-}
+pub use super::safety::volume_of;
 
 struct Seen {
     kind: EntryKind,
@@ -179,7 +114,7 @@ struct Seen {
 pub fn verify(path: &Path, expected_sha256: Option<&str>) -> Result<Verified> {
     let mut opened = open(path)?;
     let mut seen: HashMap<Vec<u8>, Seen> = HashMap::new();
-    let mut symlinks: Vec<Vec<u8>> = Vec::new();
+    let mut checker = PathChecker::default();
     let mut manifest_bytes = None;
     let mut lines_bytes = None;
     let mut entries = 0u64;
@@ -192,7 +127,7 @@ pub fn verify(path: &Path, expected_sha256: Option<&str>) -> Result<Verified> {
             let p = entry.path_bytes().into_owned();
             let kind = entry.header().entry_type();
             let link = entry.link_name_bytes().map(|l| l.into_owned());
-            if let Some(why) = unsafe_entry(&p, kind, link.as_deref(), &symlinks) {
+            if let Some(why) = checker.check(&p, kind, link.as_deref()) {
                 bail!("unsafe entry {why}");
             }
             if p == MANIFEST_PATH.as_bytes() || p == FILES_PATH.as_bytes() {
@@ -213,14 +148,11 @@ pub fn verify(path: &Path, expected_sha256: Option<&str>) -> Result<Verified> {
                     size: 0,
                     blake3: None,
                 },
-                tar::EntryType::Symlink => {
-                    symlinks.push(p.clone());
-                    Seen {
-                        kind: EntryKind::Symlink,
-                        size: 0,
-                        blake3: None,
-                    }
-                }
+                tar::EntryType::Symlink => Seen {
+                    kind: EntryKind::Symlink,
+                    size: 0,
+                    blake3: None,
+                },
                 tar::EntryType::Link => Seen {
                     kind: EntryKind::Hardlink,
                     size: 0,
@@ -345,41 +277,6 @@ fn decode_hex(h: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tar::EntryType as T;
-
-    #[test]
-    fn unsafe_entries_are_named() {
-        let none: Vec<Vec<u8>> = vec![];
-        assert!(unsafe_entry(b"volumes/db/a", T::Regular, None, &none).is_none());
-        assert!(unsafe_entry(b"/etc/passwd", T::Regular, None, &none)
-            .unwrap()
-            .contains("absolute"));
-        assert!(unsafe_entry(b"volumes/db/../../x", T::Regular, None, &none)
-            .unwrap()
-            .contains(".."));
-        assert!(
-            unsafe_entry(b"volumes/db/h", T::Link, Some(b"/etc/passwd"), &none)
-                .unwrap()
-                .contains("hard link")
-        );
-        assert!(
-            unsafe_entry(b"volumes/db/h", T::Link, Some(b"volumes/other/f"), &none)
-                .unwrap()
-                .contains("hard link")
-        );
-        assert!(unsafe_entry(b"volumes/db/h", T::Link, Some(b"volumes/db/f"), &none).is_none());
-        assert!(unsafe_entry(b"volumes/db/dev", T::Char, None, &none)
-            .unwrap()
-            .contains("devices"));
-        assert!(unsafe_entry(b"volumes/db/fifo", T::Fifo, None, &none).is_some());
-        let links = vec![b"volumes/db/l".to_vec()];
-        assert!(
-            unsafe_entry(b"volumes/db/l/passwd", T::Regular, None, &links)
-                .unwrap()
-                .contains("symlink")
-        );
-        assert!(unsafe_entry(b"volumes/db/lx", T::Regular, None, &links).is_none());
-    }
 
     #[test]
     fn volumes_are_found_from_paths() {

@@ -12,6 +12,7 @@ use crate::catalog::{BackupRow, Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
+use crate::records::Status;
 use crate::runs::{ActiveRun, PendingRow};
 use crate::services::{self, Running};
 use crate::{cancel, storage, Context};
@@ -194,7 +195,7 @@ fn pending_row(project: &Project, plan: &Plan) -> PendingRow {
         project_dir: project.dir.clone(),
         storage: plan.storage.clone(),
         service_version: plan.service_version.clone(),
-        backup_type: plan.backup_type.clone(),
+        backup_type: plan.backup_type,
         compression: plan.compression.to_string(),
         created_at: plan.created_at.clone(),
     }
@@ -212,8 +213,8 @@ fn record_completed(
         project_dir: &project.dir,
         file_path: &done.path,
         service_version: &plan.service_version,
-        backup_type: &plan.backup_type,
-        status: "completed",
+        backup_type: plan.backup_type,
+        status: Status::Completed,
         created_at: &plan.created_at,
         size_bytes: done.size,
         sha256: Some(&done.sha256),
@@ -239,8 +240,8 @@ fn record_failure(
         project_dir: &project.dir,
         file_path: &target,
         service_version: &plan.service_version,
-        backup_type: &plan.backup_type,
-        status: "failed",
+        backup_type: plan.backup_type,
+        status: Status::Failed,
         created_at: &plan.created_at,
         size_bytes: 0,
         sha256: None,
@@ -286,6 +287,9 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
             facts.paths.insert(source.clone(), probe(source));
         }
     }
+    facts.image_ids = ctx
+        .docker
+        .image_ids(project.services.iter().filter_map(|s| s.image.as_deref()));
     Ok(facts)
 }
 

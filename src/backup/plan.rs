@@ -9,11 +9,12 @@ use serde::Serialize;
 use crate::archive::manifest::Skipped;
 use crate::archive::Codec;
 use crate::compose::{Kind, Project, Role, Volume};
+use crate::records::BackupType;
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub backup_type: String,
+    pub backup_type: BackupType,
     pub service_version: Option<String>,
     pub codec: Codec,
     pub storage: Option<PathBuf>,
@@ -39,6 +40,8 @@ pub struct Facts {
     /// Driver, options and labels of existing named volumes, as the engine reports them.
     pub volume_details: HashMap<String, VolumeDetails>,
     pub paths: HashMap<PathBuf, (PathKind, u64)>,
+    /// Local image IDs by reference, of the services' images the engine has.
+    pub image_ids: HashMap<String, String>,
     /// A storage folder set by `migrate-storage` for this project.
     pub catalog_storage: Option<PathBuf>,
     pub cwd: PathBuf,
@@ -67,7 +70,7 @@ pub struct Item {
 pub struct Plan {
     pub project: String,
     pub project_dir: PathBuf,
-    pub backup_type: String,
+    pub backup_type: BackupType,
     pub service_version: String,
     pub compression: &'static str,
     pub storage: PathBuf,
@@ -85,6 +88,8 @@ pub struct Plan {
     pub codec: Codec,
     #[serde(skip)]
     pub volume_details: HashMap<String, VolumeDetails>,
+    #[serde(skip)]
+    pub image_ids: HashMap<String, String>,
 }
 
 /// Paths no backup should read: the host's own system folders and the docker socket.
@@ -128,9 +133,9 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
     Plan {
         project: project.name.clone(),
         project_dir: project.dir.clone(),
-        backup_type: opts.backup_type.clone(),
+        backup_type: opts.backup_type,
         archive_name: crate::storage::archive_name(
-            &opts.backup_type,
+            opts.backup_type.as_str(),
             &version,
             now,
             opts.codec.extension(),
@@ -146,6 +151,7 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
         at: now,
         codec: opts.codec,
         volume_details: facts.volume_details.clone(),
+        image_ids: facts.image_ids.clone(),
     }
 }
 
@@ -333,7 +339,7 @@ mod tests {
 
     fn opts() -> Options {
         Options {
-            backup_type: "manual".into(),
+            backup_type: BackupType::Manual,
             service_version: None,
             codec: Codec::Gzip { level: 6 },
             storage: None,

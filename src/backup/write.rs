@@ -16,6 +16,7 @@ use crate::archive::manifest::{self, Manifest, ServiceRecord, Skipped, StoredFil
 use crate::archive::{fs_source, hashing, stream_source, ArchiveWriter};
 use crate::compose::{model, Project, Volume};
 use crate::output::warn;
+use crate::records::VolumeKind;
 use crate::{cancel, storage, Context};
 
 /// Removes the partial archive unless it was published.
@@ -265,7 +266,7 @@ fn record(item: &Item, plan: &Plan, c: Collector<'_>) -> VolumeRecord {
             external,
             ..
         } => (
-            "volume",
+            VolumeKind::Volume,
             Some(name.clone()),
             Some(key.clone()),
             None,
@@ -274,7 +275,14 @@ fn record(item: &Item, plan: &Plan, c: Collector<'_>) -> VolumeRecord {
         ),
         Volume::Bind {
             source, is_file, ..
-        } => ("bind", None, None, Some(source.clone()), false, *is_file),
+        } => (
+            VolumeKind::Bind,
+            None,
+            None,
+            Some(source.clone()),
+            false,
+            *is_file,
+        ),
     };
     let details = name
         .as_ref()
@@ -282,13 +290,13 @@ fn record(item: &Item, plan: &Plan, c: Collector<'_>) -> VolumeRecord {
         .cloned()
         .unwrap_or_default();
     VolumeRecord {
-        kind: kind.into(),
+        kind,
         name,
         key,
         source,
         external,
         is_file,
-        role: item.role.as_str().into(),
+        role: item.role,
         driver: (!details.driver.is_empty()).then_some(details.driver),
         driver_opts: details.options,
         labels: details.labels,
@@ -355,7 +363,7 @@ fn manifest_of(
         created_at: plan.created_at.clone(),
         project: project.name.clone(),
         project_dir: project.dir.clone(),
-        backup_type: plan.backup_type.clone(),
+        backup_type: plan.backup_type,
         service_version: plan.service_version.clone(),
         compression: plan.compression.into(),
         compose_sha256,
@@ -368,6 +376,10 @@ fn manifest_of(
                 kind: s.kind.as_str().into(),
                 restart_policy: s.restart_policy.clone(),
                 image: s.image.clone(),
+                image_id: s
+                    .image
+                    .as_ref()
+                    .and_then(|i| plan.image_ids.get(i).cloned()),
             })
             .collect(),
         volumes,

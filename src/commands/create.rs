@@ -22,7 +22,7 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
         crate::exit_codes::UserError::new(crate::exit_codes::Code::Usage, format!("{e:#}"))
     })?;
     let opts = Options {
-        backup_type: args.backup_type.as_str().into(),
+        backup_type: args.backup_type.into(),
         service_version: args.service_version.clone(),
         codec,
         storage: args.storage.clone(),

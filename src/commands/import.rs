@@ -10,6 +10,7 @@ use crate::catalog::{BackupRow, NewBackup};
 use crate::cli::{Format, ImportArgs};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{note, table, warn, write_json};
+use crate::records::Status;
 use crate::Context;
 
 pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
@@ -61,8 +62,8 @@ pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> 
             project_dir: &m.project_dir,
             file_path: &path,
             service_version: &m.service_version,
-            backup_type: &m.backup_type,
-            status: "completed",
+            backup_type: m.backup_type,
+            status: Status::Completed,
             created_at: &m.created_at,
             size_bytes: v.size,
             sha256: Some(&v.sha256),
@@ -88,7 +89,7 @@ pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> 
                 imported.iter().map(|r| vec![
                     r.id.to_string(),
                     r.project.clone(),
-                    r.backup_type.clone(),
+                    r.backup_type.to_string(),
                     r.service_version.clone(),
                     r.file_path.clone()
                 ])

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::catalog::BackupRow;
 use crate::cli::{ListArgs, ListFormat};
 use crate::output::{human_bytes, table, warn, write_json};
+use crate::records::Status;
 use crate::Context;
 
 #[derive(Serialize)]
@@ -19,7 +20,7 @@ struct Listed<'a> {
 
 /// What is wrong with a completed backup's file, if anything.
 pub fn file_problem(row: &BackupRow) -> Option<&'static str> {
-    if row.status != "completed" {
+    if row.status != Status::Completed {
         return None;
     }
     match std::fs::metadata(Path::new(&row.file_path)) {
@@ -78,10 +79,10 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
                 let mut cells = vec![
                     r.id.to_string(),
                     local_time(&r.created_at),
-                    r.backup_type.clone(),
+                    r.backup_type.to_string(),
                     r.service_version.clone(),
                     human_bytes(r.size_bytes),
-                    r.status.clone(),
+                    r.status.to_string(),
                     file_problem(r)
                         .map(|p| format!("! {p}"))
                         .unwrap_or_default(),

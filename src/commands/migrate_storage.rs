@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::archive::hashing::sha256_file;
 use crate::cli::MigrateArgs;
 use crate::output::{note, warn};
+use crate::records::Status;
 use crate::{storage, Context};
 
 pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()> {
@@ -20,7 +21,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()
     let completed = |c: &crate::catalog::Catalog| -> Result<Vec<_>> {
         Ok(c.list(Some(&project))?
             .into_iter()
-            .filter(|r| r.status == "completed")
+            .filter(|r| r.status == Status::Completed)
             .collect())
     };
     note(format!(

@@ -8,13 +8,14 @@ use crate::cli::{Format, PruneArgs};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{note, table, write_json};
 use crate::prune::{decide, Candidate, Policy};
+use crate::records::{BackupType, Status, Verification};
 use crate::Context;
 
 #[derive(Serialize)]
 struct Line {
     id: i64,
     created_at: String,
-    backup_type: String,
+    backup_type: BackupType,
     keep: bool,
     reasons: Vec<String>,
     file_path: String,
@@ -46,18 +47,18 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
     let rows: Vec<_> = catalog
         .list(Some(&project))?
         .into_iter()
-        .filter(|r| r.status == "completed")
+        .filter(|r| r.status == Status::Completed)
         .collect();
     let mut cands = Vec::new();
     for r in &rows {
         let created = chrono::DateTime::parse_from_rfc3339(&r.created_at)
             .with_context(|| format!("backup #{} has a bad created_at {}", r.id, r.created_at))?
             .with_timezone(&chrono::Utc);
-        let verified_ok = catalog.verification(r.id)?.as_deref() == Some("ok");
+        let verified_ok = catalog.verification(r.id)? == Some(Verification::Ok);
         cands.push(Candidate {
             id: r.id,
             created,
-            backup_type: r.backup_type.clone(),
+            backup_type: r.backup_type,
             verified_ok,
         });
     }
@@ -69,7 +70,7 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
             Some(Line {
                 id: d.id,
                 created_at: r.created_at.clone(),
-                backup_type: r.backup_type.clone(),
+                backup_type: r.backup_type,
                 keep: d.keep,
                 reasons: d.reasons.clone(),
                 file_path: r.file_path.clone(),
@@ -86,7 +87,7 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
                 lines.iter().map(|l| vec![
                     l.id.to_string(),
                     crate::commands::list::local_time(&l.created_at),
-                    l.backup_type.clone(),
+                    l.backup_type.to_string(),
                     if l.keep { "keep" } else { "delete" }.to_string(),
                     l.reasons.join(", "),
                 ])

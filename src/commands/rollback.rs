@@ -1,10 +1,11 @@
-//! `rollback`: restore a backup of the project.
+//! `rollback`: restore a backup of the project (or, with `--dry-run`, show how it would).
 use std::io::Write;
 
 use anyhow::Result;
 
 use crate::cli::{Format, RollbackArgs};
-use crate::output::{note, write_json};
+use crate::output::{human_bytes, note, table, write_json};
+use crate::restore::plan::RollbackPlan;
 use crate::restore::{self, Options};
 use crate::Context;
 
@@ -13,15 +14,23 @@ pub fn run(ctx: &Context, args: &RollbackArgs, out: &mut dyn Write) -> Result<()
         id: args.id,
         data_only: args.data_only,
         excludes: args.exclude.clone(),
+        in_place: args.in_place,
         no_start: args.no_start,
         no_safety_backup: args.no_safety_backup,
         yes: args.yes,
     };
+    if args.dry_run {
+        let (_, _, _, plan) = restore::plan(ctx, &opts)?;
+        return match args.format {
+            Format::Json => write_json(out, &plan),
+            Format::Table => print_plan(out, &plan),
+        };
+    }
     let report = restore::run(ctx, &opts)?;
     note(format!(
         "rolled back to backup #{} ({}): restored {}{}{}",
-        report.backup_id,
-        report.mode,
+        report.plan.backup_id,
+        report.plan.mode.as_str(),
         report.restored.join(", "),
         if report.kept.is_empty() {
             String::new()
@@ -37,4 +46,69 @@ pub fn run(ctx: &Context, args: &RollbackArgs, out: &mut dyn Write) -> Result<()
         write_json(out, &report)?;
     }
     Ok(())
+}
+
+fn print_plan(out: &mut dyn Write, plan: &RollbackPlan) -> Result<()> {
+    writeln!(
+        out,
+        "rollback to backup #{} ({}), nothing changed yet:",
+        plan.backup_id,
+        plan.mode.as_str()
+    )?;
+    let rows = plan.actions.iter().map(|s| {
+        vec![
+            s.target.clone(),
+            s.kind.to_string(),
+            s.role.to_string(),
+            serde_plain(&s.action),
+            serde_plain(&s.io),
+            s.reason.clone(),
+        ]
+    });
+    write!(
+        out,
+        "{}",
+        table(&["TARGET", "KIND", "ROLE", "ACTION", "IO", "REASON"], rows)
+    )?;
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "nothing".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    writeln!(out, "stop:  {}", list(&plan.stop))?;
+    writeln!(out, "start: {}", list(&plan.start))?;
+    for s in &plan.space {
+        writeln!(
+            out,
+            "space: {} needed on the filesystem of {} ({} free)",
+            human_bytes(s.needed_bytes),
+            s.filesystem.display(),
+            human_bytes(s.free_bytes)
+        )?;
+    }
+    for c in &plan.image_changes {
+        writeln!(
+            out,
+            "image: service {} was backed up with {}, now runs {}{}",
+            c.service,
+            c.backup_image,
+            c.current_image,
+            if c.same_tag {
+                " (same tag, another image)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    Ok(())
+}
+
+/// An enum as its JSON word.
+fn serde_plain<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|j| j.as_str().map(String::from))
+        .unwrap_or_default()
 }

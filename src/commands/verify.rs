@@ -9,6 +9,7 @@ use crate::archive::reader;
 use crate::cli::{Format, VerifyArgs};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{table, write_json};
+use crate::records::{Status, Verification};
 use crate::Context;
 
 #[derive(Serialize)]
@@ -35,7 +36,7 @@ pub fn run(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> 
         catalog
             .list(project.as_deref())?
             .into_iter()
-            .filter(|r| r.status == "completed")
+            .filter(|r| r.status == Status::Completed)
             .collect()
     } else {
         let mut rows = Vec::new();
@@ -48,20 +49,20 @@ pub fn run(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> 
     };
     let mut outcomes = Vec::new();
     for r in rows {
-        let result = if r.status != "completed" {
-            format!("not a completed backup ({})", r.status)
+        let result = if r.status != Status::Completed {
+            Verification::Failed(format!("not a completed backup ({})", r.status))
         } else {
             match reader::verify(Path::new(&r.file_path), r.sha256.as_deref()) {
-                Ok(_) => "ok".to_string(),
-                Err(e) => format!("{e:#}"),
+                Ok(_) => Verification::Ok,
+                Err(e) => Verification::Failed(format!("{e:#}")),
             }
         };
         catalog.record_verification(r.id, &result)?;
         outcomes.push(Outcome {
             id: r.id,
             file_path: r.file_path,
-            ok: result == "ok",
-            result,
+            ok: result == Verification::Ok,
+            result: result.to_db().to_string(),
         });
     }
     match args.format {

@@ -41,6 +41,9 @@ pub struct Service {
     pub kind: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Built from source (`build:`): its image is the build's result, not a pulled one.
+    #[serde(skip)]
+    pub built: bool,
     pub containers: Vec<Container>,
 }
 
@@ -219,6 +222,7 @@ pub fn services(cfg: &ConfigJson, by_service: &BTreeMap<String, Vec<Container>>)
                 kind: kind_of(&restart_policy, &containers),
                 restart_policy,
                 image: svc.image.clone(),
+                built: svc.build.is_some(),
                 containers,
             }
         })

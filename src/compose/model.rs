@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// The normalized compose model, as much of it as a backup needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -19,6 +19,8 @@ pub struct ConfigJson {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ServiceJson {
     pub image: Option<String>,
+    #[serde(default)]
+    pub build: Option<serde_json::Value>,
     pub restart: Option<String>,
     pub deploy: Option<Deploy>,
     #[serde(default)]
@@ -80,22 +82,7 @@ pub struct VolumeOverride {
     pub exclude: bool,
 }
 
-/// What a volume holds: `data` is restored by `rollback --data-only`, `app` is not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Data,
-    App,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Data => "data",
-            Role::App => "app",
-        }
-    }
-}
+pub use crate::records::Role;
 
 /// One container as `docker compose ps -a --format json` reports it.
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,144 @@
+//! The words manifests, catalog rows and plans share, as types (serde spells them as the
+//! archives and the catalog always have, so older archives and catalogs still read).
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of volume a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    /// A named volume of the engine.
+    Volume,
+    /// A host path mounted into a container.
+    Bind,
+}
+
+impl VolumeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeKind::Volume => "volume",
+            VolumeKind::Bind => "bind",
+        }
+    }
+}
+
+/// What a volume holds: `data` is restored by `rollback --data-only`, `app` is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Data,
+    App,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Data => "data",
+            Role::App => "app",
+        }
+    }
+}
+
+/// Why a backup was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupType {
+    Manual,
+    PreUpgrade,
+    /// Taken by `rollback` of the state it replaces.
+    PreRollback,
+}
+
+/// The outcome of a run, as the catalog records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Completed,
+    Failed,
+}
+
+macro_rules! words {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = anyhow::Error;
+            fn from_str(s: &str) -> anyhow::Result<Self> {
+                match s {
+                    $($s => Ok(Self::$v),)*
+                    other => anyhow::bail!("unknown {} {other:?}", stringify!($t)),
+                }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+words!(BackupType { Manual => "manual", PreUpgrade => "pre-upgrade", PreRollback => "pre-rollback" });
+words!(Status { Completed => "completed", Failed => "failed" });
+
+impl fmt::Display for VolumeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The last verification of a backup: passed, or what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    Ok,
+    Failed(String),
+}
+
+impl Verification {
+    /// As the catalog stores it: `ok`, or the error.
+    pub fn to_db(&self) -> &str {
+        match self {
+            Verification::Ok => "ok",
+            Verification::Failed(why) => why,
+        }
+    }
+
+    pub fn from_db(s: &str) -> Verification {
+        match s {
+            "ok" => Verification::Ok,
+            other => Verification::Failed(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_as_stored() {
+        for t in [
+            BackupType::Manual,
+            BackupType::PreUpgrade,
+            BackupType::PreRollback,
+        ] {
+            assert_eq!(t.as_str().parse::<BackupType>().unwrap(), t);
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        assert_eq!("failed".parse::<Status>().unwrap(), Status::Failed);
+        assert!("weird".parse::<Status>().is_err());
+        assert_eq!(serde_json::to_value(VolumeKind::Bind).unwrap(), "bind");
+        assert_eq!(Verification::from_db("ok"), Verification::Ok);
+        assert_eq!(Verification::from_db("bad").to_db(), "bad");
+    }
+}

@@ -1,0 +1,153 @@
+//! Executes a plan's steps: reads the archive once and sends each volume's entries to the
+//! sink its action names, recording in the transaction everything it changes.
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+
+use super::plan::{label, Action, Step};
+use super::sink::{Sink, VolumeOut};
+use super::transaction::Transaction;
+use super::{engine, host};
+use crate::archive::reader;
+use crate::compose::Project;
+use crate::output::note;
+use crate::Context;
+
+/// Reads `archive` once and writes the volumes of `steps` (archive folders matched by the
+/// steps' records) as their actions say.
+pub fn extract(
+    ctx: &Context,
+    project: &Project,
+    archive: &Path,
+    steps: &[&Step],
+    txn: &mut Transaction<'_>,
+) -> Result<()> {
+    let mut opened = reader::open(archive)?;
+    let mut ar = tar::Archive::new(&mut opened.tar);
+    let mut current: Option<(&Step, VolumeOut)> = None;
+    for entry in ar.entries().context("reading the archive")? {
+        let mut entry = entry.context("reading the archive")?;
+        crate::cancel::check()?;
+        let path = entry.path_bytes().into_owned();
+        let Some(folder) = reader::volume_of(&path) else {
+            continue;
+        };
+        if current
+            .as_ref()
+            .map(|(_, o)| o.folder != folder)
+            .unwrap_or(true)
+        {
+            if let Some((step, out)) = current.take() {
+                finish(step, out, txn)?;
+            }
+            if let Some(step) = steps
+                .iter()
+                .find(|s| s.record.archive_path.as_bytes() == folder)
+            {
+                note(format!("restoring {}", label(&step.record)));
+                current = Some((step, VolumeOut::new(folder, open(ctx, project, step, txn)?)));
+            }
+        }
+        if let Some((_, out)) = current.as_mut() {
+            out.write(&mut entry)?;
+        }
+    }
+    if let Some((step, out)) = current.take() {
+        finish(step, out, txn)?;
+    }
+    Ok(())
+}
+
+fn finish(step: &Step, out: VolumeOut, txn: &mut Transaction<'_>) -> Result<()> {
+    out.finish()?;
+    if step.action == Action::InPlace {
+        txn.in_place_written(step)?;
+    }
+    Ok(())
+}
+
+/// The sink for one step: staging beside or inside its target, the emptied target itself, or
+/// a helper container of the engine.
+fn open(
+    ctx: &Context,
+    project: &Project,
+    step: &Step,
+    txn: &mut Transaction<'_>,
+) -> Result<Box<dyn Sink>> {
+    let name = || {
+        step.record
+            .name
+            .clone()
+            .context("a named volume without a name in the manifest")
+    };
+    let source = || {
+        step.record
+            .source
+            .clone()
+            .context("a bind without a source in the manifest")
+    };
+    let image = || step.image.clone().context("no image to fill the volume");
+    Ok(match step.action {
+        Action::SwapBind | Action::StageInMount => Box::new(txn.stage(&source()?)?),
+        Action::InPlace => Box::new(txn.empty_in_place(step, &source()?)?),
+        Action::SwapVolume => {
+            let name = name()?;
+            if !engine::exists(&ctx.docker, &name) {
+                txn.recreated(&name);
+                engine::recreate(&ctx.docker, &step.record)?;
+            }
+            let dir = engine::local_mountpoint(&ctx.docker, &name)?
+                .with_context(|| format!("the folder of volume {name} is not on this host"))?;
+            Box::new(txn.stage(&dir)?)
+        }
+        Action::EngineRefill => {
+            let name = name()?;
+            remove_users(ctx, project, &name, txn)?;
+            txn.recreated(&name);
+            engine::recreate(&ctx.docker, &step.record)?;
+            Box::new(engine::Filler::start(&ctx.docker, &name, &image()?)?)
+        }
+        Action::Keep => anyhow::bail!("{} is kept, not restored", step.target),
+    })
+}
+
+/// Removes the project's stopped containers that mount `name` (so it can be recreated).
+fn remove_users(
+    ctx: &Context,
+    project: &Project,
+    name: &str,
+    txn: &mut Transaction<'_>,
+) -> Result<()> {
+    let mut remove = Vec::new();
+    for u in engine::users(&ctx.docker, name)? {
+        if u.project != project.name {
+            anyhow::bail!(
+                "volume {name} is in use by container {} of another project",
+                u.name
+            );
+        }
+        txn.removed_service(&u.service);
+        remove.push(u.name);
+    }
+    if !remove.is_empty() {
+        let mut args = vec!["rm".to_string()];
+        args.extend(remove);
+        ctx.docker
+            .output(&args)
+            .with_context(|| format!("removing the stopped containers that use {name}"))?;
+    }
+    Ok(())
+}
+
+/// Removes what killed rollbacks left beside the host-written targets of `steps`.
+pub fn clean_stale(ctx: &Context, steps: &[&Step]) {
+    for parent in steps
+        .iter()
+        .filter_map(|s| s.record.source.as_ref()?.parent())
+    {
+        host::clean_stale(parent);
+    }
+    if steps.iter().any(|s| s.record.name.is_some()) {
+        engine::clean_stale(&ctx.docker);
+    }
+}

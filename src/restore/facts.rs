@@ -1,0 +1,124 @@
+//! Reads what the rollback plan depends on, before anything changes: which binds are mount
+//! points, whether named volumes can be written on this host, free space where staging
+//! goes, who else uses each volume, which images are here, what runs.
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::engine;
+use super::plan::{self, CurrentImage, Facts, Fs, Request};
+use crate::archive::manifest::{Manifest, ServiceRecord, VolumeRecord};
+use crate::compose::{Project, Volume};
+use crate::records::VolumeKind;
+use crate::services::Running;
+use crate::Context;
+
+pub fn gather(ctx: &Context, project: &Project, m: &Manifest, req: &Request) -> Result<Facts> {
+    let mut f = Facts {
+        project_dir: project.dir.clone(),
+        running: Running::of(project),
+        ..Default::default()
+    };
+    let restored: Vec<&VolumeRecord> = m
+        .volumes
+        .iter()
+        .filter(|v| plan::kept_reason(v, req, &project.dir).is_none())
+        .collect();
+    let refs = project
+        .services
+        .iter()
+        .filter_map(|s| s.image.as_deref())
+        .chain(m.services.iter().filter_map(|s| s.image.as_deref()));
+    let ids = ctx.docker.image_ids(refs);
+    for v in &restored {
+        match v.kind {
+            VolumeKind::Bind => bind_facts(v, &mut f),
+            VolumeKind::Volume => volume_facts(ctx, project, &m.services, v, &ids, &mut f)?,
+        }
+    }
+    if let Some(image) = f.helper_images.values().next() {
+        f.volumes_local = engine::volumes_are_local(&ctx.docker, image)?;
+    }
+    for s in &project.services {
+        let reference = s.image.clone();
+        let id = reference.as_ref().and_then(|r| ids.get(r).cloned());
+        f.current_images.insert(
+            s.name.clone(),
+            CurrentImage {
+                reference,
+                id,
+                built: s.built,
+            },
+        );
+    }
+    Ok(f)
+}
+
+fn bind_facts(v: &VolumeRecord, f: &mut Facts) {
+    let Some(source) = &v.source else { return };
+    let folder = if super::mount::is_mount_point(source) {
+        f.mount_points.insert(source.clone());
+        source.clone()
+    } else {
+        match source.parent() {
+            Some(p) => p.to_path_buf(),
+            None => return,
+        }
+    };
+    if let Some(fs) = filesystem_of(&folder) {
+        f.filesystems.insert(folder, fs);
+    }
+}
+
+/// The filesystem a folder is (or would be, once made) on: its nearest existing ancestor's.
+fn filesystem_of(folder: &Path) -> Option<Fs> {
+    let existing: PathBuf = folder.ancestors().find(|a| a.exists())?.to_path_buf();
+    Some(Fs {
+        device: std::fs::metadata(&existing).ok()?.dev(),
+        free_bytes: crate::storage::free_bytes(&existing).ok()?,
+    })
+}
+
+fn volume_facts(
+    ctx: &Context,
+    project: &Project,
+    services: &[ServiceRecord],
+    v: &VolumeRecord,
+    ids: &std::collections::HashMap<String, String>,
+    f: &mut Facts,
+) -> Result<()> {
+    let Some(name) = v.name.clone() else {
+        return Ok(());
+    };
+    if let Some(u) = engine::users(&ctx.docker, &name)?
+        .into_iter()
+        .find(|u| u.project != project.name)
+    {
+        f.foreign_users.insert(name.clone(), u.name);
+    }
+    if let Some(image) = helper_image(project, services, v).filter(|i| ids.contains_key(i)) {
+        f.helper_images.insert(name, image);
+    }
+    Ok(())
+}
+
+/// An image to fill a named volume with: one of a current service that mounts it, else one
+/// of a service that mounted it when the backup was made.
+fn helper_image(project: &Project, services: &[ServiceRecord], v: &VolumeRecord) -> Option<String> {
+    let current = project.volumes.iter().find_map(|d| match d {
+        Volume::Volume { name, mounts, .. } if Some(name) == v.name.as_ref() => mounts
+            .iter()
+            .find_map(|m| project.service(&m.service).and_then(|s| s.image.clone())),
+        _ => None,
+    });
+    current.or_else(|| {
+        v.mounts.iter().find_map(|m| {
+            let svc = m.split(':').next()?;
+            services
+                .iter()
+                .find(|s| s.name == svc)
+                .and_then(|s| s.image.clone())
+        })
+    })
+}
