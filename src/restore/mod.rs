@@ -112,7 +112,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     let (_lock, project) = crate::recover::lock_and_recover(ctx, project, &catalog, "rollback")?;
     plan.set_running(Running::of(&project), opts.no_start);
     let mut record = ActiveRun::begin(&ctx.runs_dir(), &project.name, "rollback")?;
-    stop_for_restore(ctx, &project, &plan, &mut record)?;
+    stop_for_restore(ctx, &plan, &mut record)?;
     let outcome = stopped_rollback(ctx, opts, &project, &catalog, &row, &plan, &mut record);
     let _ = record.phase("starting");
     let (safety_id, removed, result) = outcome;
@@ -222,7 +222,6 @@ fn confirm(row: &BackupRow, plan: &RollbackPlan, yes: bool) -> Result<()> {
 /// Removes what killed runs left, then stops what runs, recording it first in the run record.
 fn stop_for_restore(
     ctx: &Context,
-    project: &Project,
     plan: &RollbackPlan,
     record: &mut ActiveRun,
 ) -> Result<()> {
@@ -232,7 +231,6 @@ fn stop_for_restore(
         note(format!("stopping {}", plan.running.names().join(", ")));
     }
     record.stopping(&plan.running)?;
-    let _ = project;
     services::stop(&ctx.docker, &ctx.compose, &plan.running)?;
     record.phase("restoring")?;
     crate::fault::point("rollback-restoring");

@@ -57,6 +57,7 @@ impl<'r> Transaction<'r> {
         for e in entries {
             host::remove_any(&e?.path())?;
         }
+        crate::fault::point("in-place-emptied");
         Ok(host::HostWriter::new(target))
     }
 

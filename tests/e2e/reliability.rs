@@ -163,8 +163,47 @@ fn staging_that_does_not_fit_the_mount_point_refuses_before_stopping() {
         run.stderr
     );
     assert!(run.stderr.contains("nothing was changed"), "{}", run.stderr);
+    assert!(run.stderr.contains("--in-place"), "{}", run.stderr);
     assert_eq!(describe_tree(&p.path("data")), before);
     assert!(running(&p, "app"), "nothing was stopped");
+
+    // --in-place empties the mount, then writes: it fits, and its undo is the safety backup.
+    let refused = p
+        .plugin(&["rollback", &id, "--yes", "--in-place", "--no-safety-backup"])
+        .failure(2);
+    assert!(refused.stderr.contains("--in-place needs the safety backup"), "{}", refused.stderr);
+    let plan = p
+        .plugin(&["rollback", &id, "--in-place", "--dry-run", "--format", "json"])
+        .success()
+        .json();
+    assert_eq!(plan["actions"][0]["action"], "in-place", "{plan}");
+    damage(&p.path("data"));
+    let damaged = describe_tree(&p.path("data"));
+    p.plugin(&["rollback", &id, "--yes", "--in-place"]).success();
+    assert_eq!(describe_tree(&p.path("data")), before);
+    assert!(running(&p, "app"));
+
+    // Killed once the mount is emptied: recover puts the previous content back from the
+    // safety backup, exactly, and starts the service.
+    damage_again(&p.path("data"), &damaged);
+    let damaged = describe_tree(&p.path("data"));
+    let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "in-place-emptied")];
+    let run = p.plugin_env(&kill, &["rollback", &id, "--yes", "--in-place"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(!running(&p, "app"));
+    let s = p.plugin(&["status", "--format", "json"]).success().json();
+    assert_eq!(s["interrupted_run"]["command"], "rollback", "{s}");
+    let r = p.plugin(&["recover"]).success();
+    assert!(r.stderr.contains("from the safety backup"), "{}", r.stderr);
+    assert_eq!(describe_tree(&p.path("data")), damaged, "put back exactly");
+    assert!(running(&p, "app"));
+}
+
+/// Makes the tree differ from the archive again, the way `damage` did the first time.
+fn damage_again(d: &Path, damaged_before: &[String]) {
+    std::fs::write(d.join("added.txt"), "added again").unwrap();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert_ne!(describe_tree(d), damaged_before);
 }
 
 #[test]

@@ -693,3 +693,74 @@ fn on_a_terminal_rollback_offers_a_picker_and_asks_before_replacing() {
         "version one"
     );
 }
+
+#[test]
+fn dry_run_shows_the_plan_changes_nothing_and_runs_while_a_create_holds_the_lock() {
+    let Some(p) = seeded("rbplan", APP) else {
+        return;
+    };
+    let id = backup(&p).to_string();
+    // The service now names another image than the one that wrote the data.
+    let newer = format!("{}-img:2", p.name);
+    p.docker(&["tag", crate::harness::IMAGE, &newer]).success();
+    let _untag = Untag(&p, newer.clone());
+    let yaml = APP.replace("{image}", &newer);
+    p.write_compose(&yaml);
+    crate::create::random_files(&p.path("data/big"), 80, 4 << 20);
+    let mut create = crate::create::start_slow_create(
+        &p,
+        &["create", "--stop", "--compression-level", "9"],
+    );
+    let trees = (describe_tree(&p.path("data")), p.volume_tree(&volume(&p)));
+    let states = p.states("db");
+    let rows = p.plugin(&["list", "--format", "json"]).success().stdout;
+    let stored = std::fs::read_dir(p.path("backups")).unwrap().count();
+
+    let plan = p
+        .plugin(&["rollback", &id, "--dry-run", "--format", "json"])
+        .success()
+        .json();
+    let table = p.plugin(&["rollback", &id, "--dry-run"]).success().stdout;
+    let after = (describe_tree(&p.path("data")), p.volume_tree(&volume(&p)));
+    let states_after = p.states("db");
+    let rows_after = p.plugin(&["list", "--format", "json"]).success().stdout;
+    let stored_after = std::fs::read_dir(p.path("backups")).unwrap().count();
+    assert!(create.try_wait().unwrap().is_none(), "the create still holds the lock");
+    assert_eq!(after, trees);
+    assert_eq!(states_after, states);
+    assert_eq!(rows_after, rows);
+    assert_eq!(stored_after, stored);
+
+    assert_eq!(plan["backup_id"].to_string(), id);
+    assert_eq!(plan["mode"], "full");
+    let actions: Vec<(String, String, String)> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().unwrap().to_string();
+            (s("target"), s("action"), s("io"))
+        })
+        .collect();
+    let data = p.path("data").display().to_string();
+    assert!(actions.contains(&(volume(&p), "swap-volume".into(), "host".into())), "{plan}");
+    assert!(actions.contains(&(data, "swap-bind".into(), "host".into())), "{plan}");
+    assert_eq!(
+        plan["image_changes"],
+        serde_json::json!([{"service": "db", "backup_image": crate::harness::IMAGE,
+            "current_image": newer, "same_tag": false}])
+    );
+    assert!(plan["space"][0]["needed_bytes"].as_u64().unwrap() > 0, "{plan}");
+    assert!(table.contains("swap-bind") && table.contains("image: service db"), "{table}");
+
+    assert!(create.wait().unwrap().success());
+}
+
+/// Removes a test's image tag at the end.
+struct Untag<'a>(&'a Project, String);
+
+impl Drop for Untag<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.docker(&["image", "rm", &self.1]);
+    }
+}
