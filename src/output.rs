@@ -12,6 +12,20 @@ pub fn write_json<W: Write + ?Sized, T: Serialize + ?Sized>(out: &mut W, value: 
     Ok(())
 }
 
+/// Prints a command's result in the format asked for: the value as JSON, or the human form
+/// `render` writes. Every command that prints data goes through here.
+pub fn print<T: Serialize + ?Sized>(
+    out: &mut dyn Write,
+    format: crate::cli::Format,
+    value: &T,
+    render: impl FnOnce(&T, &mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    match format {
+        crate::cli::Format::Json => write_json(out, value),
+        crate::cli::Format::Table => render(value, out),
+    }
+}
+
 /// A plain table: a header row and rows of cells, no borders (easy to read and to grep).
 pub fn table<I, R, S>(headers: &[&str], rows: I) -> String
 where

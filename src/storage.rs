@@ -1,7 +1,5 @@
 //! The storage folder: archive names, temporary files, no-clobber publishing, free space.
-use std::ffi::CString;
 use std::fs::File;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -133,15 +131,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Bytes available to this user in the filesystem holding `dir`.
 pub fn free_bytes(dir: &Path) -> Result<u64> {
-    let c = CString::new(dir.as_os_str().as_bytes())?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("reading free space of {}", dir.display()));
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = rustix::fs::statvfs(dir)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("reading free space of {}", dir.display()))?;
+    Ok(st.f_bavail * st.f_frsize)
 }
 
 #[cfg(test)]

@@ -3,21 +3,12 @@ use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
-/// Lowercase hex of a SHA-256 digest.
-pub fn hex(digest: &[u8]) -> String {
-    use std::fmt::Write as _;
-    digest.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// SHA-256 of a whole file, hex.
 pub fn sha256_file(path: &std::path::Path) -> io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     io::copy(&mut f, &mut h)?;
-    Ok(hex(&h.finalize()))
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Counts and hashes bytes read (BLAKE3: the per-file digest, 3-4x cheaper than SHA-256 on
@@ -74,7 +65,7 @@ impl<W: Write> HashingWriter<W> {
 
     /// (the inner writer, bytes written, SHA-256 hex)
     pub fn finish(self) -> (W, u64, String) {
-        (self.inner, self.count, hex(&self.hasher.finalize()))
+        (self.inner, self.count, hex::encode(self.hasher.finalize()))
     }
 }
 

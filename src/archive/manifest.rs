@@ -149,7 +149,7 @@ pub fn path_text(bytes: &[u8]) -> (String, Option<String>) {
         Ok(s) => (s.to_string(), None),
         Err(_) => (
             String::from_utf8_lossy(bytes).into_owned(),
-            Some(super::hashing::hex(bytes)),
+            Some(hex::encode(bytes)),
         ),
     }
 }

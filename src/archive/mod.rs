@@ -9,5 +9,5 @@ pub mod safety;
 pub mod stream_source;
 pub mod writer;
 
-pub use manifest::{EntryKind, FileEntry, Manifest, VolumeRecord};
+pub use manifest::VolumeRecord;
 pub use writer::{ArchiveWriter, Codec};

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::hashing::hex;
 use super::manifest::{EntryKind, FileLine, Manifest, FILES_PATH, MANIFEST_PATH};
 use super::safety::PathChecker;
 
@@ -39,7 +38,7 @@ impl Opened {
     /// SHA-256 and size of the bytes read so far (all of them, once the tar is read to its end).
     pub fn file_digest(&self) -> (String, u64) {
         let s = self.digest.lock().expect("hash state");
-        (hex(&s.0.clone().finalize()), s.1)
+        (hex::encode(s.0.clone().finalize()), s.1)
     }
 }
 
@@ -97,7 +96,6 @@ pub struct Verified {
     pub manifest: Manifest,
     pub sha256: String,
     pub size: u64,
-    pub entries: u64,
 }
 
 pub use super::safety::volume_of;
@@ -117,13 +115,11 @@ pub fn verify(path: &Path, expected_sha256: Option<&str>) -> Result<Verified> {
     let mut checker = PathChecker::default();
     let mut manifest_bytes = None;
     let mut lines_bytes = None;
-    let mut entries = 0u64;
     {
         let mut archive = tar::Archive::new(&mut opened.tar);
         for entry in archive.entries().context("reading the archive")? {
             let mut entry = entry.context("the archive is damaged or cut short")?;
             crate::cancel::check()?;
-            entries += 1;
             let p = entry.path_bytes().into_owned();
             let kind = entry.header().entry_type();
             let link = entry.link_name_bytes().map(|l| l.into_owned());
@@ -142,33 +138,7 @@ pub fn verify(path: &Path, expected_sha256: Option<&str>) -> Result<Verified> {
                 }
                 continue;
             }
-            let record = match kind {
-                tar::EntryType::Directory => Seen {
-                    kind: EntryKind::Dir,
-                    size: 0,
-                    blake3: None,
-                },
-                tar::EntryType::Symlink => Seen {
-                    kind: EntryKind::Symlink,
-                    size: 0,
-                    blake3: None,
-                },
-                tar::EntryType::Link => Seen {
-                    kind: EntryKind::Hardlink,
-                    size: 0,
-                    blake3: None,
-                },
-                _ => {
-                    let mut h = blake3::Hasher::new();
-                    let n = copy_into_hasher(&mut entry, &mut h)
-                        .context("the archive is damaged or cut short")?;
-                    Seen {
-                        kind: EntryKind::File,
-                        size: n,
-                        blake3: Some(h.finalize().to_hex().to_string()),
-                    }
-                }
-            };
+            let record = seen_of(kind, &mut entry)?;
             seen.insert(p, record);
         }
     }
@@ -197,7 +167,30 @@ pub fn verify(path: &Path, expected_sha256: Option<&str>) -> Result<Verified> {
         manifest,
         sha256,
         size,
-        entries,
+    })
+}
+
+/// What an entry holds, for comparison with its manifest line (files hashed with BLAKE3).
+fn seen_of(kind: tar::EntryType, entry: &mut dyn Read) -> Result<Seen> {
+    let plain = |kind| Seen {
+        kind,
+        size: 0,
+        blake3: None,
+    };
+    Ok(match kind {
+        tar::EntryType::Directory => plain(EntryKind::Dir),
+        tar::EntryType::Symlink => plain(EntryKind::Symlink),
+        tar::EntryType::Link => plain(EntryKind::Hardlink),
+        _ => {
+            let mut h = blake3::Hasher::new();
+            let n =
+                copy_into_hasher(entry, &mut h).context("the archive is damaged or cut short")?;
+            Seen {
+                kind: EntryKind::File,
+                size: n,
+                blake3: Some(h.finalize().to_hex().to_string()),
+            }
+        }
     })
 }
 
@@ -213,7 +206,9 @@ fn check_lines(bytes: &[u8], seen: &HashMap<Vec<u8>, Seen>) -> Result<()> {
         let l: FileLine = serde_json::from_slice(line)
             .with_context(|| format!("manifest-files.jsonl line {} is not valid", i + 1))?;
         let rel = match &l.entry.path_hex {
-            Some(h) => decode_hex(h).with_context(|| format!("bad path_hex on line {}", i + 1))?,
+            Some(h) => hex::decode(h)
+                .ok()
+                .with_context(|| format!("bad path_hex on line {}", i + 1))?,
             None => l.entry.path.clone().into_bytes(),
         };
         let mut full = l.volume.clone().into_bytes();
@@ -267,13 +262,6 @@ fn copy_into_hasher(r: &mut dyn Read, h: &mut blake3::Hasher) -> io::Result<u64>
     }
 }
 
-fn decode_hex(h: &str) -> Option<Vec<u8>> {
-    (0..h.len())
-        .step_by(2)
-        .map(|i| h.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,11 +272,5 @@ mod tests {
         assert_eq!(volume_of(b"binds/conf"), Some(&b"binds/conf"[..]));
         assert_eq!(volume_of(b"compose/compose.yaml"), None);
         assert_eq!(volume_of(b"manifest.json"), None);
-    }
-
-    #[test]
-    fn hex_paths_decode() {
-        assert_eq!(decode_hex("ff41"), Some(vec![0xff, 0x41]));
-        assert_eq!(decode_hex("zz"), None);
     }
 }

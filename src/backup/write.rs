@@ -13,7 +13,7 @@ use super::plan::{Item, Plan};
 use super::Written;
 use crate::archive::collector::Collector;
 use crate::archive::manifest::{self, Manifest, ServiceRecord, Skipped, StoredFile, VolumeRecord};
-use crate::archive::{fs_source, hashing, stream_source, ArchiveWriter};
+use crate::archive::{fs_source, stream_source, ArchiveWriter};
 use crate::compose::{model, Project, Volume};
 use crate::output::warn;
 use crate::records::VolumeKind;
@@ -343,10 +343,10 @@ fn store_compose_files(
         stored.push(StoredFile {
             source: src.clone(),
             archive_path: name,
-            sha256: hashing::hex(&Sha256::digest(&data)),
+            sha256: hex::encode(Sha256::digest(&data)),
         });
     }
-    Ok((stored, hashing::hex(&compose_hash.finalize())))
+    Ok((stored, hex::encode(compose_hash.finalize())))
 }
 
 fn manifest_of(

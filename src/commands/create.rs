@@ -4,9 +4,10 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::archive::Codec;
+use crate::backup::plan::Plan;
 use crate::backup::{self, Options, Outcome};
 use crate::cli::{Compression, CreateArgs, Format};
-use crate::output::{human_bytes, note, table, write_json};
+use crate::output::{human_bytes, note, print, table, write_json};
 use crate::Context;
 
 pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> {
@@ -30,55 +31,9 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
         include_external_binds: args.include_external_binds,
     };
     match backup::run(ctx, &opts, args.dry_run)? {
-        Outcome::DryRun(plan) => match args.format {
-            Format::Json => write_json(out, &plan),
-            Format::Table => {
-                writeln!(
-                    out,
-                    "Would write {}",
-                    plan.storage.join(&plan.archive_name).display()
-                )?;
-                if plan.running.is_empty() {
-                    writeln!(out, "Nothing is running: no service stops.")?;
-                } else if args.stop {
-                    writeln!(
-                        out,
-                        "Would stop, then start again: {}",
-                        plan.running.join(", ")
-                    )?;
-                } else {
-                    writeln!(
-                        out,
-                        "Refused as things stand, running: {} (stop them or pass --stop)",
-                        plan.running.join(", ")
-                    )?;
-                }
-                let rows = plan.volumes.iter().map(|v| {
-                    let role = v.role.as_str().to_string();
-                    vec![
-                        v.volume.clone(),
-                        v.kind.to_string(),
-                        role,
-                        human_bytes(v.size_bytes),
-                        v.archive_path.clone(),
-                    ]
-                });
-                write!(
-                    out,
-                    "{}",
-                    table(&["VOLUME", "KIND", "ROLE", "SIZE", "IN ARCHIVE"], rows)
-                )?;
-                for s in &plan.skipped {
-                    writeln!(out, "skipped {}: {}", s.volume, s.reason)?;
-                }
-                writeln!(
-                    out,
-                    "Space needed: up to {}",
-                    human_bytes(plan.bytes_needed)
-                )?;
-                Ok(())
-            }
-        },
+        Outcome::DryRun(plan) => print(out, args.format, &plan, |plan, out| {
+            print_plan(plan, args.stop, out)
+        }),
         Outcome::Done(row) => {
             note(format!(
                 "backup #{} completed: {} ({}, {} files, {:.1} s)",
@@ -94,4 +49,40 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
             Ok(())
         }
     }
+}
+
+fn print_plan(plan: &Plan, stop: bool, out: &mut dyn Write) -> Result<()> {
+    let target = plan.storage.join(&plan.archive_name);
+    writeln!(out, "Would write {}", target.display())?;
+    let running = plan.running.join(", ");
+    if plan.running.is_empty() {
+        writeln!(out, "Nothing is running: no service stops.")?;
+    } else if stop {
+        writeln!(out, "Would stop, then start again: {running}")?;
+    } else {
+        writeln!(
+            out,
+            "Refused as things stand, running: {running} (stop them or pass --stop)"
+        )?;
+    }
+    let rows = plan.volumes.iter().map(|v| {
+        vec![
+            v.volume.clone(),
+            v.kind.to_string(),
+            v.role.as_str().to_string(),
+            human_bytes(v.size_bytes),
+            v.archive_path.clone(),
+        ]
+    });
+    let headers = ["VOLUME", "KIND", "ROLE", "SIZE", "IN ARCHIVE"];
+    write!(out, "{}", table(&headers, rows))?;
+    for s in &plan.skipped {
+        writeln!(out, "skipped {}: {}", s.volume, s.reason)?;
+    }
+    writeln!(
+        out,
+        "Space needed: up to {}",
+        human_bytes(plan.bytes_needed)
+    )?;
+    Ok(())
 }

@@ -7,9 +7,9 @@ use anyhow::{Context as _, Result};
 
 use crate::archive::reader;
 use crate::catalog::{BackupRow, NewBackup};
-use crate::cli::{Format, ImportArgs};
+use crate::cli::ImportArgs;
 use crate::exit_codes::{Code, UserError};
-use crate::output::{note, table, warn, write_json};
+use crate::output::{note, print, table, warn};
 use crate::records::Status;
 use crate::Context;
 
@@ -79,24 +79,19 @@ pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> 
         imported.len(),
         given.display()
     ));
-    match args.format {
-        Format::Json => write_json(out, &imported)?,
-        Format::Table => write!(
-            out,
-            "{}",
-            table(
-                &["ID", "PROJECT", "TYPE", "VERSION", "FILE"],
-                imported.iter().map(|r| vec![
-                    r.id.to_string(),
-                    r.project.clone(),
-                    r.backup_type.to_string(),
-                    r.service_version.clone(),
-                    r.file_path.clone()
-                ])
-            )
-        )?,
-    }
-    Ok(())
+    print(out, args.format, &imported, |imported, out| {
+        let rows = imported.iter().map(|r| {
+            vec![
+                r.id.to_string(),
+                r.project.clone(),
+                r.backup_type.to_string(),
+                r.service_version.clone(),
+                r.file_path.clone(),
+            ]
+        });
+        let headers = ["ID", "PROJECT", "TYPE", "VERSION", "FILE"];
+        Ok(write!(out, "{}", table(&headers, rows))?)
+    })
 }
 
 /// The visible files of `dir`, sorted (each is tried as an archive).

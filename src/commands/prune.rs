@@ -4,9 +4,10 @@ use std::io::Write;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::cli::{Format, PruneArgs};
+use crate::catalog::Catalog;
+use crate::cli::PruneArgs;
 use crate::exit_codes::{Code, UserError};
-use crate::output::{note, table, write_json};
+use crate::output::{note, print, table};
 use crate::prune::{decide, Candidate, Policy};
 use crate::records::{BackupType, Status, Verification};
 use crate::Context;
@@ -44,8 +45,51 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
     } else {
         Some(ctx.lock(&project, "prune")?)
     };
+    let lines = decide_lines(&catalog, &project, &policy)?;
+    print(out, args.format, &lines, |lines, out| {
+        let rows = lines.iter().map(|l| {
+            vec![
+                l.id.to_string(),
+                crate::commands::list::local_time(&l.created_at),
+                l.backup_type.to_string(),
+                if l.keep { "keep" } else { "delete" }.to_string(),
+                l.reasons.join(", "),
+            ]
+        });
+        let headers = ["ID", "CREATED", "TYPE", "ACTION", "WHY"];
+        Ok(write!(out, "{}", table(&headers, rows))?)
+    })?;
+    let doomed: Vec<&Line> = lines.iter().filter(|l| !l.keep).collect();
+    if args.dry_run || doomed.is_empty() {
+        let dry = if args.dry_run {
+            " (dry run: nothing deleted)"
+        } else {
+            ""
+        };
+        note(format!("{} to delete{dry}", doomed.len()));
+        return Ok(());
+    }
+    crate::prompt::confirm(
+        args.yes,
+        &format!("Delete {} backup(s)?", doomed.len()),
+        "pruning backups",
+    )?;
+    for l in &doomed {
+        match std::fs::remove_file(&l.file_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", l.file_path)),
+        }
+        catalog.delete(l.id)?;
+    }
+    note(format!("deleted {} backup(s)", doomed.len()));
+    Ok(())
+}
+
+/// The policy's decision on each completed backup of `project`, with the reasons.
+fn decide_lines(catalog: &Catalog, project: &str, policy: &Policy) -> Result<Vec<Line>> {
     let rows: Vec<_> = catalog
-        .list(Some(&project))?
+        .list(Some(project))?
         .into_iter()
         .filter(|r| r.status == Status::Completed)
         .collect();
@@ -54,16 +98,15 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
         let created = chrono::DateTime::parse_from_rfc3339(&r.created_at)
             .with_context(|| format!("backup #{} has a bad created_at {}", r.id, r.created_at))?
             .with_timezone(&chrono::Utc);
-        let verified_ok = catalog.verification(r.id)? == Some(Verification::Ok);
         cands.push(Candidate {
             id: r.id,
             created,
             backup_type: r.backup_type,
-            verified_ok,
+            verified_ok: catalog.verification(r.id)? == Some(Verification::Ok),
         });
     }
-    let decisions = decide(&cands, &policy, chrono::Utc::now());
-    let lines: Vec<Line> = decisions
+    let decisions = decide(&cands, policy, chrono::Utc::now());
+    Ok(decisions
         .iter()
         .filter_map(|d| {
             let r = rows.iter().find(|r| r.id == d.id)?;
@@ -76,53 +119,5 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
                 file_path: r.file_path.clone(),
             })
         })
-        .collect();
-    match args.format {
-        Format::Json => write_json(out, &lines)?,
-        Format::Table => write!(
-            out,
-            "{}",
-            table(
-                &["ID", "CREATED", "TYPE", "ACTION", "WHY"],
-                lines.iter().map(|l| vec![
-                    l.id.to_string(),
-                    crate::commands::list::local_time(&l.created_at),
-                    l.backup_type.to_string(),
-                    if l.keep { "keep" } else { "delete" }.to_string(),
-                    l.reasons.join(", "),
-                ])
-            )
-        )?,
-    }
-    let doomed: Vec<&Line> = lines.iter().filter(|l| !l.keep).collect();
-    if args.dry_run || doomed.is_empty() {
-        note(format!(
-            "{} to delete{}",
-            doomed.len(),
-            if args.dry_run {
-                " (dry run: nothing deleted)"
-            } else {
-                ""
-            }
-        ));
-        return Ok(());
-    }
-    crate::prompt::confirm(
-        args.yes,
-        &format!("Delete {} backup(s)?", doomed.len()),
-        "pruning backups",
-    )?;
-    for l in doomed {
-        match std::fs::remove_file(&l.file_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", l.file_path)),
-        }
-        catalog.delete(l.id)?;
-    }
-    note(format!(
-        "deleted {} backup(s)",
-        lines.iter().filter(|l| !l.keep).count()
-    ));
-    Ok(())
+        .collect())
 }

@@ -4,9 +4,9 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::catalog::Catalog;
-use crate::cli::{Format, StatusArgs};
+use crate::cli::StatusArgs;
 use crate::compose::Project;
-use crate::output::{note, write_json};
+use crate::output::{note, print};
 use crate::Context;
 
 /// Exits 0 (done, or nothing to do), 9 (the run is alive: its lock is held), 11 (starting
@@ -19,24 +19,21 @@ pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> 
     if done.is_empty() {
         note(format!("project {}: nothing to recover", project.name));
     }
-    match args.format {
-        Format::Json => write_json(out, &done),
-        Format::Table => {
-            if let Some(r) = &done.interrupted_run {
-                writeln!(
-                    out,
-                    "recovered the interrupted {} (pid {}, phase {}); started: {}",
-                    r.command,
-                    r.pid,
-                    r.phase,
-                    if done.started.is_empty() {
-                        "nothing".into()
-                    } else {
-                        done.started.join(", ")
-                    }
-                )?;
-            }
-            Ok(())
+    print(out, args.format, &done, |done, out| {
+        if let Some(r) = &done.interrupted_run {
+            writeln!(
+                out,
+                "recovered the interrupted {} (pid {}, phase {}); started: {}",
+                r.command,
+                r.pid,
+                r.phase,
+                if done.started.is_empty() {
+                    "nothing".into()
+                } else {
+                    done.started.join(", ")
+                }
+            )?;
         }
-    }
+        Ok(())
+    })
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::cli::{Format, RollbackArgs};
-use crate::output::{human_bytes, note, table, write_json};
+use crate::output::{human_bytes, note, print, table, write_json};
 use crate::restore::plan::RollbackPlan;
 use crate::restore::{self, Options};
 use crate::Context;
@@ -21,10 +21,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs, out: &mut dyn Write) -> Result<()
     };
     if args.dry_run {
         let (_, _, _, plan) = restore::plan(ctx, &opts)?;
-        return match args.format {
-            Format::Json => write_json(out, &plan),
-            Format::Table => print_plan(out, &plan),
-        };
+        return print(out, args.format, &plan, print_plan);
     }
     let report = restore::run(ctx, &opts)?;
     note(format!(
@@ -48,7 +45,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs, out: &mut dyn Write) -> Result<()
     Ok(())
 }
 
-fn print_plan(out: &mut dyn Write, plan: &RollbackPlan) -> Result<()> {
+fn print_plan(plan: &RollbackPlan, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
         "rollback to backup #{} ({}), nothing changed yet:",

@@ -4,9 +4,9 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::cli::{Format, StatusArgs};
+use crate::cli::StatusArgs;
 use crate::compose::{Blocker, Container, Project, Service, Volume};
-use crate::output::{table, write_json};
+use crate::output::{print, table};
 use crate::Context;
 
 #[derive(Serialize)]
@@ -27,7 +27,7 @@ struct StatusJson<'a> {
 }
 
 /// A run whose record exists while nobody holds the project's lock: it died.
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Interrupted {
     command: String,
     pid: u32,
@@ -88,28 +88,23 @@ pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> 
     if let Some(w) = &health.storage_warning {
         crate::output::warn(w.clone());
     }
-    match args.format {
-        Format::Json => write_json(
-            out,
-            &StatusJson {
-                project: &project.name,
-                project_dir: &project.dir,
-                compose_files: &project.compose_files,
-                services: &project.services,
-                volumes: &project.volumes,
-                other_containers: &project.others,
-                cold_backup_ready: blockers.is_empty() && health.interrupted.is_none(),
-                blockers,
-                interrupted_run: health.interrupted,
-                mixed: health.mixed,
-                storage_warning: health.storage_warning,
-            },
-        ),
-        Format::Table => {
-            write_table(&project, &blockers, out)?;
-            write_health(&health, out)
-        }
-    }
+    let json = StatusJson {
+        project: &project.name,
+        project_dir: &project.dir,
+        compose_files: &project.compose_files,
+        services: &project.services,
+        volumes: &project.volumes,
+        other_containers: &project.others,
+        cold_backup_ready: blockers.is_empty() && health.interrupted.is_none(),
+        blockers: blockers.clone(),
+        interrupted_run: health.interrupted.clone(),
+        mixed: health.mixed.clone(),
+        storage_warning: health.storage_warning.clone(),
+    };
+    print(out, args.format, &json, |_, out| {
+        write_table(&project, &blockers, out)?;
+        write_health(&health, out)
+    })
 }
 
 fn write_health(h: &Health, out: &mut dyn Write) -> Result<()> {

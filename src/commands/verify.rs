@@ -6,9 +6,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::archive::reader;
-use crate::cli::{Format, VerifyArgs};
+use crate::cli::VerifyArgs;
 use crate::exit_codes::{Code, UserError};
-use crate::output::{table, write_json};
+use crate::output::{print, table};
 use crate::records::{Status, Verification};
 use crate::Context;
 
@@ -65,21 +65,12 @@ pub fn run(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> 
             result: result.to_db().to_string(),
         });
     }
-    match args.format {
-        Format::Json => write_json(out, &outcomes)?,
-        Format::Table => write!(
-            out,
-            "{}",
-            table(
-                &["ID", "RESULT", "FILE"],
-                outcomes.iter().map(|o| vec![
-                    o.id.to_string(),
-                    o.result.clone(),
-                    o.file_path.clone()
-                ])
-            )
-        )?,
-    }
+    print(out, args.format, &outcomes, |outcomes, out| {
+        let rows = outcomes
+            .iter()
+            .map(|o| vec![o.id.to_string(), o.result.clone(), o.file_path.clone()]);
+        Ok(write!(out, "{}", table(&["ID", "RESULT", "FILE"], rows))?)
+    })?;
     let bad: Vec<String> = outcomes
         .iter()
         .filter(|o| !o.ok)

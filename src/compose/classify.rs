@@ -374,7 +374,6 @@ mod tests {
         ServiceJson {
             restart: restart.map(String::from),
             deploy: condition.map(|c| Deploy {
-                replicas: None,
                 restart_policy: Some(RestartPolicyJson {
                     condition: c.map(String::from),
                     max_attempts: max,

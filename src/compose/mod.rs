@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cli::ComposeArgs;
 use crate::docker::Docker;
-pub use classify::{Blocker, Container, Kind, Mount, Service, Volume};
+pub use classify::{Blocker, Container, Kind, Service, Volume};
 pub use model::{ConfigJson, Extension, Role};
 
 /// Everything known about one compose project at one moment.

@@ -29,7 +29,6 @@ pub struct ServiceJson {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Deploy {
-    pub replicas: Option<u64>,
     pub restart_policy: Option<RestartPolicyJson>,
 }
 
@@ -93,8 +92,6 @@ pub struct PsEntry {
     pub service: String,
     #[serde(rename = "State", default)]
     pub state: String,
-    #[serde(rename = "Image", default)]
-    pub image: String,
     #[serde(rename = "Labels", default)]
     pub labels: String,
 }

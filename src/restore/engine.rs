@@ -18,14 +18,13 @@ const FILL_DIR: &str = ".nuwax-fill";
 #[derive(Debug, Clone)]
 pub struct User {
     pub name: String,
-    pub state: String,
     pub project: String,
     pub service: String,
 }
 
 /// Every container (of any project) that mounts `volume`.
 pub fn users(docker: &Docker, volume: &str) -> Result<Vec<User>> {
-    let fmt = "{{.Names}}\t{{.State}}\t{{.Label \"com.docker.compose.project\"}}\t{{.Label \"com.docker.compose.service\"}}";
+    let fmt = "{{.Names}}\t{{.Label \"com.docker.compose.project\"}}\t{{.Label \"com.docker.compose.service\"}}";
     let out = docker.output(&[
         "ps",
         "-a",
@@ -41,7 +40,6 @@ pub fn users(docker: &Docker, volume: &str) -> Result<Vec<User>> {
             let mut f = l.split('\t').map(String::from);
             User {
                 name: f.next().unwrap_or_default(),
-                state: f.next().unwrap_or_default(),
                 project: f.next().unwrap_or_default(),
                 service: f.next().unwrap_or_default(),
             }

@@ -1,6 +1,5 @@
 //! Bind mounts: extract a volume into a staging path beside its target, then swap the two
 //! atomically (`renameat2(RENAME_EXCHANGE)`); the old content is removed only at the end.
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -126,20 +125,9 @@ impl Staged {
 }
 
 pub(super) fn exchange(a: &Path, b: &Path) -> Result<()> {
-    let ca = CString::new(a.as_os_str().as_bytes())?;
-    let cb = CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: both are valid NUL-terminated paths.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    if let Err(e) = renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        return Err(io::Error::from(e)).with_context(|| {
             format!(
                 "swapping {} and {} (both must be on one filesystem that supports RENAME_EXCHANGE)",
                 a.display(),
@@ -227,13 +215,10 @@ impl HostWriter {
 /// Flushes the filesystem holding `p` (one call for every file written, instead of an fsync
 /// per file): the staged content is on disk before it is swapped in.
 fn syncfs(p: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
     let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    // SAFETY: a valid open file descriptor.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("syncing {}", p.display()));
-    }
-    Ok(())
+    rustix::fs::syncfs(&f)
+        .map_err(io::Error::from)
+        .with_context(|| format!("syncing {}", p.display()))
 }
 
 /// Owner, then mode (a chown clears set-id bits), then mtime; symlinks keep their own mode.
@@ -243,25 +228,22 @@ pub(super) fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
     if !is_link {
         fs::set_permissions(p, fs::Permissions::from_mode(a.mode & 0o7777)).with_context(ctx)?;
     }
-    let c = CString::new(p.as_os_str().as_bytes())?;
-    let t = libc::timespec {
-        tv_sec: a.mtime as libc::time_t,
+    let t = rustix::fs::Timespec {
+        tv_sec: a.mtime as i64,
         tv_nsec: 0,
     };
-    let times = [t, t];
-    // SAFETY: valid path and two timespecs, as utimensat requires.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
     };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).with_context(ctx);
-    }
-    Ok(())
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
+    .with_context(ctx)
 }
 
 #[cfg(test)]

@@ -220,11 +220,7 @@ fn confirm(row: &BackupRow, plan: &RollbackPlan, yes: bool) -> Result<()> {
 }
 
 /// Removes what killed runs left, then stops what runs, recording it first in the run record.
-fn stop_for_restore(
-    ctx: &Context,
-    plan: &RollbackPlan,
-    record: &mut ActiveRun,
-) -> Result<()> {
+fn stop_for_restore(ctx: &Context, plan: &RollbackPlan, record: &mut ActiveRun) -> Result<()> {
     let steps: Vec<&Step> = plan.restoring().collect();
     apply::clean_stale(ctx, &steps);
     if !plan.running.is_empty() {

@@ -171,15 +171,29 @@ fn staging_that_does_not_fit_the_mount_point_refuses_before_stopping() {
     let refused = p
         .plugin(&["rollback", &id, "--yes", "--in-place", "--no-safety-backup"])
         .failure(2);
-    assert!(refused.stderr.contains("--in-place needs the safety backup"), "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("--in-place needs the safety backup"),
+        "{}",
+        refused.stderr
+    );
     let plan = p
-        .plugin(&["rollback", &id, "--in-place", "--dry-run", "--format", "json"])
+        .plugin(&[
+            "rollback",
+            &id,
+            "--in-place",
+            "--dry-run",
+            "--format",
+            "json",
+        ])
         .success()
         .json();
     assert_eq!(plan["actions"][0]["action"], "in-place", "{plan}");
     damage(&p.path("data"));
     let damaged = describe_tree(&p.path("data"));
-    p.plugin(&["rollback", &id, "--yes", "--in-place"]).success();
+    p.plugin(&["rollback", &id, "--yes", "--in-place"])
+        .success();
     assert_eq!(describe_tree(&p.path("data")), before);
     assert!(running(&p, "app"));
 

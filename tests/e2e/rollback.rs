@@ -707,10 +707,8 @@ fn dry_run_shows_the_plan_changes_nothing_and_runs_while_a_create_holds_the_lock
     let yaml = APP.replace("{image}", &newer);
     p.write_compose(&yaml);
     crate::create::random_files(&p.path("data/big"), 80, 4 << 20);
-    let mut create = crate::create::start_slow_create(
-        &p,
-        &["create", "--stop", "--compression-level", "9"],
-    );
+    let mut create =
+        crate::create::start_slow_create(&p, &["create", "--stop", "--compression-level", "9"]);
     let trees = (describe_tree(&p.path("data")), p.volume_tree(&volume(&p)));
     let states = p.states("db");
     let rows = p.plugin(&["list", "--format", "json"]).success().stdout;
@@ -725,7 +723,10 @@ fn dry_run_shows_the_plan_changes_nothing_and_runs_while_a_create_holds_the_lock
     let states_after = p.states("db");
     let rows_after = p.plugin(&["list", "--format", "json"]).success().stdout;
     let stored_after = std::fs::read_dir(p.path("backups")).unwrap().count();
-    assert!(create.try_wait().unwrap().is_none(), "the create still holds the lock");
+    assert!(
+        create.try_wait().unwrap().is_none(),
+        "the create still holds the lock"
+    );
     assert_eq!(after, trees);
     assert_eq!(states_after, states);
     assert_eq!(rows_after, rows);
@@ -743,15 +744,27 @@ fn dry_run_shows_the_plan_changes_nothing_and_runs_while_a_create_holds_the_lock
         })
         .collect();
     let data = p.path("data").display().to_string();
-    assert!(actions.contains(&(volume(&p), "swap-volume".into(), "host".into())), "{plan}");
-    assert!(actions.contains(&(data, "swap-bind".into(), "host".into())), "{plan}");
+    assert!(
+        actions.contains(&(volume(&p), "swap-volume".into(), "host".into())),
+        "{plan}"
+    );
+    assert!(
+        actions.contains(&(data, "swap-bind".into(), "host".into())),
+        "{plan}"
+    );
     assert_eq!(
         plan["image_changes"],
         serde_json::json!([{"service": "db", "backup_image": crate::harness::IMAGE,
             "current_image": newer, "same_tag": false}])
     );
-    assert!(plan["space"][0]["needed_bytes"].as_u64().unwrap() > 0, "{plan}");
-    assert!(table.contains("swap-bind") && table.contains("image: service db"), "{table}");
+    assert!(
+        plan["space"][0]["needed_bytes"].as_u64().unwrap() > 0,
+        "{plan}"
+    );
+    assert!(
+        table.contains("swap-bind") && table.contains("image: service db"),
+        "{table}"
+    );
 
     assert!(create.wait().unwrap().success());
 }
