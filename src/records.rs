@@ -50,6 +50,14 @@ pub enum BackupType {
     PreRollback,
 }
 
+/// The commands that keep a run record (they stop services).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunCommand {
+    Create,
+    Rollback,
+}
+
 /// The outcome of a run, as the catalog records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,6 +92,7 @@ macro_rules! words {
 
 words!(BackupType { Manual => "manual", PreUpgrade => "pre-upgrade", PreRollback => "pre-rollback" });
 words!(Status { Completed => "completed", Failed => "failed" });
+words!(RunCommand { Create => "create", Rollback => "rollback" });
 
 impl fmt::Display for VolumeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::catalog::{Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::output::{note, warn};
-use crate::records::Status;
+use crate::records::{RunCommand, Status};
 use crate::restore::{engine, host, mount};
 use crate::runs::{self, RunRecord};
 use crate::{services, storage, Context};
@@ -39,7 +39,7 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
         "found an interrupted {} of project {} (pid {}, started {}, phase {}): recovering it",
         rec.command, project.name, rec.pid, rec.started_at, rec.phase
     ));
-    if rec.command == "create" {
+    if rec.command == RunCommand::Create {
         record_interrupted_create(catalog, project, &rec)?;
     } else {
         clean_rollback(ctx, project);
@@ -60,9 +60,9 @@ pub fn lock_and_recover(
     ctx: &Context,
     project: Project,
     catalog: &Catalog,
-    what: &str,
+    what: RunCommand,
 ) -> Result<(crate::lock::ProjectLock, Project)> {
-    let lock = ctx.lock(&project.name, what)?;
+    let lock = ctx.lock(&project.name, what.as_str())?;
     if dead_run(ctx, &project, catalog)?.is_empty() {
         return Ok((lock, project));
     }
@@ -171,7 +171,7 @@ fn start_again(ctx: &Context, rec: &RunRecord) -> Result<()> {
     if running.is_empty() {
         return Ok(());
     }
-    if rec.command == "rollback" && !running.services.is_empty() {
+    if rec.command == RunCommand::Rollback && !running.services.is_empty() {
         let mut args = vec!["create".to_string(), "--no-recreate".to_string()];
         args.extend(running.services.iter().cloned());
         let _ = ctx.docker.compose_detached(&ctx.compose, &args);

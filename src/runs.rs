@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::records::RunCommand;
 use crate::services::Running;
 
 /// What a create would have recorded as its catalog row, kept so that a dead create can be
@@ -25,7 +26,7 @@ pub struct PendingRow {
 /// `<catalog dir>/runs/<project>.json`. `status --format json` prints the first five fields.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
-    pub command: String,
+    pub command: RunCommand,
     pub pid: u32,
     pub started_at: String,
     pub phase: String,
@@ -99,12 +100,12 @@ pub fn remove(dir: &Path, project: &str) -> Result<()> {
 
 impl ActiveRun {
     /// Starts the record of `command` on `project` (call while holding the project's lock).
-    pub fn begin(dir: &Path, project: &str, command: &str) -> Result<ActiveRun> {
+    pub fn begin(dir: &Path, project: &str, command: RunCommand) -> Result<ActiveRun> {
         crate::private::create_dir_all(dir)?;
         let run = ActiveRun {
             path: path_of(dir, project),
             record: RunRecord {
-                command: command.to_string(),
+                command,
                 pid: std::process::id(),
                 started_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 phase: "starting".into(),
@@ -185,7 +186,7 @@ mod tests {
     fn a_record_lives_while_the_run_does_and_is_private() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("runs");
-        let mut run = ActiveRun::begin(&dir, "p", "create").unwrap();
+        let mut run = ActiveRun::begin(&dir, "p", RunCommand::Create).unwrap();
         run.stopping(&Running {
             services: vec!["db".into()],
             containers: vec!["p-x-1".into()],
@@ -206,9 +207,12 @@ mod tests {
     #[test]
     fn a_forgotten_record_stays_for_recovery() {
         let d = tempfile::tempdir().unwrap();
-        let run = ActiveRun::begin(d.path(), "p", "rollback").unwrap();
+        let run = ActiveRun::begin(d.path(), "p", RunCommand::Rollback).unwrap();
         std::mem::forget(run);
-        assert_eq!(read(d.path(), "p").unwrap().unwrap().command, "rollback");
+        assert_eq!(
+            read(d.path(), "p").unwrap().unwrap().command,
+            RunCommand::Rollback
+        );
         remove(d.path(), "p").unwrap();
         assert!(read(d.path(), "p").unwrap().is_none());
     }

@@ -44,7 +44,7 @@ pub struct StoredFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceRecord {
     pub name: String,
-    pub kind: String,
+    pub kind: crate::compose::Kind,
     pub restart_policy: String,
     pub image: Option<String>,
     /// The local image ID of `image` when the backup was made (archives before 0.2 lack it).

@@ -12,7 +12,7 @@ use crate::catalog::{BackupRow, Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
-use crate::records::Status;
+use crate::records::{RunCommand, Status};
 use crate::runs::{ActiveRun, PendingRow};
 use crate::services::{self, Running};
 use crate::{cancel, storage, Context};
@@ -32,7 +32,7 @@ pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
     let (lock, project) = if dry_run {
         (None, project)
     } else {
-        let (l, p) = crate::recover::lock_and_recover(ctx, project, &catalog, "create")?;
+        let (l, p) = crate::recover::lock_and_recover(ctx, project, &catalog, RunCommand::Create)?;
         (Some(l), p)
     };
     let facts = gather_facts(ctx, &project, &catalog)?;
@@ -52,7 +52,7 @@ pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
         ));
     }
     check_space(&plan)?;
-    let mut run = ActiveRun::begin(&ctx.runs_dir(), &project.name, "create")?;
+    let mut run = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Create)?;
     run.pending_row(pending_row(&project, &plan))?;
     let row = execute(ctx, opts, &project, &plan, &catalog, &mut run)?;
     drop(lock);

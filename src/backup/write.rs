@@ -373,7 +373,7 @@ fn manifest_of(
             .iter()
             .map(|s| ServiceRecord {
                 name: s.name.clone(),
-                kind: s.kind.as_str().into(),
+                kind: s.kind,
                 restart_policy: s.restart_policy.clone(),
                 image: s.image.clone(),
                 image_id: s

@@ -67,7 +67,7 @@ fn health(ctx: &Context, p: &Project) -> Result<Health> {
     let storage = crate::backup::plan::resolve_storage(p, None, &facts);
     Ok(Health {
         interrupted: record.map(|r| Interrupted {
-            command: r.command,
+            command: r.command.to_string(),
             pid: r.pid,
             started_at: r.started_at,
             phase: r.phase,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::model::{ConfigJson, PsEntry, Role, ServiceJson};
 
 /// Persistent services must be stopped for a cold backup; one-shot ones run and exit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     Persistent,

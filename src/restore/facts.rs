@@ -91,6 +91,9 @@ fn volume_facts(
     let Some(name) = v.name.clone() else {
         return Ok(());
     };
+    if !engine::exists(&ctx.docker, &name) {
+        f.missing_volumes.insert(name.clone());
+    }
     if let Some(u) = engine::users(&ctx.docker, &name)?
         .into_iter()
         .find(|u| u.project != project.name)

@@ -22,7 +22,7 @@ use crate::catalog::{BackupRow, Catalog};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
-use crate::records::BackupType;
+use crate::records::{BackupType, RunCommand};
 use crate::runs::ActiveRun;
 use crate::services::{self, Running};
 use crate::Context;
@@ -109,9 +109,10 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     check_space(&plan)?;
     warn_image_changes(&plan);
     confirm(&row, &plan, opts.yes)?;
-    let (_lock, project) = crate::recover::lock_and_recover(ctx, project, &catalog, "rollback")?;
+    let (_lock, project) =
+        crate::recover::lock_and_recover(ctx, project, &catalog, RunCommand::Rollback)?;
     plan.set_running(Running::of(&project), opts.no_start);
-    let mut record = ActiveRun::begin(&ctx.runs_dir(), &project.name, "rollback")?;
+    let mut record = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Rollback)?;
     stop_for_restore(ctx, &plan, &mut record)?;
     let outcome = stopped_rollback(ctx, opts, &project, &catalog, &row, &plan, &mut record);
     let _ = record.phase("starting");

@@ -161,6 +161,8 @@ pub struct Facts {
     pub volumes_local: bool,
     /// The folder that would hold the staging of each host-written target, and its filesystem.
     pub filesystems: BTreeMap<PathBuf, Fs>,
+    /// Named volumes the engine does not have now (after `docker compose down -v`).
+    pub missing_volumes: BTreeSet<String>,
     /// Per named volume: a container of another project that uses it.
     pub foreign_users: BTreeMap<String, String>,
     /// Per named volume: the helper image, when one of the project's images is on the engine.
@@ -284,18 +286,25 @@ fn volume_action(v: &VolumeRecord, facts: &Facts) -> anyhow::Result<Decided> {
             "no image of the project that mounts volume {name} is on this engine (to fill it): pull or build it first, or --exclude {name}"
         ))
     })?;
+    let missing = if facts.missing_volumes.contains(&name) {
+        "missing: created again with its recorded driver, options and labels; "
+    } else {
+        ""
+    };
     Ok(if facts.volumes_local {
+        let why = "its folder is on this host: staged beside it, exchanged in one step";
         (
             Action::SwapVolume,
             Io::Host,
-            "its folder is on this host: staged beside it, exchanged in one step".into(),
+            format!("{missing}{why}"),
             Some(image),
         )
     } else {
+        let why = "recreated and filled through a helper container";
         (
             Action::EngineRefill,
             Io::Engine,
-            "recreated and filled through a helper container".into(),
+            format!("{missing}{why}"),
             Some(image),
         )
     })
@@ -558,6 +567,28 @@ mod tests {
             let p = build(&manifest(), &r, &f).unwrap();
             let got: Vec<Action> = p.actions.iter().map(|s| s.action).collect();
             assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_missing_volume_is_created_again_then_filled() {
+        let mut f = facts();
+        f.missing_volumes.insert("p_db".into());
+        for local in [true, false] {
+            f.volumes_local = local;
+            let p = build(&manifest(), &req(), &f).unwrap();
+            let s = &p.actions[0];
+            assert!(
+                s.reason.starts_with("missing: created again"),
+                "{}",
+                s.reason
+            );
+            let want = if local {
+                Action::SwapVolume
+            } else {
+                Action::EngineRefill
+            };
+            assert_eq!(s.action, want);
         }
     }
 
