@@ -127,6 +127,18 @@ fn busy(err: rusqlite::Error) -> anyhow::Error {
     err.into()
 }
 
+/// The rows of `project`, newest first, read without creating, migrating, locking or waiting
+/// on the catalog (for shell completion).
+pub fn completions(path: &Path, project: &str) -> Result<Vec<BackupRow>> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::ZERO)?;
+    let sql = format!("{SELECT} WHERE project = ?1 ORDER BY created_at DESC, id DESC");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([project], row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// `--catalog`/`NUWAX_BACKUP_CATALOG`, else `${DOCKER_CONFIG:-~/.docker}/nuwax-backup/catalog.db`.
 pub fn default_path(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = explicit {

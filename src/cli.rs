@@ -2,7 +2,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum, ValueHint};
 
 /// The name docker knows the plugin by (`docker nuwaxbackup …`).
 pub const PLUGIN_NAME: &str = "nuwaxbackup";
@@ -42,6 +42,16 @@ pub enum Command {
     /// Finish a create or rollback that was killed: clean its leftovers, undo a half-moved
     /// mount point, start what it stopped, record a dead create as failed.
     Recover(StatusArgs),
+    /// Print a shell completion script for the standalone binary (`docker nuwaxbackup <TAB>`
+    /// needs none: docker's own completion asks the plugin).
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to write the script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -57,6 +67,9 @@ pub enum ListFormat {
 pub struct ListArgs {
     #[arg(long, value_enum, default_value_t)]
     pub format: ListFormat,
+    /// `--format json`, as the original nuwax-cli spelled it.
+    #[arg(long, hide = true, conflicts_with = "format")]
+    pub json: bool,
     /// Every project in the catalog, not only the current one.
     #[arg(long)]
     pub all_projects: bool,
@@ -89,6 +102,7 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// The new storage folder (created when missing; any filesystem).
+    #[arg(value_hint = ValueHint::DirPath)]
     pub new_dir: PathBuf,
     /// Do not ask (needed without a terminal).
     #[arg(short = 'y', long)]
@@ -125,6 +139,7 @@ pub struct PruneArgs {
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     /// Folder to look for archives in, or one archive file.
+    #[arg(value_hint = ValueHint::AnyPath)]
     pub dir: PathBuf,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -134,22 +149,22 @@ pub struct ImportArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct ComposeArgs {
     /// Compose configuration file (repeatable), as `docker compose -f`.
-    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub files: Vec<PathBuf>,
     /// Project name, as `docker compose -p`.
     #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
     pub project_name: Option<String>,
     /// Project working directory, as `docker compose --project-directory`.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", value_hint = ValueHint::DirPath)]
     pub project_directory: Option<PathBuf>,
     /// Environment file (repeatable), as `docker compose --env-file`.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub env_file: Vec<PathBuf>,
     /// Compose profile to enable (repeatable), as `docker compose --profile`.
     #[arg(long, global = true, value_name = "PROFILE")]
     pub profile: Vec<String>,
     /// Backup catalog (SQLite); default ${DOCKER_CONFIG:-~/.docker}/nuwax-backup/catalog.db.
-    #[arg(long, global = true, env = "NUWAX_BACKUP_CATALOG", value_name = "FILE")]
+    #[arg(long, global = true, env = "NUWAX_BACKUP_CATALOG", value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub catalog: Option<PathBuf>,
 }
 
@@ -234,7 +249,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N")]
     pub compression_level: Option<u32>,
     /// Folder for the archive (default: x-nuwax-backup.storage, else <project dir>/backups).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
     pub storage: Option<PathBuf>,
     /// Stop running containers for the backup and start them again afterwards.
     #[arg(long)]
@@ -255,7 +270,7 @@ pub struct RollbackArgs {
     /// The backup to restore (its catalog id); without it, a picker on a terminal.
     pub id: Option<i64>,
     /// Restore only volumes with role `data` (keeps app files such as config binds).
-    #[arg(long)]
+    #[arg(long, alias = "rollback-data")]
     pub data_only: bool,
     /// Leave this volume untouched: engine name, compose key, or bind path (repeatable).
     #[arg(long = "exclude", value_name = "NAME_OR_PATH")]

@@ -3,7 +3,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -42,9 +42,16 @@ impl Docker {
     /// The docker binary the user ran (`DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND`), else `docker` on
     /// PATH. Fails when neither exists.
     pub fn new(globals: Vec<OsString>) -> Result<Self> {
-        // The CLI passes its own argv[0]: a path, or a bare name to look up on PATH.
+        // The CLI passes its own argv[0]: a path, or a bare name to look up on PATH. When it
+        // asks for completions (`docker __complete`), CLI 28 passes the plugin's own path
+        // instead: that one is not docker.
+        let is_plugin = |b: &OsString| {
+            Path::new(b)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("docker-"))
+        };
         let wanted = std::env::var_os("DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND")
-            .filter(|b| !b.is_empty())
+            .filter(|b| !b.is_empty() && !is_plugin(b))
             .unwrap_or_else(|| "docker".into());
         let bin = match PathBuf::from(&wanted) {
             p if p.components().count() > 1 => p,
@@ -122,6 +129,34 @@ impl Docker {
             code: out.status.code(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }))
+    }
+
+    /// Runs `docker ARGS…` with stderr discarded, killed after `limit`: stdout when it
+    /// succeeded in time, else `None` (for shell completion, which must stay quick and quiet).
+    pub fn output_within<S: AsRef<OsStr>>(
+        &self,
+        args: &[S],
+        limit: std::time::Duration,
+    ) -> Option<String> {
+        let handle = duct::cmd(&self.bin, self.full_args(args))
+            .stdin_null()
+            .stdout_capture()
+            .stderr_null()
+            .unchecked()
+            .start()
+            .ok()?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(out) = handle.try_wait().ok()? {
+                let ok = out.status.success();
+                return ok.then(|| String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = handle.kill();
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Runs `docker compose <project flags> SUB…` and returns its stdout.

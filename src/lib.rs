@@ -5,6 +5,7 @@ mod cancel;
 mod catalog;
 mod cli;
 mod commands;
+mod complete;
 mod compose;
 mod docker;
 mod exit_codes;
@@ -74,6 +75,12 @@ impl Context {
 
 /// Runs the whole program on `argv` (program name first) and returns the exit code.
 pub fn run(argv: Vec<OsString>) -> ExitCode {
+    if argv
+        .get(1)
+        .is_some_and(|a| a == "__complete" || a == "__completeNoDesc")
+    {
+        return complete::run(&argv[2..]);
+    }
     let split = cli::split_argv(&argv);
     if split.metadata {
         println!("{}", plugin::metadata_line());
@@ -103,6 +110,13 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
 }
 
 fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
+    if let Command::Completion(a) = &cli.command {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let mut out = std::io::stdout().lock();
+        clap_complete::generate(a.shell, &mut cmd, "docker-nuwax-backup", &mut out);
+        return Ok(());
+    }
     cancel::install()?;
     let ctx = Context {
         docker: Docker::new(docker_globals)?,
@@ -121,6 +135,7 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
         Command::Prune(a) => commands::prune::run(&ctx, a, &mut out)?,
         Command::Import(a) => commands::import::run(&ctx, a, &mut out)?,
         Command::Recover(a) => commands::recover::run(&ctx, a, &mut out)?,
+        Command::Completion(_) => unreachable!("answered before the context is made"),
     }
     out.flush()?;
     Ok(())

@@ -53,7 +53,12 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
             warn(format!("backup #{}: {p}: {}", r.id, r.file_path));
         }
     }
-    match args.format {
+    let format = if args.json {
+        ListFormat::Json
+    } else {
+        args.format
+    };
+    match format {
         ListFormat::Ids => {
             for r in &rows {
                 writeln!(out, "{}", r.id)?;

@@ -1,5 +1,6 @@
 //! End-to-end tests through the real docker CLI, Compose v2 and engine.
 mod catalog;
+mod complete;
 mod create;
 mod demo;
 mod fixture;
