@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod reader;
 pub mod safety;
 pub mod stream_source;
+mod verify;
 pub mod writer;
 
 pub use manifest::VolumeRecord;

@@ -1,13 +1,17 @@
 //! Which archive entries may be written: one checker for the verify pass and for the moment
 //! of writing (defence in depth). Linear in the entries: symlinks are kept in a set and each
 //! entry looks up its own ancestors, so the cost is the path's depth, not the links seen.
+//! The set holds 64-bit hashes of the symlinks' paths (8 bytes each, whatever the paths'
+//! length): a collision could only refuse a sound archive, never pass a bad one.
 use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Component, Path};
 
 /// Entries checked so far (in archive order); rejects what could write outside a volume.
 #[derive(Default)]
 pub struct PathChecker {
-    symlinks: HashSet<Vec<u8>>,
+    symlinks: HashSet<u64>,
+    keys: RandomState,
 }
 
 impl PathChecker {
@@ -52,9 +56,13 @@ impl PathChecker {
             ));
         }
         if kind == tar::EntryType::Symlink {
-            self.symlinks.insert(trim_slashes(path).to_vec());
+            self.symlinks.insert(self.key(trim_slashes(path)));
         }
         None
+    }
+
+    fn key(&self, path: &[u8]) -> u64 {
+        self.keys.hash_one(path)
     }
 
     /// The first ancestor of `path` that is a symlink seen earlier.
@@ -67,7 +75,7 @@ impl PathChecker {
             .enumerate()
             .filter(|(_, b)| **b == b'/')
             .map(|(i, _)| &path[..i])
-            .find(|prefix| self.symlinks.contains(*prefix))
+            .find(|prefix| self.symlinks.contains(&self.key(prefix)))
     }
 }
 
@@ -134,5 +142,35 @@ mod tests {
             .is_some());
         assert_eq!(c.check(b"binds/d/lnx/f", Regular, None), None);
         assert_eq!(c.check(b"binds/d/ln", Regular, None), None);
+    }
+
+    #[test]
+    fn symlinks_at_any_depth_and_links_to_links() {
+        let mut c = PathChecker::default();
+        assert_eq!(c.check(b"volumes/v/a/b/c/deep", Symlink, Some(b"/")), None);
+        assert!(c
+            .check(b"volumes/v/a/b/c/deep/x/y", Regular, None)
+            .is_some());
+        assert_eq!(c.check(b"volumes/v/a/b/c/deep2/x", Regular, None), None);
+        // A symlink below a symlink is itself written through the first one.
+        assert!(c
+            .check(b"volumes/v/a/b/c/deep/l2", Symlink, Some(b"x"))
+            .is_some());
+        // A symlink to a symlink is fine as an entry; writing below either is not.
+        assert_eq!(c.check(b"volumes/v/l1", Symlink, Some(b"a/b/c/deep")), None);
+        assert!(c.check(b"volumes/v/l1/f", Regular, None).is_some());
+        // Names that share a prefix with a symlink without being below it.
+        assert_eq!(c.check(b"volumes/v/a/link", Symlink, Some(b"/etc")), None);
+        assert_eq!(c.check(b"volumes/v/a/link2/x", Regular, None), None);
+        assert_eq!(c.check(b"volumes/v/a/lin/x", Regular, None), None);
+        // Hard links within their volume pass, through a symlink or out of it do not.
+        assert_eq!(
+            c.check(b"volumes/v/h", Link, Some(b"volumes/v/a/lin/x")),
+            None
+        );
+        assert!(c
+            .check(b"volumes/v/h2", Link, Some(b"volumes/v/a/link/passwd"))
+            .is_some());
+        assert!(c.check(b"volumes/v/h3", Link, Some(b"binds/b/x")).is_some());
     }
 }

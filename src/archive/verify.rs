@@ -1,0 +1,256 @@
+//! Verifies an archive in one pass, in memory that does not grow with the entry count: every
+//! entry is checked for safety as it comes, every file hashed (BLAKE3), and a running digest
+//! of what the entries hold is compared with one of what `manifest-files.jsonl` lists (the
+//! writer puts both in the same order, so no table of paths is needed). Only when the two
+//! digests differ does a second pass, with a table, name the first bad path.
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::manifest::{EntryKind, FileLine, Manifest, FILES_PATH, MANIFEST_PATH};
+use super::reader::{copy_into_hasher, open, volume_of};
+use super::safety::PathChecker;
+
+/// What a verified archive holds.
+pub struct Verified {
+    pub manifest: Manifest,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// What one volume entry holds, as compared with its manifest line.
+struct Seen {
+    kind: EntryKind,
+    size: u64,
+    blake3: Option<String>,
+}
+
+/// Running digests of the entries and of the manifest's lines, in the same encoding.
+#[derive(Default)]
+struct Tally {
+    entries: blake3::Hasher,
+    entry_count: u64,
+    lines: blake3::Hasher,
+    line_count: u64,
+}
+
+/// One record in the digests' encoding: path, type, and for files size and BLAKE3.
+fn feed(h: &mut blake3::Hasher, full: &[u8], seen: &Seen) {
+    h.update(&(full.len() as u64).to_le_bytes());
+    h.update(full);
+    h.update(&[seen.kind as u8]);
+    if seen.kind == EntryKind::File {
+        h.update(&seen.size.to_le_bytes());
+        h.update(seen.blake3.as_deref().unwrap_or("").as_bytes());
+    }
+}
+
+/// Reads the whole archive: every entry must be safe, every file must match the manifest's
+/// size and BLAKE3, the manifest must be there and valid, and (when given) the file's
+/// SHA-256 must equal `expected_sha256`. Fails with what is wrong.
+pub fn verify(path: &Path, expected_sha256: Option<&str>) -> Result<Verified> {
+    let (verified, tally) = first_pass(path, expected_sha256)?;
+    let agree =
+        tally.entry_count == tally.line_count && tally.entries.finalize() == tally.lines.finalize();
+    if !agree {
+        // Names the first difference; passes when only the order differs (another writer).
+        second_pass(path)?;
+    }
+    Ok(verified)
+}
+
+fn damaged(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    e.into().context("the archive is damaged or cut short")
+}
+
+fn first_pass(path: &Path, expected_sha256: Option<&str>) -> Result<(Verified, Tally)> {
+    let mut opened = open(path)?;
+    let mut checker = PathChecker::default();
+    let mut tally = Tally::default();
+    let mut manifest_bytes = None;
+    let mut saw_lines = false;
+    let mut buf = vec![0u8; 128 << 10];
+    {
+        let mut archive = tar::Archive::new(&mut opened.tar);
+        for entry in archive.entries().context("reading the archive")? {
+            let mut entry = entry.map_err(damaged)?;
+            crate::cancel::check()?;
+            let p = entry.path_bytes().into_owned();
+            let kind = entry.header().entry_type();
+            let link = entry.link_name_bytes().map(|l| l.into_owned());
+            if let Some(why) = checker.check(&p, kind, link.as_deref()) {
+                bail!("unsafe entry {why}");
+            }
+            if p == MANIFEST_PATH.as_bytes() {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).map_err(damaged)?;
+                manifest_bytes = Some(bytes);
+            } else if p == FILES_PATH.as_bytes() {
+                saw_lines = true;
+                tally_lines(&mut entry, &mut tally)?;
+            } else if volume_of(&p).is_some() {
+                feed(
+                    &mut tally.entries,
+                    &p,
+                    &seen_of(kind, &mut entry, &mut buf)?,
+                );
+                tally.entry_count += 1;
+            }
+        }
+    }
+    io::copy(&mut opened.tar, &mut io::sink()).map_err(damaged)?;
+    let (sha256, size) = opened.file_digest();
+    if let Some(want) = expected_sha256.filter(|w| *w != sha256) {
+        bail!("checksum mismatch: the file's SHA-256 is {sha256}, the catalog recorded {want}");
+    }
+    let manifest = parse_manifest(manifest_bytes)?;
+    if !saw_lines {
+        bail!("no manifest-files.jsonl in the archive");
+    }
+    Ok((
+        Verified {
+            manifest,
+            sha256,
+            size,
+        },
+        tally,
+    ))
+}
+
+fn parse_manifest(bytes: Option<Vec<u8>>) -> Result<Manifest> {
+    let manifest: Manifest = serde_json::from_slice(
+        &bytes.context("no manifest.json: not a docker-nuwax-backup archive")?,
+    )
+    .context("manifest.json is not valid")?;
+    if manifest.format_version > super::manifest::FORMAT_VERSION {
+        bail!(
+            "archive format {} is newer than this tool understands: upgrade docker-nuwax-backup",
+            manifest.format_version
+        );
+    }
+    Ok(manifest)
+}
+
+/// Feeds every line of `manifest-files.jsonl`, read as a stream, into the lines' digest.
+fn tally_lines(r: &mut dyn Read, tally: &mut Tally) -> Result<()> {
+    let mut reader = BufReader::with_capacity(256 << 10, r);
+    let mut line = Vec::new();
+    let mut n = 0usize;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(damaged)? == 0 {
+            return Ok(());
+        }
+        n += 1;
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let (full, seen) = parse_line(&line, n)?;
+        feed(&mut tally.lines, &full, &seen);
+        tally.line_count += 1;
+    }
+}
+
+/// A line's full archive path and what it says the entry holds.
+fn parse_line(line: &[u8], n: usize) -> Result<(Vec<u8>, Seen)> {
+    let l: FileLine = serde_json::from_slice(line)
+        .with_context(|| format!("manifest-files.jsonl line {n} is not valid"))?;
+    let rel = match &l.entry.path_hex {
+        Some(h) => hex::decode(h)
+            .ok()
+            .with_context(|| format!("bad path_hex on line {n}"))?,
+        None => l.entry.path.into_bytes(),
+    };
+    let mut full = l.volume.into_bytes();
+    if !rel.is_empty() {
+        full.push(b'/');
+        full.extend_from_slice(&rel);
+    }
+    let seen = Seen {
+        kind: l.entry.kind,
+        size: l.entry.size,
+        blake3: l.entry.blake3,
+    };
+    Ok((full, seen))
+}
+
+/// What an entry holds, for comparison with its manifest line (files hashed with BLAKE3).
+fn seen_of(kind: tar::EntryType, entry: &mut dyn Read, buf: &mut [u8]) -> Result<Seen> {
+    let plain = |kind| Seen {
+        kind,
+        size: 0,
+        blake3: None,
+    };
+    Ok(match kind {
+        tar::EntryType::Directory => plain(EntryKind::Dir),
+        tar::EntryType::Symlink => plain(EntryKind::Symlink),
+        tar::EntryType::Link => plain(EntryKind::Hardlink),
+        _ => {
+            let mut h = blake3::Hasher::new();
+            let n = copy_into_hasher(entry, &mut h, buf).map_err(damaged)?;
+            Seen {
+                kind: EntryKind::File,
+                size: n,
+                blake3: Some(h.finalize().to_hex().to_string()),
+            }
+        }
+    })
+}
+
+/// The slow, exact comparison (a table of every entry): names the first path that differs.
+fn second_pass(path: &Path) -> Result<()> {
+    let mut opened = open(path)?;
+    let mut seen: HashMap<Vec<u8>, Seen> = HashMap::new();
+    let mut lines = Vec::new();
+    let mut buf = vec![0u8; 128 << 10];
+    let mut archive = tar::Archive::new(&mut opened.tar);
+    for entry in archive.entries().context("reading the archive")? {
+        let mut entry = entry.map_err(damaged)?;
+        crate::cancel::check()?;
+        let p = entry.path_bytes().into_owned();
+        if p == FILES_PATH.as_bytes() {
+            entry.read_to_end(&mut lines).map_err(damaged)?;
+        } else if volume_of(&p).is_some() {
+            let kind = entry.header().entry_type();
+            seen.insert(p, seen_of(kind, &mut entry, &mut buf)?);
+        }
+    }
+    check_lines(&lines, &seen)
+}
+
+/// Every line of the files list must match an entry read, and every volume entry read must
+/// have its line.
+fn check_lines(bytes: &[u8], seen: &HashMap<Vec<u8>, Seen>) -> Result<()> {
+    let mut listed = 0usize;
+    for (i, line) in bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let (full, want) = parse_line(line, i + 1)?;
+        let shown = String::from_utf8_lossy(&full).into_owned();
+        let got = seen
+            .get(&full)
+            .with_context(|| format!("{shown} is in the manifest but missing from the archive"))?;
+        if got.kind != want.kind {
+            bail!(
+                "{shown}: the archive holds a {:?}, the manifest a {:?}",
+                got.kind,
+                want.kind
+            );
+        }
+        if got.kind == EntryKind::File && (got.size != want.size || got.blake3 != want.blake3) {
+            bail!("{shown}: content differs from the manifest (size or BLAKE3)");
+        }
+        listed += 1;
+    }
+    if seen.len() != listed {
+        bail!(
+            "the archive holds {} volume entries but the manifest lists {listed}",
+            seen.len()
+        );
+    }
+    Ok(())
+}
