@@ -1,21 +1,51 @@
 //! Reads a bind-mounted host path (folder or single file) into a [`Collector`].
+//!
+//! A walker thread goes through the tree in a fixed order (depth first, names sorted by
+//! bytes), looks at each entry relative to its folder's descriptor (`statat`, `openat`: no
+//! path walked again per file) and reads small files ahead, while this thread writes the
+//! archive. The queue between them is bounded (at most [`QUEUE`] entries of at most
+//! [`SMALL`] bytes), so memory stays flat however many files there are.
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
 
 use anyhow::{Context, Result};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 
 use super::collector::Collector;
 use super::writer::Attrs;
 
-fn attrs(m: &std::fs::Metadata) -> Attrs {
+/// Files up to this size are read by the walker thread.
+const SMALL: u64 = 64 << 10;
+/// Entries the walker may be ahead.
+const QUEUE: usize = 256;
+
+/// One entry, as the walker found it.
+enum Found {
+    Dir(Vec<u8>, Attrs),
+    Symlink(Vec<u8>, Attrs, Vec<u8>),
+    /// A hard link to a file of the same walk, by its path.
+    Hardlink(Vec<u8>, Attrs, Vec<u8>),
+    File(Vec<u8>, Attrs, u64, Content),
+    Skipped(String),
+}
+
+enum Content {
+    Read(Vec<u8>),
+    Open(File),
+}
+
+fn attrs(st: &Stat) -> Attrs {
     Attrs {
-        mode: m.mode() & 0o7777,
-        uid: m.uid() as u64,
-        gid: m.gid() as u64,
-        mtime: m.mtime().max(0) as u64,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid as u64,
+        gid: st.st_gid as u64,
+        mtime: st.st_mtime.max(0) as u64,
     }
 }
 
@@ -28,64 +58,195 @@ pub fn collect(
     c: &mut Collector<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<()> {
-    let mut seen_inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter();
-    let excluded = std::cell::Cell::new(false);
-    let walker = walker.filter_entry(|e| {
-        let is_storage = e.path() == exclude;
-        excluded.set(excluded.get() || is_storage);
-        !is_storage
-    });
-    for entry in walker {
-        let entry = entry.with_context(|| format!("reading {}", root.display()))?;
+    let (tx, rx) = sync_channel::<Result<Found>>(QUEUE);
+    let walker = Walker {
+        tx,
+        exclude: exclude.to_path_buf(),
+        inodes: HashMap::new(),
+    };
+    let root = root.to_path_buf();
+    let handle = std::thread::spawn(move || walker.run(&root));
+    for found in rx {
         crate::cancel::check()?;
-        let path = entry.path();
-        let rel = path
-            .strip_prefix(root)
-            .unwrap_or(Path::new(""))
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        let meta = entry
-            .metadata()
-            .with_context(|| format!("reading {}", path.display()))?;
-        let a = attrs(&meta);
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            c.dir(&rel, &a)?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(path)
-                .with_context(|| format!("reading link {}", path.display()))?;
-            c.symlink(&rel, &a, target.as_os_str().as_bytes())?;
-        } else if ft.is_file() {
-            if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                if let Some(first) = seen_inodes.get(&key) {
-                    c.hardlink(&rel, &a, &first.clone())?;
-                    continue;
+        match found? {
+            Found::Dir(rel, a) => c.dir(&rel, &a)?,
+            Found::Symlink(rel, a, target) => c.symlink(&rel, &a, &target)?,
+            Found::Hardlink(rel, a, first) => c.hardlink(&rel, &a, &first)?,
+            Found::File(rel, a, size, content) => {
+                let shown = || String::from_utf8_lossy(&rel).into_owned();
+                match content {
+                    Content::Read(bytes) => c.file(&rel, &a, size, bytes.as_slice()),
+                    Content::Open(f) => c.file(&rel, &a, size, f),
                 }
-                seen_inodes.insert(key, rel.clone());
+                .with_context(|| format!("reading {}", shown()))?
             }
-            let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            c.file(&rel, &a, meta.len(), f)
-                .with_context(|| format!("reading {}", path.display()))?;
-        } else {
-            warn(format!(
-                "skipped {} (a socket, fifo or device cannot be backed up)",
-                path.display()
-            ));
+            Found::Skipped(why) => warn(why),
         }
     }
-    if excluded.get() {
-        warn(format!(
-            "skipped {} (the backup storage folder)",
-            exclude.display()
-        ));
-    }
+    let _ = handle.join();
     Ok(())
+}
+
+struct Walker {
+    tx: SyncSender<Result<Found>>,
+    exclude: PathBuf,
+    /// First path of each multiply-linked file, by (device, inode).
+    inodes: HashMap<(u64, u64), Vec<u8>>,
+}
+
+impl Walker {
+    fn run(mut self, root: &Path) {
+        // The root is followed when it is a symlink, as the engine follows it when mounting.
+        let result = match rustix::fs::stat(root) {
+            Ok(st) => self.entry(At::Path(root), root, Vec::new(), &st),
+            Err(e) => Err(anyhow::Error::from(std::io::Error::from(e)))
+                .with_context(|| format!("reading {}", root.display())),
+        };
+        if let Err(e) = result {
+            let _ = self.tx.send(Err(e));
+        }
+    }
+
+    /// Sends one entry (a folder: with everything below it). `false` when the reader is gone.
+    fn entry(&mut self, at: At<'_>, path: &Path, rel: Vec<u8>, st: &Stat) -> Result<bool> {
+        let a = attrs(st);
+        let found = match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                if path == self.exclude {
+                    let why = format!("skipped {} (the backup storage folder)", path.display());
+                    return Ok(self.send(Found::Skipped(why)));
+                }
+                return self.folder(at, path, rel, a);
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(at.fd(), at.name(), Vec::new())
+                    .map_err(std::io::Error::from)
+                    .with_context(|| format!("reading link {}", path.display()))?;
+                Found::Symlink(rel, a, target.into_bytes())
+            }
+            FileType::RegularFile => self.file(at, path, rel, a, st)?,
+            _ => Found::Skipped(format!(
+                "skipped {} (a socket, fifo or device cannot be backed up)",
+                path.display()
+            )),
+        };
+        Ok(self.send(found))
+    }
+
+    fn file(
+        &mut self,
+        at: At<'_>,
+        path: &Path,
+        rel: Vec<u8>,
+        a: Attrs,
+        st: &Stat,
+    ) -> Result<Found> {
+        if st.st_nlink > 1 {
+            let key = (st.st_dev, st.st_ino);
+            if let Some(first) = self.inodes.get(&key) {
+                return Ok(Found::Hardlink(rel, a, first.clone()));
+            }
+            self.inodes.insert(key, rel.clone());
+        }
+        let fd = rustix::fs::openat(
+            at.fd(),
+            at.name(),
+            OFlags::RDONLY | at.no_follow() | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("opening {}", path.display()))?;
+        let mut f = File::from(fd);
+        let size = st.st_size as u64;
+        if size > SMALL {
+            return Ok(Found::File(rel, a, size, Content::Open(f)));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        (&mut f)
+            .take(SMALL + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(Found::File(rel, a, size, Content::Read(bytes)))
+    }
+
+    /// A folder, then its entries sorted by name.
+    fn folder(&mut self, at: At<'_>, path: &Path, rel: Vec<u8>, a: Attrs) -> Result<bool> {
+        if !self.send(Found::Dir(rel.clone(), a)) {
+            return Ok(false);
+        }
+        let dir = open_dir(at).with_context(|| format!("reading {}", path.display()))?;
+        for name in names(&dir).with_context(|| format!("reading {}", path.display()))? {
+            let child = path.join(OsStr::from_bytes(&name));
+            let st = rustix::fs::statat(&dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("reading {}", child.display()))?;
+            let mut child_rel = rel.clone();
+            if !child_rel.is_empty() {
+                child_rel.push(b'/');
+            }
+            child_rel.extend_from_slice(&name);
+            if !self.entry(At::In(&dir, &name), &child, child_rel, &st)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn send(&self, f: Found) -> bool {
+        self.tx.send(Ok(f)).is_ok()
+    }
+}
+
+/// Where an entry is: the root, by its path; or a name in a folder.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Path(&'a Path),
+    In(&'a OwnedFd, &'a [u8]),
+}
+
+impl<'a> At<'a> {
+    fn fd(self) -> rustix::fd::BorrowedFd<'a> {
+        use rustix::fd::AsFd;
+        match self {
+            At::Path(_) => CWD,
+            At::In(fd, _) => fd.as_fd(),
+        }
+    }
+
+    /// Entries inside the tree are never followed; the root (a path) is.
+    fn no_follow(self) -> OFlags {
+        match self {
+            At::Path(_) => OFlags::empty(),
+            At::In(..) => OFlags::NOFOLLOW,
+        }
+    }
+
+    fn name(self) -> &'a [u8] {
+        match self {
+            At::Path(p) => p.as_os_str().as_bytes(),
+            At::In(_, n) => n,
+        }
+    }
+}
+
+fn open_dir(at: At<'_>) -> Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | at.no_follow() | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(at.fd(), at.name(), flags, Mode::empty())
+        .map_err(std::io::Error::from)?)
+}
+
+/// The names in a folder, sorted by bytes (`.` and `..` left out).
+fn names(dir: &OwnedFd) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir).map_err(std::io::Error::from)? {
+        let e = e.map_err(std::io::Error::from)?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(n.to_vec());
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Bytes of regular files below `root` (for the free-space check and the plan).

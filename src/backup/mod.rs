@@ -252,6 +252,31 @@ fn record_failure(
     });
 }
 
+/// The host folders of `names` when the engine keeps its volumes where this process can read
+/// them (proven by a probe, as rollback does): read from disk, they need no `docker cp`.
+fn volume_dirs(
+    ctx: &Context,
+    project: &Project,
+    names: &[&str],
+) -> Result<HashMap<String, PathBuf>> {
+    let images = ctx
+        .docker
+        .image_ids(project.services.iter().filter_map(|s| s.image.as_deref()));
+    let Some(image) = images.keys().next() else {
+        return Ok(HashMap::new());
+    };
+    if !crate::restore::engine::volumes_are_local(&ctx.docker, image)? {
+        return Ok(HashMap::new());
+    }
+    let mut dirs = HashMap::new();
+    for n in names {
+        if let Some(dir) = crate::restore::engine::local_mountpoint(&ctx.docker, n)? {
+            dirs.insert(n.to_string(), dir);
+        }
+    }
+    Ok(dirs)
+}
+
 /// Asks the engine and the filesystem what the plan needs to know, before anything stops.
 fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<plan::Facts> {
     let mut facts = plan::Facts {
@@ -280,6 +305,7 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
         if !present.is_empty() {
             facts.volume_details = volume_details(ctx, &present)?;
             facts.volume_sizes = volume_sizes(ctx);
+            facts.volume_dirs = volume_dirs(ctx, project, &present)?;
         }
     }
     for v in &project.volumes {

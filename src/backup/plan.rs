@@ -42,6 +42,8 @@ pub struct Facts {
     pub paths: HashMap<PathBuf, (PathKind, u64)>,
     /// Local image IDs by reference, of the services' images the engine has.
     pub image_ids: HashMap<String, String>,
+    /// The folders of named volumes this process can read directly (a local engine).
+    pub volume_dirs: HashMap<String, PathBuf>,
     /// A storage folder set by `migrate-storage` for this project.
     pub catalog_storage: Option<PathBuf>,
     pub cwd: PathBuf,
@@ -90,6 +92,8 @@ pub struct Plan {
     pub volume_details: HashMap<String, VolumeDetails>,
     #[serde(skip)]
     pub image_ids: HashMap<String, String>,
+    #[serde(skip)]
+    pub volume_dirs: HashMap<String, PathBuf>,
 }
 
 /// Paths no backup should read: the host's own system folders and the docker socket.
@@ -152,6 +156,7 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
         codec: opts.codec,
         volume_details: facts.volume_details.clone(),
         image_ids: facts.image_ids.clone(),
+        volume_dirs: facts.volume_dirs.clone(),
     }
 }
 

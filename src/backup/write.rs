@@ -102,10 +102,12 @@ fn fill(
                 fs_source::collect(source, &plan.storage, &mut c, &mut warn_fn)
                     .with_context(|| format!("reading bind mount {}", source.display()))?;
             }
-            Volume::Volume { name, .. } => {
-                read_volume(ctx, project, item, created, &mut c, &mut warn_fn)
-                    .with_context(|| format!("reading volume {name}"))?
-            }
+            Volume::Volume { name, .. } => match plan.volume_dirs.get(name) {
+                Some(dir) => fs_source::collect(dir, &plan.storage, &mut c, &mut warn_fn)
+                    .with_context(|| format!("reading volume {name} in {}", dir.display()))?,
+                None => read_volume(ctx, project, item, created, &mut c, &mut warn_fn)
+                    .with_context(|| format!("reading volume {name}"))?,
+            },
         }
         records.push(record(item, plan, c));
         skipped.extend(warnings.into_iter().map(|reason| Skipped {

@@ -144,11 +144,21 @@ pub fn recreate(docker: &Docker, rec: &VolumeRecord) -> Result<()> {
 /// them. Proven, not assumed, and without touching any real volume: a probe file is sent
 /// through the engine into a throw-away volume and must appear in that volume's folder here
 /// (a remote engine, a VM or a rootless engine never passes). `NUWAX_BACKUP_VOLUME_IO=engine`
-/// turns this off.
+/// turns this off. Probed once per process (a rollback's safety backup, taken while the
+/// services are stopped, reuses the answer).
 pub fn volumes_are_local(docker: &Docker, image: &str) -> Result<bool> {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if std::env::var("NUWAX_BACKUP_VOLUME_IO").as_deref() == Ok("engine") {
         return Ok(false);
     }
+    if let Some(a) = ANSWER.get() {
+        return Ok(*a);
+    }
+    let answer = probe_once(docker, image)?;
+    Ok(*ANSWER.get_or_init(|| answer))
+}
+
+fn probe_once(docker: &Docker, image: &str) -> Result<bool> {
     let probe_volume = format!("nuwax-probe-{}", std::process::id());
     docker.output(&["volume", "create", &probe_volume])?;
     let result = probe(docker, &probe_volume, image);

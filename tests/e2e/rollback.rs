@@ -777,3 +777,46 @@ impl Drop for Untag<'_> {
         let _ = self.0.docker(&["image", "rm", &self.1]);
     }
 }
+
+/// The sorted lines of an archive's `manifest-files.jsonl`.
+fn listed(archive: &str) -> Vec<String> {
+    let out = std::process::Command::new("tar")
+        .args(["-xzOf", archive, "manifest-files.jsonl"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn a_named_volume_read_from_disk_archives_exactly_as_read_through_the_engine() {
+    let Some(p) = seeded("volread", APP) else {
+        return;
+    };
+    p.compose(&["stop", "-t", "2"]).success();
+    let from_disk = p.plugin(&["create", "--format", "json"]).success().json();
+    let engine = [("NUWAX_BACKUP_VOLUME_IO", "engine")];
+    let through = p
+        .plugin_env(&engine, &["create", "--format", "json"])
+        .success()
+        .json();
+    let (a, b) = (
+        listed(from_disk["file_path"].as_str().unwrap()),
+        listed(through["file_path"].as_str().unwrap()),
+    );
+    assert!(
+        a.iter()
+            .any(|l| l.contains("\"volume\":\"volumes/dbdata\"") && l.contains("pgdata/base/t1")),
+        "{a:#?}"
+    );
+    assert_eq!(
+        a, b,
+        "same entries, owners, modes, times and digests either way"
+    );
+}
