@@ -1,6 +1,7 @@
 //! One `create` or `rollback` per project at a time: an advisory lock on a file per project.
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -18,13 +19,14 @@ impl ProjectLock {
     /// Takes the lock of `project` in `dir`, or fails at once (exit code `Locked`) naming the
     /// process that holds it.
     pub fn acquire(dir: &Path, project: &str, what: &str) -> Result<ProjectLock> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::private::create_dir_all(dir)?;
         let path = dir.join(format!("{project}.lock"));
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
         match try_lock_briefly(&file) {

@@ -530,6 +530,16 @@ fn archives_and_folders_are_private_and_a_shared_folder_is_warned_about() {
     assert_eq!(mode(&file), 0o600);
     assert_eq!(mode(p.path("backups").to_str().unwrap()), 0o700);
     assert_eq!(mode(p.catalog().to_str().unwrap()), 0o600);
+    let catalog_dir = p.catalog().parent().unwrap().to_path_buf();
+    for sub in ["locks", "runs"] {
+        assert_eq!(
+            mode(catalog_dir.join(sub).to_str().unwrap()),
+            0o700,
+            "{sub}"
+        );
+    }
+    let lock = catalog_dir.join("locks").join(format!("{}.lock", p.name));
+    assert_eq!(mode(lock.to_str().unwrap()), 0o600);
     for (folder, want_file, warned) in [("open", 0o600, true), ("group", 0o640, false)] {
         let dir = p.path(folder);
         std::fs::create_dir(&dir).unwrap();
