@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Arg, Command, CommandFactory, ValueHint};
 
-use crate::cli::Cli;
+use crate::cli::{Cli, ComposeArgs};
 use crate::compose::ConfigJson;
 use crate::docker::Docker;
 use crate::records::Status;
@@ -22,14 +22,8 @@ const KEEP_ORDER: u32 = 32;
 const DEFAULT: u32 = 0;
 
 /// What the user already typed that changes the answers: the compose project flags and
-/// the catalog.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Typed {
-    pub files: Vec<String>,
-    pub project_name: Option<String>,
-    pub project_directory: Option<String>,
-    pub catalog: Option<String>,
-}
+/// the catalog, in the same type the commands parse them into.
+pub type Typed = ComposeArgs;
 
 /// The answers that need the catalog or Compose.
 pub trait Lookup {
@@ -126,10 +120,10 @@ fn takes_value(arg: &Arg) -> bool {
 fn remember(t: &mut Typed, arg: &Arg, value: &str) {
     let v = value.to_string();
     match arg.get_id().as_str() {
-        "files" => t.files.push(v),
+        "files" => t.files.push(v.into()),
         "project_name" => t.project_name = Some(v),
-        "project_directory" => t.project_directory = Some(v),
-        "catalog" => t.catalog = Some(v),
+        "project_directory" => t.project_directory = Some(v.into()),
+        "catalog" => t.catalog = Some(v.into()),
         _ => {}
     }
 }
@@ -242,8 +236,7 @@ impl Lookup for Live {
         let catalog = typed
             .catalog
             .clone()
-            .or_else(|| std::env::var("NUWAX_BACKUP_CATALOG").ok())
-            .map(PathBuf::from);
+            .or_else(|| std::env::var_os("NUWAX_BACKUP_CATALOG").map(PathBuf::from));
         let path = crate::catalog::default_path(catalog.as_deref());
         let rows = crate::catalog::completions(&path, &project).ok()?;
         let ids = rows
@@ -281,17 +274,9 @@ impl Lookup for Live {
 /// `docker compose … config --format json`, given one second.
 fn config(typed: &Typed) -> Option<ConfigJson> {
     let docker = Docker::new(Vec::new()).ok()?;
-    let mut args: Vec<String> = vec!["compose".into()];
-    for f in &typed.files {
-        args.extend(["-f".into(), f.clone()]);
-    }
-    if let Some(p) = &typed.project_name {
-        args.extend(["-p".into(), p.clone()]);
-    }
-    if let Some(d) = &typed.project_directory {
-        args.extend(["--project-directory".into(), d.clone()]);
-    }
-    args.extend(["config".into(), "--format".into(), "json".into()]);
+    let mut args: Vec<OsString> = vec!["compose".into()];
+    args.extend(typed.to_args());
+    args.extend(["config", "--format", "json"].map(OsString::from));
     let text = docker.output_within(&args, Duration::from_secs(1))?;
     serde_json::from_str(&text).ok()
 }
@@ -300,6 +285,7 @@ fn config(typed: &Typed) -> Option<ConfigJson> {
 mod tests {
     use super::*;
     use std::cell::RefCell;
+    use std::path::Path;
 
     /// Remembers what it was asked with.
     #[derive(Default)]
@@ -371,15 +357,19 @@ mod tests {
             "/c.db",
             "",
         ]);
+        assert_eq!(asked.len(), 1);
         assert_eq!(
-            asked,
-            [Typed {
-                files: vec!["a.yml".into()],
-                project_name: Some("shop".into()),
-                project_directory: Some("/srv/app".into()),
-                catalog: Some("/c.db".into()),
-            }]
+            asked[0].to_args(),
+            [
+                "-f",
+                "a.yml",
+                "-p",
+                "shop",
+                "--project-directory",
+                "/srv/app"
+            ]
         );
+        assert_eq!(asked[0].catalog.as_deref(), Some(Path::new("/c.db")));
     }
 
     #[test]

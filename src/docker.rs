@@ -81,11 +81,13 @@ impl Docker {
 
     /// Runs `docker ARGS…` and returns its stdout. Fails with a [`DockerError`] (mapped to a
     /// user error where the cause is known) when docker exits non-zero.
-    /// The local image ID of each reference the engine has (missing ones are left out).
+    /// The local image ID of each reference the engine has (missing ones are left out); each
+    /// reference is asked about once, however often it is given.
     pub fn image_ids<'a>(
         &self,
         refs: impl IntoIterator<Item = &'a str>,
     ) -> std::collections::HashMap<String, String> {
+        let refs: std::collections::BTreeSet<&str> = refs.into_iter().collect();
         refs.into_iter()
             .filter_map(|r| {
                 let id = self

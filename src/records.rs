@@ -14,30 +14,12 @@ pub enum VolumeKind {
     Bind,
 }
 
-impl VolumeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VolumeKind::Volume => "volume",
-            VolumeKind::Bind => "bind",
-        }
-    }
-}
-
 /// What a volume holds: `data` is restored by `rollback --data-only`, `app` is not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Data,
     App,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Data => "data",
-            Role::App => "app",
-        }
-    }
 }
 
 /// Why a backup was made.
@@ -93,18 +75,8 @@ macro_rules! words {
 words!(BackupType { Manual => "manual", PreUpgrade => "pre-upgrade", PreRollback => "pre-rollback" });
 words!(Status { Completed => "completed", Failed => "failed" });
 words!(RunCommand { Create => "create", Rollback => "rollback" });
-
-impl fmt::Display for VolumeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+words!(VolumeKind { Volume => "volume", Bind => "bind" });
+words!(Role { Data => "data", App => "app" });
 
 /// The last verification of a backup: passed, or what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -254,15 +254,13 @@ fn record_failure(
 
 /// The host folders of `names` when the engine keeps its volumes where this process can read
 /// them (proven by a probe, as rollback does): read from disk, they need no `docker cp`.
+/// `image_ids` are the project's images the engine has (one fills the probe).
 fn volume_dirs(
     ctx: &Context,
-    project: &Project,
+    image_ids: &HashMap<String, String>,
     names: &[&str],
 ) -> Result<HashMap<String, PathBuf>> {
-    let images = ctx
-        .docker
-        .image_ids(project.services.iter().filter_map(|s| s.image.as_deref()));
-    let Some(image) = images.keys().next() else {
+    let Some(image) = image_ids.keys().next() else {
         return Ok(HashMap::new());
     };
     if !crate::restore::engine::volumes_are_local(&ctx.docker, image)? {
@@ -284,6 +282,9 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
         catalog_storage: catalog.storage_dir(&project.name)?,
         ..Default::default()
     };
+    facts.image_ids = ctx
+        .docker
+        .image_ids(project.services.iter().filter_map(|s| s.image.as_deref()));
     let named: Vec<&str> = project
         .volumes
         .iter()
@@ -305,7 +306,7 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
         if !present.is_empty() {
             facts.volume_details = volume_details(ctx, &present)?;
             facts.volume_sizes = volume_sizes(ctx);
-            facts.volume_dirs = volume_dirs(ctx, project, &present)?;
+            facts.volume_dirs = volume_dirs(ctx, &facts.image_ids, &present)?;
         }
     }
     for v in &project.volumes {
@@ -313,9 +314,6 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
             facts.paths.insert(source.clone(), probe(source));
         }
     }
-    facts.image_ids = ctx
-        .docker
-        .image_ids(project.services.iter().filter_map(|s| s.image.as_deref()));
     Ok(facts)
 }
 

@@ -57,14 +57,12 @@ pub fn gather(ctx: &Context, project: &Project, m: &Manifest, req: &Request) -> 
 
 fn bind_facts(v: &VolumeRecord, f: &mut Facts) {
     let Some(source) = &v.source else { return };
-    let folder = if super::mount::is_mount_point(source) {
+    let mount_point = super::mount::is_mount_point(source);
+    if mount_point {
         f.mount_points.insert(source.clone());
-        source.clone()
-    } else {
-        match source.parent() {
-            Some(p) => p.to_path_buf(),
-            None => return,
-        }
+    }
+    let Some(folder) = plan::bind_staging_folder(source, mount_point) else {
+        return;
     };
     if let Some(fs) = filesystem_of(&folder) {
         f.filesystems.insert(folder, fs);

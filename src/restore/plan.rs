@@ -335,9 +335,18 @@ pub fn footprint(v: &VolumeRecord) -> u64 {
 pub fn staging_folder(step: &Step) -> Option<PathBuf> {
     let source = step.record.source.as_ref()?;
     match step.action {
-        Action::StageInMount => Some(source.clone()),
-        Action::SwapBind => source.parent().map(Path::to_path_buf),
+        Action::StageInMount => bind_staging_folder(source, true),
+        Action::SwapBind => bind_staging_folder(source, false),
         _ => None,
+    }
+}
+
+/// Where a bind's staging goes: inside it when it is a mount point, else beside it.
+pub fn bind_staging_folder(source: &Path, mount_point: bool) -> Option<PathBuf> {
+    if mount_point {
+        Some(source.to_path_buf())
+    } else {
+        source.parent().map(Path::to_path_buf)
     }
 }
 

@@ -17,6 +17,27 @@ fn split(run: &Run) -> (Vec<String>, String) {
     (lines, directive)
 }
 
+/// The plugin binary answering `__complete nuwaxbackup WORDS…` in `dir`, with the project's
+/// docker config (so its catalog), as docker runs it.
+fn complete_in(p: &Project, dir: &std::path::Path, words: &[&str]) -> Run {
+    let config = p
+        .catalog()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    Run::from(
+        std::process::Command::new(env!("CARGO_BIN_EXE_docker-nuwax-backup"))
+            .args(["__complete", "nuwaxbackup"])
+            .args(words)
+            .current_dir(dir)
+            .env("DOCKER_CONFIG", config)
+            .output()
+            .unwrap(),
+    )
+}
+
 fn cli_is_23_or_later(p: &Project) -> bool {
     let v = p
         .docker(&["version", "--format", "{{.Client.Version}}"])
@@ -120,33 +141,13 @@ fn completion_honours_p_and_answers_quietly_anywhere_even_on_a_locked_catalog() 
     p.plugin(&["create"]).success();
     // Elsewhere, with no compose file: no candidates, exit 0, nothing on the plugin's stderr.
     let elsewhere = tempfile::tempdir().unwrap();
-    let run = Run::from(
-        std::process::Command::new(env!("CARGO_BIN_EXE_docker-nuwax-backup"))
-            .args(["__complete", "nuwaxbackup", "rollback", ""])
-            .current_dir(elsewhere.path())
-            .env(
-                "DOCKER_CONFIG",
-                p.catalog().parent().unwrap().parent().unwrap(),
-            )
-            .output()
-            .unwrap(),
-    );
+    let run = complete_in(&p, elsewhere.path(), &["rollback", ""]);
     assert_eq!(
         (run.code, run.stdout.as_str(), run.stderr.as_str()),
         (0, ":4\n", "")
     );
     // `-p` typed on the line names the project: its IDs come without a compose file.
-    let with_p = Run::from(
-        std::process::Command::new(env!("CARGO_BIN_EXE_docker-nuwax-backup"))
-            .args(["__complete", "nuwaxbackup", "-p", &p.name, "rollback", ""])
-            .current_dir(elsewhere.path())
-            .env(
-                "DOCKER_CONFIG",
-                p.catalog().parent().unwrap().parent().unwrap(),
-            )
-            .output()
-            .unwrap(),
-    );
+    let with_p = complete_in(&p, elsewhere.path(), &["-p", &p.name, "rollback", ""]);
     assert!(with_p.stdout.starts_with("1\t"), "{}", with_p.stdout);
     // Another process holds the catalog's write lock: completion still answers at once.
     let conn = rusqlite::Connection::open(p.catalog()).unwrap();
