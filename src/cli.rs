@@ -95,6 +95,10 @@ pub struct VerifyArgs {
     /// With --all: of every project.
     #[arg(long)]
     pub all_projects: bool,
+    /// Encrypted backups: decrypt and check every entry (needs --identity); without an
+    /// identity only size and checksum are checked.
+    #[arg(long)]
+    pub full: bool,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }
@@ -166,6 +170,10 @@ pub struct ComposeArgs {
     /// Backup catalog (SQLite); default ${DOCKER_CONFIG:-~/.docker}/nuwax-backup/catalog.db.
     #[arg(long, global = true, env = "NUWAX_BACKUP_CATALOG", value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub catalog: Option<PathBuf>,
+    /// age identity file or ssh private key that opens encrypted backups (rollback, verify,
+    /// recover); keep it off the backup host.
+    #[arg(long, global = true, env = "NUWAX_BACKUP_IDENTITY", value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub identity: Option<PathBuf>,
 }
 
 impl ComposeArgs {
@@ -257,6 +265,13 @@ pub struct CreateArgs {
     /// Also archive bind mounts outside the project directory.
     #[arg(long)]
     pub include_external_binds: bool,
+    /// Encrypt the archive to this age public key (age1…, ssh-ed25519, ssh-rsa; repeatable).
+    /// Replaces x-nuwax-backup.encrypt.
+    #[arg(long, value_name = "KEY")]
+    pub recipient: Vec<String>,
+    /// Encrypt to the public keys in this file, one per line (repeatable).
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub recipients_file: Vec<PathBuf>,
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -473,6 +488,7 @@ mod tests {
             env_file: vec![".env2".into()],
             profile: vec!["dev".into()],
             catalog: None,
+            identity: None,
         };
         assert_eq!(
             c.to_args(),

@@ -30,6 +30,8 @@ pub enum Code {
     VerifyFailed = 12,
     /// A rollback failed and what was there before was put back.
     RolledBack = 13,
+    /// A missing, wrong or locked decryption identity.
+    Identity = 15,
     /// The user cancelled (Ctrl-C, SIGTERM, or the docker CLI went away).
     Cancelled = 130,
 }

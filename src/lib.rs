@@ -1,4 +1,5 @@
 //! docker-nuwax-backup: cold backups and rollbacks of a Docker Compose project's volumes.
+mod access;
 mod archive;
 mod backup;
 mod cancel;
@@ -7,6 +8,7 @@ mod cli;
 mod commands;
 mod complete;
 mod compose;
+mod crypto;
 mod docker;
 mod exit_codes;
 mod fault;
@@ -21,6 +23,7 @@ mod recover;
 mod restore;
 mod runs;
 mod services;
+mod sidecar;
 mod storage;
 
 use std::ffi::OsString;
@@ -37,11 +40,25 @@ use crate::exit_codes::{code_of, Code, UserError};
 pub struct Context {
     pub docker: Docker,
     pub compose: ComposeArgs,
+    /// The identity, once read (see [`Context::keyring`]).
+    keys: std::cell::OnceCell<crypto::Keyring>,
 }
 
 impl Context {
     pub fn catalog_path(&self) -> std::path::PathBuf {
         catalog::default_path(self.compose.catalog.as_deref())
+    }
+
+    /// The identity given with `--identity` / `NUWAX_BACKUP_IDENTITY`, read once.
+    pub fn keyring(&self) -> anyhow::Result<Option<&crypto::Keyring>> {
+        let Some(file) = &self.compose.identity else {
+            return Ok(None);
+        };
+        if let Some(r) = self.keys.get() {
+            return Ok(Some(r));
+        }
+        let ring = crypto::Keyring::load(file)?;
+        Ok(Some(self.keys.get_or_init(|| ring)))
     }
 
     /// Opens the catalog (creating it when missing).
@@ -121,6 +138,7 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
     let ctx = Context {
         docker: Docker::new(docker_globals)?,
         compose: cli.compose,
+        keys: std::cell::OnceCell::new(),
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -22,6 +22,14 @@ pub enum Role {
     App,
 }
 
+/// Who reads or writes a volume: this process on the host, or the engine (`docker cp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Io {
+    Host,
+    Engine,
+}
+
 /// Why a backup was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -77,11 +85,15 @@ words!(Status { Completed => "completed", Failed => "failed" });
 words!(RunCommand { Create => "create", Rollback => "rollback" });
 words!(VolumeKind { Volume => "volume", Bind => "bind" });
 words!(Role { Data => "data", App => "app" });
+words!(Io { Host => "host", Engine => "engine" });
 
 /// The last verification of a backup: passed, or what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
     Ok,
+    /// An encrypted archive checked without its key: size and SHA-256 only. Not a passed
+    /// verify for prune's "never the newest verified backup" rule.
+    ChecksumOnly,
     Failed(String),
 }
 
@@ -90,13 +102,20 @@ impl Verification {
     pub fn to_db(&self) -> &str {
         match self {
             Verification::Ok => "ok",
+            Verification::ChecksumOnly => "checksum-only",
             Verification::Failed(why) => why,
         }
+    }
+
+    /// Nothing wrong was found (a checksum-only check included).
+    pub fn passed_or_checksum(&self) -> bool {
+        !matches!(self, Verification::Failed(_))
     }
 
     pub fn from_db(s: &str) -> Verification {
         match s {
             "ok" => Verification::Ok,
+            "checksum-only" => Verification::ChecksumOnly,
             other => Verification::Failed(other.to_string()),
         }
     }

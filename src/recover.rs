@@ -114,6 +114,7 @@ fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunReco
         compression: &p.compression,
         duration_ms: 0,
         error: Some("interrupted"),
+        recipients: &[],
     })?;
     note(format!("recorded the interrupted backup as failed (#{id})"));
     Ok(())

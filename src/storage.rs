@@ -123,6 +123,17 @@ pub fn publish(partial: &Path, dir: &Path, name: &str, ext: &str) -> Result<Path
 }
 
 /// fsync a folder so that a rename in it survives a crash.
+/// Removes an archive and its sidecar (either already gone is fine).
+pub fn remove_archive(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => {}
+    }
+    crate::sidecar::remove(path)
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())

@@ -248,15 +248,3 @@ fn names(dir: &OwnedFd) -> Result<Vec<Vec<u8>>> {
     out.sort_unstable();
     Ok(out)
 }
-
-/// Bytes of regular files below `root` (for the free-space check and the plan).
-pub fn size_of(root: &Path) -> u64 {
-    walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
-}

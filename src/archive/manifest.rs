@@ -32,6 +32,9 @@ pub struct Manifest {
     pub volumes: Vec<VolumeRecord>,
     /// Volumes declared but not archived, with the reason.
     pub skipped: Vec<Skipped>,
+    /// The age public keys the archive was encrypted to (none: not encrypted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

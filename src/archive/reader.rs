@@ -1,12 +1,15 @@
 //! Reads archives back: opens either codec, checks every entry is safe to extract, and
 //! verifies the whole file against its manifest (and the catalog's SHA-256) in one pass.
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+
+use crate::crypto::{self, Keyring};
+use crate::exit_codes::{Code, UserError};
 
 /// Hashes the compressed bytes as they are read (shared, so the hash survives the decoder).
 struct Sha256Reader<R> {
@@ -38,28 +41,51 @@ impl Opened {
     }
 }
 
-/// Opens a `.tar.gz` or `.tar.zst` by its magic bytes. Our gzip archives (independent members
-/// marked with gzp's `IG` extra field) are decompressed on all cores with CRC checks; any
-/// other gzip is read as a plain multi-member stream.
-pub fn open(path: &Path) -> Result<Opened> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut magic = [0u8; 16];
-    let mut n = 0;
-    while n < magic.len() {
-        match file.read(&mut magic[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
+/// Opens a `.tar.gz` or `.tar.zst` by its magic bytes, decrypting it first when it is an age
+/// file (which needs `keys`: exit 15 without them, or when they do not open it). Our gzip
+/// archives (independent members marked with gzp's `IG` extra field) are decompressed on all
+/// cores with CRC checks; any other gzip is read as a plain multi-member stream.
+pub fn open(path: &Path, keys: Option<&Keyring>) -> Result<Opened> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let digest = Arc::new(Mutex::new((Sha256::new(), 0u64)));
-    let head = io::Cursor::new(magic[..n].to_vec());
-    let raw = Sha256Reader {
-        inner: head.chain(file),
-        state: digest.clone(),
+    let mut raw = BufReader::with_capacity(
+        1 << 20,
+        Sha256Reader {
+            inner: file,
+            state: digest.clone(),
+        },
+    );
+    let encrypted = crypto::is_encrypted(raw.fill_buf()?);
+    let plain: Box<dyn BufRead + Send> = match (encrypted, keys) {
+        (false, _) => Box::new(raw),
+        (true, Some(keys)) => Box::new(BufReader::with_capacity(1 << 20, keys.decrypt(raw)?)),
+        (true, None) => {
+            return Err(UserError::new(
+                Code::Identity,
+                format!(
+                    "{} is encrypted: pass --identity FILE (or set NUWAX_BACKUP_IDENTITY) with a key it is encrypted to",
+                    path.display()
+                ),
+            )
+            .into())
+        }
     };
+    Ok(Opened {
+        tar: Box::new(BufReader::with_capacity(
+            256 << 10,
+            decompress(plain, path)?,
+        )),
+        digest,
+    })
+}
+
+fn decompress(mut r: Box<dyn BufRead + Send>, path: &Path) -> Result<Box<dyn Read>> {
+    let magic = r.fill_buf()?;
+    let n = magic.len();
     let is_gzip = n >= 2 && magic[..2] == [0x1f, 0x8b];
     let is_mgzip = is_gzip && n >= 14 && magic[3] & 4 == 4 && &magic[12..14] == b"IG";
-    let tar: Box<dyn Read> = if is_mgzip {
+    let is_zstd = n >= 4 && magic[..4] == [0x28, 0xb5, 0x2f, 0xfd];
+    Ok(if is_mgzip {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -67,23 +93,14 @@ pub fn open(path: &Path) -> Result<Opened> {
             gzp::par::decompress::ParDecompressBuilder::<gzp::deflate::Mgzip>::new()
                 .num_threads(threads)
                 .map_err(|e| anyhow::anyhow!("{e}"))?
-                .from_reader(raw),
+                .from_reader(r),
         )
     } else if is_gzip {
-        Box::new(flate2::bufread::MultiGzDecoder::new(
-            BufReader::with_capacity(1 << 20, raw),
-        ))
-    } else if n >= 4 && magic[..4] == [0x28, 0xb5, 0x2f, 0xfd] {
-        Box::new(zstd::Decoder::with_buffer(BufReader::with_capacity(
-            1 << 20,
-            raw,
-        ))?)
+        Box::new(flate2::bufread::MultiGzDecoder::new(r))
+    } else if is_zstd {
+        Box::new(zstd::Decoder::with_buffer(r)?)
     } else {
         bail!("{} is not a gzip or zstd archive", path.display())
-    };
-    Ok(Opened {
-        tar: Box::new(BufReader::with_capacity(256 << 10, tar)),
-        digest,
     })
 }
 
@@ -114,7 +131,7 @@ pub(super) fn copy_into_hasher(
 }
 
 pub use super::safety::volume_of;
-pub use super::verify::verify;
+pub use super::verify::{verify, Verified};
 
 #[cfg(test)]
 mod tests {

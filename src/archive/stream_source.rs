@@ -18,9 +18,36 @@ fn relative(p: &[u8]) -> Vec<u8> {
     p.strip_suffix(b"/").unwrap_or(p).to_vec()
 }
 
-/// Reads every entry of `stream`; devices and fifos are skipped through `warn`.
+/// What a `docker cp` stream holds.
+pub enum Scope {
+    /// A folder's content (`CTR:/path/.`), less a sub-folder when given (the storage folder).
+    Tree(Option<Vec<u8>>),
+    /// One file (`CTR:/path/name`): its single entry is the volume's root.
+    File(Vec<u8>),
+}
+
+impl Scope {
+    /// The entry's path relative to the volume's root, or `None` to leave it out.
+    fn place(&self, p: &[u8]) -> Option<Vec<u8>> {
+        let rel = relative(p);
+        match self {
+            Scope::File(name) if rel == *name => Some(Vec::new()),
+            Scope::File(_) => None,
+            Scope::Tree(Some(skip))
+                if rel.starts_with(skip)
+                    && (rel.len() == skip.len() || rel[skip.len()] == b'/') =>
+            {
+                None
+            }
+            Scope::Tree(_) => Some(rel),
+        }
+    }
+}
+
+/// Reads every entry of `stream` within `scope`; devices and fifos are skipped through `warn`.
 pub fn collect<R: Read>(
     stream: R,
+    scope: &Scope,
     c: &mut Collector<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<()> {
@@ -32,7 +59,9 @@ pub fn collect<R: Read>(
         let entry = entry.context("reading the tar stream from docker cp")?;
         crate::cancel::check()?;
         let h = entry.header();
-        let rel = relative(&entry.path_bytes());
+        let Some(rel) = scope.place(&entry.path_bytes()) else {
+            continue;
+        };
         let a = Attrs {
             mode: h.mode().unwrap_or(0o644),
             uid: h.uid().unwrap_or(0),
@@ -67,7 +96,7 @@ pub fn collect<R: Read>(
 
 #[cfg(test)]
 mod tests {
-    use super::relative;
+    use super::{relative, Scope};
 
     #[test]
     fn docker_cp_prefixes_are_removed() {
@@ -75,5 +104,17 @@ mod tests {
         assert_eq!(relative(b"."), b"");
         assert_eq!(relative(b"./sub/"), b"sub");
         assert_eq!(relative(b"./sub/f"), b"sub/f");
+    }
+
+    #[test]
+    fn scopes_place_entries_and_leave_the_storage_folder_out() {
+        let tree = Scope::Tree(Some(b"backups".to_vec()));
+        assert_eq!(tree.place(b"./"), Some(Vec::new()));
+        assert_eq!(tree.place(b"./backups"), None);
+        assert_eq!(tree.place(b"./backups/x.tar.gz"), None);
+        assert_eq!(tree.place(b"./backups2/x"), Some(b"backups2/x".to_vec()));
+        let file = Scope::File(b"f.conf".to_vec());
+        assert_eq!(file.place(b"f.conf"), Some(Vec::new()));
+        assert_eq!(file.place(b"other"), None);
     }
 }

@@ -3,7 +3,7 @@
 //! of what the entries hold is compared with one of what `manifest-files.jsonl` lists (the
 //! writer puts both in the same order, so no table of paths is needed). Only when the two
 //! digests differ does a second pass, with a table, name the first bad path.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
@@ -12,12 +12,30 @@ use anyhow::{bail, Context, Result};
 use super::manifest::{EntryKind, FileLine, Manifest, FILES_PATH, MANIFEST_PATH};
 use super::reader::{copy_into_hasher, open, volume_of};
 use super::safety::PathChecker;
+use crate::crypto::Keyring;
 
 /// What a verified archive holds.
 pub struct Verified {
     pub manifest: Manifest,
     pub sha256: String,
     pub size: u64,
+    /// Per volume folder (`binds/data`): the distinct (uid, gid) of its entries, up to
+    /// [`MAX_OWNERS`] (a restore as a user who is not root must know whom it cannot be).
+    pub owners: BTreeMap<String, BTreeSet<(u64, u64)>>,
+}
+
+/// Owners remembered per volume: enough to decide, bounded whatever the archive holds.
+pub const MAX_OWNERS: usize = 64;
+
+fn note_owner(owners: &mut BTreeMap<String, BTreeSet<(u64, u64)>>, folder: &[u8], h: &tar::Header) {
+    let folder = String::from_utf8_lossy(folder);
+    let set = match owners.get_mut(folder.as_ref()) {
+        Some(set) => set,
+        None => owners.entry(folder.into_owned()).or_default(),
+    };
+    if set.len() < MAX_OWNERS {
+        set.insert((h.uid().unwrap_or(0), h.gid().unwrap_or(0)));
+    }
 }
 
 /// What one volume entry holds, as compared with its manifest line.
@@ -50,13 +68,17 @@ fn feed(h: &mut blake3::Hasher, full: &[u8], seen: &Seen) {
 /// Reads the whole archive: every entry must be safe, every file must match the manifest's
 /// size and BLAKE3, the manifest must be there and valid, and (when given) the file's
 /// SHA-256 must equal `expected_sha256`. Fails with what is wrong.
-pub fn verify(path: &Path, expected_sha256: Option<&str>) -> Result<Verified> {
-    let (verified, tally) = first_pass(path, expected_sha256)?;
+pub fn verify(
+    path: &Path,
+    expected_sha256: Option<&str>,
+    keys: Option<&Keyring>,
+) -> Result<Verified> {
+    let (verified, tally) = first_pass(path, expected_sha256, keys)?;
     let agree =
         tally.entry_count == tally.line_count && tally.entries.finalize() == tally.lines.finalize();
     if !agree {
         // Names the first difference; passes when only the order differs (another writer).
-        second_pass(path)?;
+        second_pass(path, keys)?;
     }
     Ok(verified)
 }
@@ -65,12 +87,17 @@ fn damaged(e: impl Into<anyhow::Error>) -> anyhow::Error {
     e.into().context("the archive is damaged or cut short")
 }
 
-fn first_pass(path: &Path, expected_sha256: Option<&str>) -> Result<(Verified, Tally)> {
-    let mut opened = open(path)?;
+fn first_pass(
+    path: &Path,
+    expected_sha256: Option<&str>,
+    keys: Option<&Keyring>,
+) -> Result<(Verified, Tally)> {
+    let mut opened = open(path, keys)?;
     let mut checker = PathChecker::default();
     let mut tally = Tally::default();
     let mut manifest_bytes = None;
     let mut saw_lines = false;
+    let mut owners = BTreeMap::new();
     let mut buf = vec![0u8; 128 << 10];
     {
         let mut archive = tar::Archive::new(&mut opened.tar);
@@ -90,7 +117,8 @@ fn first_pass(path: &Path, expected_sha256: Option<&str>) -> Result<(Verified, T
             } else if p == FILES_PATH.as_bytes() {
                 saw_lines = true;
                 tally_lines(&mut entry, &mut tally)?;
-            } else if volume_of(&p).is_some() {
+            } else if let Some(folder) = volume_of(&p) {
+                note_owner(&mut owners, folder, entry.header());
                 feed(
                     &mut tally.entries,
                     &p,
@@ -114,6 +142,7 @@ fn first_pass(path: &Path, expected_sha256: Option<&str>) -> Result<(Verified, T
             manifest,
             sha256,
             size,
+            owners,
         },
         tally,
     ))
@@ -200,8 +229,8 @@ fn seen_of(kind: tar::EntryType, entry: &mut dyn Read, buf: &mut [u8]) -> Result
 }
 
 /// The slow, exact comparison (a table of every entry): names the first path that differs.
-fn second_pass(path: &Path) -> Result<()> {
-    let mut opened = open(path)?;
+fn second_pass(path: &Path, keys: Option<&Keyring>) -> Result<()> {
+    let mut opened = open(path, keys)?;
     let mut seen: HashMap<Vec<u8>, Seen> = HashMap::new();
     let mut lines = Vec::new();
     let mut buf = vec![0u8; 128 << 10];

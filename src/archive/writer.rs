@@ -12,6 +12,7 @@ use gzp::par::compress::{ParCompress, ParCompressBuilder};
 use gzp::ZWriter;
 
 use super::hashing::HashingWriter;
+use crate::crypto::Recipients;
 
 /// Input bytes per gzip member: large enough that the lost 32 KiB of history costs well
 /// under 1% of size, small enough to keep both cores busy and memory flat.
@@ -62,8 +63,51 @@ impl Codec {
 /// so an abandoned one (an error or a cancel mid-archive) is forgotten in `Drop`: its idle
 /// threads are left to the end of the process, which is near on that path.
 enum Compressor {
-    Gzip(Option<ParCompress<'static, Mgzip, HashingWriter<File>>>),
-    Zstd(Option<zstd::Encoder<'static, HashingWriter<File>>>),
+    Gzip(Option<ParCompress<'static, Mgzip, Sealed>>),
+    Zstd(Option<zstd::Encoder<'static, Sealed>>),
+}
+
+/// Where the compressed stream goes: the hashed file, through age when encrypting (so no
+/// plaintext archive ever reaches the disk; the hash is of the bytes on disk).
+enum Sealed {
+    Plain(HashingWriter<File>),
+    Age(age::stream::StreamWriter<HashingWriter<File>>),
+}
+
+impl Write for Sealed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sealed::Plain(w) => w.write(buf),
+            Sealed::Age(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sealed::Plain(w) => w.flush(),
+            Sealed::Age(w) => w.flush(),
+        }
+    }
+}
+
+impl Sealed {
+    fn new(file: File, recipients: &Recipients) -> Result<Sealed> {
+        let out = HashingWriter::new(file);
+        if recipients.is_empty() {
+            return Ok(Sealed::Plain(out));
+        }
+        let w = recipients
+            .encryptor()?
+            .wrap_output(out)
+            .context("starting the encrypted stream")?;
+        Ok(Sealed::Age(w))
+    }
+
+    fn finish(self) -> Result<HashingWriter<File>> {
+        match self {
+            Sealed::Plain(w) => Ok(w),
+            Sealed::Age(w) => w.finish().context("finishing the encrypted stream"),
+        }
+    }
 }
 
 fn finished() -> io::Error {
@@ -86,7 +130,7 @@ impl Write for Compressor {
 }
 
 impl Compressor {
-    fn finish(mut self) -> Result<HashingWriter<File>> {
+    fn finish(mut self) -> Result<Sealed> {
         match &mut self {
             Compressor::Gzip(w) => {
                 let mut w = w.take().ok_or_else(finished)?;
@@ -143,10 +187,11 @@ fn threads() -> usize {
 }
 
 impl ArchiveWriter {
-    /// Starts an archive in `file` (already created, empty). Fails on a bad level.
-    pub fn new(file: File, codec: Codec) -> Result<Self> {
+    /// Starts an archive in `file` (already created, empty), encrypted to `recipients` when
+    /// there are any. Fails on a bad level.
+    pub fn new(file: File, codec: Codec, recipients: &Recipients) -> Result<Self> {
         codec.validate()?;
-        let out = HashingWriter::new(file);
+        let out = Sealed::new(file, recipients)?;
         let compressor = match codec {
             Codec::Gzip { level } => {
                 let par: ParCompressBuilder<Mgzip> = ParCompressBuilder::new();
@@ -232,7 +277,7 @@ impl ArchiveWriter {
             .into_inner()
             .map_err(|e| e.into_error())
             .context("writing the end of the archive")?;
-        let (file, size, sha256) = compressor.finish()?.finish();
+        let (file, size, sha256) = compressor.finish()?.finish()?.finish();
         file.sync_all().context("syncing the archive to disk")?;
         Ok(Finished { file, size, sha256 })
     }
@@ -265,7 +310,8 @@ mod tests {
     fn roundtrip(codec: Codec) -> Vec<(String, tar::EntryType, u64, u32)> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.tar");
-        let mut w = ArchiveWriter::new(File::create(&path).unwrap(), codec).unwrap();
+        let none = Recipients::default();
+        let mut w = ArchiveWriter::new(File::create(&path).unwrap(), codec, &none).unwrap();
         let attrs = Attrs {
             mode: 0o700,
             uid: 999,
@@ -328,6 +374,6 @@ mod tests {
     #[test]
     fn bad_levels_are_refused() {
         let f = tempfile::tempfile().unwrap();
-        assert!(ArchiveWriter::new(f, Codec::Gzip { level: 0 }).is_err());
+        assert!(ArchiveWriter::new(f, Codec::Gzip { level: 0 }, &Recipients::default()).is_err());
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 
+use crate::access::{self, Survey};
 use crate::catalog::{BackupRow, Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
@@ -222,8 +223,15 @@ fn record_completed(
         compression: plan.compression,
         duration_ms,
         error: None,
+        recipients: &plan.recipients,
     })?;
-    catalog.get(id)?.context("reading back the catalog row")
+    let row = catalog.get(id)?.context("reading back the catalog row")?;
+    if let Err(e) = crate::sidecar::write(&row) {
+        warn(format!(
+            "backup #{id} completed, but its sidecar was not written: {e:#}"
+        ));
+    }
+    Ok(row)
 }
 
 fn record_failure(
@@ -249,6 +257,7 @@ fn record_failure(
         compression: plan.compression,
         duration_ms,
         error: Some(&text),
+        recipients: &plan.recipients,
     });
 }
 
@@ -280,6 +289,7 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
     let mut facts = plan::Facts {
         cwd: std::env::current_dir()?,
         catalog_storage: catalog.storage_dir(&project.name)?,
+        recipients: crate::crypto::project_recipients(project)?,
         ..Default::default()
     };
     facts.image_ids = ctx
@@ -311,13 +321,22 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
     }
     for v in &project.volumes {
         if let Volume::Bind { source, .. } = v {
-            facts.paths.insert(source.clone(), probe(source));
+            let (kind, survey) = probe(source);
+            facts.paths.insert(source.clone(), (kind, survey.bytes));
+            if !survey.readable {
+                warn(format!("{} is not readable by this user: the engine reads it, and the free-space check counts only what this user can see", source.display()));
+                facts.unreadable.insert(source.clone());
+            }
         }
     }
     Ok(facts)
 }
 
-fn probe(p: &Path) -> (plan::PathKind, u64) {
+fn probe(p: &Path) -> (plan::PathKind, Survey) {
+    let none = Survey {
+        bytes: 0,
+        readable: true,
+    };
     match std::fs::symlink_metadata(p).and_then(|m| {
         if m.file_type().is_symlink() {
             std::fs::metadata(p)
@@ -325,10 +344,10 @@ fn probe(p: &Path) -> (plan::PathKind, u64) {
             Ok(m)
         }
     }) {
-        Err(_) => (plan::PathKind::Missing, 0),
-        Ok(m) if m.is_dir() => (plan::PathKind::Dir, crate::archive::fs_source::size_of(p)),
-        Ok(m) if m.is_file() => (plan::PathKind::File, m.len()),
-        Ok(_) => (plan::PathKind::Special, 0),
+        Err(_) => (plan::PathKind::Missing, none),
+        Ok(m) if m.is_dir() => (plan::PathKind::Dir, access::survey(p)),
+        Ok(m) if m.is_file() => (plan::PathKind::File, access::survey(p)),
+        Ok(_) => (plan::PathKind::Special, none),
     }
 }
 

@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::archive::manifest::Skipped;
 use crate::archive::Codec;
 use crate::compose::{Kind, Project, Role, Volume};
-use crate::records::BackupType;
+use crate::crypto::Recipients;
+use crate::records::{BackupType, Io};
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct Options {
     pub storage: Option<PathBuf>,
     pub stop: bool,
     pub include_external_binds: bool,
+    /// `--recipient`/`--recipients-file`: replace the compose file's `encrypt` when given.
+    pub recipients: Option<Recipients>,
 }
 
 /// What a host path is, looked at before planning.
@@ -40,12 +43,17 @@ pub struct Facts {
     /// Driver, options and labels of existing named volumes, as the engine reports them.
     pub volume_details: HashMap<String, VolumeDetails>,
     pub paths: HashMap<PathBuf, (PathKind, u64)>,
+    /// Binds this process cannot read completely (another user's private folder): the
+    /// engine reads them.
+    pub unreadable: HashSet<PathBuf>,
     /// Local image IDs by reference, of the services' images the engine has.
     pub image_ids: HashMap<String, String>,
     /// The folders of named volumes this process can read directly (a local engine).
     pub volume_dirs: HashMap<String, PathBuf>,
     /// A storage folder set by `migrate-storage` for this project.
     pub catalog_storage: Option<PathBuf>,
+    /// The recipients `x-nuwax-backup.encrypt` names (read, with its file, beforehand).
+    pub recipients: Recipients,
     pub cwd: PathBuf,
 }
 
@@ -64,6 +72,9 @@ pub struct Item {
     pub role: Role,
     pub archive_path: String,
     pub size_bytes: u64,
+    /// Who reads it: this process from disk, or the engine (`docker cp`).
+    pub io: Io,
+    pub reason: &'static str,
     #[serde(skip)]
     pub decl: Volume,
 }
@@ -84,6 +95,9 @@ pub struct Plan {
     pub skipped: Vec<Skipped>,
     /// Uncompressed bytes of all volumes: the free space required.
     pub bytes_needed: u64,
+    /// Encrypted with age to `recipients` (public keys; the archive name ends in `.age`).
+    pub encrypted: bool,
+    pub recipients: Vec<String>,
     #[serde(skip)]
     pub at: DateTime<Utc>,
     #[serde(skip)]
@@ -115,12 +129,14 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
     let mut used_paths = HashSet::new();
     for v in &project.volumes {
         match decide(project, opts, facts, v) {
-            Ok((kind, size, base)) => items.push(Item {
-                kind,
+            Ok(d) => items.push(Item {
+                kind: d.kind,
                 volume: v.label(),
                 role: v.role(),
-                archive_path: unique(&mut used_paths, base),
-                size_bytes: size,
+                archive_path: unique(&mut used_paths, d.base),
+                size_bytes: d.size,
+                io: d.io,
+                reason: d.reason,
                 decl: v.clone(),
             }),
             Err(reason) => skipped.push(Skipped {
@@ -129,6 +145,10 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
             }),
         }
     }
+    let recipients = opts
+        .recipients
+        .clone()
+        .unwrap_or_else(|| facts.recipients.clone());
     let running = project
         .all_containers()
         .filter(|c| c.is_live())
@@ -142,7 +162,7 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
             opts.backup_type.as_str(),
             &version,
             now,
-            opts.codec.extension(),
+            &extension(opts.codec, &recipients),
         ),
         service_version: version,
         compression: opts.codec.name(),
@@ -150,6 +170,8 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
         created_at: now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         running,
         bytes_needed: items.iter().map(|i| i.size_bytes).sum(),
+        encrypted: !recipients.is_empty(),
+        recipients: recipients.0,
         volumes: items,
         skipped,
         at: now,
@@ -160,13 +182,29 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
     }
 }
 
-/// `(kind, size, archive folder)` for a volume to archive, or why it is skipped.
+/// How one volume is archived.
+struct Decision {
+    kind: &'static str,
+    size: u64,
+    /// The archive folder, before it is made unique.
+    base: String,
+    io: Io,
+    reason: &'static str,
+}
+
+const FROM_DISK: &str = "read from disk";
+const FROM_VOLUME_DIR: &str = "read from the volume's folder on this host";
+const THROUGH_ENGINE: &str = "read through the engine (docker cp from a stopped container)";
+const NOT_READABLE: &str =
+    "not readable by this user: read through the engine (docker cp from a stopped container)";
+
+/// How a volume is archived, or why it is skipped.
 fn decide(
     project: &Project,
     opts: &Options,
     facts: &Facts,
     v: &Volume,
-) -> Result<(&'static str, u64, String), String> {
+) -> Result<Decision, String> {
     if v.excluded() {
         return Err("excluded by x-nuwax-backup".into());
     }
@@ -177,11 +215,18 @@ fn decide(
                     "the volume does not exist on this engine yet (nothing to back up)".into(),
                 );
             }
-            Ok((
-                "volume",
-                facts.volume_sizes.get(name).copied().unwrap_or(0),
-                format!("volumes/{}", slug(key)),
-            ))
+            let (io, reason) = if facts.volume_dirs.contains_key(name) {
+                (Io::Host, FROM_VOLUME_DIR)
+            } else {
+                (Io::Engine, THROUGH_ENGINE)
+            };
+            Ok(Decision {
+                kind: "volume",
+                size: facts.volume_sizes.get(name).copied().unwrap_or(0),
+                base: format!("volumes/{}", slug(key)),
+                io,
+                reason,
+            })
         }
         Volume::Bind {
             source,
@@ -214,10 +259,30 @@ fn decide(
                     } else {
                         format!("external{}", slug(&source.to_string_lossy()))
                     };
-                    Ok(("bind", size, format!("binds/{base}")))
+                    let (io, reason) = if facts.unreadable.contains(source) {
+                        (Io::Engine, NOT_READABLE)
+                    } else {
+                        (Io::Host, FROM_DISK)
+                    };
+                    Ok(Decision {
+                        kind: "bind",
+                        size,
+                        base: format!("binds/{base}"),
+                        io,
+                        reason,
+                    })
                 }
             }
         }
+    }
+}
+
+/// `tar.gz`, `tar.zst`, with `.age` when encrypted.
+pub fn extension(codec: Codec, recipients: &Recipients) -> String {
+    if recipients.is_empty() {
+        codec.extension().to_string()
+    } else {
+        format!("{}.age", codec.extension())
     }
 }
 
@@ -350,6 +415,7 @@ mod tests {
             storage: None,
             stop: false,
             include_external_binds: false,
+            recipients: None,
         }
     }
 
@@ -403,6 +469,28 @@ mod tests {
             "backup_manual_v15.4_2026-11-26_10-00-00.tar.gz"
         );
         assert_eq!(plan.storage, PathBuf::from("/proj/backups"));
+    }
+
+    #[test]
+    fn what_this_user_cannot_read_is_read_by_the_engine() {
+        let mut f = facts();
+        f.unreadable.insert("/proj/data/app".into());
+        f.volume_dirs.insert(
+            "p_dbdata".into(),
+            "/var/lib/docker/volumes/p_dbdata/_data".into(),
+        );
+        let plan = build(&project(P), &opts(), &f, at());
+        let io: BTreeMap<&str, Io> = plan
+            .volumes
+            .iter()
+            .map(|i| (i.volume.as_str(), i.io))
+            .collect();
+        assert_eq!(io["/proj/data/app"], Io::Engine);
+        assert_eq!(io["/proj/f.conf"], Io::Host);
+        assert_eq!(io["p_dbdata"], Io::Host);
+        let j = serde_json::to_value(&plan.volumes[0]).unwrap();
+        assert_eq!(j["io"], "host");
+        assert!(j["reason"].as_str().unwrap().contains("folder"));
     }
 
     #[test]

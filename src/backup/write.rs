@@ -2,6 +2,7 @@
 //! `docker cp` from a stopped container), the compose files, then the manifest.
 use std::fs::OpenOptions;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
@@ -13,10 +14,11 @@ use super::plan::{Item, Plan};
 use super::Written;
 use crate::archive::collector::Collector;
 use crate::archive::manifest::{self, Manifest, ServiceRecord, Skipped, StoredFile, VolumeRecord};
-use crate::archive::{fs_source, stream_source, ArchiveWriter};
+use crate::archive::stream_source::{self, Scope};
+use crate::archive::{fs_source, ArchiveWriter};
 use crate::compose::{model, Project, Volume};
 use crate::output::warn;
-use crate::records::VolumeKind;
+use crate::records::{Io, VolumeKind};
 use crate::{cancel, storage, Context};
 
 /// Removes the partial archive unless it was published.
@@ -38,7 +40,8 @@ pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written>
     ));
     let file = crate::private::create_new(&partial.0)?;
     let codec = plan.codec;
-    let mut writer = ArchiveWriter::new(file, codec)?;
+    let recipients = crate::crypto::Recipients(plan.recipients.clone());
+    let mut writer = ArchiveWriter::new(file, codec, &recipients)?;
     let spill_path = Partial(partial.0.with_extension("files"));
     let mut spill = std::io::BufWriter::new(
         OpenOptions::new()
@@ -60,8 +63,8 @@ pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written>
     let file_count = result.with_context(in_storage)?;
     let finished = writer.finish().with_context(in_storage)?;
     drop(finished.file);
-    let ext = codec.extension();
-    let path = storage::publish(&partial.0, &plan.storage, &plan.archive_name, ext)?;
+    let ext = super::plan::extension(codec, &recipients);
+    let path = storage::publish(&partial.0, &plan.storage, &plan.archive_name, &ext)?;
     std::mem::forget(partial);
     Ok(Written {
         path,
@@ -98,6 +101,12 @@ fn fill(
         };
         let mut c = Collector::new(writer, &item.archive_path, spill, &on_read);
         match &item.decl {
+            Volume::Bind { source, .. } if item.io == Io::Engine => {
+                read_through_engine(ctx, project, plan, item, created, &mut c, &mut warn_fn)
+                    .with_context(|| {
+                        format!("reading bind mount {} through the engine", source.display())
+                    })?;
+            }
             Volume::Bind { source, .. } => {
                 fs_source::collect(source, &plan.storage, &mut c, &mut warn_fn)
                     .with_context(|| format!("reading bind mount {}", source.display()))?;
@@ -105,8 +114,10 @@ fn fill(
             Volume::Volume { name, .. } => match plan.volume_dirs.get(name) {
                 Some(dir) => fs_source::collect(dir, &plan.storage, &mut c, &mut warn_fn)
                     .with_context(|| format!("reading volume {name} in {}", dir.display()))?,
-                None => read_volume(ctx, project, item, created, &mut c, &mut warn_fn)
-                    .with_context(|| format!("reading volume {name}"))?,
+                None => {
+                    read_through_engine(ctx, project, plan, item, created, &mut c, &mut warn_fn)
+                        .with_context(|| format!("reading volume {name}"))?
+                }
             },
         }
         records.push(record(item, plan, c));
@@ -161,10 +172,13 @@ fn progress(total: u64) -> ProgressBar {
     bar
 }
 
-/// Streams a named volume out of a stopped container of the project that mounts it.
-fn read_volume(
+/// Streams a named volume or a bind out of a stopped container of the project that mounts
+/// it (the engine reads what this process may not). The storage folder, when inside a bind,
+/// is left out as it is when reading from disk.
+fn read_through_engine(
     ctx: &Context,
     project: &Project,
+    plan: &Plan,
     item: &Item,
     created: &mut Vec<String>,
     c: &mut Collector<'_>,
@@ -177,16 +191,42 @@ fn read_volume(
         .iter()
         .any(|m| m.target == target && project.has_nested_mount(&m.service, &target));
     // A nested mount would be read as part of the volume: read the volume alone instead.
-    let (container, target) = match (nested, &item.decl) {
-        (true, Volume::Volume { name, .. }) => (
-            alone(ctx, &container, name, created)?,
+    let (container, target) = if nested {
+        (
+            alone(ctx, &container, &item.decl, created)?,
             format!("/{ALONE_DIR}"),
-        ),
-        _ => (container, target),
+        )
+    } else {
+        (container, target)
     };
-    let src = format!("{container}:{}/.", target.trim_end_matches('/'));
+    let (src, scope) = match &item.decl {
+        Volume::Bind {
+            source,
+            is_file: true,
+            ..
+        } => {
+            let name = source.file_name().unwrap_or_default().as_bytes().to_vec();
+            (format!("{container}:{target}"), Scope::File(name))
+        }
+        Volume::Bind { source, .. } => {
+            let storage = plan
+                .storage
+                .strip_prefix(source)
+                .ok()
+                .filter(|s| !s.as_os_str().is_empty());
+            let skip = storage.map(|s| s.as_os_str().as_bytes().to_vec());
+            (
+                format!("{container}:{}/.", target.trim_end_matches('/')),
+                Scope::Tree(skip),
+            )
+        }
+        Volume::Volume { .. } => (
+            format!("{container}:{}/.", target.trim_end_matches('/')),
+            Scope::Tree(None),
+        ),
+    };
     let mut stream = ctx.docker.stream(&["cp", src.as_str(), "-"])?;
-    match stream_source::collect(&mut stream, c, warn_fn) {
+    match stream_source::collect(&mut stream, &scope, c, warn_fn) {
         Ok(()) => stream.finish(),
         Err(e) => {
             stream.kill();
@@ -203,7 +243,7 @@ const ALONE_DIR: &str = ".nuwax-read";
 fn alone(
     ctx: &Context,
     container: &str,
-    volume: &str,
+    volume: &Volume,
     created: &mut Vec<String>,
 ) -> Result<String> {
     let image = ctx
@@ -211,10 +251,19 @@ fn alone(
         .output(&["inspect", "--format", "{{.Image}}", container])?
         .trim()
         .to_string();
-    let name = format!("nuwax-fill-{}-read-{volume}", std::process::id());
-    let mount = format!("{volume}:/{ALONE_DIR}:ro,nocopy");
-    crate::restore::engine::create_helper(&ctx.docker, &name, &mount, &image)
-        .with_context(|| format!("creating a helper container to read volume {volume} alone"))?;
+    let name = format!("nuwax-fill-{}-read-{}", std::process::id(), created.len());
+    let mount = match volume {
+        Volume::Volume { name, .. } => format!("{name}:/{ALONE_DIR}:ro,nocopy"),
+        Volume::Bind { source, .. } => format!("{}:/{ALONE_DIR}:ro", source.display()),
+    };
+    crate::restore::engine::create_helper(&ctx.docker, &name, &mount, &image).with_context(
+        || {
+            format!(
+                "creating a helper container to read {} alone",
+                volume.label()
+            )
+        },
+    )?;
     created.push(name.clone());
     Ok(name)
 }
@@ -386,5 +435,6 @@ fn manifest_of(
             .collect(),
         volumes,
         skipped,
+        recipients: plan.recipients.clone(),
     }
 }

@@ -29,6 +29,14 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
         storage: args.storage.clone(),
         stop: args.stop,
         include_external_binds: args.include_external_binds,
+        recipients: if args.recipient.is_empty() && args.recipients_file.is_empty() {
+            None
+        } else {
+            Some(crate::crypto::Recipients::parse(
+                &args.recipient,
+                &args.recipients_file,
+            )?)
+        },
     };
     match backup::run(ctx, &opts, args.dry_run)? {
         Outcome::DryRun(plan) => print(out, args.format, &plan, |plan, out| {
@@ -72,9 +80,10 @@ fn print_plan(plan: &Plan, stop: bool, out: &mut dyn Write) -> Result<()> {
             v.role.as_str().to_string(),
             human_bytes(v.size_bytes),
             v.archive_path.clone(),
+            v.io.to_string(),
         ]
     });
-    let headers = ["VOLUME", "KIND", "ROLE", "SIZE", "IN ARCHIVE"];
+    let headers = ["VOLUME", "KIND", "ROLE", "SIZE", "IN ARCHIVE", "READ BY"];
     write!(out, "{}", table(&headers, rows))?;
     for s in &plan.skipped {
         writeln!(out, "skipped {}: {}", s.volume, s.reason)?;

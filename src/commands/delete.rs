@@ -1,7 +1,7 @@
 //! `delete ID…`: removes each archive file and its catalog row.
 use std::io::Write;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::catalog::BackupRow;
 use crate::cli::DeleteArgs;
@@ -29,11 +29,7 @@ pub fn run(ctx: &Context, args: &DeleteArgs, _out: &mut dyn Write) -> Result<()>
     }
     crate::prompt::confirm(args.yes, "Delete these backups?", "deleting backups")?;
     for r in &rows {
-        match std::fs::remove_file(&r.file_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", r.file_path)),
-        }
+        crate::storage::remove_archive(std::path::Path::new(&r.file_path))?;
         catalog.delete(r.id)?;
         note(format!("deleted backup #{}", r.id));
     }

@@ -36,43 +36,22 @@ pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> 
         if known.iter().any(|k| std::path::Path::new(k) == path) {
             continue;
         }
-        let v = match reader::verify(&path, None) {
-            Ok(v) => v,
-            Err(e) if one_file => {
-                return Err(UserError::new(
-                    Code::Failure,
-                    format!(
-                        "{} is not a docker-nuwax-backup archive, or it is damaged: {e:#}",
-                        path.display()
-                    ),
-                )
-                .into())
-            }
+        let row = match read_archive(ctx, &path) {
+            Ok(row) => row,
+            Err(e) if one_file => return Err(e),
             Err(e) => {
-                warn(format!(
-                    "skipped {}: not a docker-nuwax-backup archive, or damaged ({e:#})",
-                    path.display()
-                ));
+                warn(format!("skipped {}: {e:#}", path.display()));
                 continue;
             }
         };
-        let m = &v.manifest;
-        let id = catalog.insert(&NewBackup {
-            project: &m.project,
-            project_dir: &m.project_dir,
-            file_path: &path,
-            service_version: &m.service_version,
-            backup_type: m.backup_type,
-            status: Status::Completed,
-            created_at: &m.created_at,
-            size_bytes: v.size,
-            sha256: Some(&v.sha256),
-            file_count: m.volumes.iter().map(|v| v.file_count).sum(),
-            compression: &m.compression,
-            duration_ms: 0,
-            error: None,
-        })?;
-        imported.push(catalog.get(id)?.context("reading back the catalog row")?);
+        let id = catalog.insert(&row.as_new(&path))?;
+        let row = catalog.get(id)?.context("reading back the catalog row")?;
+        if crate::sidecar::read(&path).ok().flatten().is_none() {
+            if let Err(e) = crate::sidecar::write(&row) {
+                warn(format!("backup #{}: no sidecar written: {e:#}", row.id));
+            }
+        }
+        imported.push(row);
     }
     note(format!(
         "imported {} archive(s) from {}",
@@ -94,6 +73,114 @@ pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> 
     })
 }
 
+/// What an archive says of itself: its manifest (verified whole), or for an encrypted archive
+/// read without an identity, its sidecar (checked against the file's size and SHA-256).
+struct Found {
+    project: String,
+    project_dir: PathBuf,
+    service_version: String,
+    backup_type: crate::records::BackupType,
+    created_at: String,
+    size: u64,
+    sha256: String,
+    file_count: u64,
+    compression: String,
+    recipients: Vec<String>,
+}
+
+impl Found {
+    fn as_new<'a>(&'a self, path: &'a Path) -> NewBackup<'a> {
+        NewBackup {
+            project: &self.project,
+            project_dir: &self.project_dir,
+            file_path: path,
+            service_version: &self.service_version,
+            backup_type: self.backup_type,
+            status: Status::Completed,
+            created_at: &self.created_at,
+            size_bytes: self.size,
+            sha256: Some(&self.sha256),
+            file_count: self.file_count,
+            compression: &self.compression,
+            duration_ms: 0,
+            error: None,
+            recipients: &self.recipients,
+        }
+    }
+}
+
+fn not_ours(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+    UserError::new(
+        Code::Failure,
+        format!(
+            "{} is not a docker-nuwax-backup archive, or it is damaged: {e}",
+            path.display()
+        ),
+    )
+    .into()
+}
+
+fn read_archive(ctx: &Context, path: &Path) -> Result<Found> {
+    let encrypted = crate::crypto::file_is_encrypted(path)?;
+    if encrypted && ctx.keyring()?.is_none() {
+        return from_sidecar(path);
+    }
+    let v = reader::verify(path, None, ctx.keyring()?).map_err(|e| {
+        match e.downcast::<UserError>() {
+            Ok(u) if u.code == Code::Identity => u.into(),
+            Ok(u) => not_ours(path, u),
+            Err(e) => not_ours(path, format!("{e:#}")),
+        }
+    })?;
+    let m = v.manifest;
+    Ok(Found {
+        file_count: m.volumes.iter().map(|v| v.file_count).sum(),
+        project: m.project,
+        project_dir: m.project_dir,
+        service_version: m.service_version,
+        backup_type: m.backup_type,
+        created_at: m.created_at,
+        size: v.size,
+        sha256: v.sha256,
+        compression: m.compression,
+        recipients: m.recipients,
+    })
+}
+
+/// An encrypted archive's facts from its sidecar; no key needed, the file must match it.
+fn from_sidecar(path: &Path) -> Result<Found> {
+    let s = crate::sidecar::read(path)?.ok_or_else(|| {
+        UserError::new(
+            Code::Identity,
+            format!(
+                "{} is encrypted and has no sidecar ({}): pass --identity FILE to read its manifest",
+                path.display(),
+                crate::sidecar::path_of(path).display()
+            ),
+        )
+    })?;
+    let sum = crate::archive::hashing::sha256_file(path)?;
+    let size = std::fs::metadata(path)?.len();
+    if sum != s.sha256 || size != s.size_bytes {
+        return Err(not_ours(
+            path,
+            format!("it does not match its sidecar (SHA-256 {sum}, {size} bytes)"),
+        ));
+    }
+    Ok(Found {
+        project: s.project,
+        project_dir: PathBuf::new(),
+        service_version: s.service_version,
+        backup_type: s.backup_type,
+        created_at: s.created_at,
+        size,
+        sha256: sum,
+        file_count: s.file_count,
+        compression: s.compression,
+        recipients: s.recipients,
+    })
+}
+
 /// The visible files of `dir`, sorted (each is tried as an archive).
 fn archives_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -101,12 +188,8 @@ fn archives_in(dir: &Path) -> Result<Vec<PathBuf>> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.is_file()
-                && !p
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .starts_with('.')
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            p.is_file() && !name.starts_with('.') && !name.ends_with(".json")
         })
         .collect();
     files.sort();

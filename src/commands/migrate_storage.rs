@@ -76,9 +76,10 @@ pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()
         old_files.push(src);
     }
     catalog.move_files(&project, &new_dir, &moves)?;
+    write_sidecars(&catalog, &moves)?;
     for old in &old_files {
-        if let Err(e) = std::fs::remove_file(old) {
-            warn(format!("could not remove {}: {e}", old.display()));
+        if let Err(e) = crate::storage::remove_archive(old) {
+            warn(format!("could not remove {}: {e:#}", old.display()));
         }
     }
     note(format!(
@@ -86,6 +87,18 @@ pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()
         moves.len(),
         new_dir.display()
     ));
+    Ok(())
+}
+
+/// The moved archives' sidecars, written anew beside them (their old ones go with the old files).
+fn write_sidecars(catalog: &crate::catalog::Catalog, moves: &[(i64, PathBuf)]) -> Result<()> {
+    for (id, _) in moves {
+        if let Some(row) = catalog.get(*id)? {
+            if let Err(e) = crate::sidecar::write(&row) {
+                warn(format!("backup #{id}: its sidecar was not written: {e:#}"));
+            }
+        }
+    }
     Ok(())
 }
 

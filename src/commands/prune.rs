@@ -75,11 +75,7 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
         "pruning backups",
     )?;
     for l in &doomed {
-        match std::fs::remove_file(&l.file_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", l.file_path)),
-        }
+        crate::storage::remove_archive(std::path::Path::new(&l.file_path))?;
         catalog.delete(l.id)?;
     }
     note(format!("deleted {} backup(s)", doomed.len()));

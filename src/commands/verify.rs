@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::archive::reader;
+use crate::catalog::BackupRow;
 use crate::cli::VerifyArgs;
 use crate::exit_codes::{Code, UserError};
 use crate::output::{print, table};
@@ -52,16 +53,13 @@ pub fn run(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> 
         let result = if r.status != Status::Completed {
             Verification::Failed(format!("not a completed backup ({})", r.status))
         } else {
-            match reader::verify(Path::new(&r.file_path), r.sha256.as_deref()) {
-                Ok(_) => Verification::Ok,
-                Err(e) => Verification::Failed(format!("{e:#}")),
-            }
+            check(ctx, &r, args.full)?
         };
         catalog.record_verification(r.id, &result)?;
         outcomes.push(Outcome {
             id: r.id,
             file_path: r.file_path,
-            ok: result == Verification::Ok,
+            ok: result.passed_or_checksum(),
             result: result.to_db().to_string(),
         });
     }
@@ -84,4 +82,50 @@ pub fn run(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> 
         .into());
     }
     Ok(())
+}
+
+/// Verifies one completed backup whole; an encrypted one without an identity by size and
+/// checksum only (`checksum-only`), unless `full` was asked (then exit 15).
+fn check(ctx: &Context, r: &BackupRow, full: bool) -> Result<Verification> {
+    let path = Path::new(&r.file_path);
+    let keys = ctx.keyring()?;
+    if r.encrypted && keys.is_none() {
+        if full {
+            return Err(UserError::new(
+                Code::Identity,
+                format!("backup #{} is encrypted: verify --full needs --identity FILE (or NUWAX_BACKUP_IDENTITY)", r.id),
+            )
+            .into());
+        }
+        return Ok(checksum_only(path, r));
+    }
+    Ok(match reader::verify(path, r.sha256.as_deref(), keys) {
+        Ok(_) => Verification::Ok,
+        Err(e)
+            if e.downcast_ref::<UserError>()
+                .is_some_and(|u| u.code == Code::Identity) =>
+        {
+            return Err(e)
+        }
+        Err(e) => Verification::Failed(format!("{e:#}")),
+    })
+}
+
+/// Size and SHA-256 of the file against the catalog: all that can be checked without a key.
+fn checksum_only(path: &Path, r: &BackupRow) -> Verification {
+    match crate::archive::hashing::sha256_file(path) {
+        Err(e) => Verification::Failed(format!("reading {}: {e}", path.display())),
+        Ok(sum) if Some(sum.as_str()) != r.sha256.as_deref() => Verification::Failed(format!(
+            "checksum mismatch: the file's SHA-256 is {sum}, the catalog recorded {}",
+            r.sha256.as_deref().unwrap_or("nothing")
+        )),
+        Ok(_) => match std::fs::metadata(path) {
+            Ok(m) if m.len() != r.size_bytes => Verification::Failed(format!(
+                "size mismatch: the file has {} bytes, the catalog recorded {}",
+                m.len(),
+                r.size_bytes
+            )),
+            _ => Verification::ChecksumOnly,
+        },
+    }
 }

@@ -71,6 +71,17 @@ pub struct Extension {
     /// Per volume: a named volume's key, or a bind path (relative to the project dir or absolute).
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeOverride>,
+    /// Encrypt archives to these age public keys (`create --recipient` replaces them).
+    pub encrypt: Option<EncryptConfig>,
+}
+
+/// `x-nuwax-backup.encrypt`: public keys, listed and/or in a file (relative to the project).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptConfig {
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    pub recipients_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

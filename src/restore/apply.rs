@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-use super::plan::{label, Action, Step};
+use super::plan::{label, Action, Io, Step};
 use super::sink::{Sink, VolumeOut};
 use super::transaction::Transaction;
 use super::{engine, host};
@@ -22,7 +22,7 @@ pub fn extract(
     steps: &[&Step],
     txn: &mut Transaction<'_>,
 ) -> Result<()> {
-    let mut opened = reader::open(archive)?;
+    let mut opened = reader::open(archive, ctx.keyring()?)?;
     let mut ar = tar::Archive::new(&mut opened.tar);
     let mut current: Option<(&Step, VolumeOut)> = None;
     for entry in ar.entries().context("reading the archive")? {
@@ -88,6 +88,9 @@ fn open(
     };
     let image = || step.image.clone().context("no image to fill the volume");
     Ok(match step.action {
+        Action::SwapBind if step.io == Io::Engine => {
+            Box::new(txn.stage_by_engine(&source()?, &ctx.docker, &image()?)?)
+        }
         Action::SwapBind | Action::StageInMount => Box::new(txn.stage(&source()?)?),
         Action::InPlace => Box::new(txn.empty_in_place(step, &source()?)?),
         Action::SwapVolume => {

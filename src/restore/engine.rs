@@ -140,6 +140,50 @@ pub fn recreate(docker: &Docker, rec: &VolumeRecord) -> Result<()> {
     Ok(())
 }
 
+/// A staging path's parent folder and file name.
+fn split(p: &std::path::Path) -> Result<(&std::path::Path, String)> {
+    let parent = p
+        .parent()
+        .context("a staging path without a parent folder")?;
+    let name = p.file_name().context("a staging path without a name")?;
+    Ok((parent, name.to_string_lossy().into_owned()))
+}
+
+/// Removes `path` (a tree this process may not be allowed to delete) as root, in a container
+/// of `image` that mounts its parent folder; the image must have `rm`.
+pub fn remove_tree(docker: &Docker, path: &std::path::Path, image: &str) -> Result<()> {
+    let (parent, name) = split(path)?;
+    let mount = format!("{}:/{PARENT_DIR}", parent.display());
+    let inside = format!("/{PARENT_DIR}/{name}");
+    docker
+        .output(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--log-driver",
+            "none",
+            "--user",
+            "0:0",
+            "--entrypoint",
+            "rm",
+            "-v",
+            &mount,
+            image,
+            "-rf",
+            "--",
+            &inside,
+        ])
+        .with_context(|| {
+            format!(
+                "removing {} through the engine; remove it as root: sudo rm -rf '{}'",
+                path.display(),
+                path.display()
+            )
+        })?;
+    Ok(())
+}
+
 /// Whether the engine keeps its `local` volumes on this machine, where this process can write
 /// them. Proven, not assumed, and without touching any real volume: a probe file is sent
 /// through the engine into a throw-away volume and must appear in that volume's folder here
@@ -206,10 +250,17 @@ pub fn local_mountpoint(docker: &Docker, volume: &str) -> Result<Option<std::pat
     Ok((driver == Some("local") && options == Some("0") && mp.is_dir()).then_some(mp))
 }
 
-/// A tar stream into a helper container that mounts one volume.
+/// Where a bind's helper container mounts the bind's parent folder.
+const PARENT_DIR: &str = ".nuwax-parent";
+
+/// A tar stream into a helper container that mounts one volume (or a bind's parent folder).
 pub struct Filler {
     docker: Docker,
     container: String,
+    /// Where entries go inside the container: the volume's mount, or the staging folder.
+    root: String,
+    /// A host folder whose filesystem is synced once the stream is written (binds).
+    sync: Option<std::path::PathBuf>,
     builder: Option<tar::Builder<BufWriter<std::process::ChildStdin>>>,
     sink: Option<Sink>,
 }
@@ -225,11 +276,49 @@ impl Filler {
             image,
         )
         .with_context(|| format!("creating a helper container from {image} to fill {volume}"))?;
+        Filler::open(docker, container, FILL_DIR.into(), None)
+    }
+
+    /// Writes `staging`, a new folder or file beside a bind, as root through the engine (so
+    /// owners this process cannot set are kept): the helper mounts the bind's parent folder.
+    pub fn beside(docker: &Docker, staging: &std::path::Path, image: &str) -> Result<Filler> {
+        let (parent, name) = split(staging)?;
+        let safe: String = name
+            .trim_start_matches('.')
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let container = format!("nuwax-fill-{}-bind-{safe}", std::process::id());
+        let mount = format!("{}:/{PARENT_DIR}", parent.display());
+        create_helper(docker, &container, &mount, image).with_context(|| {
+            format!(
+                "creating a helper container from {image} to write {}",
+                staging.display()
+            )
+        })?;
+        let root = format!("{PARENT_DIR}/{name}");
+        Filler::open(docker, container, root, Some(parent.to_path_buf()))
+    }
+
+    fn open(
+        docker: &Docker,
+        container: String,
+        root: String,
+        sync: Option<std::path::PathBuf>,
+    ) -> Result<Filler> {
         let mut sink = docker.sink(&["cp", "-", &format!("{container}:/")])?;
         let stdin = sink.take_stdin();
         Ok(Filler {
             docker: docker.clone(),
             container,
+            root,
+            sync,
             builder: Some(tar::Builder::new(BufWriter::with_capacity(
                 256 << 10,
                 stdin,
@@ -238,8 +327,8 @@ impl Filler {
         })
     }
 
-    fn path(rel: &[u8]) -> Vec<u8> {
-        let mut p = FILL_DIR.as_bytes().to_vec();
+    fn path(&self, rel: &[u8]) -> Vec<u8> {
+        let mut p = self.root.as_bytes().to_vec();
         if !rel.is_empty() {
             p.push(b'/');
             p.extend_from_slice(rel);
@@ -262,7 +351,9 @@ impl Filler {
         data: &mut dyn Read,
     ) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
-        let path = Self::path(rel);
+        let path = self.path(rel);
+        let hard_target =
+            (kind == tar::EntryType::Link).then(|| self.path(link.unwrap_or_default()));
         let p = std::path::Path::new(std::ffi::OsStr::from_bytes(&path));
         let b = self.builder()?;
         match kind {
@@ -273,24 +364,26 @@ impl Filler {
                 let target = std::ffi::OsStr::from_bytes(link.unwrap_or_default());
                 b.append_link(&mut header(kind, a, 0), p, target)?
             }
-            tar::EntryType::Link => {
-                let target = Self::path(link.unwrap_or_default());
-                b.append_link(
-                    &mut header(kind, a, 0),
-                    p,
-                    std::ffi::OsStr::from_bytes(&target),
-                )?
-            }
+            tar::EntryType::Link => b.append_link(
+                &mut header(kind, a, 0),
+                p,
+                std::ffi::OsStr::from_bytes(hard_target.as_deref().unwrap_or_default()),
+            )?,
             _ => b.append_data(&mut header(tar::EntryType::Regular, a, size), p, data)?,
         }
         Ok(())
     }
 
-    /// Ends the stream, waits for `docker cp`, removes the helper container.
+    /// Ends the stream, waits for `docker cp`, removes the helper container, and for a bind
+    /// flushes the filesystem, so the staged content is on disk before it is swapped in.
     pub fn finish(mut self) -> Result<()> {
         let result = self.close();
         let _ = self.docker.output(&["rm", "-f", &self.container]);
-        result
+        result?;
+        match self.sync.take() {
+            Some(dir) => super::host::syncfs(&dir),
+            None => Ok(()),
+        }
     }
 
     fn close(&mut self) -> Result<()> {

@@ -8,13 +8,21 @@ use anyhow::Result;
 
 use super::engine;
 use super::plan::{self, CurrentImage, Facts, Fs, Request};
-use crate::archive::manifest::{Manifest, ServiceRecord, VolumeRecord};
+use crate::access::{self, Me};
+use crate::archive::manifest::{ServiceRecord, VolumeRecord};
+use crate::archive::reader::Verified;
 use crate::compose::{Project, Volume};
 use crate::records::VolumeKind;
 use crate::services::Running;
 use crate::Context;
 
-pub fn gather(ctx: &Context, project: &Project, m: &Manifest, req: &Request) -> Result<Facts> {
+pub fn gather(
+    ctx: &Context,
+    project: &Project,
+    verified: &Verified,
+    req: &Request,
+) -> Result<Facts> {
+    let m = &verified.manifest;
     let mut f = Facts {
         project_dir: project.dir.clone(),
         running: Running::of(project),
@@ -33,7 +41,10 @@ pub fn gather(ctx: &Context, project: &Project, m: &Manifest, req: &Request) -> 
     let ids = ctx.docker.image_ids(refs);
     for v in &restored {
         match v.kind {
-            VolumeKind::Bind => bind_facts(v, &mut f),
+            VolumeKind::Bind => {
+                bind_facts(v, &mut f);
+                bind_access(project, &m.services, v, verified, &ids, &mut f);
+            }
             VolumeKind::Volume => volume_facts(ctx, project, &m.services, v, &ids, &mut f)?,
         }
     }
@@ -66,6 +77,37 @@ fn bind_facts(v: &VolumeRecord, f: &mut Facts) {
     };
     if let Some(fs) = filesystem_of(&folder) {
         f.filesystems.insert(folder, fs);
+    }
+}
+
+/// For a user who is not root: whether the bind's archived owners can be set by this process,
+/// whether its parent folder lets it swap, and an image whose helper container can write it.
+fn bind_access(
+    project: &Project,
+    services: &[ServiceRecord],
+    v: &VolumeRecord,
+    verified: &Verified,
+    ids: &std::collections::HashMap<String, String>,
+    f: &mut Facts,
+) {
+    let me = Me::current();
+    let Some(source) = &v.source else { return };
+    if me.is_root() {
+        return;
+    }
+    let foreign = verified
+        .owners
+        .get(&v.archive_path)
+        .is_some_and(|set| set.iter().any(|(u, g)| !me.can_own(*u, *g)));
+    if !foreign {
+        return;
+    }
+    f.foreign_owned.insert(source.clone());
+    if source.parent().is_some_and(|p| !access::can_write_dir(p)) {
+        f.parent_closed.insert(source.clone());
+    }
+    if let Some(image) = helper_image(project, services, v).filter(|i| ids.contains_key(i)) {
+        f.helper_images.insert(plan::label(v), image);
     }
 }
 
@@ -107,11 +149,17 @@ fn volume_facts(
 /// An image to fill a named volume with: one of a current service that mounts it, else one
 /// of a service that mounted it when the backup was made.
 fn helper_image(project: &Project, services: &[ServiceRecord], v: &VolumeRecord) -> Option<String> {
-    let current = project.volumes.iter().find_map(|d| match d {
-        Volume::Volume { name, mounts, .. } if Some(name) == v.name.as_ref() => mounts
-            .iter()
-            .find_map(|m| project.service(&m.service).and_then(|s| s.image.clone())),
-        _ => None,
+    let current = project.volumes.iter().find_map(|d| {
+        let same = match d {
+            Volume::Volume { name, .. } => Some(name) == v.name.as_ref(),
+            Volume::Bind { source, .. } => Some(source) == v.source.as_ref(),
+        };
+        same.then(|| {
+            d.mounts()
+                .iter()
+                .find_map(|m| project.service(&m.service).and_then(|s| s.image.clone()))
+        })
+        .flatten()
     });
     current.or_else(|| {
         v.mounts.iter().find_map(|m| {

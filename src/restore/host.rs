@@ -22,14 +22,19 @@ pub fn clean_stale(dir: &Path) {
     let mine = format!("{STAGING_MARK}{}-", std::process::id());
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(STAGING_MARK)
-            && !name.starts_with(&mine)
-            && remove_any(&e.path()).is_ok()
-        {
-            crate::output::note(format!(
+        if !name.starts_with(STAGING_MARK) || name.starts_with(&mine) {
+            continue;
+        }
+        match remove_any(&e.path()) {
+            Ok(()) => crate::output::note(format!(
                 "removed {} left by an interrupted rollback",
                 e.path().display()
-            ));
+            )),
+            Err(err) => crate::output::warn(format!(
+                "could not remove {} left by an interrupted rollback ({err:#}); remove it as root: sudo rm -rf '{}'",
+                e.path().display(),
+                e.path().display()
+            )),
         }
     }
 }
@@ -45,6 +50,9 @@ pub struct Staged {
     pub swapped: bool,
     /// Set when the target is a mount point: staged inside it, moved in step by step.
     pub in_mount: Option<super::mount::InMount>,
+    /// Set when the engine wrote the staging (files of other users): it removes it too,
+    /// in a container of this image.
+    pub by_engine: Option<(crate::docker::Docker, String)>,
 }
 
 impl Staged {
@@ -57,6 +65,7 @@ impl Staged {
                 existed: true,
                 swapped: false,
                 in_mount: Some(m),
+                by_engine: None,
             });
         }
         let parent = target
@@ -75,6 +84,7 @@ impl Staged {
             existed: false,
             swapped: false,
             in_mount: None,
+            by_engine: None,
         })
     }
 
@@ -112,7 +122,7 @@ impl Staged {
             }
             self.swapped = false;
         }
-        remove_any(&self.staging)
+        self.remove_staging()
     }
 
     /// Drops the previous content (after the whole rollback succeeded).
@@ -120,7 +130,16 @@ impl Staged {
         if let Some(m) = &self.in_mount {
             return m.commit();
         }
-        remove_any(&self.staging)
+        self.remove_staging()
+    }
+
+    fn remove_staging(&self) -> Result<()> {
+        match &self.by_engine {
+            Some((docker, image)) if fs::symlink_metadata(&self.staging).is_ok() => {
+                super::engine::remove_tree(docker, &self.staging, image)
+            }
+            _ => remove_any(&self.staging),
+        }
     }
 }
 
@@ -214,7 +233,7 @@ impl HostWriter {
 
 /// Flushes the filesystem holding `p` (one call for every file written, instead of an fsync
 /// per file): the staged content is on disk before it is swapped in.
-fn syncfs(p: &Path) -> Result<()> {
+pub(super) fn syncfs(p: &Path) -> Result<()> {
     let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
     rustix::fs::syncfs(&f)
         .map_err(io::Error::from)

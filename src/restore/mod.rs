@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use crate::archive::manifest::Manifest;
 use crate::archive::{reader, Codec};
 use crate::backup;
 use crate::catalog::{BackupRow, Catalog};
 use crate::compose::{Project, Volume};
+use crate::crypto::Recipients;
 use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
 use crate::records::{BackupType, RunCommand};
@@ -65,7 +65,12 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
     let project = Project::load(&ctx.docker, &ctx.compose)?;
     let catalog = ctx.catalog()?;
     let row = choose::choose(&catalog, &project, opts.id)?;
-    let manifest = verified_manifest(&row, &project)?;
+    let verified = verified(ctx, &row, &project)?;
+    let safety_recipients = safety_recipients(&project, &row)?;
+    if !opts.no_safety_backup {
+        check_safety_key(ctx, &safety_recipients)?;
+    }
+    let manifest = &verified.manifest;
     let req = plan::Request {
         backup_id: row.id,
         data_only: opts.data_only,
@@ -73,15 +78,58 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
         in_place: opts.in_place,
         no_start: opts.no_start,
     };
-    let facts = facts::gather(ctx, &project, &manifest, &req)?;
-    let plan = plan::build(&manifest, &req, &facts)?;
+    let facts = facts::gather(ctx, &project, &verified, &req)?;
+    let mut plan = plan::build(manifest, &req, &facts)?;
+    plan.safety_recipients = safety_recipients.0;
     Ok((project, catalog, row, plan))
 }
 
-fn verified_manifest(row: &BackupRow, project: &Project) -> Result<Manifest> {
+/// Whom the safety backup is encrypted to: the project's current recipients
+/// (`x-nuwax-backup.encrypt`), else those of the backup being restored (a project whose
+/// backups are encrypted never gets a plaintext safety backup).
+fn safety_recipients(project: &Project, row: &BackupRow) -> Result<Recipients> {
+    let current = crate::crypto::project_recipients(project)?;
+    Ok(if current.is_empty() {
+        Recipients(row.recipients.clone())
+    } else {
+        current
+    })
+}
+
+/// Undo must read the safety backup: refuses (exit 15) before anything changes when the
+/// identity could not open what is encrypted to `recipients`.
+fn check_safety_key(ctx: &Context, recipients: &Recipients) -> Result<()> {
+    if recipients.is_empty() {
+        return Ok(());
+    }
+    let why = match ctx.keyring()? {
+        None => "no identity was given".to_string(),
+        Some(k) if !k.opens(recipients)? => {
+            format!("the identity in {} is not among them", k.file.display())
+        }
+        Some(_) => return Ok(()),
+    };
+    Err(user(
+        Code::Identity,
+        format!(
+            "the safety backup will be encrypted to {} and undo must read it, but {why}: pass --identity with one of their keys, or --no-safety-backup",
+            recipients.0.join(", ")
+        ),
+    ))
+}
+
+/// The backup, verified whole (decrypted with the identity when it is encrypted). A missing
+/// or wrong identity keeps its own exit code (15); anything else is a failed verification.
+fn verified(ctx: &Context, row: &BackupRow, project: &Project) -> Result<reader::Verified> {
     note(format!("verifying backup #{} ({})", row.id, row.file_path));
+    let keys = ctx.keyring()?;
     let verified =
-        reader::verify(Path::new(&row.file_path), row.sha256.as_deref()).map_err(|e| {
+        reader::verify(Path::new(&row.file_path), row.sha256.as_deref(), keys).map_err(|e| {
+            if e.downcast_ref::<UserError>()
+                .is_some_and(|u| u.code == Code::Identity)
+            {
+                return e;
+            }
             user(
                 Code::VerifyFailed,
                 format!(
@@ -98,7 +146,7 @@ fn verified_manifest(row: &BackupRow, project: &Project) -> Result<Manifest> {
             project.name
         );
     }
-    Ok(verified.manifest)
+    Ok(verified)
 }
 
 /// Runs a rollback. Fails before any change when the backup does not verify, the plan is
@@ -327,6 +375,7 @@ fn safety_backup(
         storage: None,
         stop: false,
         include_external_binds: true,
+        recipients: Some(Recipients(plan.safety_recipients.clone())),
     };
     note("taking a safety backup of the current state");
     let row = backup::create_stopped(ctx, &subset, &opts, catalog)?;
@@ -343,7 +392,8 @@ pub fn refill_in_place(
     safety: &Path,
     targets: &[PathBuf],
 ) -> Result<()> {
-    let verified = reader::verify(safety, None).context("reading the safety backup")?;
+    let verified =
+        reader::verify(safety, None, ctx.keyring()?).context("reading the safety backup")?;
     let steps: Vec<Step> = verified
         .manifest
         .volumes

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::archive::manifest::{Manifest, ServiceRecord, VolumeRecord};
 use crate::compose::classify::normalize;
 use crate::exit_codes::{Code, UserError};
+pub use crate::records::Io;
 use crate::records::{Role, VolumeKind};
 use crate::services::Running;
 
@@ -29,14 +30,6 @@ pub enum Action {
     EngineRefill,
     /// Left as it is (`--exclude`, `--data-only`).
     Keep,
-}
-
-/// Who does the writing: this process on the host, or the engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Io {
-    Host,
-    Engine,
 }
 
 /// One archived volume and what happens to it.
@@ -104,6 +97,9 @@ pub struct RollbackPlan {
     pub image_changes: Vec<ImageChange>,
     #[serde(skip)]
     pub running: Running,
+    /// The public keys the safety backup is encrypted to (none: not encrypted).
+    #[serde(skip)]
+    pub safety_recipients: Vec<String>,
 }
 
 impl RollbackPlan {
@@ -165,8 +161,14 @@ pub struct Facts {
     pub missing_volumes: BTreeSet<String>,
     /// Per named volume: a container of another project that uses it.
     pub foreign_users: BTreeMap<String, String>,
-    /// Per named volume: the helper image, when one of the project's images is on the engine.
+    /// Per named volume (and bind written by the engine), by label: the helper image, when
+    /// one of the project's images is on the engine.
     pub helper_images: BTreeMap<String, String>,
+    /// Binds (by source) whose archived owners this process cannot set (it is not root):
+    /// the engine writes them.
+    pub foreign_owned: BTreeSet<PathBuf>,
+    /// Of those, binds whose parent folder this process cannot write (so cannot swap in).
+    pub parent_closed: BTreeSet<PathBuf>,
     pub current_images: BTreeMap<String, CurrentImage>,
     pub running: Running,
 }
@@ -220,6 +222,7 @@ pub fn build(m: &Manifest, req: &Request, facts: &Facts) -> anyhow::Result<Rollb
         stop,
         actions,
         running: facts.running.clone(),
+        safety_recipients: Vec::new(),
     })
 }
 
@@ -238,7 +241,7 @@ fn step(v: &VolumeRecord, req: &Request, facts: &Facts) -> anyhow::Result<Step> 
     let keep = kept_reason(v, req, &facts.project_dir);
     let (action, io, reason, image) = match (keep, v.kind) {
         (Some(why), _) => (Action::Keep, Io::Host, why.to_string(), None),
-        (None, VolumeKind::Bind) => bind_action(v, req, facts),
+        (None, VolumeKind::Bind) => bind_action(v, req, facts)?,
         (None, VolumeKind::Volume) => volume_action(v, facts)?,
     };
     Ok(Step {
@@ -255,11 +258,18 @@ fn step(v: &VolumeRecord, req: &Request, facts: &Facts) -> anyhow::Result<Step> 
 
 type Decided = (Action, Io, String, Option<String>);
 
-fn bind_action(v: &VolumeRecord, req: &Request, facts: &Facts) -> Decided {
+fn bind_action(v: &VolumeRecord, req: &Request, facts: &Facts) -> anyhow::Result<Decided> {
     let mount = v
         .source
         .as_ref()
         .is_some_and(|s| facts.mount_points.contains(s));
+    if let Some(source) = v
+        .source
+        .as_ref()
+        .filter(|s| facts.foreign_owned.contains(*s))
+    {
+        return engine_bind_action(source, mount, &label(v), facts);
+    }
     let (action, reason) = match (mount, req.in_place) {
         (true, true) => (
             Action::InPlace,
@@ -271,7 +281,36 @@ fn bind_action(v: &VolumeRecord, req: &Request, facts: &Facts) -> Decided {
         ),
         (false, _) => (Action::SwapBind, "staged beside it, exchanged in one step"),
     };
-    (action, Io::Host, reason.into(), None)
+    Ok((action, Io::Host, reason.into(), None))
+}
+
+/// A bind holding files of other users, restored by a user who is not root: the engine
+/// writes the staging beside it, this process exchanges the two.
+fn engine_bind_action(
+    source: &Path,
+    mount: bool,
+    label: &str,
+    facts: &Facts,
+) -> anyhow::Result<Decided> {
+    let as_root = "run the rollback as root, or --exclude it";
+    let shown = source.display();
+    if mount {
+        return Err(user(format!(
+            "bind {shown} is a mount point holding files of other users, which only root can restore: {as_root}"
+        )));
+    }
+    if facts.parent_closed.contains(source) {
+        return Err(user(format!(
+            "bind {shown} holds files of other users and this user cannot write its parent folder (to swap it in): {as_root}"
+        )));
+    }
+    let image = facts.helper_images.get(label).cloned().ok_or_else(|| {
+        user(format!(
+            "bind {shown} holds files of other users and no image of the project that mounts it is on this engine (to write it): pull or build it first, {as_root}"
+        ))
+    })?;
+    let why = "holds files of other users: staged beside it by a helper container of the engine, exchanged in one step";
+    Ok((Action::SwapBind, Io::Engine, why.into(), Some(image)))
 }
 
 fn volume_action(v: &VolumeRecord, facts: &Facts) -> anyhow::Result<Decided> {
@@ -621,6 +660,39 @@ mod tests {
         assert_eq!(p.stop, ["db"]);
         assert_eq!(p.start, ["db"]);
         assert_eq!(actions(&p)[1], ("/p/data".to_string(), Action::SwapBind));
+    }
+
+    #[test]
+    fn binds_of_other_users_are_written_by_the_engine_or_refused_before_any_change() {
+        let mut f = facts();
+        f.foreign_owned.insert("/p/data".into());
+        let err = build(&manifest(), &req(), &f).unwrap_err().to_string();
+        assert!(
+            err.contains("bind /p/data") && err.contains("no image"),
+            "{err}"
+        );
+        f.helper_images
+            .insert("/p/data".into(), "mariadb:10.11".into());
+        let p = build(&manifest(), &req(), &f).unwrap();
+        let data = p.actions.iter().find(|s| s.target == "/p/data").unwrap();
+        assert_eq!((data.action, data.io), (Action::SwapBind, Io::Engine));
+        assert_eq!(data.image.as_deref(), Some("mariadb:10.11"));
+        let conf = p.actions.iter().find(|s| s.target == "/p/conf").unwrap();
+        assert_eq!(
+            conf.io,
+            Io::Host,
+            "a bind of this user's own files stays on the host"
+        );
+        f.parent_closed.insert("/p/data".into());
+        let err = build(&manifest(), &req(), &f).unwrap_err().to_string();
+        assert!(err.contains("cannot write its parent folder"), "{err}");
+        f.parent_closed.clear();
+        f.mount_points.insert("/p/data".into());
+        let err = build(&manifest(), &req(), &f).unwrap_err().to_string();
+        assert!(
+            err.contains("mount point") && err.contains("as root"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -44,6 +44,24 @@ impl<'r> Transaction<'r> {
         Ok(writer)
     }
 
+    /// A staging path beside `target`, written and later removed by the engine (for files of
+    /// other users); this process swaps it in.
+    pub fn stage_by_engine(
+        &mut self,
+        target: &Path,
+        docker: &crate::docker::Docker,
+        image: &str,
+    ) -> Result<engine::Filler> {
+        if let Some(parent) = target.parent() {
+            host::clean_stale(parent);
+        }
+        let mut staged = host::Staged::new(target)?;
+        staged.by_engine = Some((docker.clone(), image.to_string()));
+        let filler = engine::Filler::beside(docker, &staged.staging, image)?;
+        self.staged.push(staged);
+        Ok(filler)
+    }
+
     /// Empties `target` (keeping the folder itself) to be written directly; recorded first.
     pub fn empty_in_place(&mut self, step: &Step, target: &Path) -> Result<host::HostWriter> {
         if let Some(r) = self.record.as_deref_mut() {
@@ -161,8 +179,8 @@ impl<'r> Transaction<'r> {
         row: &BackupRow,
     ) -> Result<()> {
         let path = PathBuf::from(&row.file_path);
-        let safety =
-            reader::verify(&path, row.sha256.as_deref()).context("reading the safety backup")?;
+        let safety = reader::verify(&path, row.sha256.as_deref(), ctx.keyring()?)
+            .context("reading the safety backup")?;
         let again_steps = safety_steps(steps, &safety.manifest.volumes, self);
         for name in &self.recreated {
             let archived = again_steps

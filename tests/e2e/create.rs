@@ -50,10 +50,11 @@ fn files_in(dir: &Path) -> Vec<String> {
     v
 }
 
+/// The archives of `dir` (not their `.json` sidecars).
 fn archives_in(dir: &Path) -> Vec<String> {
     files_in(dir)
         .into_iter()
-        .filter(|n| n.starts_with("backup_"))
+        .filter(|n| n.starts_with("backup_") && !n.ends_with(".json"))
         .collect()
 }
 
@@ -159,6 +160,15 @@ fn create_with_stop_backs_up_and_starts_exactly_what_ran() {
         .json();
     assert_ne!(a["file_path"], b["file_path"]);
     assert_eq!(archives_in(&p.path("backups")).len(), 3);
+    // Each archive has its sidecar: the row without local paths.
+    let sidecar: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("{}.json", b["file_path"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sidecar["sha256"], b["sha256"]);
+    assert_eq!(sidecar["service_version"], "1.2.3");
+    assert_eq!(sidecar["encrypted"], false);
+    assert!(sidecar.get("file_path").is_none() && sidecar.get("project_dir").is_none());
 }
 
 /// Fills a tree with everything an exact backup must keep; returns it described.
@@ -469,7 +479,8 @@ fn kill_9_leaves_no_completed_backup_and_the_next_run_cleans_up() {
         run.stderr
     );
     let files = files_in(&p.path("backups"));
-    assert_eq!(files.len(), 1, "only the new archive: {files:?}");
+    assert_eq!(files.len(), 2, "only the new archive and its sidecar: {files:?}");
+    assert_eq!(format!("{}.json", files[0]), files[1]);
 }
 
 pub fn children_of(pid: u32) -> Vec<u32> {

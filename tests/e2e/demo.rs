@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
-use crate::harness::Project;
+use crate::harness::{Project, User};
 
 /// What the engine still holds of project `name`: containers, volumes, networks.
 fn leftovers(name: &str) -> String {
@@ -93,27 +93,12 @@ fn the_demo_passes_and_leaves_nothing_behind_as_root() {
     demo(&format!("nwx-demo-root-{}", std::process::id()), None);
 }
 
-/// A throw-away user in the `docker` group, removed on drop.
-struct User(String);
-
-impl Drop for User {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn the_demo_passes_as_a_docker_group_user() {
     let Some(_p) = Project::new("demouser", "name: {name}\nservices: {}\n") else {
         return;
     };
-    let name = format!("nwxdemo{}", std::process::id());
-    let made = Command::new("useradd")
-        .args(["-M", "-N", "-G", "docker", "-s", "/bin/sh", &name])
-        .status()
-        .unwrap();
-    assert!(made.success(), "useradd needs root and a docker group");
-    let user = User(name);
+    let user = User::new("nwxdemo");
     demo(
         &format!("nwx-demo-user-{}", std::process::id()),
         Some(&user.0),

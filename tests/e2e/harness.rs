@@ -195,6 +195,29 @@ impl Project {
         Run::from(c.output().unwrap())
     }
 
+    /// `docker nuwaxbackup ARGS…` as `user` (see [`Project::lend_to`]).
+    pub fn plugin_as(&self, user: &User, args: &[&str]) -> Run {
+        let mut c = self.command("runuser");
+        c.args(["-u", &user.0, "--", "docker", "nuwaxbackup"])
+            .args(args);
+        Run::from(c.output().unwrap())
+    }
+
+    /// Gives `user` this project's folder and DOCKER_CONFIG (its catalog, locks and runs),
+    /// so it can run the plugin here; what the test puts in the folder keeps its owners.
+    pub fn lend_to(&self, user: &User) {
+        for p in [self.config.path(), self.dir.path()] {
+            let ok = Command::new("chown").arg(&user.0).arg(p).status().unwrap();
+            assert!(ok.success());
+        }
+        let ok = Command::new("chown")
+            .args(["-R", &user.0])
+            .arg(self.config.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
     /// The plugin started in the background (for signals and concurrency tests).
     pub fn plugin_spawn(&self, args: &[&str]) -> std::process::Child {
         self.command("docker")
@@ -266,6 +289,33 @@ impl Project {
         let mut lines: Vec<String> = out.stdout.lines().map(String::from).collect();
         lines.sort();
         lines
+    }
+}
+
+/// A throw-away user in the `docker` group (not root), removed on drop.
+pub struct User(pub String);
+
+impl User {
+    pub fn new(prefix: &str) -> User {
+        let name = format!("{prefix}{}", std::process::id());
+        let made = Command::new("useradd")
+            .args(["-M", "-N", "-G", "docker", "-s", "/bin/sh", &name])
+            .status()
+            .unwrap();
+        assert!(made.success(), "useradd needs root and a docker group");
+        User(name)
+    }
+
+    /// The user's uid.
+    pub fn uid(&self) -> u32 {
+        let out = Command::new("id").args(["-u", &self.0]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
     }
 }
 

@@ -601,7 +601,7 @@ fn kill_9_during_rollback_never_leaves_a_mixed_volume_and_a_rerun_succeeds() {
 }
 
 /// Waits until the tmux pane shows `text`; returns the screen.
-fn wait_for_screen(session: &str, text: &str) -> String {
+pub fn wait_for_screen(session: &str, text: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let out = std::process::Command::new("tmux")
