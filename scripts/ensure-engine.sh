@@ -5,7 +5,7 @@
 #   - the local test image `nuwax-test-busybox:latest`, built without any registry,
 #   - pigz and zstd, the peer tools the benchmarks compare against; tmux, a terminal for the
 #     tests of interactive prompts; age (age, age-keygen), the independent CLI the encryption
-#     tests check interoperability with.
+#     tests check interoperability with; xfsprogs, for the reflink capture test on a loop XFS.
 # Idempotent and quick when everything is already there. Needs root for the installs.
 set -euo pipefail
 
@@ -33,6 +33,7 @@ command -v zstd >/dev/null 2>&1 || need_pkgs+=(zstd)
 command -v file >/dev/null 2>&1 || need_pkgs+=(file)
 command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux) # a terminal for the prompt tests
 command -v age-keygen >/dev/null 2>&1 || need_pkgs+=(age)
+command -v mkfs.xfs >/dev/null 2>&1 || need_pkgs+=(xfsprogs) # reflink captures on a loop XFS
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     apt_install "${need_pkgs[@]}"

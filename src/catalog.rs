@@ -37,6 +37,10 @@ const MIGRATIONS: &[&str] = &[
     // 2: encryption (age): the recipients' public keys, as a JSON array
     "ALTER TABLE backups ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE backups ADD COLUMN recipients TEXT;",
+    // 3: downtime: how the volumes were read while the services were stopped, and for how long
+    "ALTER TABLE backups ADD COLUMN capture TEXT;
+    ALTER TABLE backups ADD COLUMN downtime_ms INTEGER;
+    ALTER TABLE backups ADD COLUMN capture_ms INTEGER;",
 ];
 
 /// One catalog row, as `--format json` prints it.
@@ -59,6 +63,11 @@ pub struct BackupRow {
     /// Encrypted with age; `recipients` are the public keys that open it.
     pub encrypted: bool,
     pub recipients: Vec<String>,
+    /// `reflink`, `copy`, `stream` or `direct` (none: made before this was recorded).
+    pub capture: Option<String>,
+    /// First stop to last start; and the capture itself.
+    pub downtime_ms: Option<u64>,
+    pub capture_ms: Option<u64>,
 }
 
 /// A row to insert (the id comes from the database).
@@ -79,6 +88,7 @@ pub struct NewBackup<'a> {
     pub error: Option<&'a str>,
     /// Public keys the archive is encrypted to (none: not encrypted).
     pub recipients: &'a [String],
+    pub timing: Option<crate::backup::Timing>,
 }
 
 pub struct Catalog {
@@ -199,8 +209,8 @@ impl Catalog {
             .execute(
             "INSERT INTO backups (project, project_dir, file_path, service_version, backup_type,
                 status, created_at, size_bytes, sha256, file_count, compression, duration_ms, error,
-                encrypted, recipients)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                encrypted, recipients, capture, downtime_ms, capture_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             params![
                 b.project,
                 b.project_dir.to_string_lossy(),
@@ -218,6 +228,9 @@ impl Catalog {
                 !b.recipients.is_empty(),
                 (!b.recipients.is_empty())
                     .then(|| serde_json::to_string(b.recipients).unwrap_or_default()),
+                b.timing.map(|t| t.capture),
+                b.timing.map(|t| t.downtime_ms as i64),
+                b.timing.map(|t| t.capture_ms as i64),
             ],
         )
             .map_err(busy)?;
@@ -321,7 +334,7 @@ impl Catalog {
 const SELECT: &str =
     "SELECT id, project, project_dir, file_path, service_version, backup_type, status,
     created_at, size_bytes, sha256, file_count, compression, duration_ms, error, encrypted,
-    recipients FROM backups";
+    recipients, capture, downtime_ms, capture_ms FROM backups";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
     Ok(BackupRow {
@@ -344,6 +357,9 @@ fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
             .get::<_, Option<String>>(15)?
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default(),
+        capture: r.get(16)?,
+        downtime_ms: r.get::<_, Option<i64>>(17)?.map(|v| v as u64),
+        capture_ms: r.get::<_, Option<i64>>(18)?.map(|v| v as u64),
     })
 }
 
@@ -397,6 +413,7 @@ mod tests {
             duration_ms: 5,
             error: None,
             recipients: &[],
+            timing: None,
         }
     }
 

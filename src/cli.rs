@@ -235,6 +235,14 @@ impl From<BackupType> for crate::records::BackupType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Capture {
+    #[default]
+    Auto,
+    Copy,
+    Direct,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Compression {
     #[default]
     Gzip,
@@ -265,6 +273,10 @@ pub struct CreateArgs {
     /// Also archive bind mounts outside the project directory.
     #[arg(long)]
     pub include_external_binds: bool,
+    /// With --stop: copy the volumes while stopped (reflink clones where the filesystem has
+    /// them), start the services, then compress; `direct` archives while stopped.
+    #[arg(long, value_enum, default_value_t)]
+    pub capture: Capture,
     /// Encrypt the archive to this age public key (age1…, ssh-ed25519, ssh-rsa; repeatable).
     /// Replaces x-nuwax-backup.encrypt.
     #[arg(long, value_name = "KEY")]

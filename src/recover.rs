@@ -40,6 +40,7 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
         rec.command, project.name, rec.pid, rec.started_at, rec.phase
     ));
     if rec.command == RunCommand::Create {
+        remove_captures(&rec);
         record_interrupted_create(catalog, project, &rec)?;
     } else {
         clean_rollback(ctx, project);
@@ -52,6 +53,22 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
         interrupted_run: Some(rec),
         mount_points,
     })
+}
+
+/// Removes the captures a killed `create` made (listed before each was made).
+fn remove_captures(rec: &RunRecord) {
+    for p in rec.captures.iter().filter(|p| p.symlink_metadata().is_ok()) {
+        match host::remove_any(p) {
+            Ok(()) => note(format!(
+                "removed the capture {} left by an interrupted backup",
+                p.display()
+            )),
+            Err(e) => warn(format!(
+                "could not remove the capture {} ({e:#}): remove it by hand",
+                p.display()
+            )),
+        }
+    }
 }
 
 /// Takes the project's lock for `what`, then finishes a dead run of the project first (it
@@ -115,6 +132,7 @@ fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunReco
         duration_ms: 0,
         error: Some("interrupted"),
         recipients: &[],
+        timing: None,
     })?;
     note(format!("recorded the interrupted backup as failed (#{id})"));
     Ok(())

@@ -44,6 +44,9 @@ pub struct RunRecord {
     pub in_place: Vec<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety_backup: Option<PathBuf>,
+    /// `create`: captures made (each written here before it is made), removed by recover.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub captures: Vec<PathBuf>,
 }
 
 impl RunRecord {
@@ -115,6 +118,7 @@ impl ActiveRun {
                 pending_row: None,
                 in_place: Vec::new(),
                 safety_backup: None,
+                captures: Vec::new(),
             },
         };
         run.write()?;
@@ -124,6 +128,12 @@ impl ActiveRun {
     /// Moves to `phase` (written and fsynced before the phase's work starts).
     pub fn phase(&mut self, phase: &str) -> Result<()> {
         self.record.phase = phase.to_string();
+        self.write()
+    }
+
+    /// Records a capture about to be made.
+    pub fn capture(&mut self, path: &Path) -> Result<()> {
+        self.record.captures.push(path.to_path_buf());
         self.write()
     }
 

@@ -1,4 +1,6 @@
 //! `create`: plan → gate → stop? → read volumes → archive → record → start again.
+mod capture;
+mod copy;
 pub mod plan;
 mod write;
 
@@ -36,7 +38,10 @@ pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
         let (l, p) = crate::recover::lock_and_recover(ctx, project, &catalog, RunCommand::Create)?;
         (Some(l), p)
     };
-    let facts = gather_facts(ctx, &project, &catalog)?;
+    let mut facts = gather_facts(ctx, &project, &catalog)?;
+    if opts.stop && opts.capture != plan::CaptureMode::Direct {
+        capture_facts(&project, opts, &mut facts);
+    }
     let plan = plan::build(&project, opts, &facts, chrono::Utc::now());
     for s in &plan.skipped {
         warn(format!("not backed up: {}: {}", s.volume, s.reason));
@@ -98,7 +103,26 @@ fn check_space(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Stops (with `--stop`), archives, starts again, and records the outcome in the catalog.
+/// How long the services were down, and how the volumes were read meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub capture: &'static str,
+    pub capture_ms: u64,
+    pub downtime_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            capture: "direct",
+            capture_ms: 0,
+            downtime_ms: 0,
+        }
+    }
+}
+
+/// Stops (with `--stop`), captures or archives, starts again, writes the archive from the
+/// captures, and records the outcome in the catalog.
 fn execute(
     ctx: &Context,
     opts: &Options,
@@ -116,15 +140,15 @@ fn execute(
     if !running.is_empty() {
         note(format!("stopping {}", running.names().join(", ")));
     }
-    let work = run
+    let mut timing = Timing::default();
+    let stopped = run
         .stopping(&running)
         .and_then(|()| services::stop(&ctx.docker, &ctx.compose, &running))
-        .and_then(|()| cancel::check())
-        .and_then(|()| run.phase("archiving"))
-        .and_then(|()| {
-            crate::fault::point("create-archiving");
-            write::archive(ctx, project, plan)
-        });
+        .and_then(|()| cancel::check());
+    let (now, captures) = match stopped {
+        Err(e) => (Err(e), None),
+        Ok(()) => while_stopped(ctx, project, plan, run, &mut timing),
+    };
     let _ = run.phase("starting");
     let restart = if running.is_empty() {
         Ok(())
@@ -132,10 +156,86 @@ fn execute(
         note(format!("starting {}", running.names().join(", ")));
         services::start(&ctx.docker, &ctx.compose, &running)
     };
+    if !running.is_empty() {
+        timing.downtime_ms = started.elapsed().as_millis() as u64;
+    }
+    let work = match (now, captures) {
+        (Ok(Some(done)), _) => Ok(done),
+        (Ok(None), Some(c)) => compress(ctx, project, plan, run, c),
+        (Ok(None), None) => Err(anyhow::anyhow!("nothing was archived nor captured")),
+        (Err(e), c) => {
+            c.iter().for_each(capture::remove);
+            Err(e)
+        }
+    };
     let duration_ms = started.elapsed().as_millis() as u64;
+    conclude(catalog, project, plan, work, restart, duration_ms, timing)
+}
+
+/// While the services are stopped: captures the volumes (the archive is written once they
+/// run again), or archives directly when there is no capture or it failed.
+fn while_stopped(
+    ctx: &Context,
+    project: &Project,
+    plan: &Plan,
+    run: &mut ActiveRun,
+    timing: &mut Timing,
+) -> (Result<Option<Written>>, Option<write::Captures>) {
+    if !plan.capture_places.is_empty() {
+        if let Err(e) = run.phase("capturing") {
+            return (Err(e), None);
+        }
+        let t0 = Instant::now();
+        match capture::take(ctx, project, plan, run) {
+            Ok(c) => {
+                timing.capture = plan.capture;
+                timing.capture_ms = t0.elapsed().as_millis() as u64;
+                return (Ok(None), Some(c));
+            }
+            Err(e) if cancel::requested() => return (Err(e), None),
+            Err(e) => warn(format!(
+                "{e:#}: archiving directly while the services are stopped"
+            )),
+        }
+    }
+    let now = run.phase("archiving").and_then(|()| {
+        crate::fault::point("create-archiving");
+        write::archive(ctx, project, plan, &write::Captures::new())
+    });
+    (now.map(Some), None)
+}
+
+/// Writes the archive from the captures (the services already run again), then removes them.
+fn compress(
+    ctx: &Context,
+    project: &Project,
+    plan: &Plan,
+    run: &mut ActiveRun,
+    captures: write::Captures,
+) -> Result<Written> {
+    note("the services run again; writing the archive from the capture");
+    let written = run.phase("compressing").and_then(|()| {
+        crate::fault::point("create-compressing");
+        write::archive(ctx, project, plan, &captures)
+    });
+    capture::remove(&captures);
+    written
+}
+
+/// Records the outcome: a completed row (then a failed restart is still an error), or a
+/// failed one.
+fn conclude(
+    catalog: &Catalog,
+    project: &Project,
+    plan: &Plan,
+    work: Result<Written>,
+    restart: Result<()>,
+    duration_ms: u64,
+    timing: Timing,
+) -> Result<BackupRow> {
     match (work, restart) {
         (Ok(done), restart) => {
-            let row = record_completed(catalog, project, plan, &done, duration_ms)?;
+            let row = record_completed(catalog, project, plan, &done, duration_ms, timing)?;
             let id = row.id;
             restart.with_context(|| {
                 format!("backup #{id} completed ({}), but", done.path.display())
@@ -170,13 +270,14 @@ pub fn create_stopped(
     let plan = plan::build(project, opts, &facts, chrono::Utc::now());
     storage::prepare(&plan.storage)?;
     check_space(&plan)?;
-    match write::archive(ctx, project, &plan) {
+    match write::archive(ctx, project, &plan, &write::Captures::new()) {
         Ok(done) => record_completed(
             catalog,
             project,
             &plan,
             &done,
             started.elapsed().as_millis() as u64,
+            Timing::default(),
         ),
         Err(err) => {
             record_failure(
@@ -208,6 +309,7 @@ fn record_completed(
     plan: &Plan,
     done: &Written,
     duration_ms: u64,
+    timing: Timing,
 ) -> Result<BackupRow> {
     let id = catalog.insert(&NewBackup {
         project: &project.name,
@@ -224,6 +326,7 @@ fn record_completed(
         duration_ms,
         error: None,
         recipients: &plan.recipients,
+        timing: Some(timing),
     })?;
     let row = catalog.get(id)?.context("reading back the catalog row")?;
     if let Err(e) = crate::sidecar::write(&row) {
@@ -258,6 +361,7 @@ fn record_failure(
         duration_ms,
         error: Some(&text),
         recipients: &plan.recipients,
+        timing: None,
     });
 }
 
@@ -330,6 +434,46 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
         }
     }
     Ok(facts)
+}
+
+/// The filesystems a capture could go to (beside each volume read from disk, and the storage
+/// folder): free space, and whether reflinks work there (tried on a throw-away file).
+fn capture_facts(project: &Project, opts: &Options, facts: &mut plan::Facts) {
+    let storage = plan::resolve_storage(project, opts.storage.as_deref(), facts);
+    let mut folders = vec![storage];
+    for v in &project.volumes {
+        match v {
+            Volume::Bind { source, .. } if !facts.unreadable.contains(source) => {
+                if crate::restore::mount::is_mount_point(source) {
+                    facts.mount_points.insert(source.clone());
+                }
+                folders.extend(source.parent().map(Path::to_path_buf));
+            }
+            Volume::Volume { name, .. } => {
+                folders.extend(
+                    facts
+                        .volume_dirs
+                        .get(name)
+                        .and_then(|d| d.parent())
+                        .map(Path::to_path_buf),
+                );
+            }
+            _ => {}
+        }
+    }
+    for f in folders {
+        let Some(existing) = f.ancestors().find(|a| a.is_dir()) else {
+            continue;
+        };
+        let fs = plan::CaptureFs {
+            device: std::fs::metadata(existing)
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+                .unwrap_or(0),
+            free_bytes: storage::free_bytes(existing).unwrap_or(0),
+            reflink: copy::reflinks_in(existing),
+        };
+        facts.capture_fs.insert(f, fs);
+    }
 }
 
 fn probe(p: &Path) -> (plan::PathKind, Survey) {

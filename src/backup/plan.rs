@@ -23,6 +23,49 @@ pub struct Options {
     pub include_external_binds: bool,
     /// `--recipient`/`--recipients-file`: replace the compose file's `encrypt` when given.
     pub recipients: Option<Recipients>,
+    /// `--capture`: copy the volumes while stopped, then start, then compress.
+    pub capture: CaptureMode,
+}
+
+/// `--capture auto|copy|direct`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaptureMode {
+    /// Reflink clones where the filesystem has them, else a copy; direct when nothing fits.
+    #[default]
+    Auto,
+    /// A copy even where reflinks would work.
+    Copy,
+    /// Archive while the services are stopped (no capture).
+    Direct,
+}
+
+/// How one volume is captured while the services are stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum How {
+    /// Cloned file by file (`FICLONE`): no data copied.
+    Reflink,
+    /// Copied by the kernel (`copy_file_range`).
+    Copy,
+    /// The engine's `docker cp` tar stream, into a file.
+    Stream,
+}
+
+/// Where one volume's capture goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Place {
+    pub archive_path: String,
+    /// The folder the capture is made in (beside the volume, or the storage folder).
+    pub folder: PathBuf,
+    pub how: How,
+}
+
+/// A filesystem a capture could go to, looked at before planning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureFs {
+    pub device: u64,
+    pub free_bytes: u64,
+    pub reflink: bool,
 }
 
 /// What a host path is, looked at before planning.
@@ -54,6 +97,11 @@ pub struct Facts {
     pub catalog_storage: Option<PathBuf>,
     /// The recipients `x-nuwax-backup.encrypt` names (read, with its file, beforehand).
     pub recipients: Recipients,
+    /// Folders a capture could be made in (beside volumes, the storage folder): their
+    /// filesystems.
+    pub capture_fs: HashMap<PathBuf, CaptureFs>,
+    /// Binds (by source) that are mount points: never captured inside or beside.
+    pub mount_points: HashSet<PathBuf>,
     pub cwd: PathBuf,
 }
 
@@ -98,6 +146,12 @@ pub struct Plan {
     /// Encrypted with age to `recipients` (public keys; the archive name ends in `.age`).
     pub encrypted: bool,
     pub recipients: Vec<String>,
+    /// `reflink`, `copy`, `stream` or `direct`: how the volumes are read while stopped.
+    pub capture: &'static str,
+    /// Where each volume is captured (empty: direct).
+    pub capture_places: Vec<Place>,
+    /// Why the capture is not made, when it was asked for and is not.
+    pub capture_note: Option<String>,
     #[serde(skip)]
     pub at: DateTime<Utc>,
     #[serde(skip)]
@@ -149,12 +203,27 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
         .recipients
         .clone()
         .unwrap_or_else(|| facts.recipients.clone());
-    let running = project
+    let running: Vec<String> = project
         .all_containers()
         .filter(|c| c.is_live())
         .map(|c| c.name.clone())
         .collect();
+    let storage = resolve_storage(project, opts.storage.as_deref(), facts);
+    let bytes_needed = items.iter().map(|i| i.size_bytes).sum();
+    let stops = opts.stop && !running.is_empty();
+    let (capture_places, capture_note) = capture_places(
+        project,
+        opts.capture,
+        stops,
+        &items,
+        facts,
+        &storage,
+        bytes_needed,
+    );
     Plan {
+        capture: capture_label(&capture_places),
+        capture_places,
+        capture_note,
         project: project.name.clone(),
         project_dir: project.dir.clone(),
         backup_type: opts.backup_type,
@@ -166,10 +235,10 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
         ),
         service_version: version,
         compression: opts.codec.name(),
-        storage: resolve_storage(project, opts.storage.as_deref(), facts),
+        storage,
         created_at: now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         running,
-        bytes_needed: items.iter().map(|i| i.size_bytes).sum(),
+        bytes_needed,
         encrypted: !recipients.is_empty(),
         recipients: recipients.0,
         volumes: items,
@@ -274,6 +343,100 @@ fn decide(
                 }
             }
         }
+    }
+}
+
+/// Where each volume is captured, or why nothing is (`None` when not asked for or nothing
+/// stops). Every capture, with the archive itself, must fit on its filesystem; otherwise the
+/// backup is made directly, and the note says so.
+fn capture_places(
+    project: &Project,
+    mode: CaptureMode,
+    stops: bool,
+    items: &[Item],
+    facts: &Facts,
+    storage: &Path,
+    archive_bytes: u64,
+) -> (Vec<Place>, Option<String>) {
+    if mode == CaptureMode::Direct || !stops || items.is_empty() {
+        return (Vec::new(), None);
+    }
+    let places: Vec<Place> = items
+        .iter()
+        .map(|i| place(project, mode, i, facts, storage))
+        .collect();
+    let mut need: HashMap<u64, (u64, u64, &Path)> = HashMap::new();
+    let storage_fs = facts.capture_fs.get(storage).copied().unwrap_or_default();
+    need.insert(
+        storage_fs.device,
+        (archive_bytes, storage_fs.free_bytes, storage),
+    );
+    for (p, i) in places.iter().zip(items) {
+        let fs = facts.capture_fs.get(&p.folder).copied().unwrap_or_default();
+        let n = need
+            .entry(fs.device)
+            .or_insert((0, fs.free_bytes, &p.folder));
+        if p.how != How::Reflink {
+            n.0 += i.size_bytes + 4096;
+        }
+    }
+    if let Some((_, (n, free, at))) = need.iter().find(|(_, (n, free, _))| n > free) {
+        let note = format!(
+            "the capture does not fit on the filesystem of {} ({} needed, {} free): archiving directly while the services are stopped",
+            at.display(),
+            crate::output::human_bytes(*n),
+            crate::output::human_bytes(*free)
+        );
+        return (Vec::new(), Some(note));
+    }
+    (places, None)
+}
+
+/// Beside the volume on its own filesystem (a clone there costs nothing), unless that folder
+/// is a mount point's or inside another bind of the project (a restarted container would
+/// see it): then the storage folder. Volumes the engine reads are captured as their stream.
+fn place(project: &Project, mode: CaptureMode, i: &Item, facts: &Facts, storage: &Path) -> Place {
+    let beside = match &i.decl {
+        _ if i.io == Io::Engine => None,
+        Volume::Bind { source, .. } => source
+            .parent()
+            .filter(|_| !facts.mount_points.contains(source))
+            .filter(|p| !inside_another_bind(project, source, p)),
+        Volume::Volume { name, .. } => facts.volume_dirs.get(name).and_then(|d| d.parent()),
+    };
+    let folder = beside.unwrap_or(storage).to_path_buf();
+    let reflink = facts.capture_fs.get(&folder).is_some_and(|f| f.reflink);
+    let how = if i.io == Io::Engine {
+        How::Stream
+    } else if reflink && mode == CaptureMode::Auto {
+        How::Reflink
+    } else {
+        How::Copy
+    };
+    Place {
+        archive_path: i.archive_path.clone(),
+        folder,
+        how,
+    }
+}
+
+fn inside_another_bind(project: &Project, source: &Path, folder: &Path) -> bool {
+    project.volumes.iter().any(|v| match v {
+        Volume::Bind { source: other, .. } => other != source && folder.starts_with(other),
+        _ => false,
+    })
+}
+
+/// The capture in one word: `direct` without one, else the slowest way any volume takes.
+fn capture_label(places: &[Place]) -> &'static str {
+    if places.is_empty() {
+        "direct"
+    } else if places.iter().any(|p| p.how == How::Copy) {
+        "copy"
+    } else if places.iter().any(|p| p.how == How::Stream) {
+        "stream"
+    } else {
+        "reflink"
     }
 }
 
@@ -416,6 +579,7 @@ mod tests {
             stop: false,
             include_external_binds: false,
             recipients: None,
+            capture: CaptureMode::Auto,
         }
     }
 
@@ -491,6 +655,104 @@ mod tests {
         let j = serde_json::to_value(&plan.volumes[0]).unwrap();
         assert_eq!(j["io"], "host");
         assert!(j["reason"].as_str().unwrap().contains("folder"));
+    }
+
+    #[test]
+    fn captures_go_beside_each_volume_unless_a_container_would_see_them() {
+        let running = r#"{"name": "p",
+          "services": {"db": {"image": "pg:15", "restart": "always", "volumes": [
+              {"type": "volume", "source": "dbdata", "target": "/d"},
+              {"type": "bind", "source": "/proj/data/app", "target": "/a"},
+              {"type": "bind", "source": "/proj/mnt", "target": "/m"},
+              {"type": "bind", "source": "/srv/x", "target": "/x"},
+              {"type": "bind", "source": "/srv/x/in", "target": "/xi"}]}},
+          "volumes": {"dbdata": {"name": "p_dbdata"}}}"#;
+        let mut proj = project(running);
+        proj.services[0].containers.push(crate::compose::Container {
+            name: "p-db-1".into(),
+            state: "running".into(),
+            service: "db".into(),
+            oneoff: false,
+        });
+        let mut f = facts();
+        f.paths.insert("/proj/mnt".into(), (PathKind::Dir, 5));
+        f.paths.insert("/srv/x".into(), (PathKind::Dir, 5));
+        f.paths.insert("/srv/x/in".into(), (PathKind::Dir, 5));
+        f.mount_points.insert("/proj/mnt".into());
+        f.volume_dirs
+            .insert("p_dbdata".into(), "/vol/p_dbdata/_data".into());
+        let fs = |device, free_bytes, reflink| CaptureFs {
+            device,
+            free_bytes,
+            reflink,
+        };
+        f.capture_fs
+            .insert("/proj/data".into(), fs(1, 1 << 30, true));
+        f.capture_fs
+            .insert("/proj/backups".into(), fs(1, 1 << 30, true));
+        f.capture_fs
+            .insert("/vol/p_dbdata".into(), fs(2, 1 << 30, false));
+        f.capture_fs.insert("/srv".into(), fs(3, 1 << 30, false));
+        let o = Options {
+            stop: true,
+            include_external_binds: true,
+            ..opts()
+        };
+        let plan = build(&proj, &o, &f, at());
+        let got: Vec<(&str, &str, How)> = plan
+            .capture_places
+            .iter()
+            .map(|p| (p.archive_path.as_str(), p.folder.to_str().unwrap(), p.how))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("volumes/dbdata", "/vol/p_dbdata", How::Copy),
+                ("binds/data_app", "/proj/data", How::Reflink),
+                ("binds/mnt", "/proj/backups", How::Reflink),
+                ("binds/externalsrv_x", "/srv", How::Copy),
+                ("binds/externalsrv_x_in", "/proj/backups", How::Reflink),
+            ],
+            "a mount point's and one inside another bind go to the storage folder"
+        );
+        assert_eq!(plan.capture, "copy");
+        let copy = build(
+            &proj,
+            &Options {
+                capture: CaptureMode::Copy,
+                ..o.clone()
+            },
+            &f,
+            at(),
+        );
+        assert!(copy.capture_places.iter().all(|p| p.how == How::Copy));
+        let direct = build(
+            &proj,
+            &Options {
+                capture: CaptureMode::Direct,
+                ..o.clone()
+            },
+            &f,
+            at(),
+        );
+        assert_eq!((direct.capture, direct.capture_note), ("direct", None));
+        let idle = build(
+            &proj,
+            &Options {
+                stop: false,
+                ..o.clone()
+            },
+            &f,
+            at(),
+        );
+        assert!(
+            idle.capture_places.is_empty(),
+            "nothing stops: nothing to capture"
+        );
+        f.capture_fs.insert("/srv".into(), fs(3, 4, false));
+        let full = build(&proj, &o, &f, at());
+        assert_eq!(full.capture, "direct");
+        assert!(full.capture_note.unwrap().contains("/srv"));
     }
 
     #[test]

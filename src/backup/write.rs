@@ -21,6 +21,17 @@ use crate::output::warn;
 use crate::records::{Io, VolumeKind};
 use crate::{cancel, storage, Context};
 
+/// A volume captured while the services were stopped.
+pub enum Captured {
+    /// A copy of its tree, and what the copy left out (as reading the original says it).
+    Tree(PathBuf, Vec<String>),
+    /// The engine's `docker cp` stream, in a file.
+    Stream(PathBuf),
+}
+
+/// Captures by archive folder (`binds/data`); volumes not in it are read as they are now.
+pub type Captures = std::collections::HashMap<String, Captured>;
+
 /// Removes the partial archive unless it was published.
 struct Partial(PathBuf);
 
@@ -32,7 +43,12 @@ impl Drop for Partial {
 
 /// Writes, fsyncs and publishes the archive. Fails on any read or write error, or on cancel;
 /// then no file is left under a final name.
-pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written> {
+pub fn archive(
+    ctx: &Context,
+    project: &Project,
+    plan: &Plan,
+    captures: &Captures,
+) -> Result<Written> {
     let partial = Partial(storage::partial_path(
         &plan.storage,
         &project.name,
@@ -53,7 +69,15 @@ pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written>
             .with_context(|| format!("creating {}", spill_path.0.display()))?,
     );
     let mut created = Vec::new();
-    let result = fill(ctx, project, plan, &mut writer, &mut spill, &mut created);
+    let result = fill(
+        ctx,
+        project,
+        plan,
+        captures,
+        &mut writer,
+        &mut spill,
+        &mut created,
+    );
     if !created.is_empty() {
         let mut args = vec!["rm".to_string(), "-f".to_string()];
         args.extend(created);
@@ -75,10 +99,12 @@ pub fn archive(ctx: &Context, project: &Project, plan: &Plan) -> Result<Written>
 }
 
 /// Appends every volume, the compose files and the manifest. Returns the file count.
+#[allow(clippy::too_many_arguments)]
 fn fill(
     ctx: &Context,
     project: &Project,
     plan: &Plan,
+    captures: &Captures,
     writer: &mut ArchiveWriter,
     spill: &mut std::io::BufWriter<std::fs::File>,
     created: &mut Vec<String>,
@@ -100,25 +126,21 @@ fn fill(
             warnings.push(w);
         };
         let mut c = Collector::new(writer, &item.archive_path, spill, &on_read);
-        match &item.decl {
-            Volume::Bind { source, .. } if item.io == Io::Engine => {
-                read_through_engine(ctx, project, plan, item, created, &mut c, &mut warn_fn)
-                    .with_context(|| {
-                        format!("reading bind mount {} through the engine", source.display())
-                    })?;
+        match (captures.get(&item.archive_path), &item.decl) {
+            (Some(captured), _) => {
+                read_captured(plan, item, captured, &mut c, &mut warnings)
+                    .with_context(|| format!("reading the capture of {}", item.volume))?;
             }
-            Volume::Bind { source, .. } => {
-                fs_source::collect(source, &plan.storage, &mut c, &mut warn_fn)
-                    .with_context(|| format!("reading bind mount {}", source.display()))?;
-            }
-            Volume::Volume { name, .. } => match plan.volume_dirs.get(name) {
-                Some(dir) => fs_source::collect(dir, &plan.storage, &mut c, &mut warn_fn)
-                    .with_context(|| format!("reading volume {name} in {}", dir.display()))?,
-                None => {
-                    read_through_engine(ctx, project, plan, item, created, &mut c, &mut warn_fn)
-                        .with_context(|| format!("reading volume {name}"))?
-                }
-            },
+            (None, decl) => read_live(
+                ctx,
+                project,
+                plan,
+                item,
+                decl,
+                created,
+                &mut c,
+                &mut warn_fn,
+            )?,
         }
         records.push(record(item, plan, c));
         skipped.extend(warnings.into_iter().map(|reason| Skipped {
@@ -134,6 +156,59 @@ fn fill(
     let json = serde_json::to_vec_pretty(&m)?;
     writer.append_bytes(manifest::MANIFEST_PATH, &json, plan.at.timestamp() as u64)?;
     Ok(file_count)
+}
+
+/// Reads a volume as it is now: from disk, or through the engine.
+#[allow(clippy::too_many_arguments)]
+fn read_live(
+    ctx: &Context,
+    project: &Project,
+    plan: &Plan,
+    item: &Item,
+    decl: &Volume,
+    created: &mut Vec<String>,
+    c: &mut Collector<'_>,
+    warn_fn: &mut dyn FnMut(String),
+) -> Result<()> {
+    match decl {
+        Volume::Bind { source, .. } if item.io == Io::Engine => {
+            read_through_engine(ctx, project, plan, item, created, c, warn_fn).with_context(|| {
+                format!("reading bind mount {} through the engine", source.display())
+            })
+        }
+        Volume::Bind { source, .. } => fs_source::collect(source, &plan.storage, c, warn_fn)
+            .with_context(|| format!("reading bind mount {}", source.display())),
+        Volume::Volume { name, .. } => match plan.volume_dirs.get(name) {
+            Some(dir) => fs_source::collect(dir, &plan.storage, c, warn_fn)
+                .with_context(|| format!("reading volume {name} in {}", dir.display())),
+            None => read_through_engine(ctx, project, plan, item, created, c, warn_fn)
+                .with_context(|| format!("reading volume {name}")),
+        },
+    }
+}
+
+/// Reads a volume from its capture: the copied tree (what its copy left out is said as
+/// reading the original would have said it), or the engine's stream in a file.
+fn read_captured(
+    plan: &Plan,
+    item: &Item,
+    captured: &Captured,
+    c: &mut Collector<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let mut quiet = |w: String| warnings.push(w);
+    match captured {
+        Captured::Tree(path, skipped) => {
+            fs_source::collect(path, &plan.storage, c, &mut quiet)?;
+            warnings.extend(skipped.iter().cloned());
+            Ok(())
+        }
+        Captured::Stream(path) => {
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            stream_source::collect(file, &scope_of(plan, item), c, &mut quiet)
+        }
+    }
 }
 
 /// Appends the per-entry lines collected in the spill file as `manifest-files.jsonl`.
@@ -173,8 +248,7 @@ fn progress(total: u64) -> ProgressBar {
 }
 
 /// Streams a named volume or a bind out of a stopped container of the project that mounts
-/// it (the engine reads what this process may not). The storage folder, when inside a bind,
-/// is left out as it is when reading from disk.
+/// it (the engine reads what this process may not).
 fn read_through_engine(
     ctx: &Context,
     project: &Project,
@@ -184,13 +258,32 @@ fn read_through_engine(
     c: &mut Collector<'_>,
     warn_fn: &mut dyn FnMut(String),
 ) -> Result<()> {
+    let src = engine_source(ctx, project, item, created)?;
+    let mut stream = ctx.docker.stream(&["cp", src.as_str(), "-"])?;
+    match stream_source::collect(&mut stream, &scope_of(plan, item), c, warn_fn) {
+        Ok(()) => stream.finish(),
+        Err(e) => {
+            stream.kill();
+            Err(e)
+        }
+    }
+}
+
+/// The `docker cp` source (`CTR:/path/.`, or `CTR:/path` for a file) that holds `item`: a
+/// stopped container of the project that mounts it, or, when another mount is nested inside,
+/// a never-started helper that mounts it alone.
+pub(super) fn engine_source(
+    ctx: &Context,
+    project: &Project,
+    item: &Item,
+    created: &mut Vec<String>,
+) -> Result<String> {
     let (container, target) = container_for(ctx, project, &item.decl, created)?;
     let nested = item
         .decl
         .mounts()
         .iter()
         .any(|m| m.target == target && project.has_nested_mount(&m.service, &target));
-    // A nested mount would be read as part of the volume: read the volume alone instead.
     let (container, target) = if nested {
         (
             alone(ctx, &container, &item.decl, created)?,
@@ -199,39 +292,29 @@ fn read_through_engine(
     } else {
         (container, target)
     };
-    let (src, scope) = match &item.decl {
+    Ok(match &item.decl {
+        Volume::Bind { is_file: true, .. } => format!("{container}:{target}"),
+        _ => format!("{container}:{}/.", target.trim_end_matches('/')),
+    })
+}
+
+/// What a `docker cp` stream of `item` holds: one file, or a tree less the storage folder
+/// (when a bind contains it, as reading from disk leaves it out).
+fn scope_of(plan: &Plan, item: &Item) -> Scope {
+    match &item.decl {
         Volume::Bind {
             source,
             is_file: true,
             ..
-        } => {
-            let name = source.file_name().unwrap_or_default().as_bytes().to_vec();
-            (format!("{container}:{target}"), Scope::File(name))
-        }
-        Volume::Bind { source, .. } => {
-            let storage = plan
-                .storage
+        } => Scope::File(source.file_name().unwrap_or_default().as_bytes().to_vec()),
+        Volume::Bind { source, .. } => Scope::Tree(
+            plan.storage
                 .strip_prefix(source)
                 .ok()
-                .filter(|s| !s.as_os_str().is_empty());
-            let skip = storage.map(|s| s.as_os_str().as_bytes().to_vec());
-            (
-                format!("{container}:{}/.", target.trim_end_matches('/')),
-                Scope::Tree(skip),
-            )
-        }
-        Volume::Volume { .. } => (
-            format!("{container}:{}/.", target.trim_end_matches('/')),
-            Scope::Tree(None),
+                .filter(|s| !s.as_os_str().is_empty())
+                .map(|s| s.as_os_str().as_bytes().to_vec()),
         ),
-    };
-    let mut stream = ctx.docker.stream(&["cp", src.as_str(), "-"])?;
-    match stream_source::collect(&mut stream, &scope, c, warn_fn) {
-        Ok(()) => stream.finish(),
-        Err(e) => {
-            stream.kill();
-            Err(e)
-        }
+        Volume::Volume { .. } => Scope::Tree(None),
     }
 }
 

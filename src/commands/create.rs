@@ -4,6 +4,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::archive::Codec;
+use crate::backup::plan::CaptureMode;
 use crate::backup::plan::Plan;
 use crate::backup::{self, Options, Outcome};
 use crate::cli::{Compression, CreateArgs, Format};
@@ -29,6 +30,11 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
         storage: args.storage.clone(),
         stop: args.stop,
         include_external_binds: args.include_external_binds,
+        capture: match args.capture {
+            crate::cli::Capture::Auto => CaptureMode::Auto,
+            crate::cli::Capture::Copy => CaptureMode::Copy,
+            crate::cli::Capture::Direct => CaptureMode::Direct,
+        },
         recipients: if args.recipient.is_empty() && args.recipients_file.is_empty() {
             None
         } else {
@@ -51,6 +57,13 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
                 row.file_count,
                 row.duration_ms as f64 / 1000.0
             ));
+            if let (Some(down), Some(how)) = (row.downtime_ms.filter(|d| *d > 0), &row.capture) {
+                note(format!(
+                    "services down {:.1} s (capture: {how}, {:.1} s)",
+                    down as f64 / 1000.0,
+                    row.capture_ms.unwrap_or(0) as f64 / 1000.0
+                ));
+            }
             if args.format == Format::Json {
                 write_json(out, &row)?;
             }
@@ -72,6 +85,15 @@ fn print_plan(plan: &Plan, stop: bool, out: &mut dyn Write) -> Result<()> {
             out,
             "Refused as things stand, running: {running} (stop them or pass --stop)"
         )?;
+    }
+    if !plan.capture_places.is_empty() {
+        writeln!(
+            out,
+            "While stopped: capture ({}), then start, then compress",
+            plan.capture
+        )?;
+    } else if let Some(why) = &plan.capture_note {
+        writeln!(out, "No capture: {why}")?;
     }
     let rows = plan.volumes.iter().map(|v| {
         vec![

@@ -105,6 +105,7 @@ impl Found {
             duration_ms: 0,
             error: None,
             recipients: &self.recipients,
+            timing: None,
         }
     }
 }

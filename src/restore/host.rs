@@ -241,7 +241,7 @@ pub(super) fn syncfs(p: &Path) -> Result<()> {
 }
 
 /// Owner, then mode (a chown clears set-id bits), then mtime; symlinks keep their own mode.
-pub(super) fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
+pub(crate) fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
     let ctx = || format!("setting owner, mode and time of {}", p.display());
     std::os::unix::fs::lchown(p, Some(a.uid as u32), Some(a.gid as u32)).with_context(ctx)?;
     if !is_link {

@@ -376,6 +376,7 @@ fn safety_backup(
         stop: false,
         include_external_binds: true,
         recipients: Some(Recipients(plan.safety_recipients.clone())),
+        capture: backup::plan::CaptureMode::Direct,
     };
     note("taking a safety backup of the current state");
     let row = backup::create_stopped(ctx, &subset, &opts, catalog)?;

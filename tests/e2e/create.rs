@@ -479,7 +479,11 @@ fn kill_9_leaves_no_completed_backup_and_the_next_run_cleans_up() {
         run.stderr
     );
     let files = files_in(&p.path("backups"));
-    assert_eq!(files.len(), 2, "only the new archive and its sidecar: {files:?}");
+    assert_eq!(
+        files.len(),
+        2,
+        "only the new archive and its sidecar: {files:?}"
+    );
     assert_eq!(format!("{}.json", files[0]), files[1]);
 }
 

@@ -1,4 +1,5 @@
 //! End-to-end tests through the real docker CLI, Compose v2 and engine.
+mod capture;
 mod catalog;
 mod complete;
 mod create;

@@ -1,0 +1,134 @@
+//! Capture, for the shortest downtime: while the services are stopped each volume is copied
+//! beside itself (reflink clones where the filesystem has them, else a kernel copy) or its
+//! engine stream is saved to a file; the services start again, and the archive is written
+//! from the captures, which are then removed. Each capture path is written to the run record
+//! before it is made, so `recover` (or the next run) removes what a killed run left.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use super::copy::{self, CAPTURE_MARK};
+use super::plan::{How, Item, Place, Plan};
+use super::write::{self, Captured, Captures};
+use crate::compose::{Project, Volume};
+use crate::output::warn;
+use crate::runs::ActiveRun;
+use crate::Context;
+
+/// Captures every volume of the plan's capture. On any failure, removes what it made and
+/// fails (the caller then archives directly, the services still stopped).
+pub fn take(
+    ctx: &Context,
+    project: &Project,
+    plan: &Plan,
+    run: &mut ActiveRun,
+) -> Result<Captures> {
+    let mut captures = Captures::new();
+    let mut created = Vec::new();
+    let mut result = Ok(());
+    for place in &plan.capture_places {
+        let Some(item) = plan
+            .volumes
+            .iter()
+            .find(|i| i.archive_path == place.archive_path)
+        else {
+            continue;
+        };
+        result = one(ctx, project, plan, item, place, run, &mut created)
+            .map(|c| {
+                captures.insert(item.archive_path.clone(), c);
+            })
+            .with_context(|| format!("capturing {}", item.volume));
+        if result.is_err() {
+            break;
+        }
+    }
+    if !created.is_empty() {
+        let mut args = vec!["rm".to_string(), "-f".to_string()];
+        args.extend(created);
+        let _ = ctx.docker.output(&args);
+    }
+    match result {
+        Ok(()) => Ok(captures),
+        Err(e) => {
+            remove(&captures);
+            Err(e)
+        }
+    }
+}
+
+/// `<folder>/.nuwax-capture-<pid>-<archive folder, / as _>`.
+fn path_of(place: &Place) -> PathBuf {
+    let name = place.archive_path.replace('/', "_");
+    let ext = if place.how == How::Stream { ".tar" } else { "" };
+    place
+        .folder
+        .join(format!("{CAPTURE_MARK}{}-{name}{ext}", std::process::id()))
+}
+
+fn one(
+    ctx: &Context,
+    project: &Project,
+    plan: &Plan,
+    item: &Item,
+    place: &Place,
+    run: &mut ActiveRun,
+    created: &mut Vec<String>,
+) -> Result<Captured> {
+    let path = path_of(place);
+    crate::private::create_dir_all(&place.folder)?;
+    host_remove(&path);
+    run.capture(&path)?;
+    if place.how == How::Stream {
+        let src = write::engine_source(ctx, project, item, created)?;
+        save_stream(ctx, &src, &path)?;
+        return Ok(Captured::Stream(path));
+    }
+    let source = match &item.decl {
+        Volume::Bind { source, .. } => source.clone(),
+        Volume::Volume { name, .. } => plan
+            .volume_dirs
+            .get(name)
+            .cloned()
+            .with_context(|| format!("the folder of volume {name} is not on this host"))?,
+    };
+    let done = copy::copy_tree(&source, &path, &plan.storage, place.how == How::Reflink)?;
+    for s in &done.skipped {
+        warn(format!("{}: {s}", item.volume));
+    }
+    Ok(Captured::Tree(path, done.skipped))
+}
+
+/// `docker cp SRC -` into a new private file, synced.
+fn save_stream(ctx: &Context, src: &str, path: &Path) -> Result<()> {
+    let mut file = crate::private::create_new(path)?;
+    let mut stream = ctx.docker.stream(&["cp", src, "-"])?;
+    match std::io::copy(&mut stream, &mut file) {
+        Ok(_) => stream.finish()?,
+        Err(e) => {
+            stream.kill();
+            return Err(e).with_context(|| format!("writing {}", path.display()));
+        }
+    }
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))
+}
+
+fn host_remove(p: &Path) {
+    let _ = crate::restore::host::remove_any(p);
+}
+
+/// Removes every capture (a tree this process cannot remove is named in a warning).
+pub fn remove(captures: &Captures) {
+    for c in captures.values() {
+        let path = match c {
+            Captured::Tree(p, _) | Captured::Stream(p) => p,
+        };
+        if let Err(e) = crate::restore::host::remove_any(path) {
+            warn(format!(
+                "could not remove the capture {} ({e:#}): remove it by hand",
+                path.display()
+            ));
+        }
+    }
+}

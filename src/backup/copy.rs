@@ -1,0 +1,232 @@
+//! Copies a volume's tree exactly (owners, modes, mtimes, symlinks, hard links, empty
+//! folders) and fast: each file is a reflink clone where the filesystem has them (`FICLONE`:
+//! no data copied), else `copy_file_range` (the kernel copies, no bytes through this process).
+//! What the archive would skip (sockets, fifos, devices, the storage folder) is skipped here
+//! with the same words about the original path, so an archive of the copy says what an
+//! archive of the original would.
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use crate::archive::writer::Attrs;
+use crate::restore::host::set_attrs;
+
+/// Marks capture folders and files: a copy in one is never copied again into another.
+pub const CAPTURE_MARK: &str = ".nuwax-capture-";
+
+/// What a copy did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Copied {
+    /// Files cloned by reflink, and files whose bytes were copied.
+    pub cloned: u64,
+    pub copied: u64,
+    pub bytes: u64,
+    /// What was left out, as the archive would say it.
+    pub skipped: Vec<String>,
+}
+
+fn attrs_of(m: &fs::Metadata) -> Attrs {
+    Attrs {
+        mode: m.mode() & 0o7777,
+        uid: u64::from(m.uid()),
+        gid: u64::from(m.gid()),
+        mtime: m.mtime().max(0) as u64,
+    }
+}
+
+/// Copies `src` (a folder or one file) to `dst` (which must not exist), leaving out
+/// `exclude` (the storage folder). `reflink: false` never clones (to measure a plain copy).
+pub fn copy_tree(src: &Path, dst: &Path, exclude: &Path, reflink: bool) -> Result<Copied> {
+    let mut c = Copier {
+        reflink,
+        out: Copied::default(),
+        inodes: HashMap::new(),
+        dirs: Vec::new(),
+    };
+    let walk = walkdir::WalkDir::new(src)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !e.file_name().to_string_lossy().starts_with(CAPTURE_MARK));
+    let mut walk = walk;
+    while let Some(e) = walk.next() {
+        crate::cancel::check()?;
+        let e = e.with_context(|| format!("reading {}", src.display()))?;
+        let rel = e.path().strip_prefix(src).unwrap_or(Path::new(""));
+        let to = if rel.as_os_str().is_empty() {
+            dst.to_path_buf()
+        } else {
+            dst.join(rel)
+        };
+        if e.file_type().is_dir() && e.path() == exclude {
+            c.out.skipped.push(format!(
+                "skipped {} (the backup storage folder)",
+                e.path().display()
+            ));
+            walk.skip_current_dir();
+            continue;
+        }
+        c.entry(e.path(), &to, e.depth() == 0)?;
+    }
+    c.finish()
+}
+
+struct Copier {
+    reflink: bool,
+    out: Copied,
+    /// The copy of each multiply-linked file, by (device, inode) of the original.
+    inodes: HashMap<(u64, u64), PathBuf>,
+    /// Folders and their attributes, applied last (writing into a folder changes its mtime).
+    dirs: Vec<(PathBuf, Attrs)>,
+}
+
+impl Copier {
+    fn entry(&mut self, from: &Path, to: &Path, root: bool) -> Result<()> {
+        // The root is followed when it is a symlink, as the engine follows it when mounting.
+        let m = if root {
+            fs::metadata(from)
+        } else {
+            fs::symlink_metadata(from)
+        }
+        .with_context(|| format!("reading {}", from.display()))?;
+        let a = attrs_of(&m);
+        let ft = m.file_type();
+        if ft.is_dir() {
+            fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
+            self.dirs.push((to.to_path_buf(), a));
+        } else if ft.is_symlink() {
+            let target = fs::read_link(from)?;
+            std::os::unix::fs::symlink(&target, to)
+                .with_context(|| format!("creating link {}", to.display()))?;
+            set_attrs(to, &a, true)?;
+        } else if ft.is_file() {
+            self.file(from, to, &m, &a)?;
+        } else {
+            self.out.skipped.push(format!(
+                "skipped {} (a socket, fifo or device cannot be backed up)",
+                from.display()
+            ));
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, from: &Path, to: &Path, m: &fs::Metadata, a: &Attrs) -> Result<()> {
+        if m.nlink() > 1 {
+            let key = (m.dev(), m.ino());
+            if let Some(first) = self.inodes.get(&key) {
+                return fs::hard_link(first, to)
+                    .with_context(|| format!("creating hard link {}", to.display()));
+            }
+            self.inodes.insert(key, to.to_path_buf());
+        }
+        let input = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+        let output = File::create(to).with_context(|| format!("creating {}", to.display()))?;
+        if self.reflink && rustix::fs::ioctl_ficlone(&output, &input).is_ok() {
+            self.out.cloned += 1;
+        } else {
+            copy_bytes(&input, &output, m.len())
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            self.out.copied += 1;
+        }
+        self.out.bytes += m.len();
+        drop(output);
+        set_attrs(to, a, false)
+    }
+
+    fn finish(mut self) -> Result<Copied> {
+        self.dirs
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
+        for (p, a) in &self.dirs {
+            set_attrs(p, a, false)?;
+        }
+        Ok(self.out)
+    }
+}
+
+/// The kernel copies (`copy_file_range`); a plain read/write loop where it cannot.
+fn copy_bytes(input: &File, output: &File, len: u64) -> io::Result<()> {
+    let mut left = len;
+    while left > 0 {
+        let chunk = left.min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(input, None, output, None, chunk) {
+            Ok(0) => break,
+            Ok(n) => left -= n as u64,
+            Err(_) if left == len => {
+                let mut r = input;
+                let mut w = output;
+                io::copy(&mut r, &mut w)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Whether files can be cloned by reflink in folder `dir` (tried on a throw-away file).
+pub fn reflinks_in(dir: &Path) -> bool {
+    let a = dir.join(format!("{CAPTURE_MARK}probe-{}-a", std::process::id()));
+    let b = dir.join(format!("{CAPTURE_MARK}probe-{}-b", std::process::id()));
+    let ok = (|| -> io::Result<bool> {
+        fs::write(&a, b"probe")?;
+        let src = File::open(&a)?;
+        let dst = File::create(&b)?;
+        Ok(rustix::fs::ioctl_ficlone(&dst, &src).is_ok())
+    })()
+    .unwrap_or(false);
+    let _ = fs::remove_file(&a);
+    let _ = fs::remove_file(&b);
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_keeps_links_modes_times_and_skips_what_the_archive_skips() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("sub/empty")).unwrap();
+        fs::create_dir_all(src.join("backups")).unwrap();
+        fs::write(src.join("sub/f"), "data").unwrap();
+        fs::hard_link(src.join("sub/f"), src.join("hard")).unwrap();
+        std::os::unix::fs::symlink("sub/f", src.join("link")).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            src.join("fifo"),
+            rustix::fs::Mode::from(0o600),
+        )
+        .unwrap();
+        fs::create_dir(src.join(format!("{CAPTURE_MARK}x"))).unwrap();
+        let a = Attrs {
+            mode: 0o750,
+            uid: 0,
+            gid: 0,
+            mtime: 1_600_000_000,
+        };
+        set_attrs(&src.join("sub"), &a, false).unwrap();
+        let dst = d.path().join("dst");
+        let out = copy_tree(&src, &dst, &src.join("backups"), true).unwrap();
+        assert_eq!(out.cloned + out.copied, 1, "one file, linked once");
+        assert_eq!(out.skipped.len(), 2, "{:?}", out.skipped);
+        assert!(out.skipped[0].contains("backup storage folder"));
+        assert!(
+            out.skipped[1].contains("fifo") && out.skipped[1].contains(&src.display().to_string())
+        );
+        assert_eq!(fs::read_to_string(dst.join("hard")).unwrap(), "data");
+        assert_eq!(
+            fs::metadata(dst.join("hard")).unwrap().ino(),
+            fs::metadata(dst.join("sub/f")).unwrap().ino()
+        );
+        assert_eq!(fs::read_link(dst.join("link")).unwrap(), Path::new("sub/f"));
+        let m = fs::metadata(dst.join("sub")).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.mtime()), (0o750, 1_600_000_000));
+        assert!(dst.join("sub/empty").is_dir());
+        assert!(!dst.join("backups").exists() && !dst.join(format!("{CAPTURE_MARK}x")).exists());
+    }
+}

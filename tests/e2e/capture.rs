@@ -1,0 +1,351 @@
+//! Downtime: `create --stop` captures the volumes while the services are stopped, starts
+//! them, then writes the archive from the capture. Every capture mode must archive exactly
+//! what the direct mode does.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{Project, Run};
+
+const YAML: &str = r#"name: {name}
+services:
+  app:
+    image: {image}
+    command: ["sh", "-c", "trap 'exit 0' TERM; mkdir -p /data/hb; n=$$(cat /data/hb/beat 2>/dev/null || echo 0); while :; do n=$$((n+1)); echo $$n > /data/hb/new; mv /data/hb/new /data/hb/beat; sleep 0.1; done"]
+    restart: always
+    volumes:
+      - ./data:/data
+      - appvol:/v
+volumes:
+  appvol: {}
+"#;
+
+/// A bind and a named volume with what an archive must keep: owners, modes, links, an empty
+/// folder, a fifo (skipped, and said so), and enough bytes that compressing takes a while.
+fn seed(p: &Project, big_mib: usize) {
+    let data = p.path("data");
+    std::fs::create_dir_all(data.join("db/empty")).unwrap();
+    std::fs::write(data.join("db/row"), "row").unwrap();
+    std::fs::hard_link(data.join("db/row"), data.join("db/row.link")).unwrap();
+    std::os::unix::fs::symlink("db/row", data.join("latest")).unwrap();
+    crate::create::random_files(&data.join("big"), 4, (big_mib << 20) / 4);
+    let fifo = data.join("pipe");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("chown")
+        .args(["-R", "999:999"])
+        .arg(data.join("db"))
+        .status()
+        .unwrap()
+        .success());
+    p.in_volume(
+        &format!("{}_appvol", p.name),
+        "mkdir -p /v/d && echo v > /v/d/f && chown -R 70:70 /v/d && chmod 0700 /v/d && ln -s d/f /v/l",
+    )
+    .success();
+}
+
+/// The archive's entries (`tar -tv`, numeric owners), its per-entry manifest, and what its
+/// manifest says was skipped.
+fn view(file: &str) -> (String, String, serde_json::Value) {
+    let (tv, lines, manifest) = if file.ends_with(".zst") {
+        ("--zstd", "--zstd", "--zstd")
+    } else {
+        ("-z", "-z", "-z")
+    };
+    let run = |args: &[&str]| {
+        let out = Command::new("tar").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let m: serde_json::Value =
+        serde_json::from_str(&run(&[manifest, "-xOf", file, "manifest.json"])).unwrap();
+    (
+        run(&["--numeric-owner", tv, "-tvf", file])
+            .lines()
+            .filter(|l| l.contains(" binds/") || l.contains(" volumes/"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        run(&[lines, "-xOf", file, "manifest-files.jsonl"]),
+        m["skipped"].clone(),
+    )
+}
+
+/// A compose stop, so every mode archives the same state (the heartbeat stands still).
+fn create(p: &Project, env: &[(&str, &str)], capture: &str) -> serde_json::Value {
+    p.compose(&["up", "-d"]).success();
+    let run: Run = p.plugin_env(
+        env,
+        &["create", "--stop", "--capture", capture, "--format", "json"],
+    );
+    run.success().json()
+}
+
+#[test]
+fn every_capture_mode_archives_exactly_what_direct_mode_does() {
+    let Some(p) = Project::new("capture", YAML) else {
+        return;
+    };
+    seed(&p, 8);
+    p.up();
+    p.compose(&["stop"]).success();
+    // Stopped services do not change the data: each run below archives the same state.
+    let direct = p
+        .plugin(&["create", "--capture", "direct", "--format", "json"])
+        .success()
+        .json();
+    let want = view(direct["file_path"].as_str().unwrap());
+    assert!(
+        want.2.to_string().contains("pipe"),
+        "the fifo is said to be skipped: {}",
+        want.2
+    );
+    let engine = [("NUWAX_BACKUP_VOLUME_IO", "engine")];
+    for (env, mode, label) in [
+        (&[][..], "copy", "copy"),
+        (&[][..], "auto", "copy"),
+        (&engine[..], "auto", "copy"),
+    ] {
+        let row = create(&p, env, mode);
+        p.compose(&["stop"]).success();
+        assert_eq!(row["capture"], label, "{mode} {env:?}");
+        assert!(row["downtime_ms"].as_u64().unwrap() > 0);
+        let got = view(row["file_path"].as_str().unwrap());
+        // The heartbeat moved on between runs: compare everything else.
+        let strip = |s: &str| -> String {
+            s.lines()
+                .filter(|l| !l.contains("hb"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(strip(&got.0), strip(&want.0), "{mode} {env:?}");
+        assert_eq!(strip(&got.1), strip(&want.1), "{mode} {env:?}");
+        assert_eq!(got.2, want.2);
+    }
+    let left: Vec<PathBuf> = [p.dir.path().to_path_buf(), p.path("backups")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
+        .filter(|e| {
+            e.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".nuwax-capture-")
+        })
+        .collect();
+    assert!(left.is_empty(), "captures left behind: {left:?}");
+}
+
+/// `docker inspect`'s StartedAt of the service's container, in seconds since the epoch.
+fn started_at(p: &Project) -> f64 {
+    let out = p
+        .docker(&[
+            "inspect",
+            "--format",
+            "{{.State.StartedAt}}",
+            &format!("{}-app-1", p.name),
+        ])
+        .success();
+    let t = chrono::DateTime::parse_from_rfc3339(out.stdout.trim()).unwrap();
+    t.timestamp_nanos_opt().unwrap() as f64 / 1e9
+}
+
+fn mtime(path: &str) -> f64 {
+    let m = std::fs::metadata(path).unwrap().modified().unwrap();
+    m.duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn services_run_again_before_the_archive_is_written() {
+    let Some(p) = Project::new("capture-live", YAML) else {
+        return;
+    };
+    seed(&p, 96);
+    p.up();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let row = p
+        .plugin(&[
+            "create",
+            "--stop",
+            "--compression-level",
+            "9",
+            "--format",
+            "json",
+        ])
+        .success()
+        .json();
+    assert_eq!(row["capture"], "copy");
+    let file = row["file_path"].as_str().unwrap();
+    let started = started_at(&p);
+    assert!(
+        started < mtime(file),
+        "the service started before the archive was finished"
+    );
+    // What the heartbeat wrote after the restart is on disk, not in the archive.
+    let out = Command::new("tar")
+        .args(["-xzOf", file, "binds/data/hb/beat"])
+        .output()
+        .unwrap();
+    let archived: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let now: u64 = std::fs::read_to_string(p.path("data/hb/beat"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(now > archived, "the heartbeat ran on ({archived} → {now})");
+    assert!(row["capture_ms"].as_u64().unwrap() <= row["downtime_ms"].as_u64().unwrap());
+}
+
+#[test]
+fn a_create_killed_while_compressing_leaves_services_running_and_recover_cleans_up() {
+    let Some(p) = Project::new("capture-kill", YAML) else {
+        return;
+    };
+    seed(&p, 4);
+    p.up();
+    let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "create-compressing")];
+    let run = p.plugin_env(&kill, &["create", "--stop"]);
+    assert_ne!(run.code, 0);
+    assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
+    let captures = |dirs: &[&Path]| -> Vec<PathBuf> {
+        dirs.iter()
+            .flat_map(|d| {
+                std::fs::read_dir(d)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+            })
+            .filter(|e| {
+                e.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".nuwax-capture-")
+            })
+            .collect()
+    };
+    let vol_dir = p
+        .docker(&[
+            "volume",
+            "inspect",
+            "--format",
+            "{{.Mountpoint}}",
+            &format!("{}_appvol", p.name),
+        ])
+        .success();
+    let vol_parent = PathBuf::from(vol_dir.stdout.trim())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(
+        !captures(&[p.dir.path(), &vol_parent]).is_empty(),
+        "the capture is there before recover"
+    );
+    let rec = p.plugin(&["recover"]).success();
+    assert!(rec.stderr.contains("removed the capture"), "{}", rec.stderr);
+    assert!(captures(&[p.dir.path(), &vol_parent, &p.path("backups")]).is_empty());
+    let rows = p.plugin(&["list", "--format", "json"]).success().json();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "failed"),
+        "{rows}"
+    );
+    assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
+}
+
+/// A loop-mounted XFS with reflinks, unmounted and removed on drop.
+struct Xfs {
+    dir: PathBuf,
+    image: PathBuf,
+}
+
+impl Xfs {
+    fn mount() -> Option<Xfs> {
+        if Command::new("mkfs.xfs").arg("-V").output().is_err() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but no mkfs.xfs: run scripts/ensure-engine.sh"
+            );
+            eprintln!("skipped: no mkfs.xfs (apt-get install xfsprogs)");
+            return None;
+        }
+        let base = tempfile::Builder::new()
+            .prefix("nwx-xfs-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let image = base.join("fs.img");
+        let dir = base.join("mnt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+        ok(Command::new("truncate").args(["-s", "1G"]).arg(&image));
+        ok(Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&image));
+        ok(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&dir));
+        Some(Xfs { dir, image })
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir_all(self.image.parent().unwrap());
+    }
+}
+
+#[test]
+fn on_xfs_the_capture_is_a_reflink_and_archives_the_same() {
+    let Some(xfs) = Xfs::mount() else {
+        return;
+    };
+    let name = format!("nwx-capture-xfs-{}", std::process::id());
+    let yaml = YAML
+        .replace("      - appvol:/v\n", "")
+        .replace("volumes:\n  appvol: {}\n", "");
+    let Some(p) = Project::at(&name, xfs.dir.join("proj"), &yaml) else {
+        return;
+    };
+    let data = p.path("data");
+    std::fs::create_dir_all(data.join("db")).unwrap();
+    crate::create::random_files(&data.join("db"), 8, 8 << 20);
+    std::os::unix::fs::symlink("db", data.join("link")).unwrap();
+    p.up();
+    p.compose(&["stop"]).success();
+    let direct = p
+        .plugin(&["create", "--capture", "direct", "--format", "json"])
+        .success()
+        .json();
+    p.compose(&["start"]).success();
+    let row = p
+        .plugin(&["create", "--stop", "--format", "json"])
+        .success()
+        .json();
+    assert_eq!(row["capture"], "reflink");
+    let strip = |s: String| -> String {
+        s.lines()
+            .filter(|l| !l.contains("hb"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (a, b) = (
+        view(direct["file_path"].as_str().unwrap()),
+        view(row["file_path"].as_str().unwrap()),
+    );
+    assert_eq!(strip(a.0), strip(b.0));
+    assert_eq!(strip(a.1), strip(b.1));
+    drop(p);
+}
