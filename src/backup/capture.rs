@@ -96,6 +96,7 @@ fn one(
     for s in &done.skipped {
         warn(format!("{}: {s}", item.volume));
     }
+    crate::fault::point("create-capturing");
     Ok(Captured::Tree(path, done.skipped))
 }
 

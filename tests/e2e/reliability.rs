@@ -228,9 +228,14 @@ fn a_killed_create_leaves_a_record_that_recover_and_the_next_create_finish() {
     std::fs::create_dir_all(p.path("data")).unwrap();
     std::fs::write(p.path("data/x"), "x").unwrap();
     p.up();
-    let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "create-archiving")];
-    for finish_with in ["recover", "create"] {
-        let run = p.plugin_env(&kill, &["create", "--stop"]);
+    // Killed while archiving with the services stopped (direct), and while capturing.
+    for (finish_with, capture, phase) in [
+        ("recover", "direct", "archiving"),
+        ("create", "auto", "capturing"),
+    ] {
+        let kill = [("NUWAX_BACKUP_TEST_KILL_AT", format!("create-{phase}"))];
+        let kill: Vec<(&str, &str)> = kill.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let run = p.plugin_env(&kill, &["create", "--stop", "--capture", capture]);
         assert_ne!(run.code, 0);
         assert!(!running(&p, "db"));
         let table = p.plugin(&["status"]).success();
@@ -240,7 +245,7 @@ fn a_killed_create_leaves_a_record_that_recover_and_the_next_create_finish() {
             table.stdout
         );
         let s = p.plugin(&["status", "--format", "json"]).success().json();
-        assert_eq!(s["interrupted_run"]["phase"], "archiving");
+        assert_eq!(s["interrupted_run"]["phase"], phase);
         assert_eq!(s["interrupted_run"]["stopped"], serde_json::json!(["db"]));
         if finish_with == "recover" {
             p.plugin(&["recover"]).success();
@@ -253,6 +258,16 @@ fn a_killed_create_leaves_a_record_that_recover_and_the_next_create_finish() {
             );
         }
         assert!(running(&p, "db"), "after {finish_with}");
+        let captures: Vec<_> = std::fs::read_dir(p.dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".nuwax-capture-")
+            })
+            .collect();
+        assert!(captures.is_empty(), "the capture is removed: {captures:?}");
         assert!(
             p.plugin(&["status", "--format", "json"]).success().json()["interrupted_run"].is_null()
         );
