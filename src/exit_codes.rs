@@ -32,6 +32,9 @@ pub enum Code {
     RolledBack = 13,
     /// A missing, wrong or locked decryption identity.
     Identity = 15,
+    /// Rolled back, but the safety backup of the previous state could not be written (the
+    /// previous content is kept; `recover` finishes it).
+    SafetyPending = 16,
     /// The user cancelled (Ctrl-C, SIGTERM, or the docker CLI went away).
     Cancelled = 130,
 }
@@ -116,6 +119,8 @@ mod tests {
             Code::RestartFailed,
             Code::VerifyFailed,
             Code::RolledBack,
+            Code::Identity,
+            Code::SafetyPending,
             Code::Cancelled,
         ];
         let mut seen: Vec<u8> = all.iter().map(|c| c.as_u8()).collect();

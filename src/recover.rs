@@ -43,6 +43,7 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
         remove_captures(&rec);
         record_interrupted_create(catalog, project, &rec)?;
     } else {
+        finish_staged(ctx, project, catalog, &rec)?;
         clean_rollback(ctx, project);
         refill_in_place(ctx, project, &rec)?;
     }
@@ -136,6 +137,63 @@ fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunReco
     })?;
     note(format!("recorded the interrupted backup as failed (#{id})"));
     Ok(())
+}
+
+/// A rollback staged first and killed: before its services started again, the targets it
+/// swapped are swapped back (every target is then as before); after, the safety backup is
+/// made from the previous content the swap moved aside. When that fails, the previous
+/// content and the run record stay (exit 16), so nothing of it is removed.
+fn finish_staged(
+    ctx: &Context,
+    project: &Project,
+    catalog: &Catalog,
+    rec: &RunRecord,
+) -> Result<()> {
+    let swapped: Vec<&runs::SwapRecord> = rec.swaps.iter().filter(|s| s.swapped()).collect();
+    if swapped.is_empty() {
+        return Ok(());
+    }
+    if !matches!(rec.phase.as_str(), "starting" | "safety-after") {
+        for s in &swapped {
+            host::exchange(&s.staging, &s.target)
+                .with_context(|| format!("swapping {} back", s.target.display()))?;
+            note(format!(
+                "put back the previous content of {}",
+                s.target.display()
+            ));
+        }
+        return Ok(());
+    }
+    let previous: std::collections::HashMap<_, _> = swapped
+        .iter()
+        .map(|s| (s.target.clone(), s.staging.clone()))
+        .collect();
+    let labels: Vec<String> = project
+        .volumes
+        .iter()
+        .filter(|v| target_of(ctx, v).is_some_and(|t| previous.contains_key(&t)))
+        .map(|v| v.label())
+        .collect();
+    crate::restore::safety_of(ctx, project, catalog, &labels, &rec.safety_recipients, &previous)
+        .map_err(|e| {
+            let kept: Vec<String> = previous.values().map(|p| p.display().to_string()).collect();
+            crate::exit_codes::UserError::new(
+                crate::exit_codes::Code::SafetyPending,
+                format!(
+                    "the safety backup of the state before the interrupted rollback could not be written ({e:#}); the previous content is kept in {}: free space, then run `recover` again",
+                    kept.join(", ")
+                ),
+            )
+        })?;
+    Ok(())
+}
+
+/// Where a volume's content is on this host: a bind's source, a local volume's folder.
+fn target_of(ctx: &Context, v: &Volume) -> Option<std::path::PathBuf> {
+    match v {
+        Volume::Bind { source, .. } => Some(source.clone()),
+        Volume::Volume { name, .. } => engine::local_mountpoint(&ctx.docker, name).ok().flatten(),
+    }
 }
 
 /// Staging folders beside binds and named volumes, and helper containers of a dead rollback.

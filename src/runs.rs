@@ -47,6 +47,30 @@ pub struct RunRecord {
     /// `create`: captures made (each written here before it is made), removed by recover.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub captures: Vec<PathBuf>,
+    /// `rollback` staged while the services ran: each target and its staging, recorded before
+    /// the stop. After a swap the staging holds the previous content.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub swaps: Vec<SwapRecord>,
+    /// The public keys the safety backup is encrypted to (for `recover` to finish it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub safety_recipients: Vec<String>,
+}
+
+/// One target of a rollback staged beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapRecord {
+    pub target: PathBuf,
+    pub staging: PathBuf,
+    /// The inode of the staged root: the target has it once the swap was made.
+    pub staged_ino: u64,
+}
+
+impl SwapRecord {
+    /// Whether the swap was made (the target is the staged tree).
+    pub fn swapped(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&self.target).is_ok_and(|m| m.ino() == self.staged_ino)
+    }
 }
 
 impl RunRecord {
@@ -119,6 +143,8 @@ impl ActiveRun {
                 in_place: Vec::new(),
                 safety_backup: None,
                 captures: Vec::new(),
+                swaps: Vec::new(),
+                safety_recipients: Vec::new(),
             },
         };
         run.write()?;
@@ -129,6 +155,18 @@ impl ActiveRun {
     pub fn phase(&mut self, phase: &str) -> Result<()> {
         self.record.phase = phase.to_string();
         self.write()
+    }
+
+    /// Records the staged targets of a rollback, before anything is stopped or swapped.
+    pub fn swaps(&mut self, swaps: Vec<SwapRecord>, safety_recipients: &[String]) -> Result<()> {
+        self.record.swaps = swaps;
+        self.record.safety_recipients = safety_recipients.to_vec();
+        self.write()
+    }
+
+    /// Leaves the record in place when the run ends (what it left is for `recover` to finish).
+    pub fn keep(self) {
+        std::mem::forget(self);
     }
 
     /// Records a capture about to be made.

@@ -264,13 +264,14 @@ pub fn create_stopped(
     project: &Project,
     opts: &Options,
     catalog: &Catalog,
+    previous: &HashMap<PathBuf, PathBuf>,
 ) -> Result<BackupRow> {
     let started = Instant::now();
     let facts = gather_facts(ctx, project, catalog)?;
     let plan = plan::build(project, opts, &facts, chrono::Utc::now());
     storage::prepare(&plan.storage)?;
     check_space(&plan)?;
-    match write::archive(ctx, project, &plan, &write::Captures::new()) {
+    match write::archive(ctx, project, &plan, &moved_away(&plan, previous)) {
         Ok(done) => record_completed(
             catalog,
             project,
@@ -363,6 +364,25 @@ fn record_failure(
         recipients: &plan.recipients,
         timing: None,
     });
+}
+
+/// The volumes whose content was moved away from their place (a staged rollback's previous
+/// content), to be read from there as captures.
+fn moved_away(plan: &Plan, previous: &HashMap<PathBuf, PathBuf>) -> write::Captures {
+    let mut out = write::Captures::new();
+    for item in &plan.volumes {
+        let place = match &item.decl {
+            Volume::Bind { source, .. } => Some(source),
+            Volume::Volume { name, .. } => plan.volume_dirs.get(name),
+        };
+        if let Some(from) = place.and_then(|p| previous.get(p)) {
+            out.insert(
+                item.archive_path.clone(),
+                write::Captured::Tree(from.clone(), Vec::new()),
+            );
+        }
+    }
+    out
 }
 
 /// The host folders of `names` when the engine keeps its volumes where this process can read

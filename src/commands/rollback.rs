@@ -76,6 +76,7 @@ fn print_plan(plan: &RollbackPlan, out: &mut dyn Write) -> Result<()> {
     };
     writeln!(out, "stop:  {}", list(&plan.stop))?;
     writeln!(out, "start: {}", list(&plan.start))?;
+    writeln!(out, "order: {}: {}", plan.order.as_str(), plan.order_reason)?;
     for s in &plan.space {
         writeln!(
             out,

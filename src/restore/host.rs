@@ -143,7 +143,7 @@ impl Staged {
     }
 }
 
-pub(super) fn exchange(a: &Path, b: &Path) -> Result<()> {
+pub(crate) fn exchange(a: &Path, b: &Path) -> Result<()> {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
     if let Err(e) = renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
         return Err(io::Error::from(e)).with_context(|| {

@@ -8,6 +8,7 @@ pub mod host;
 pub mod mount;
 pub mod plan;
 mod sink;
+mod staged;
 mod transaction;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,9 @@ pub struct Report {
     pub kept: Vec<String>,
     pub safety_backup_id: Option<i64>,
     pub started: Vec<String>,
+    /// First stop to last start, for a rollback staged first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
 }
 
 fn user(code: Code, msg: String) -> anyhow::Error {
@@ -78,10 +82,21 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
         in_place: opts.in_place,
         no_start: opts.no_start,
     };
-    let facts = facts::gather(ctx, &project, &verified, &req)?;
+    let mut facts = facts::gather(ctx, &project, &verified, &req)?;
+    facts.storage = storage_of(&project, &catalog)?;
     let mut plan = plan::build(manifest, &req, &facts)?;
     plan.safety_recipients = safety_recipients.0;
     Ok((project, catalog, row, plan))
+}
+
+/// The project's storage folder, as `create` resolves it without `--storage`.
+fn storage_of(project: &Project, catalog: &Catalog) -> Result<PathBuf> {
+    let facts = backup::plan::Facts {
+        cwd: std::env::current_dir()?,
+        catalog_storage: catalog.storage_dir(&project.name)?,
+        ..Default::default()
+    };
+    Ok(backup::plan::resolve_storage(project, None, &facts))
 }
 
 /// Whom the safety backup is encrypted to: the project's current recipients
@@ -161,6 +176,9 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
         crate::recover::lock_and_recover(ctx, project, &catalog, RunCommand::Rollback)?;
     plan.set_running(Running::of(&project), opts.no_start);
     let mut record = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Rollback)?;
+    if plan.order == plan::Order::StageFirst {
+        return staged::run(ctx, opts, &project, &catalog, &row, plan, record);
+    }
     stop_for_restore(ctx, &plan, &mut record)?;
     let outcome = stopped_rollback(ctx, opts, &project, &catalog, &row, &plan, &mut record);
     let _ = record.phase("starting");
@@ -177,7 +195,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     Ok(report(plan, safety_id, opts.no_start))
 }
 
-fn report(plan: RollbackPlan, safety_backup_id: Option<i64>, no_start: bool) -> Report {
+pub(crate) fn report(plan: RollbackPlan, safety_backup_id: Option<i64>, no_start: bool) -> Report {
     let (restored, kept): (Vec<&Step>, Vec<&Step>) =
         plan.actions.iter().partition(|s| s.action != Action::Keep);
     Report {
@@ -190,6 +208,7 @@ fn report(plan: RollbackPlan, safety_backup_id: Option<i64>, no_start: bool) -> 
             plan.running.names()
         },
         plan,
+        downtime_ms: None,
     }
 }
 
@@ -355,14 +374,35 @@ fn safety_backup(
     plan: &RollbackPlan,
     record: &mut ActiveRun,
 ) -> Result<BackupRow> {
+    let row = safety_of(
+        ctx,
+        project,
+        catalog,
+        &restored_labels(plan),
+        &plan.safety_recipients,
+        &Default::default(),
+    )?;
+    record.safety_backup(Path::new(&row.file_path))?;
+    Ok(row)
+}
+
+/// The labels (volume names, bind paths) a plan restores.
+fn restored_labels(plan: &RollbackPlan) -> Vec<String> {
+    plan.restoring().map(|s| plan::label(&s.record)).collect()
+}
+
+/// A `pre-rollback` backup of the volumes named by `labels`, encrypted to `recipients`; a
+/// target whose previous content was moved away (a staged rollback) is read from `previous`.
+pub(crate) fn safety_of(
+    ctx: &Context,
+    project: &Project,
+    catalog: &Catalog,
+    labels: &[String],
+    recipients: &[String],
+    previous: &std::collections::HashMap<PathBuf, PathBuf>,
+) -> Result<BackupRow> {
     let mut subset = project.clone();
-    subset.volumes.retain(|v| {
-        let label = v.label();
-        plan.restoring().any(|s| {
-            s.record.name.as_deref() == Some(label.as_str())
-                || s.record.source.as_deref() == Some(Path::new(&label))
-        })
-    });
+    subset.volumes.retain(|v| labels.contains(&v.label()));
     for v in subset.volumes.iter_mut() {
         match v {
             Volume::Volume { excluded, .. } | Volume::Bind { excluded, .. } => *excluded = false,
@@ -375,13 +415,12 @@ fn safety_backup(
         storage: None,
         stop: false,
         include_external_binds: true,
-        recipients: Some(Recipients(plan.safety_recipients.clone())),
+        recipients: Some(Recipients(recipients.to_vec())),
         capture: backup::plan::CaptureMode::Direct,
     };
-    note("taking a safety backup of the current state");
-    let row = backup::create_stopped(ctx, &subset, &opts, catalog)?;
+    note("taking a safety backup of the previous state");
+    let row = backup::create_stopped(ctx, &subset, &opts, catalog, previous)?;
     note(format!("safety backup #{}: {}", row.id, row.file_path));
-    record.safety_backup(Path::new(&row.file_path))?;
     Ok(row)
 }
 

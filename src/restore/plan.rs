@@ -100,6 +100,27 @@ pub struct RollbackPlan {
     /// The public keys the safety backup is encrypted to (none: not encrypted).
     #[serde(skip)]
     pub safety_recipients: Vec<String>,
+    /// `stage-first`: the archive is staged beside every target while the services run, then
+    /// they stop only for the swap; `stop-first` (the engine writes, or targets are emptied or
+    /// recreated): stopped for the whole restore.
+    pub order: Order,
+    pub order_reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    StageFirst,
+    StopFirst,
+}
+
+impl Order {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Order::StageFirst => "stage-first",
+            Order::StopFirst => "stop-first",
+        }
+    }
 }
 
 impl RollbackPlan {
@@ -171,6 +192,8 @@ pub struct Facts {
     pub parent_closed: BTreeSet<PathBuf>,
     pub current_images: BTreeMap<String, CurrentImage>,
     pub running: Running,
+    /// The storage folder (a bind that holds it is never staged first).
+    pub storage: PathBuf,
 }
 
 fn user(msg: String) -> anyhow::Error {
@@ -205,6 +228,7 @@ pub fn build(m: &Manifest, req: &Request, facts: &Facts) -> anyhow::Result<Rollb
         )));
     }
     let stop = facts.running.names();
+    let (order, order_reason) = order(&actions, facts);
     Ok(RollbackPlan {
         backup_id: req.backup_id,
         mode: if req.data_only {
@@ -220,10 +244,44 @@ pub fn build(m: &Manifest, req: &Request, facts: &Facts) -> anyhow::Result<Rollb
             stop.clone()
         },
         stop,
+        order,
+        order_reason: order_reason.into(),
         actions,
         running: facts.running.clone(),
         safety_recipients: Vec::new(),
     })
+}
+
+/// Stage first (the services stop only for the swap) when every restored target is swapped
+/// in on this host; otherwise stop first, saying why.
+fn order(actions: &[Step], facts: &Facts) -> (Order, &'static str) {
+    let restoring = || actions.iter().filter(|s| s.action != Action::Keep);
+    let host_swap = |s: &Step| {
+        matches!(s.action, Action::SwapBind | Action::SwapVolume)
+            && s.io == Io::Host
+            && !s
+                .record
+                .name
+                .as_ref()
+                .is_some_and(|n| facts.missing_volumes.contains(n))
+    };
+    let holds_storage = |s: &Step| {
+        s.record
+            .source
+            .as_ref()
+            .is_some_and(|src| facts.storage.starts_with(src))
+    };
+    if restoring().all(|s| host_swap(s) && !holds_storage(s)) {
+        (
+            Order::StageFirst,
+            "every target is staged beside it while the services run; they stop only for the swap",
+        )
+    } else {
+        (
+            Order::StopFirst,
+            "a target is written through the engine, emptied in place, created again, or holds the storage folder: the services stop for the whole restore",
+        )
+    }
 }
 
 /// Why `v` is kept as it is, or `None` when it is restored.

@@ -102,6 +102,39 @@ impl<'r> Transaction<'r> {
         }
     }
 
+    /// What the run record needs to tell, after a kill, which targets were swapped.
+    pub fn swap_records(&self) -> Result<Vec<crate::runs::SwapRecord>> {
+        use std::os::unix::fs::MetadataExt;
+        self.staged
+            .iter()
+            .map(|s| {
+                let ino = std::fs::symlink_metadata(&s.staging)
+                    .with_context(|| format!("reading {}", s.staging.display()))?
+                    .ino();
+                Ok(crate::runs::SwapRecord {
+                    target: s.target.clone(),
+                    staging: s.staging.clone(),
+                    staged_ino: ino,
+                })
+            })
+            .collect()
+    }
+
+    /// After the swap: where each target's previous content now is, by target.
+    pub fn previous(&self) -> std::collections::HashMap<PathBuf, PathBuf> {
+        self.staged
+            .iter()
+            .filter(|s| s.swapped && s.existed)
+            .map(|s| (s.target.clone(), s.staging.clone()))
+            .collect()
+    }
+
+    /// Keeps the previous content (its safety backup could not be written): the transaction
+    /// ends without removing anything. Returns where it is.
+    pub fn keep_previous(self) -> Vec<PathBuf> {
+        self.staged.iter().map(|s| s.staging.clone()).collect()
+    }
+
     /// Puts every staged target in place.
     pub fn swap_all(&mut self) -> Result<()> {
         for s in self.staged.iter_mut() {

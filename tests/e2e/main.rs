@@ -11,6 +11,7 @@ mod nonroot;
 mod plugin;
 mod reliability;
 mod rollback;
+mod staged;
 mod status;
 
 /// Lowercase hex of bytes.

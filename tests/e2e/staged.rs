@@ -1,0 +1,216 @@
+//! Rollback staged first: the archive is extracted beside each target while the services
+//! run; they stop only for the swap; the safety backup is made from the previous content
+//! afterwards. Killed at each of those moments, nothing is lost and `recover` finishes.
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::harness::{describe_tree, Project, Tmpfs};
+
+const YAML: &str = r#"name: {name}
+services:
+  db:
+    image: {image}
+    command: {daemon}
+    restart: always
+    volumes: ["./data:/data", "dbvol:/v"]
+volumes:
+  dbvol: {}
+"#;
+
+fn vol(p: &Project) -> String {
+    format!("{}_dbvol", p.name)
+}
+
+/// A project with a backup of "v1", then changed to "v2"; returns the backup id.
+fn backed_up_then_changed(p: &Project) -> String {
+    std::fs::create_dir_all(p.path("data/db")).unwrap();
+    std::fs::write(p.path("data/db/state"), "v1").unwrap();
+    crate::create::random_files(&p.path("data/blob"), 4, 2 << 20);
+    p.up();
+    p.in_volume(&vol(p), "echo v1 > /v/state").success();
+    let id = p
+        .plugin(&["create", "--stop", "--storage", "kept", "--format", "json"])
+        .success()
+        .json()["id"]
+        .to_string();
+    std::fs::write(p.path("data/db/state"), "v2").unwrap();
+    std::fs::write(p.path("data/added"), "new since").unwrap();
+    p.in_volume(&vol(p), "echo v2 > /v/state").success();
+    id
+}
+
+type State = (Vec<String>, Vec<String>);
+
+fn state(p: &Project) -> State {
+    (describe_tree(&p.path("data")), p.volume_tree(&vol(p)))
+}
+
+fn staging_left(p: &Project) -> Vec<PathBuf> {
+    let mp = p
+        .docker(&["volume", "inspect", "--format", "{{.Mountpoint}}", &vol(p)])
+        .success();
+    let vol_parent = PathBuf::from(mp.stdout.trim())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    [p.dir.path().to_path_buf(), vol_parent]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
+        .filter(|e| {
+            e.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".nuwax-restore-")
+        })
+        .collect()
+}
+
+fn running(p: &Project) {
+    assert_eq!(p.states("db"), [format!("{}-db-1 running", p.name)]);
+}
+
+/// The file `inner` of the newest pre-rollback backup.
+fn safety_file(p: &Project, inner: &str) -> String {
+    let list = p.plugin(&["list", "--format", "json"]).success().json();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["backup_type"] == "pre-rollback" && r["status"] == "completed")
+        .cloned()
+        .expect("a safety backup");
+    let out = Command::new("tar")
+        .args(["--zstd", "-xOf", row["file_path"].as_str().unwrap(), inner])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_staged_rollback_stops_the_services_only_for_the_swap() {
+    let Some(p) = Project::new("staged", YAML) else {
+        return;
+    };
+    let id = backed_up_then_changed(&p);
+    let changed = state(&p);
+    // Killed once staged: the services never stopped, nothing changed; recover cleans up.
+    let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "rollback-staged")];
+    let run = p.plugin_env(&kill, &["rollback", &id, "--yes"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("while the services run"),
+        "{}",
+        run.stderr
+    );
+    running(&p);
+    assert_eq!(state(&p), changed);
+    assert!(
+        !staging_left(&p).is_empty(),
+        "the staging was there when it died"
+    );
+    p.plugin(&["recover"]).success();
+    assert!(staging_left(&p).is_empty());
+    assert_eq!(state(&p), changed);
+
+    let out = p
+        .plugin(&["rollback", &id, "--yes", "--format", "json"])
+        .success()
+        .json();
+    assert_eq!(out["order"], "stage-first");
+    assert!(out["downtime_ms"].as_u64().is_some());
+    assert_eq!(
+        std::fs::read_to_string(p.path("data/db/state")).unwrap(),
+        "v1"
+    );
+    assert!(!p.path("data/added").exists());
+    running(&p);
+    assert!(staging_left(&p).is_empty());
+    // The safety backup holds the state at the stop.
+    assert_eq!(safety_file(&p, "binds/data/db/state"), "v2");
+    assert_eq!(safety_file(&p, "volumes/dbvol/state"), "v2\n");
+}
+
+#[test]
+fn killed_after_the_start_recover_finishes_the_safety_backup_from_the_previous_content() {
+    let Some(p) = Project::new("staged-kill", YAML) else {
+        return;
+    };
+    let id = backed_up_then_changed(&p);
+    let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "rollback-safety-after")];
+    let run = p.plugin_env(&kill, &["rollback", &id, "--yes"]);
+    assert_ne!(run.code, 0);
+    running(&p);
+    assert_eq!(
+        std::fs::read_to_string(p.path("data/db/state")).unwrap(),
+        "v1",
+        "rolled back"
+    );
+    let kept = staging_left(&p);
+    assert_eq!(kept.len(), 2, "the previous content is kept: {kept:?}");
+    let s = p.plugin(&["status", "--format", "json"]).success().json();
+    assert_eq!(s["interrupted_run"]["phase"], "safety-after");
+    p.plugin(&["recover"]).success();
+    assert_eq!(safety_file(&p, "binds/data/db/state"), "v2");
+    assert_eq!(safety_file(&p, "volumes/dbvol/state"), "v2\n");
+    assert!(staging_left(&p).is_empty());
+    assert_eq!(
+        std::fs::read_to_string(p.path("data/db/state")).unwrap(),
+        "v1"
+    );
+    running(&p);
+}
+
+#[test]
+fn killed_after_the_stop_recover_swaps_back_and_starts() {
+    let Some(p) = Project::new("staged-stop", YAML) else {
+        return;
+    };
+    let id = backed_up_then_changed(&p);
+    let changed = state(&p);
+    let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "rollback-restoring")];
+    let run = p.plugin_env(&kill, &["rollback", &id, "--yes"]);
+    assert_ne!(run.code, 0);
+    p.plugin(&["recover"]).success();
+    assert_eq!(state(&p), changed, "every target as before");
+    assert!(staging_left(&p).is_empty());
+    running(&p);
+}
+
+#[test]
+fn a_safety_backup_that_cannot_be_written_keeps_the_previous_content_and_exits_16() {
+    let Some(p) = Project::new("staged-full", YAML) else {
+        return;
+    };
+    let id = backed_up_then_changed(&p);
+    // The safety backup goes to ./backups: a filesystem too small for it.
+    let full = Tmpfs::mount(p.path("backups"), "64k");
+    let run = p.plugin(&["rollback", &id, "--yes"]).failure(16);
+    assert!(
+        run.stderr.contains("previous content is kept in"),
+        "{}",
+        run.stderr
+    );
+    running(&p);
+    assert_eq!(
+        std::fs::read_to_string(p.path("data/db/state")).unwrap(),
+        "v1"
+    );
+    let kept = staging_left(&p);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for k in &kept {
+        assert!(
+            run.stderr.contains(&k.display().to_string()),
+            "named: {}",
+            run.stderr
+        );
+    }
+    let previous = kept.iter().find(|k| k.starts_with(p.dir.path())).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(previous.join("db/state")).unwrap(),
+        "v2"
+    );
+    drop(full);
+    p.plugin(&["recover"]).success();
+    assert_eq!(safety_file(&p, "binds/data/db/state"), "v2");
+    assert!(staging_left(&p).is_empty());
+}
