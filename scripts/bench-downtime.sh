@@ -3,7 +3,8 @@
 #   - `create --stop` (capture: copy on this disk) vs `--capture direct`: downtime and wall
 #     time, and `cp -a` + `sync` of the same data on the same disk (the raw copy);
 #   - the same on a loop-mounted XFS with reflinks (capture: reflink), against
-#     `docker compose restart` (the floor: stopping and starting alone).
+#     `docker compose restart` (the floor: stopping and starting alone);
+#   - `rollback --yes` of that backup (staged first): its downtime against the same restart.
 # Prints each number and the ratios issue "Downtime close to zero" asks for.
 #
 #   scripts/bench-downtime.sh [--scale S]
@@ -123,11 +124,21 @@ read -r xfs_down xfs_wall < <(measure "$work/xfs/proj" "xfs reflink  " --capture
 read -r xfs_direct_down xfs_direct_wall < <(measure "$work/xfs/proj" "xfs direct   " --capture direct)
 restart=$(restart_time "$work/xfs/proj")
 echo "docker compose restart: $restart s" >&2
+id=$(ms "$work/row.json" id)
+echo "changed" >"$work/xfs/proj/data/changed-since"
+t0=$(now)
+(cd "$work/xfs/proj" && "$bin" rollback "$id" --yes --no-safety-backup --format json >"$work/rb.json" 2>/dev/null)
+t1=$(now)
+rb_wall=$(secs "$t0" "$t1")
+rb_down=$(ms "$work/rb.json" downtime_ms)
+echo "rollback (staged first): down $(python3 -c "print($rb_down/1000)") s, wall $rb_wall s" >&2
 
 python3 - "$copy_down" "$copy_wall" "$direct_down" "$direct_wall" "$raw" \
-    "$xfs_down" "$xfs_wall" "$xfs_direct_down" "$xfs_direct_wall" "$restart" <<'PY'
+    "$xfs_down" "$xfs_wall" "$xfs_direct_down" "$xfs_direct_wall" "$restart" \
+    "$rb_down" "$rb_wall" <<'PY'
 import sys
-cd, cw, dd, dw, raw, xd, xw, xdd, xdw, rs = map(float, sys.argv[1:])
+cd, cw, dd, dw, raw, xd, xw, xdd, xdw, rs, rd, rw = map(float, sys.argv[1:])
+rd = rd / 1000
 cd, dd, xd, xdd = cd / 1000, dd / 1000, xd / 1000, xdd / 1000
 print(f"disk: downtime {cd:.2f} s with capture vs {dd:.2f} s direct ({dd / cd:.1f}x shorter); "
       f"vs cp -a + sync {raw:.2f} s: {cd / raw:.2f}x (goal <= 1.5x)")
@@ -135,4 +146,6 @@ print(f"disk: wall {cw:.2f} s with capture vs {dw:.2f} s direct ({(cw / dw - 1) 
 print(f"xfs:  downtime {xd:.2f} s with reflinks vs {xdd:.2f} s direct; "
       f"docker compose restart {rs:.2f} s (goal: downtime <= restart + 1 s: {xd <= rs + 1})")
 print(f"xfs:  wall {xw:.2f} s with reflinks vs {xdw:.2f} s direct ({(xw / xdw - 1) * 100:+.0f}%)")
+print(f"rollback: downtime {rd:.2f} s of {rw:.2f} s wall; docker compose restart {rs:.2f} s "
+      f"(goal: downtime <= restart + 1 s: {rd <= rs + 1})")
 PY

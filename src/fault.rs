@@ -12,6 +12,15 @@ pub fn point(point: &str) {
     }
 }
 
+/// Fails when `NUWAX_BACKUP_TEST_FAIL_AT` names `point`: an error the preflight could not
+/// foresee (a disk another process fills, an I/O error), for the tests of what follows one.
+pub fn fail(point: &str) -> anyhow::Result<()> {
+    if std::env::var("NUWAX_BACKUP_TEST_FAIL_AT").as_deref() == Ok(point) {
+        anyhow::bail!("No space left on device (os error 28) [injected at {point}]");
+    }
+    Ok(())
+}
+
 /// Whether the tests asked to act as a filesystem without `RENAME_EXCHANGE` (NFS, older ZFS).
 pub fn no_exchange() -> bool {
     std::env::var("NUWAX_BACKUP_TEST_NO_EXCHANGE").as_deref() == Ok("1")

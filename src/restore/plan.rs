@@ -149,6 +149,7 @@ pub struct Request {
     pub excludes: Vec<String>,
     pub in_place: bool,
     pub no_start: bool,
+    pub no_safety_backup: bool,
 }
 
 /// The image a service runs now, as the current compose config names it.
@@ -192,8 +193,10 @@ pub struct Facts {
     pub parent_closed: BTreeSet<PathBuf>,
     pub current_images: BTreeMap<String, CurrentImage>,
     pub running: Running,
-    /// The storage folder (a bind that holds it is never staged first).
+    /// The storage folder (a bind that holds it is never staged first), and its free bytes
+    /// (the safety backup, written after the swap when staged first, must fit there).
     pub storage: PathBuf,
+    pub storage_free: u64,
 }
 
 fn user(msg: String) -> anyhow::Error {
@@ -228,7 +231,7 @@ pub fn build(m: &Manifest, req: &Request, facts: &Facts) -> anyhow::Result<Rollb
         )));
     }
     let stop = facts.running.names();
-    let (order, order_reason) = order(&actions, facts);
+    let (order, order_reason) = order(&actions, facts, req.no_safety_backup);
     Ok(RollbackPlan {
         backup_id: req.backup_id,
         mode: if req.data_only {
@@ -254,7 +257,7 @@ pub fn build(m: &Manifest, req: &Request, facts: &Facts) -> anyhow::Result<Rollb
 
 /// Stage first (the services stop only for the swap) when every restored target is swapped
 /// in on this host; otherwise stop first, saying why.
-fn order(actions: &[Step], facts: &Facts) -> (Order, &'static str) {
+fn order(actions: &[Step], facts: &Facts, no_safety_backup: bool) -> (Order, &'static str) {
     let restoring = || actions.iter().filter(|s| s.action != Action::Keep);
     let host_swap = |s: &Step| {
         matches!(s.action, Action::SwapBind | Action::SwapVolume)
@@ -271,6 +274,15 @@ fn order(actions: &[Step], facts: &Facts) -> (Order, &'static str) {
             .as_ref()
             .is_some_and(|src| facts.storage.starts_with(src))
     };
+    // The previous content is about the archived size: its safety backup must fit before
+    // anything is swapped, or the order that writes it first (and fails before any change).
+    let safety_bytes: u64 = restoring().map(|s| s.record.bytes).sum();
+    if !no_safety_backup && safety_bytes > facts.storage_free {
+        return (
+            Order::StopFirst,
+            "the safety backup might not fit in the storage folder: it is written first, before anything changes",
+        );
+    }
     if restoring().all(|s| host_swap(s) && !holds_storage(s)) {
         (
             Order::StageFirst,
@@ -750,6 +762,48 @@ mod tests {
         assert!(
             err.contains("mount point") && err.contains("as root"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn staging_first_needs_host_swaps_and_room_for_the_safety_backup() {
+        let mut f = facts();
+        f.storage = "/backups".into();
+        f.storage_free = 1 << 40;
+        let order = |r: &Request, f: &Facts| build(&manifest(), r, f).unwrap().order;
+        assert_eq!(order(&req(), &f), Order::StageFirst);
+        let small = Facts {
+            storage_free: 1,
+            ..f.clone()
+        };
+        assert_eq!(order(&req(), &small), Order::StopFirst);
+        let unsafe_ok = Request {
+            no_safety_backup: true,
+            ..req()
+        };
+        assert_eq!(order(&unsafe_ok, &small), Order::StageFirst);
+        let engine = Facts {
+            volumes_local: false,
+            ..f.clone()
+        };
+        assert_eq!(order(&req(), &engine), Order::StopFirst);
+        let mut missing = f.clone();
+        missing.missing_volumes.insert("p_db".into());
+        assert_eq!(order(&req(), &missing), Order::StopFirst);
+        let inside = Facts {
+            storage: "/p/data/backups".into(),
+            ..f.clone()
+        };
+        assert_eq!(order(&req(), &inside), Order::StopFirst);
+        let data_only = Request {
+            data_only: true,
+            excludes: vec!["p_db".into()],
+            ..req()
+        };
+        assert_eq!(
+            order(&data_only, &engine),
+            Order::StageFirst,
+            "only the bind is restored"
         );
     }
 

@@ -66,14 +66,11 @@ pub fn run(
     } else {
         let labels = super::restored_labels(&plan);
         let previous = txn.previous();
-        match super::safety_of(
-            ctx,
-            project,
-            catalog,
-            &labels,
-            &plan.safety_recipients,
-            &previous,
-        ) {
+        let safety = crate::fault::fail("rollback-safety").and_then(|()| {
+            let recipients = &plan.safety_recipients;
+            super::safety_of(ctx, project, catalog, &labels, recipients, &previous)
+        });
+        match safety {
             Ok(s) => Some(s),
             Err(e) => return Err(kept(row, txn, record, e)),
         }

@@ -161,6 +161,41 @@ fn killed_after_the_start_recover_finishes_the_safety_backup_from_the_previous_c
 }
 
 #[test]
+fn when_the_safety_backup_might_not_fit_the_rollback_stops_first() {
+    let Some(p) = Project::new("staged-space", YAML) else {
+        return;
+    };
+    let id = backed_up_then_changed(&p);
+    let _small = Tmpfs::mount(p.path("backups"), "256k");
+    let plan = p
+        .plugin(&["rollback", &id, "--dry-run", "--format", "json"])
+        .success()
+        .json();
+    assert_eq!(plan["order"], "stop-first", "{plan}");
+    assert!(plan["order_reason"]
+        .as_str()
+        .unwrap()
+        .contains("might not fit"));
+    let unsafe_ok = p
+        .plugin(&[
+            "rollback",
+            &id,
+            "--dry-run",
+            "--no-safety-backup",
+            "--format",
+            "json",
+        ])
+        .success()
+        .json();
+    assert_eq!(unsafe_ok["order"], "stage-first");
+    // Then the safety backup fails first, before anything is changed.
+    let changed = state(&p);
+    p.plugin(&["rollback", &id, "--yes"]).failure(10);
+    assert_eq!(state(&p), changed);
+    running(&p);
+}
+
+#[test]
 fn killed_after_the_stop_recover_swaps_back_and_starts() {
     let Some(p) = Project::new("staged-stop", YAML) else {
         return;
@@ -182,9 +217,10 @@ fn a_safety_backup_that_cannot_be_written_keeps_the_previous_content_and_exits_1
         return;
     };
     let id = backed_up_then_changed(&p);
-    // The safety backup goes to ./backups: a filesystem too small for it.
-    let full = Tmpfs::mount(p.path("backups"), "64k");
-    let run = p.plugin(&["rollback", &id, "--yes"]).failure(16);
+    // A full disk the preflight could not foresee (another process filled it meanwhile).
+    let full = [("NUWAX_BACKUP_TEST_FAIL_AT", "rollback-safety")];
+    let run = p.plugin_env(&full, &["rollback", &id, "--yes"]);
+    assert_eq!(run.code, 16, "{}", run.stderr);
     assert!(
         run.stderr.contains("previous content is kept in"),
         "{}",
@@ -209,7 +245,6 @@ fn a_safety_backup_that_cannot_be_written_keeps_the_previous_content_and_exits_1
         std::fs::read_to_string(previous.join("db/state")).unwrap(),
         "v2"
     );
-    drop(full);
     p.plugin(&["recover"]).success();
     assert_eq!(safety_file(&p, "binds/data/db/state"), "v2");
     assert!(staging_left(&p).is_empty());
