@@ -41,12 +41,110 @@ fn attrs_of(m: &fs::Metadata) -> Attrs {
 /// Copies `src` (a folder or one file) to `dst` (which must not exist), leaving out
 /// `exclude` (the storage folder). `reflink: false` never clones (to measure a plain copy).
 pub fn copy_tree(src: &Path, dst: &Path, exclude: &Path, reflink: bool) -> Result<Copied> {
-    let mut c = Copier {
-        reflink,
-        out: Copied::default(),
-        inodes: HashMap::new(),
-        dirs: Vec::new(),
-    };
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1024);
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let rx = rx.clone();
+                scope.spawn(move || worker(&rx, reflink))
+            })
+            .collect();
+        let mut c = Copier {
+            reflink,
+            out: Copied::default(),
+            inodes: HashMap::new(),
+            dirs: Vec::new(),
+            jobs: Some(tx),
+        };
+        let walked = walk(src, dst, exclude, &mut c);
+        c.jobs = None;
+        let mut done = Counts::default();
+        let mut failed = None;
+        for h in handles {
+            match h
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a copy thread panicked")))
+            {
+                Ok(n) => done.add(&n),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        // A copy thread's own error says more than the walk's "the copy threads stopped".
+        if let Some(e) = failed.or(walked.err()) {
+            return Err(e);
+        }
+        c.out.cloned += done.cloned;
+        c.out.copied += done.copied;
+        c.out.bytes += done.bytes;
+        c.finish()
+    })
+}
+
+/// One regular file for a copy thread.
+struct Job {
+    from: PathBuf,
+    to: PathBuf,
+    len: u64,
+    attrs: Attrs,
+}
+
+#[derive(Default)]
+struct Counts {
+    cloned: u64,
+    copied: u64,
+    bytes: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.cloned += o.cloned;
+        self.copied += o.copied;
+        self.bytes += o.bytes;
+    }
+}
+
+/// Copies files until the walk ends (or the first error, which ends this thread).
+fn worker(rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>, reflink: bool) -> Result<Counts> {
+    let mut n = Counts::default();
+    loop {
+        let job = match rx.lock() {
+            Ok(r) => r.recv(),
+            Err(_) => return Ok(n),
+        };
+        let Ok(job) = job else {
+            return Ok(n);
+        };
+        if copy_file(&job.from, &job.to, job.len, reflink)? {
+            n.cloned += 1;
+        } else {
+            n.copied += 1;
+        }
+        n.bytes += job.len;
+        set_attrs(&job.to, &job.attrs, false)?;
+    }
+}
+
+/// Copies one file's bytes: a reflink clone when `reflink` and the filesystem allows it
+/// (`true`), else the kernel's copy.
+fn copy_file(from: &Path, to: &Path, len: u64, reflink: bool) -> Result<bool> {
+    let input = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let output = File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    if reflink && rustix::fs::ioctl_ficlone(&output, &input).is_ok() {
+        return Ok(true);
+    }
+    copy_bytes(&input, &output, len)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(false)
+}
+
+/// Walks `src` in name order: folders, links and multiply-linked files are made here, other
+/// files go to the copy threads.
+fn walk(src: &Path, dst: &Path, exclude: &Path, c: &mut Copier) -> Result<()> {
     let walk = walkdir::WalkDir::new(src)
         .follow_links(false)
         .sort_by_file_name()
@@ -72,7 +170,7 @@ pub fn copy_tree(src: &Path, dst: &Path, exclude: &Path, reflink: bool) -> Resul
         }
         c.entry(e.path(), &to, e.depth() == 0)?;
     }
-    c.finish()
+    Ok(())
 }
 
 struct Copier {
@@ -82,6 +180,8 @@ struct Copier {
     inodes: HashMap<(u64, u64), PathBuf>,
     /// Folders and their attributes, applied last (writing into a folder changes its mtime).
     dirs: Vec<(PathBuf, Attrs)>,
+    /// Where single-linked files go (the copy threads); `None` once the walk is over.
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
 }
 
 impl Copier {
@@ -115,25 +215,32 @@ impl Copier {
     }
 
     fn file(&mut self, from: &Path, to: &Path, m: &fs::Metadata, a: &Attrs) -> Result<()> {
-        if m.nlink() > 1 {
-            let key = (m.dev(), m.ino());
-            if let Some(first) = self.inodes.get(&key) {
-                return fs::hard_link(first, to)
-                    .with_context(|| format!("creating hard link {}", to.display()));
+        if m.nlink() == 1 {
+            if let Some(jobs) = &self.jobs {
+                let job = Job {
+                    from: from.to_path_buf(),
+                    to: to.to_path_buf(),
+                    len: m.len(),
+                    attrs: *a,
+                };
+                // A closed channel means every copy thread failed: its error is reported.
+                return jobs
+                    .send(job)
+                    .map_err(|_| anyhow::anyhow!("the copy threads stopped"));
             }
-            self.inodes.insert(key, to.to_path_buf());
         }
-        let input = File::open(from).with_context(|| format!("opening {}", from.display()))?;
-        let output = File::create(to).with_context(|| format!("creating {}", to.display()))?;
-        if self.reflink && rustix::fs::ioctl_ficlone(&output, &input).is_ok() {
+        let key = (m.dev(), m.ino());
+        if let Some(first) = self.inodes.get(&key) {
+            return fs::hard_link(first, to)
+                .with_context(|| format!("creating hard link {}", to.display()));
+        }
+        self.inodes.insert(key, to.to_path_buf());
+        if copy_file(from, to, m.len(), self.reflink)? {
             self.out.cloned += 1;
         } else {
-            copy_bytes(&input, &output, m.len())
-                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
             self.out.copied += 1;
         }
         self.out.bytes += m.len();
-        drop(output);
         set_attrs(to, a, false)
     }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Project, Run};
+use crate::harness::{entries_starting, Project, Run};
 
 const YAML: &str = r#"name: {name}
 services:
@@ -128,16 +128,7 @@ fn every_capture_mode_archives_exactly_what_direct_mode_does() {
         assert_eq!(strip(&got.1), strip(&want.1), "{mode} {env:?}");
         assert_eq!(got.2, want.2);
     }
-    let left: Vec<PathBuf> = [p.dir.path().to_path_buf(), p.path("backups")]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
-        .filter(|e| {
-            e.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".nuwax-capture-")
-        })
-        .collect();
+    let left = entries_starting(&[p.dir.path(), &p.path("backups")], ".nuwax-capture-");
     assert!(left.is_empty(), "captures left behind: {left:?}");
 }
 
@@ -215,23 +206,7 @@ fn a_create_killed_while_compressing_leaves_services_running_and_recover_cleans_
     let run = p.plugin_env(&kill, &["create", "--stop"]);
     assert_ne!(run.code, 0);
     assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
-    let captures = |dirs: &[&Path]| -> Vec<PathBuf> {
-        dirs.iter()
-            .flat_map(|d| {
-                std::fs::read_dir(d)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.path())
-            })
-            .filter(|e| {
-                e.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(".nuwax-capture-")
-            })
-            .collect()
-    };
+    let captures = |dirs: &[&Path]| entries_starting(dirs, ".nuwax-capture-");
     let vol_dir = p
         .docker(&[
             "volume",

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{describe_tree, Project};
+use crate::harness::{describe_tree, wait_for_file, Project, Tmux};
 
 const YAML: &str = r#"name: {name}
 services:
@@ -346,46 +346,10 @@ fn a_passphrase_protected_identity_is_asked_for_on_a_terminal() {
         locked.display(),
         exit_file.display()
     );
-    let session = p.name.clone();
-    let ok = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "160",
-            "-y",
-            "40",
-            &cmd,
-        ])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["kill-session", "-t", &self.0])
-                .status();
-        }
-    }
-    let _kill = Kill(session.clone());
-    crate::rollback::wait_for_screen(&session, "assphrase");
+    let term = Tmux::start(&p.name, &cmd);
+    term.wait_for("assphrase");
     assert_eq!(std::fs::read_to_string(p.path("data/conf")).unwrap(), "v2");
-    Command::new("tmux")
-        .args(["send-keys", "-t", &session, "correct horse", "Enter"])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    while !exit_file.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "rollback did not finish"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(std::fs::read_to_string(&exit_file).unwrap().trim(), "0");
+    term.send(&["correct horse", "Enter"]);
+    assert_eq!(wait_for_file(&exit_file, 90).trim(), "0");
     assert_eq!(std::fs::read_to_string(p.path("data/conf")).unwrap(), "v1");
 }

@@ -395,3 +395,89 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// The entries of `dirs` whose names start with `prefix` (what a run left behind).
+pub fn entries_starting(dirs: &[&Path], prefix: &str) -> Vec<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .collect()
+}
+
+/// A command on a terminal (a detached tmux session), killed on drop.
+pub struct Tmux(pub String);
+
+impl Tmux {
+    /// Runs `cmd` (a shell line) in session `name`, 160x40.
+    pub fn start(name: &str, cmd: &str) -> Tmux {
+        let ok = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "160",
+                "-y",
+                "40",
+                cmd,
+            ])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "tmux could not start a session");
+        Tmux(name.to_string())
+    }
+
+    /// Waits (30 s at most) until the screen shows `text`; returns the screen.
+    pub fn wait_for(&self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = Command::new("tmux")
+                .args(["capture-pane", "-p", "-t", &self.0])
+                .output()
+                .unwrap();
+            let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never saw {text:?} on:\n{screen}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    pub fn send(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", &self.0];
+        args.extend_from_slice(keys);
+        Command::new("tmux").args(&args).status().unwrap();
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+/// Waits (`secs` at most) for a file a background command writes when it ends; its text.
+pub fn wait_for_file(path: &Path, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::fs::read_to_string(path).unwrap()
+}

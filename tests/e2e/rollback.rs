@@ -2,7 +2,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::harness::{describe_tree, Project, Tmpfs};
+use crate::harness::{describe_tree, wait_for_file, Project, Tmpfs, Tmux};
 
 /// `db` refuses to run with a data folder of the wrong owner or mode, like PostgreSQL does.
 const APP: &str = r#"
@@ -610,26 +610,6 @@ fn kill_9_during_rollback_never_leaves_a_mixed_volume_and_a_rerun_succeeds() {
     assert!(probes.lines().all(|n| !dead(n, "nuwax-probe-")), "{probes}");
 }
 
-/// Waits until the tmux pane shows `text`; returns the screen.
-pub fn wait_for_screen(session: &str, text: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let out = std::process::Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", session])
-            .output()
-            .unwrap();
-        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
-        if screen.contains(text) {
-            return screen;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never saw {text:?} on:\n{screen}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn on_a_terminal_rollback_offers_a_picker_and_asks_before_replacing() {
     let Some(p) = seeded("tty", APP) else {
@@ -639,7 +619,6 @@ fn on_a_terminal_rollback_offers_a_picker_and_asks_before_replacing() {
     std::fs::write(p.path("data/a.txt"), "in between").unwrap();
     let _second = backup(&p);
     damage(&p);
-    let session = p.name.clone();
     let exit_file = p.path("exit-code");
     let cmd = format!(
         "cd {} && env DOCKER_CONFIG={} docker nuwaxbackup rollback; echo $? > {}; sleep 60",
@@ -647,57 +626,19 @@ fn on_a_terminal_rollback_offers_a_picker_and_asks_before_replacing() {
         p.catalog().parent().unwrap().parent().unwrap().display(),
         exit_file.display()
     );
-    let ok = std::process::Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "160",
-            "-y",
-            "40",
-            &cmd,
-        ])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("tmux")
-                .args(["kill-session", "-t", &self.0])
-                .status();
-        }
-    }
-    let _kill = Kill(session.clone());
-    let picker = wait_for_screen(&session, "Roll back to which backup?");
+    let term = Tmux::start(&p.name, &cmd);
+    let picker = term.wait_for("Roll back to which backup?");
     assert!(picker.contains(&format!("#{first}")), "{picker}");
     // Newest first: one step down is the first backup.
-    std::process::Command::new("tmux")
-        .args(["send-keys", "-t", &session, "Down", "Enter"])
-        .status()
-        .unwrap();
-    wait_for_screen(&session, "Replace these volumes?");
+    term.send(&["Down", "Enter"]);
+    term.wait_for("Replace these volumes?");
     assert_eq!(
         std::fs::read_to_string(p.path("data/a.txt")).unwrap(),
         "version two, longer",
         "nothing before the answer"
     );
-    std::process::Command::new("tmux")
-        .args(["send-keys", "-t", &session, "y"])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !exit_file.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "rollback did not finish"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(std::fs::read_to_string(&exit_file).unwrap().trim(), "0");
+    term.send(&["y"]);
+    assert_eq!(wait_for_file(&exit_file, 60).trim(), "0");
     assert_eq!(
         std::fs::read_to_string(p.path("data/a.txt")).unwrap(),
         "version one"

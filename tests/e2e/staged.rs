@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::{describe_tree, Project, Tmpfs};
+use crate::harness::{describe_tree, entries_starting, Project, Tmpfs};
 
 const YAML: &str = r#"name: {name}
 services:
@@ -53,16 +53,7 @@ fn staging_left(p: &Project) -> Vec<PathBuf> {
         .parent()
         .unwrap()
         .to_path_buf();
-    [p.dir.path().to_path_buf(), vol_parent]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
-        .filter(|e| {
-            e.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".nuwax-restore-")
-        })
-        .collect()
+    entries_starting(&[p.dir.path(), &vol_parent], ".nuwax-restore-")
 }
 
 fn running(p: &Project) {
