@@ -58,35 +58,11 @@ pub fn collect(
     c: &mut Collector<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<()> {
-    walk(root, exclude, false, c, warn)
-}
-
-/// Archives a capture (a private copy made for this archive) as [`collect`] does, unlinking
-/// each singly-linked file and symlink once it is open or read, so the capture's removal
-/// overlaps the compression. Folders and multiply-linked files are left for the caller to
-/// remove (unlinking a hard link first would change its siblings' link counts).
-pub fn collect_consuming(
-    root: &Path,
-    exclude: &Path,
-    c: &mut Collector<'_>,
-    warn: &mut dyn FnMut(String),
-) -> Result<()> {
-    walk(root, exclude, true, c, warn)
-}
-
-fn walk(
-    root: &Path,
-    exclude: &Path,
-    consume: bool,
-    c: &mut Collector<'_>,
-    warn: &mut dyn FnMut(String),
-) -> Result<()> {
     let (tx, rx) = sync_channel::<Result<Found>>(QUEUE);
     let walker = Walker {
         tx,
         exclude: exclude.to_path_buf(),
         inodes: HashMap::new(),
-        consume,
     };
     let root = root.to_path_buf();
     let handle = std::thread::spawn(move || walker.run(&root));
@@ -116,8 +92,6 @@ struct Walker {
     exclude: PathBuf,
     /// First path of each multiply-linked file, by (device, inode).
     inodes: HashMap<(u64, u64), Vec<u8>>,
-    /// Unlink singly-linked files and symlinks once read (see [`collect_consuming`]).
-    consume: bool,
 }
 
 impl Walker {
@@ -148,7 +122,6 @@ impl Walker {
                 let target = rustix::fs::readlinkat(at.fd(), at.name(), Vec::new())
                     .map_err(std::io::Error::from)
                     .with_context(|| format!("reading link {}", path.display()))?;
-                self.consumed(at);
                 Found::Symlink(rel, a, target.into_bytes())
             }
             FileType::RegularFile => self.file(at, path, rel, a, st)?,
@@ -184,9 +157,6 @@ impl Walker {
         .map_err(std::io::Error::from)
         .with_context(|| format!("opening {}", path.display()))?;
         let mut f = File::from(fd);
-        if st.st_nlink == 1 {
-            self.consumed(at);
-        }
         let size = st.st_size as u64;
         if size > SMALL {
             return Ok(Found::File(rel, a, size, Content::Open(f)));
@@ -197,13 +167,6 @@ impl Walker {
             .read_to_end(&mut bytes)
             .with_context(|| format!("reading {}", path.display()))?;
         Ok(Found::File(rel, a, size, Content::Read(bytes)))
-    }
-
-    /// Unlinks an entry of a capture that is open or read (its data lives while open).
-    fn consumed(&self, at: At<'_>) {
-        if let (true, At::In(dir, name)) = (self.consume, at) {
-            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
-        }
     }
 
     /// A folder, then its entries sorted by name.

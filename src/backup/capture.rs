@@ -123,7 +123,7 @@ fn host_remove(p: &Path) {
 pub fn remove(captures: &Captures) {
     for c in captures.values() {
         let path = match c {
-            Captured::Tree(p, _) | Captured::Stream(p) | Captured::Previous(p) => p,
+            Captured::Tree(p, _) | Captured::Stream(p) => p,
         };
         if let Err(e) = crate::restore::host::remove_any(path) {
             warn(format!(

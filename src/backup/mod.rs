@@ -378,7 +378,7 @@ fn moved_away(plan: &Plan, previous: &HashMap<PathBuf, PathBuf>) -> write::Captu
         if let Some(from) = place.and_then(|p| previous.get(p)) {
             out.insert(
                 item.archive_path.clone(),
-                write::Captured::Previous(from.clone()),
+                write::Captured::Tree(from.clone(), Vec::new()),
             );
         }
     }

@@ -23,11 +23,8 @@ use crate::{cancel, storage, Context};
 
 /// A volume captured while the services were stopped.
 pub enum Captured {
-    /// A copy of its tree, and what the copy left out (as reading the original says it);
-    /// its files are unlinked as they are read.
+    /// A copy of its tree, and what the copy left out (as reading the original says it).
     Tree(PathBuf, Vec<String>),
-    /// A tree moved aside (a staged rollback's previous content): read, never consumed.
-    Previous(PathBuf),
     /// The engine's `docker cp` stream, in a file.
     Stream(PathBuf),
 }
@@ -201,9 +198,8 @@ fn read_captured(
 ) -> Result<()> {
     let mut quiet = |w: String| warnings.push(w);
     match captured {
-        Captured::Previous(path) => fs_source::collect(path, &plan.storage, c, &mut quiet),
         Captured::Tree(path, skipped) => {
-            fs_source::collect_consuming(path, &plan.storage, c, &mut quiet)?;
+            fs_source::collect(path, &plan.storage, c, &mut quiet)?;
             warnings.extend(skipped.iter().cloned());
             Ok(())
         }
