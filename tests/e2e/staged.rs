@@ -84,7 +84,15 @@ fn a_staged_rollback_stops_the_services_only_for_the_swap() {
     };
     let id = backed_up_then_changed(&p);
     let changed = state(&p);
-    // Killed once staged: the services never stopped, nothing changed; recover cleans up.
+    // Killed once staged: the services never stopped (the container was not restarted),
+    // nothing changed; recover cleans up.
+    let started_at = || {
+        let c = format!("{}-db-1", p.name);
+        p.docker(&["inspect", "--format", "{{.State.StartedAt}}", &c])
+            .success()
+            .stdout
+    };
+    let before = started_at();
     let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "rollback-staged")];
     let run = p.plugin_env(&kill, &["rollback", &id, "--yes"]);
     assert_ne!(run.code, 0);
@@ -94,6 +102,11 @@ fn a_staged_rollback_stops_the_services_only_for_the_swap() {
         run.stderr
     );
     running(&p);
+    assert_eq!(
+        started_at(),
+        before,
+        "the service ran on through the staging"
+    );
     assert_eq!(state(&p), changed);
     assert!(
         !staging_left(&p).is_empty(),
