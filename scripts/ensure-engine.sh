@@ -33,6 +33,7 @@ command -v zstd >/dev/null 2>&1 || need_pkgs+=(zstd)
 command -v file >/dev/null 2>&1 || need_pkgs+=(file)
 command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux) # a terminal for the prompt tests
 command -v age-keygen >/dev/null 2>&1 || need_pkgs+=(age)
+command -v ssh-keygen >/dev/null 2>&1 || need_pkgs+=(openssh-client) # ssh keys as age recipients
 command -v mkfs.xfs >/dev/null 2>&1 || need_pkgs+=(xfsprogs) # reflink captures on a loop XFS
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     log "installing ${need_pkgs[*]}"

@@ -353,3 +353,35 @@ fn a_passphrase_protected_identity_is_asked_for_on_a_terminal() {
     assert_eq!(wait_for_file(&exit_file, 90).trim(), "0");
     assert_eq!(std::fs::read_to_string(p.path("data/conf")).unwrap(), "v1");
 }
+
+#[test]
+fn an_ssh_ed25519_key_encrypts_and_opens_backups() {
+    let Some(p) = project("encrypt-ssh", &[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id_ed25519");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "nwx", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success(), "ssh-keygen (openssh-client) is needed");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let row = created(&p, &["--recipient", public.trim()]);
+    assert_eq!(row["encrypted"], true);
+    assert!(row["recipients"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("ssh-ed25519 "));
+    let id = row["id"].to_string();
+    let identity = format!("--identity={}", key.display());
+    let v = p
+        .plugin(&["verify", &id, "--full", &identity, "--format", "json"])
+        .success()
+        .json();
+    assert_eq!(v[0]["result"], "ok");
+    std::fs::write(p.path("data/conf"), "v2").unwrap();
+    p.plugin(&["rollback", &id, "--yes", &identity]).success();
+    assert_eq!(std::fs::read_to_string(p.path("data/conf")).unwrap(), "v1");
+}
