@@ -127,10 +127,10 @@ fn read_archive(ctx: &Context, path: &Path) -> Result<Found> {
         return from_sidecar(path);
     }
     let v = reader::verify(path, None, ctx.keyring()?).map_err(|e| {
-        match e.downcast::<UserError>() {
-            Ok(u) if u.code == Code::Identity => u.into(),
-            Ok(u) => not_ours(path, u),
-            Err(e) => not_ours(path, format!("{e:#}")),
+        if crate::exit_codes::code_of(&e) == Code::Identity {
+            e
+        } else {
+            not_ours(path, format!("{e:#}"))
         }
     })?;
     let m = v.manifest;

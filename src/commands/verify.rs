@@ -101,12 +101,7 @@ fn check(ctx: &Context, r: &BackupRow, full: bool) -> Result<Verification> {
     }
     Ok(match reader::verify(path, r.sha256.as_deref(), keys) {
         Ok(_) => Verification::Ok,
-        Err(e)
-            if e.downcast_ref::<UserError>()
-                .is_some_and(|u| u.code == Code::Identity) =>
-        {
-            return Err(e)
-        }
+        Err(e) if crate::exit_codes::code_of(&e) == Code::Identity => return Err(e),
         Err(e) => Verification::Failed(format!("{e:#}")),
     })
 }

@@ -147,9 +147,7 @@ fn verified(ctx: &Context, row: &BackupRow, project: &Project) -> Result<reader:
     let keys = ctx.keyring()?;
     let verified =
         reader::verify(Path::new(&row.file_path), row.sha256.as_deref(), keys).map_err(|e| {
-            if e.downcast_ref::<UserError>()
-                .is_some_and(|u| u.code == Code::Identity)
-            {
+            if crate::exit_codes::code_of(&e) == Code::Identity {
                 return e;
             }
             user(
