@@ -141,6 +141,26 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Bytes available to this user in the filesystem holding `dir`.
+/// A filesystem, named by its folder nearest to the one asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filesystem {
+    /// The folder asked about, or its nearest existing ancestor.
+    pub folder: PathBuf,
+    pub device: u64,
+    pub free_bytes: u64,
+}
+
+/// The filesystem a folder is (or would be, once made) on: its nearest existing ancestor's.
+pub fn filesystem_of(folder: &Path) -> Option<Filesystem> {
+    use std::os::unix::fs::MetadataExt;
+    let existing = folder.ancestors().find(|a| a.is_dir())?;
+    Some(Filesystem {
+        device: std::fs::metadata(existing).ok()?.dev(),
+        free_bytes: free_bytes(existing).ok()?,
+        folder: existing.to_path_buf(),
+    })
+}
+
 pub fn free_bytes(dir: &Path) -> Result<u64> {
     let st = rustix::fs::statvfs(dir)
         .map_err(std::io::Error::from)

@@ -482,15 +482,13 @@ fn capture_facts(project: &Project, opts: &Options, facts: &mut plan::Facts) {
         }
     }
     for f in folders {
-        let Some(existing) = f.ancestors().find(|a| a.is_dir()) else {
+        let Some(fs) = storage::filesystem_of(&f) else {
             continue;
         };
         let fs = plan::CaptureFs {
-            device: std::fs::metadata(existing)
-                .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
-                .unwrap_or(0),
-            free_bytes: storage::free_bytes(existing).unwrap_or(0),
-            reflink: copy::reflinks_in(existing),
+            device: fs.device,
+            free_bytes: fs.free_bytes,
+            reflink: copy::reflinks_in(&fs.folder),
         };
         facts.capture_fs.insert(f, fs);
     }

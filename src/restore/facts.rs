@@ -1,7 +1,6 @@
 //! Reads what the rollback plan depends on, before anything changes: which binds are mount
 //! points, whether named volumes can be written on this host, free space where staging
 //! goes, who else uses each volume, which images are here, what runs.
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -21,11 +20,14 @@ pub fn gather(
     project: &Project,
     verified: &Verified,
     req: &Request,
+    storage: PathBuf,
 ) -> Result<Facts> {
     let m = &verified.manifest;
     let mut f = Facts {
         project_dir: project.dir.clone(),
         running: Running::of(project),
+        storage_free: crate::storage::filesystem_of(&storage).map_or(0, |fs| fs.free_bytes),
+        storage,
         ..Default::default()
     };
     let restored: Vec<&VolumeRecord> = m
@@ -111,12 +113,11 @@ fn bind_access(
     }
 }
 
-/// The filesystem a folder is (or would be, once made) on: its nearest existing ancestor's.
+/// The filesystem a folder is (or would be, once made) on.
 fn filesystem_of(folder: &Path) -> Option<Fs> {
-    let existing: PathBuf = folder.ancestors().find(|a| a.exists())?.to_path_buf();
-    Some(Fs {
-        device: std::fs::metadata(&existing).ok()?.dev(),
-        free_bytes: crate::storage::free_bytes(&existing).ok()?,
+    crate::storage::filesystem_of(folder).map(|f| Fs {
+        device: f.device,
+        free_bytes: f.free_bytes,
     })
 }
 

@@ -83,14 +83,8 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
         no_start: opts.no_start,
         no_safety_backup: opts.no_safety_backup,
     };
-    let mut facts = facts::gather(ctx, &project, &verified, &req)?;
-    facts.storage = storage_of(&project, &catalog)?;
-    facts.storage_free = facts
-        .storage
-        .ancestors()
-        .find(|a| a.is_dir())
-        .and_then(|a| crate::storage::free_bytes(a).ok())
-        .unwrap_or(0);
+    let storage = storage_of(&project, &catalog)?;
+    let facts = facts::gather(ctx, &project, &verified, &req, storage)?;
     let mut plan = plan::build(manifest, &req, &facts)?;
     plan.safety_recipients = safety_recipients.0;
     Ok((project, catalog, row, plan))
