@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use super::copy::{self, CAPTURE_MARK};
 use super::plan::{How, Item, Place, Plan};
 use super::write::{self, Captured, Captures};
-use crate::compose::{Project, Volume};
+use crate::compose::Project;
 use crate::output::warn;
 use crate::runs::ActiveRun;
 use crate::Context;
@@ -84,15 +84,10 @@ fn one(
         save_stream(ctx, &src, &path)?;
         return Ok(Captured::Stream(path));
     }
-    let source = match &item.decl {
-        Volume::Bind { source, .. } => source.clone(),
-        Volume::Volume { name, .. } => plan
-            .volume_dirs
-            .get(name)
-            .cloned()
-            .with_context(|| format!("the folder of volume {name} is not on this host"))?,
-    };
-    let done = copy::copy_tree(&source, &path, &plan.storage, place.how == How::Reflink)?;
+    let source = plan
+        .host_dir(item)
+        .with_context(|| format!("the folder of {} is not on this host", item.volume))?;
+    let done = copy::copy_tree(source, &path, &plan.storage, place.how == How::Reflink)?;
     for s in &done.skipped {
         warn(format!("{}: {s}", item.volume));
     }

@@ -371,11 +371,7 @@ fn record_failure(
 fn moved_away(plan: &Plan, previous: &HashMap<PathBuf, PathBuf>) -> write::Captures {
     let mut out = write::Captures::new();
     for item in &plan.volumes {
-        let place = match &item.decl {
-            Volume::Bind { source, .. } => Some(source),
-            Volume::Volume { name, .. } => plan.volume_dirs.get(name),
-        };
-        if let Some(from) = place.and_then(|p| previous.get(p)) {
+        if let Some(from) = plan.place_of(item).and_then(|p| previous.get(p)) {
             out.insert(
                 item.archive_path.clone(),
                 write::Captured::Tree(from.clone(), Vec::new()),

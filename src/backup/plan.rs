@@ -164,6 +164,22 @@ pub struct Plan {
     pub volume_dirs: HashMap<String, PathBuf>,
 }
 
+impl Plan {
+    /// Where a volume's content is on this host, whoever may read it: a bind's source, a
+    /// local named volume's folder.
+    pub fn place_of<'a>(&'a self, item: &'a Item) -> Option<&'a Path> {
+        match &item.decl {
+            Volume::Bind { source, .. } => Some(source),
+            Volume::Volume { name, .. } => self.volume_dirs.get(name).map(PathBuf::as_path),
+        }
+    }
+
+    /// The same, for a volume this process reads from disk; `None` for those the engine reads.
+    pub fn host_dir<'a>(&'a self, item: &'a Item) -> Option<&'a Path> {
+        self.place_of(item).filter(|_| item.io == Io::Host)
+    }
+}
+
 /// Paths no backup should read: the host's own system folders and the docker socket.
 const SYSTEM_PATHS: &[&str] = &[
     "/proc",

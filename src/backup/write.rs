@@ -18,7 +18,7 @@ use crate::archive::stream_source::{self, Scope};
 use crate::archive::{fs_source, ArchiveWriter};
 use crate::compose::{model, Project, Volume};
 use crate::output::warn;
-use crate::records::{Io, VolumeKind};
+use crate::records::VolumeKind;
 use crate::{cancel, storage, Context};
 
 /// A volume captured while the services were stopped.
@@ -126,21 +126,10 @@ fn fill(
             warnings.push(w);
         };
         let mut c = Collector::new(writer, &item.archive_path, spill, &on_read);
-        match (captures.get(&item.archive_path), &item.decl) {
-            (Some(captured), _) => {
-                read_captured(plan, item, captured, &mut c, &mut warnings)
-                    .with_context(|| format!("reading the capture of {}", item.volume))?;
-            }
-            (None, decl) => read_live(
-                ctx,
-                project,
-                plan,
-                item,
-                decl,
-                created,
-                &mut c,
-                &mut warn_fn,
-            )?,
+        match captures.get(&item.archive_path) {
+            Some(captured) => read_captured(plan, item, captured, &mut c, &mut warnings)
+                .with_context(|| format!("reading the capture of {}", item.volume))?,
+            None => read_live(ctx, project, plan, item, created, &mut c, &mut warn_fn)?,
         }
         records.push(record(item, plan, c));
         skipped.extend(warnings.into_iter().map(|reason| Skipped {
@@ -158,32 +147,25 @@ fn fill(
     Ok(file_count)
 }
 
-/// Reads a volume as it is now: from disk, or through the engine.
-#[allow(clippy::too_many_arguments)]
+/// Reads a volume as it is now: from its folder on this host, or through the engine.
 fn read_live(
     ctx: &Context,
     project: &Project,
     plan: &Plan,
     item: &Item,
-    decl: &Volume,
     created: &mut Vec<String>,
     c: &mut Collector<'_>,
     warn_fn: &mut dyn FnMut(String),
 ) -> Result<()> {
-    match decl {
-        Volume::Bind { source, .. } if item.io == Io::Engine => {
-            read_through_engine(ctx, project, plan, item, created, c, warn_fn).with_context(|| {
-                format!("reading bind mount {} through the engine", source.display())
-            })
-        }
-        Volume::Bind { source, .. } => fs_source::collect(source, &plan.storage, c, warn_fn)
-            .with_context(|| format!("reading bind mount {}", source.display())),
-        Volume::Volume { name, .. } => match plan.volume_dirs.get(name) {
-            Some(dir) => fs_source::collect(dir, &plan.storage, c, warn_fn)
-                .with_context(|| format!("reading volume {name} in {}", dir.display())),
-            None => read_through_engine(ctx, project, plan, item, created, c, warn_fn)
-                .with_context(|| format!("reading volume {name}")),
-        },
+    let what = match &item.decl {
+        Volume::Bind { source, .. } => format!("bind mount {}", source.display()),
+        Volume::Volume { name, .. } => format!("volume {name}"),
+    };
+    match plan.host_dir(item) {
+        Some(dir) => fs_source::collect(dir, &plan.storage, c, warn_fn)
+            .with_context(|| format!("reading {what} in {}", dir.display())),
+        None => read_through_engine(ctx, project, plan, item, created, c, warn_fn)
+            .with_context(|| format!("reading {what} through the engine")),
     }
 }
 
