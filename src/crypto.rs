@@ -148,13 +148,8 @@ impl Keyring {
         let bytes = std::fs::read(file)
             .map_err(|e| key_error(format!("cannot read identity {shown}: {e}")))?;
         let text = String::from_utf8_lossy(&bytes);
-        let protected = is_encrypted(&bytes) || text.contains("ENCRYPTED") || is_locked_ssh(&bytes);
-        if protected && !io::stdin().is_terminal() {
-            return Err(key_error(format!(
-                "identity {shown} is protected by a passphrase and there is no terminal to ask for it: use an identity without a passphrase here, or run on a terminal"
-            )));
-        }
         let identities = if is_encrypted(&bytes) {
+            need_terminal(file)?;
             encrypted_identity(file, &bytes)?
         } else if text.contains("-----BEGIN") {
             ssh_identity(file, &bytes)?
@@ -199,12 +194,15 @@ impl Keyring {
     }
 }
 
-/// An OpenSSH key whose private part is encrypted (its cipher is not "none").
-fn is_locked_ssh(bytes: &[u8]) -> bool {
-    matches!(
-        age::ssh::Identity::from_buffer(BufReader::new(bytes), None),
-        Ok(age::ssh::Identity::Encrypted(_))
-    )
+/// A passphrase-protected identity needs a terminal to ask on: refused (exit 15) without.
+fn need_terminal(file: &Path) -> Result<()> {
+    if io::stdin().is_terminal() {
+        return Ok(());
+    }
+    Err(key_error(format!(
+        "identity {} is protected by a passphrase and there is no terminal to ask for it: use an identity without a passphrase here, or run on a terminal",
+        file.display()
+    )))
 }
 
 type Loaded = Vec<Box<dyn age::Identity>>;
@@ -234,15 +232,19 @@ fn ssh_identity(file: &Path, bytes: &[u8]) -> Result<Loaded> {
                     file.display()
                 ))
             })?;
-    if let age::ssh::Identity::Unsupported(k) = &id {
-        return Err(key_error(format!(
-            "identity {}: {k:?} keys are not supported: use ed25519 or rsa",
-            file.display()
-        )));
-    }
     let id = match id {
+        age::ssh::Identity::Unsupported(k) => {
+            if matches!(k, age::ssh::UnsupportedKey::EncryptedPem) {
+                need_terminal(file)?;
+            }
+            return Err(key_error(format!(
+                "identity {}: {k:?} keys are not supported: use ed25519 or rsa",
+                file.display()
+            )));
+        }
         // Unlocked once here (asked on the terminal), not at every use.
         age::ssh::Identity::Encrypted(enc) => {
+            need_terminal(file)?;
             let pass = age::Callbacks::request_passphrase(
                 &Terminal,
                 &format!("Passphrase for {}", file.display()),
