@@ -59,15 +59,11 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
 /// Removes the captures a killed `create` made (listed before each was made).
 fn remove_captures(rec: &RunRecord) {
     for p in rec.captures.iter().filter(|p| p.symlink_metadata().is_ok()) {
-        match host::remove_any(p) {
-            Ok(()) => note(format!(
+        if crate::backup::capture::remove_one(p) {
+            note(format!(
                 "removed the capture {} left by an interrupted backup",
                 p.display()
-            )),
-            Err(e) => warn(format!(
-                "could not remove the capture {} ({e:#}): remove it by hand",
-                p.display()
-            )),
+            ));
         }
     }
 }
@@ -174,17 +170,22 @@ fn finish_staged(
         .filter(|v| target_of(ctx, v).is_some_and(|t| previous.contains_key(&t)))
         .map(|v| v.label())
         .collect();
-    crate::restore::safety_of(ctx, project, catalog, &labels, &rec.safety_recipients, &previous)
-        .map_err(|e| {
-            let kept: Vec<String> = previous.values().map(|p| p.display().to_string()).collect();
-            crate::exit_codes::UserError::new(
-                crate::exit_codes::Code::SafetyPending,
-                format!(
-                    "the safety backup of the state before the interrupted rollback could not be written ({e:#}); the previous content is kept in {}: free space, then run `recover` again",
-                    kept.join(", ")
-                ),
-            )
-        })?;
+    crate::restore::safety_of(
+        ctx,
+        project,
+        catalog,
+        &labels,
+        &rec.safety_recipients,
+        &previous,
+    )
+    .map_err(|e| {
+        let kept: Vec<_> = previous.values().cloned().collect();
+        crate::restore::safety_pending(
+            "the interrupted rollback had swapped its targets in",
+            &kept,
+            e,
+        )
+    })?;
     Ok(())
 }
 

@@ -120,11 +120,20 @@ pub fn remove(captures: &Captures) {
         let path = match c {
             Captured::Tree(p, _) | Captured::Stream(p) => p,
         };
-        if let Err(e) = crate::restore::host::remove_any(path) {
+        remove_one(path);
+    }
+}
+
+/// Removes one capture; a failure is named in a warning. Whether it is gone.
+pub fn remove_one(path: &Path) -> bool {
+    match crate::restore::host::remove_any(path) {
+        Ok(()) => true,
+        Err(e) => {
             warn(format!(
                 "could not remove the capture {} ({e:#}): remove it by hand",
                 path.display()
             ));
+            false
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `create`: plan → gate → stop? → read volumes → archive → record → start again.
-mod capture;
+pub(crate) mod capture;
 mod copy;
 pub mod plan;
 mod write;

@@ -385,6 +385,19 @@ fn safety_backup(
     Ok(row)
 }
 
+/// Exit 16: the targets hold the restored content and the services run, but the safety
+/// backup of the previous content, `kept` where the swap put it, could not be written.
+pub(crate) fn safety_pending(done: &str, kept: &[PathBuf], e: anyhow::Error) -> anyhow::Error {
+    let kept: Vec<String> = kept.iter().map(|p| p.display().to_string()).collect();
+    user(
+        Code::SafetyPending,
+        format!(
+            "{done}, but the safety backup of the previous state could not be written ({e:#}); the previous content is kept in {}: free space, then run `recover` to finish the safety backup",
+            kept.join(", ")
+        ),
+    )
+}
+
 /// The labels (volume names, bind paths) a plan restores.
 fn restored_labels(plan: &RollbackPlan) -> Vec<String> {
     plan.restoring().map(|s| plan::label(&s.record)).collect()

@@ -128,19 +128,10 @@ fn kept(
     record: ActiveRun,
     e: anyhow::Error,
 ) -> anyhow::Error {
-    let kept: Vec<String> = txn
-        .keep_previous()
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
     record.keep();
-    UserError::new(
-        Code::SafetyPending,
-        format!(
-            "rolled back to backup #{} and the services run, but the safety backup of the previous state could not be written ({e:#}); the previous content is kept in {}: free space, then run `recover` to finish the safety backup",
-            row.id,
-            kept.join(", ")
-        ),
+    super::safety_pending(
+        &format!("rolled back to backup #{} and the services run", row.id),
+        &txn.keep_previous(),
+        e,
     )
-    .into()
 }
