@@ -1,6 +1,5 @@
 //! The words manifests, catalog rows and plans share, as types (serde spells them as the
 //! archives and the catalog always have, so older archives and catalogs still read).
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -72,13 +71,16 @@ macro_rules! words {
                 }
             }
         }
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
     };
 }
+
+/// `as_str`, `FromStr` and `Display` with the words serde writes, for the enums of plans too.
+pub(crate) use words;
 
 words!(BackupType { Manual => "manual", PreUpgrade => "pre-upgrade", PreRollback => "pre-rollback" });
 words!(Status { Completed => "completed", Failed => "failed" });

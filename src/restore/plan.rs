@@ -77,14 +77,7 @@ pub enum Mode {
     DataOnly,
 }
 
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Full => "full",
-            Mode::DataOnly => "data-only",
-        }
-    }
-}
+crate::records::words!(Mode { Full => "full", DataOnly => "data-only" });
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackPlan {
@@ -114,14 +107,7 @@ pub enum Order {
     StopFirst,
 }
 
-impl Order {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Order::StageFirst => "stage-first",
-            Order::StopFirst => "stop-first",
-        }
-    }
-}
+crate::records::words!(Order { StageFirst => "stage-first", StopFirst => "stop-first" });
 
 impl RollbackPlan {
     /// What runs now (read again once the project is locked), and so what stops and starts.
@@ -771,6 +757,13 @@ mod tests {
         f.storage = "/backups".into();
         f.storage_free = 1 << 40;
         let order = |r: &Request, f: &Facts| build(&manifest(), r, f).unwrap().order;
+        for o in [Order::StageFirst, Order::StopFirst] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+        assert_eq!(
+            serde_json::to_value(Mode::DataOnly).unwrap(),
+            Mode::DataOnly.as_str()
+        );
         assert_eq!(order(&req(), &f), Order::StageFirst);
         let small = Facts {
             storage_free: 1,
