@@ -41,6 +41,12 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE backups ADD COLUMN capture TEXT;
     ALTER TABLE backups ADD COLUMN downtime_ms INTEGER;
     ALTER TABLE backups ADD COLUMN capture_ms INTEGER;",
+    // 4: the off-host copy: its object URL, whether it is complete, and an unfinished
+    // multipart upload to abort
+    "ALTER TABLE backups ADD COLUMN remote_url TEXT;
+    ALTER TABLE backups ADD COLUMN remote_status TEXT CHECK (remote_status IN ('uploaded', 'failed'));
+    ALTER TABLE backups ADD COLUMN remote_error TEXT;
+    ALTER TABLE backups ADD COLUMN remote_upload_id TEXT;",
 ];
 
 /// One catalog row, as `--format json` prints it.
@@ -68,6 +74,22 @@ pub struct BackupRow {
     /// First stop to last start; and the capture itself.
     pub downtime_ms: Option<u64>,
     pub capture_ms: Option<u64>,
+    /// The off-host copy (`s3://bucket/key`), and whether it is `uploaded` or `failed`.
+    pub remote_url: Option<String>,
+    pub remote_status: Option<String>,
+    pub remote_error: Option<String>,
+    /// An unfinished multipart upload of that copy, aborted by the next push/create/recover.
+    #[serde(skip)]
+    pub remote_upload_id: Option<String>,
+}
+
+/// What is known of a row's off-host copy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RemoteState {
+    pub url: Option<String>,
+    pub status: Option<&'static str>,
+    pub error: Option<String>,
+    pub upload_id: Option<String>,
 }
 
 /// A row to insert (the id comes from the database).
@@ -317,6 +339,29 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records what is known of a row's off-host copy.
+    pub fn set_remote(&self, id: i64, r: &RemoteState) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE backups SET remote_url = ?2, remote_status = ?3, remote_error = ?4,
+                 remote_upload_id = ?5 WHERE id = ?1",
+                params![id, r.url, r.status, r.error, r.upload_id],
+            )
+            .map_err(busy)?;
+        Ok(())
+    }
+
+    /// Points a row at a local file (a download, an import).
+    pub fn set_file_path(&self, id: i64, path: &Path) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE backups SET file_path = ?2 WHERE id = ?1",
+                params![id, path.to_string_lossy()],
+            )
+            .map_err(busy)?;
+        Ok(())
+    }
+
     /// The storage folder `migrate-storage` set for a project, if any.
     pub fn storage_dir(&self, project: &str) -> Result<Option<PathBuf>> {
         let dir: Option<Option<String>> = self
@@ -334,7 +379,8 @@ impl Catalog {
 const SELECT: &str =
     "SELECT id, project, project_dir, file_path, service_version, backup_type, status,
     created_at, size_bytes, sha256, file_count, compression, duration_ms, error, encrypted,
-    recipients, capture, downtime_ms, capture_ms FROM backups";
+    recipients, capture, downtime_ms, capture_ms, remote_url, remote_status, remote_error,
+    remote_upload_id FROM backups";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
     Ok(BackupRow {
@@ -360,6 +406,10 @@ fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
         capture: r.get(16)?,
         downtime_ms: r.get::<_, Option<i64>>(17)?.map(|v| v as u64),
         capture_ms: r.get::<_, Option<i64>>(18)?.map(|v| v as u64),
+        remote_url: r.get(19)?,
+        remote_status: r.get(20)?,
+        remote_error: r.get(21)?,
+        remote_upload_id: r.get(22)?,
     })
 }
 

@@ -36,9 +36,11 @@ pub enum Command {
     MigrateStorage(MigrateArgs),
     /// Delete backups outside a retention policy (restic's keep flags).
     Prune(PruneArgs),
-    /// Register archives found in a folder, or one archive (from another host, or after the
-    /// catalog was lost).
+    /// Register archives found in a folder, one archive, or every backup in a bucket
+    /// (s3://BUCKET/PREFIX: recovery onto a new host, or after the catalog was lost).
     Import(ImportArgs),
+    /// Upload backups to object storage again (their copy failed, or was never made).
+    Push(PushArgs),
     /// Finish a create or rollback that was killed: clean its leftovers, undo a half-moved
     /// mount point, start what it stopped, record a dead create as failed.
     Recover(StatusArgs),
@@ -99,6 +101,28 @@ pub struct VerifyArgs {
     /// identity only size and checksum are checked.
     #[arg(long)]
     pub full: bool,
+    /// Check the remote copies instead: size and sidecar (`size-ok`), or with --download
+    /// their whole content (`ok`).
+    #[arg(long)]
+    pub remote: bool,
+    /// With --remote: download each copy to a temporary file and verify it completely.
+    #[arg(long, requires = "remote")]
+    pub download: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Catalog ids of the backups to upload.
+    #[arg(required = true)]
+    pub ids: Vec<i64>,
+    /// Where to (default: where each was meant to go, else x-nuwax-backup.remote).
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    pub remote: Option<String>,
+    /// The provider's cap on parts per upload (parts are max(8 MiB, size / N)).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_parts: u64,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }
@@ -142,9 +166,12 @@ pub struct PruneArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// Folder to look for archives in, or one archive file.
+    /// Folder to look for archives in, one archive file, or s3://BUCKET[/PREFIX].
     #[arg(value_hint = ValueHint::AnyPath)]
     pub dir: PathBuf,
+    /// From a bucket: only this project's backups.
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }
@@ -284,6 +311,17 @@ pub struct CreateArgs {
     /// Encrypt to the public keys in this file, one per line (repeatable).
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub recipients_file: Vec<PathBuf>,
+    /// Copy the archive to this bucket once the services run again (S3 API; endpoint and
+    /// credentials from AWS_* and ~/.aws). Replaces x-nuwax-backup.remote.
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    pub remote: Option<String>,
+    /// Write no local archive: stream it straight to the bucket (for volumes larger than
+    /// the free disk).
+    #[arg(long)]
+    pub remote_only: bool,
+    /// The provider's cap on parts per upload (parts are max(8 MiB, size / N)).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_parts: u64,
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -312,6 +350,10 @@ pub struct RollbackArgs {
     /// the backup straight in (undone from the safety backup, not by an atomic swap).
     #[arg(long)]
     pub in_place: bool,
+    /// Download the archive from its remote copy even when the local file is there (it is
+    /// downloaded anyway when the local file is missing).
+    #[arg(long)]
+    pub from_remote: bool,
     /// Verify the backup and print the plan: what each volume gets, what stops and starts,
     /// space needed, images changed since the backup. Changes nothing, takes no lock.
     #[arg(long)]

@@ -30,6 +30,9 @@ pub enum Code {
     VerifyFailed = 12,
     /// A rollback failed and what was there before was put back.
     RolledBack = 13,
+    /// The local backup is complete, but its copy on object storage failed (or the remote
+    /// could not be reached for a remote-only operation).
+    Remote = 14,
     /// A missing, wrong or locked decryption identity.
     Identity = 15,
     /// Rolled back, but the safety backup of the previous state could not be written (the
@@ -119,6 +122,7 @@ mod tests {
             Code::RestartFailed,
             Code::VerifyFailed,
             Code::RolledBack,
+            Code::Remote,
             Code::Identity,
             Code::SafetyPending,
             Code::Cancelled,

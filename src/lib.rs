@@ -20,6 +20,7 @@ mod prompt;
 mod prune;
 mod records;
 mod recover;
+mod remote;
 mod restore;
 mod runs;
 mod services;
@@ -152,6 +153,7 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
         Command::MigrateStorage(a) => commands::migrate_storage::run(&ctx, a, &mut out)?,
         Command::Prune(a) => commands::prune::run(&ctx, a, &mut out)?,
         Command::Import(a) => commands::import::run(&ctx, a, &mut out)?,
+        Command::Push(a) => commands::push::run(&ctx, a, &mut out)?,
         Command::Recover(a) => commands::recover::run(&ctx, a, &mut out)?,
         Command::Completion(_) => unreachable!("answered before the context is made"),
     }

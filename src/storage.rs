@@ -125,6 +125,9 @@ pub fn publish(partial: &Path, dir: &Path, name: &str, ext: &str) -> Result<Path
 /// fsync a folder so that a rename in it survives a crash.
 /// Removes an archive and its sidecar (either already gone is fine).
 pub fn remove_archive(path: &Path) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Ok(()); // a remote copy never downloaded
+    }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e).with_context(|| format!("removing {}", path.display()))

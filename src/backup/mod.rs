@@ -21,16 +21,47 @@ use crate::services::{self, Running};
 use crate::{cancel, storage, Context};
 pub use plan::{Options, Plan};
 
-/// What `create` ended with.
+/// What `create` ended with: the row, and the error of its upload when that failed (the
+/// local backup is complete either way).
 pub enum Outcome {
     DryRun(Plan),
-    Done(BackupRow),
+    Done(BackupRow, Option<anyhow::Error>),
+}
+
+/// `create --remote` / `x-nuwax-backup.remote`.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteRequest {
+    pub flag: Option<String>,
+    pub max_parts: u64,
+}
+
+impl RemoteRequest {
+    /// The bucket to copy to: the flag, else the compose file's; a bad URL is a usage error.
+    fn resolve(&self, project: &Project) -> Result<Option<crate::remote::RemoteUrl>> {
+        let Some(text) = self.flag.as_ref().or(project.extension.remote.as_ref()) else {
+            return Ok(None);
+        };
+        crate::remote::RemoteUrl::parse(text)
+            .map(Some)
+            .map_err(|e| UserError::new(Code::Usage, format!("{e:#}")).into())
+    }
 }
 
 /// Runs a backup (or only plans it). Fails with a user error when running containers block
-/// it, the project is locked, space is short, or services cannot be started again.
-pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
+/// it, the project is locked, space is short, or services cannot be started again. With a
+/// remote, uploads once the services run again, under the project's upload lock only.
+pub fn run(
+    ctx: &Context,
+    opts: &Options,
+    remote: &RemoteRequest,
+    dry_run: bool,
+) -> Result<Outcome> {
     let project = Project::load(&ctx.docker, &ctx.compose)?;
+    let target = remote.resolve(&project)?;
+    let store = match (&target, dry_run) {
+        (Some(url), false) => Some(crate::remote::open(url)?),
+        _ => None,
+    };
     let catalog = ctx.catalog()?;
     let (lock, project) = if dry_run {
         (None, project)
@@ -42,7 +73,8 @@ pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
     if opts.stop && opts.capture != plan::CaptureMode::Direct {
         capture_facts(&project, opts, &mut facts);
     }
-    let plan = plan::build(&project, opts, &facts, chrono::Utc::now());
+    let mut plan = plan::build(&project, opts, &facts, chrono::Utc::now());
+    plan.remote = target.as_ref().map(|u| u.to_string());
     for s in &plan.skipped {
         warn(format!("not backed up: {}: {}", s.volume, s.reason));
     }
@@ -61,8 +93,17 @@ pub fn run(ctx: &Context, opts: &Options, dry_run: bool) -> Result<Outcome> {
     let mut run = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Create)?;
     run.pending_row(pending_row(&project, &plan))?;
     let row = execute(ctx, opts, &project, &plan, &catalog, &mut run)?;
+    let Some(store) = store else {
+        return Ok(Outcome::Done(row, None));
+    };
+    let upload_lock = ctx.lock(&format!("{}.upload", project.name), "upload");
     drop(lock);
-    Ok(Outcome::Done(row))
+    let pushed = upload_lock.and_then(|_held| {
+        crate::remote::transfer::abort_stale(&catalog, Some(&project.name));
+        crate::remote::transfer::upload(&store, &catalog, &row, remote.max_parts)
+    });
+    let row = catalog.get(row.id)?.unwrap_or(row);
+    Ok(Outcome::Done(row, pushed.err()))
 }
 
 /// Refuses while containers run, unless `--stop` was given.

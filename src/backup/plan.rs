@@ -152,6 +152,9 @@ pub struct Plan {
     pub capture_places: Vec<Place>,
     /// Why the capture is not made, when it was asked for and is not.
     pub capture_note: Option<String>,
+    /// Where the archive is copied once the services run again (`s3://…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
     #[serde(skip)]
     pub at: DateTime<Utc>,
     #[serde(skip)]
@@ -240,6 +243,7 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
         capture: capture_label(&capture_places),
         capture_places,
         capture_note,
+        remote: None,
         project: project.name.clone(),
         project_dir: project.dir.clone(),
         backup_type: opts.backup_type,

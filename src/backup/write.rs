@@ -7,7 +7,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use super::plan::{Item, Plan};
@@ -109,7 +108,7 @@ fn fill(
     spill: &mut std::io::BufWriter<std::fs::File>,
     created: &mut Vec<String>,
 ) -> Result<u64> {
-    let bar = progress(plan.bytes_needed);
+    let bar = crate::output::progress_bar(plan.bytes_needed);
     let on_read = |n: u64| -> io::Result<()> {
         bar.inc(n);
         if cancel::requested() {
@@ -216,17 +215,6 @@ fn append_spill(
         len,
         std::io::BufReader::new(&*file),
     )
-}
-
-fn progress(total: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// Streams a named volume or a bind out of a stopped container of the project that mounts

@@ -44,11 +44,22 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
             )?)
         },
     };
-    match backup::run(ctx, &opts, args.dry_run)? {
+    if args.remote_only {
+        return Err(crate::exit_codes::UserError::new(
+            crate::exit_codes::Code::Usage,
+            "--remote-only is not available yet: create a local archive with --remote, or pass --storage on a disk with room",
+        )
+        .into());
+    }
+    let remote = backup::RemoteRequest {
+        flag: args.remote.clone(),
+        max_parts: args.max_parts,
+    };
+    match backup::run(ctx, &opts, &remote, args.dry_run)? {
         Outcome::DryRun(plan) => print(out, args.format, &plan, |plan, out| {
             print_plan(plan, args.stop, out)
         }),
-        Outcome::Done(row) => {
+        Outcome::Done(row, upload_error) => {
             note(format!(
                 "backup #{} completed: {} ({}, {} files, {:.1} s)",
                 row.id,
@@ -67,9 +78,24 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
             if args.format == Format::Json {
                 write_json(out, &row)?;
             }
-            Ok(())
+            match upload_error {
+                None => Ok(()),
+                Some(e) => Err(upload_failed(&row, e)),
+            }
         }
     }
+}
+
+/// Exit 14: the local backup is complete, its remote copy is not.
+pub fn upload_failed(row: &crate::catalog::BackupRow, e: anyhow::Error) -> anyhow::Error {
+    crate::exit_codes::UserError::new(
+        crate::exit_codes::Code::Remote,
+        format!(
+            "backup #{} is complete on this host ({}), but its upload failed: {e:#}; run `docker nuwaxbackup push {}` to try again",
+            row.id, row.file_path, row.id
+        ),
+    )
+    .into()
 }
 
 fn print_plan(plan: &Plan, stop: bool, out: &mut dyn Write) -> Result<()> {
@@ -94,6 +120,9 @@ fn print_plan(plan: &Plan, stop: bool, out: &mut dyn Write) -> Result<()> {
         )?;
     } else if let Some(why) = &plan.capture_note {
         writeln!(out, "No capture: {why}")?;
+    }
+    if let Some(remote) = &plan.remote {
+        writeln!(out, "Then upload to {remote}")?;
     }
     let rows = plan.volumes.iter().map(|v| {
         vec![

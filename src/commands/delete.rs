@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::catalog::BackupRow;
 use crate::cli::DeleteArgs;
 use crate::exit_codes::{Code, UserError};
-use crate::output::note;
+use crate::output::{note, warn};
 use crate::Context;
 
 pub fn run(ctx: &Context, args: &DeleteArgs, _out: &mut dyn Write) -> Result<()> {
@@ -25,15 +25,31 @@ pub fn run(ctx: &Context, args: &DeleteArgs, _out: &mut dyn Write) -> Result<()>
     // Decide on rows read under the locks.
     let rows = rows_of(&catalog, &args.ids)?;
     for r in &rows {
-        note(format!("delete #{} {} ({})", r.id, r.file_path, r.status));
+        let places: Vec<&str> = [Some(r.file_path.as_str()), r.remote_url.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.is_empty())
+            .collect();
+        note(format!(
+            "delete #{} {} ({})",
+            r.id,
+            places.join(" and "),
+            r.status
+        ));
     }
     crate::prompt::confirm(args.yes, "Delete these backups?", "deleting backups")?;
+    let mut failed = None;
     for r in &rows {
-        crate::storage::remove_archive(std::path::Path::new(&r.file_path))?;
-        catalog.delete(r.id)?;
-        note(format!("deleted backup #{}", r.id));
+        match crate::remote::transfer::remove_backup(&catalog, r) {
+            Ok(()) => note(format!("deleted backup #{}", r.id)),
+            Err(e) if crate::exit_codes::code_of(&e) == Code::Remote => {
+                warn(format!("{e:#}"));
+                failed = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// The rows of `ids`; fails naming the first id that is not in the catalog.

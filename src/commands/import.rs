@@ -15,6 +15,16 @@ use crate::Context;
 
 pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
     let catalog = ctx.catalog()?;
+    if let Some(url) = args.dir.to_str().filter(|d| d.starts_with("s3://")) {
+        let url = crate::remote::RemoteUrl::parse(url)
+            .map_err(|e| UserError::new(Code::Usage, format!("{e:#}")))?;
+        let imported = super::import_remote::run(&catalog, &url, args.project.as_deref())?;
+        note(format!("imported {} backup(s) from {url}", imported.len()));
+        return print_imported(out, args.format, &imported);
+    }
+    if args.project.is_some() {
+        return Err(UserError::new(Code::Usage, "--project only applies to import s3://…").into());
+    }
     let given = std::env::current_dir()?.join(&args.dir);
     let given = given
         .canonicalize()
@@ -58,17 +68,25 @@ pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> 
         imported.len(),
         given.display()
     ));
-    print(out, args.format, &imported, |imported, out| {
+    print_imported(out, args.format, &imported)
+}
+
+fn print_imported(
+    out: &mut dyn Write,
+    format: crate::cli::Format,
+    imported: &[BackupRow],
+) -> Result<()> {
+    print(out, format, imported, |imported, out| {
         let rows = imported.iter().map(|r| {
             vec![
                 r.id.to_string(),
                 r.project.clone(),
                 r.backup_type.to_string(),
                 r.service_version.clone(),
-                r.file_path.clone(),
+                r.remote_url.clone().unwrap_or_else(|| r.file_path.clone()),
             ]
         });
-        let headers = ["ID", "PROJECT", "TYPE", "VERSION", "FILE"];
+        let headers = ["ID", "PROJECT", "TYPE", "VERSION", "FROM"];
         Ok(write!(out, "{}", table(&headers, rows))?)
     })
 }

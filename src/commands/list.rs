@@ -16,11 +16,26 @@ struct Listed<'a> {
     #[serde(flatten)]
     row: &'a BackupRow,
     file_exists: bool,
+    /// `local`, `remote`, `both` or `none`.
+    location: &'static str,
+}
+
+/// Where a backup can be read from: this host's file, its remote copy, both, or none.
+pub fn location(row: &BackupRow) -> &'static str {
+    let local = Path::new(&row.file_path).is_file();
+    let remote = row.remote_status.as_deref() == Some("uploaded");
+    match (local, remote) {
+        (true, true) => "both",
+        (true, false) => "local",
+        (false, true) => "remote",
+        (false, false) => "none",
+    }
 }
 
 /// What is wrong with a completed backup's file, if anything.
 pub fn file_problem(row: &BackupRow) -> Option<&'static str> {
-    if row.status != Status::Completed {
+    let remote = row.remote_status.as_deref() == Some("uploaded");
+    if row.status != Status::Completed || (remote && !Path::new(&row.file_path).exists()) {
         return None;
     }
     match std::fs::metadata(Path::new(&row.file_path)) {
@@ -71,12 +86,15 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
                 .map(|row| Listed {
                     row,
                     file_exists: Path::new(&row.file_path).is_file(),
+                    location: location(row),
                 })
                 .collect();
             write_json(out, &listed)
         }
         ListFormat::Table => {
-            let mut headers = vec!["ID", "CREATED", "TYPE", "VERSION", "SIZE", "STATUS", ""];
+            let mut headers = vec![
+                "ID", "CREATED", "TYPE", "VERSION", "SIZE", "STATUS", "WHERE", "",
+            ];
             if args.all_projects {
                 headers.insert(1, "PROJECT");
             }
@@ -88,6 +106,7 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
                     r.service_version.clone(),
                     human_bytes(r.size_bytes),
                     r.status.to_string(),
+                    where_cell(r),
                     file_problem(r)
                         .map(|p| format!("! {p}"))
                         .unwrap_or_default(),
@@ -100,5 +119,13 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
             write!(out, "{}", table(&headers, lines))?;
             Ok(())
         }
+    }
+}
+
+/// The WHERE cell: the location, and a failed upload.
+fn where_cell(r: &BackupRow) -> String {
+    match (location(r), r.remote_status.as_deref()) {
+        (loc, Some("failed")) => format!("{loc} (upload failed)"),
+        (loc, _) => loc.to_string(),
     }
 }

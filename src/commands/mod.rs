@@ -2,9 +2,11 @@
 pub mod create;
 pub mod delete;
 pub mod import;
+pub mod import_remote;
 pub mod list;
 pub mod migrate_storage;
 pub mod prune;
+pub mod push;
 pub mod recover;
 pub mod rollback;
 pub mod status;

@@ -74,12 +74,22 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
         &format!("Delete {} backup(s)?", doomed.len()),
         "pruning backups",
     )?;
+    let mut failed = None;
     for l in &doomed {
-        crate::storage::remove_archive(std::path::Path::new(&l.file_path))?;
-        catalog.delete(l.id)?;
+        let Some(row) = catalog.get(l.id)? else {
+            continue;
+        };
+        match crate::remote::transfer::remove_backup(&catalog, &row) {
+            Ok(()) => {}
+            Err(e) if crate::exit_codes::code_of(&e) == crate::exit_codes::Code::Remote => {
+                crate::output::warn(format!("{e:#}"));
+                failed = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
     }
     note(format!("deleted {} backup(s)", doomed.len()));
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// The policy's decision on each completed backup of `project`, with the reasons.

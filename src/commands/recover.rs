@@ -16,6 +16,9 @@ pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> 
     let _lock = ctx.lock(&project.name, "recover")?;
     let catalog: Catalog = ctx.catalog()?;
     let done = crate::recover::dead_run(ctx, &project, &catalog)?;
+    if let Ok(_upload) = ctx.lock(&format!("{}.upload", project.name), "recover") {
+        crate::remote::transfer::abort_stale(&catalog, Some(&project.name));
+    }
     if done.is_empty() {
         note(format!("project {}: nothing to recover", project.name));
     }

@@ -18,6 +18,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs, out: &mut dyn Write) -> Result<()
         no_start: args.no_start,
         no_safety_backup: args.no_safety_backup,
         yes: args.yes,
+        from_remote: args.from_remote,
     };
     if args.dry_run {
         let (_, _, _, plan) = restore::plan(ctx, &opts)?;

@@ -50,6 +50,12 @@ pub fn run(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> 
     };
     let mut outcomes = Vec::new();
     for r in rows {
+        if args.remote {
+            if let Some(o) = remote_outcome(ctx, &r, args.download, !args.ids.is_empty())? {
+                outcomes.push(o);
+            }
+            continue;
+        }
         let result = if r.status != Status::Completed {
             Verification::Failed(format!("not a completed backup ({})", r.status))
         } else {
@@ -82,6 +88,70 @@ pub fn run(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> 
         .into());
     }
     Ok(())
+}
+
+/// `verify --remote`: the copy's size and sidecar (`size-ok`), or with `download` its whole
+/// content (`ok`). Not recorded in the catalog (that records the local file). Rows without
+/// a copy are left out unless named.
+fn remote_outcome(
+    ctx: &Context,
+    r: &BackupRow,
+    download: bool,
+    named: bool,
+) -> Result<Option<Outcome>> {
+    let Some(url) = r.remote_url.clone() else {
+        return Ok(named.then(|| Outcome {
+            id: r.id,
+            file_path: String::new(),
+            ok: false,
+            result: "no remote copy".into(),
+        }));
+    };
+    let result = match remote_check(ctx, r, &url, download) {
+        Ok(word) => word.to_string(),
+        Err(e) if crate::exit_codes::code_of(&e) == Code::Identity => return Err(e),
+        Err(e) => format!("{e:#}"),
+    };
+    Ok(Some(Outcome {
+        id: r.id,
+        ok: result == "ok" || result == "size-ok" || result == "checksum-only",
+        file_path: url,
+        result,
+    }))
+}
+
+fn remote_check(ctx: &Context, r: &BackupRow, url: &str, download: bool) -> Result<&'static str> {
+    let (bucket, key) = crate::remote::url::split_object(url)?;
+    let store = crate::remote::open(&bucket)?;
+    anyhow::ensure!(
+        r.remote_status.as_deref() == Some("uploaded"),
+        "the upload did not complete ({})",
+        r.remote_error.as_deref().unwrap_or("failed")
+    );
+    anyhow::ensure!(
+        crate::remote::transfer::is_there(&store, r, &key)?,
+        "the object or its sidecar is missing, or their size or SHA-256 differ from the catalog"
+    );
+    if !download {
+        return Ok("size-ok");
+    }
+    let dir = Path::new(&r.file_path)
+        .parent()
+        .filter(|d| d.is_dir())
+        .map(Path::to_path_buf)
+        .unwrap_or(std::env::current_dir()?);
+    let tmp = dir.join(format!(".nuwax-verify-{}-{}", std::process::id(), r.id));
+    let checked = crate::remote::transfer::download(r, &tmp).and_then(|()| {
+        let mut copy = r.clone();
+        copy.file_path = tmp.to_string_lossy().into_owned();
+        check(ctx, &copy, false)
+    });
+    let _ = std::fs::remove_file(&tmp);
+    match checked? {
+        Verification::Ok => Ok("ok"),
+        Verification::ChecksumOnly => Ok("checksum-only"),
+        Verification::Failed(why) => anyhow::bail!(why),
+    }
 }
 
 /// Verifies one completed backup whole; an encrypted one without an identity by size and

@@ -73,6 +73,8 @@ pub struct Extension {
     pub volumes: BTreeMap<String, VolumeOverride>,
     /// Encrypt archives to these age public keys (`create --recipient` replaces them).
     pub encrypt: Option<EncryptConfig>,
+    /// Copy each archive to this bucket (`s3://BUCKET[/PREFIX]`; `create --remote` wins).
+    pub remote: Option<String>,
 }
 
 /// `x-nuwax-backup.encrypt`: public keys, listed and/or in a file (relative to the project).

@@ -38,6 +38,8 @@ pub struct Options {
     pub no_start: bool,
     pub no_safety_backup: bool,
     pub yes: bool,
+    /// Download the archive from its remote copy even when the local file is there.
+    pub from_remote: bool,
 }
 
 /// What `--format json` prints: the plan, and what was done.
@@ -69,6 +71,8 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
     let project = Project::load(&ctx.docker, &ctx.compose)?;
     let catalog = ctx.catalog()?;
     let row = choose::choose(&catalog, &project, opts.id)?;
+    let storage = storage_of(&project, &catalog)?;
+    let row = fetch(&catalog, row, &storage, opts.from_remote)?;
     let verified = verified(ctx, &row, &project)?;
     let safety_recipients = safety_recipients(&project, &row)?;
     if !opts.no_safety_backup {
@@ -83,11 +87,53 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
         no_start: opts.no_start,
         no_safety_backup: opts.no_safety_backup,
     };
-    let storage = storage_of(&project, &catalog)?;
     let facts = facts::gather(ctx, &project, &verified, &req, storage)?;
     let mut plan = plan::build(manifest, &req, &facts)?;
     plan.safety_recipients = safety_recipients.0;
     Ok((project, catalog, row, plan))
+}
+
+/// The row with a local archive: downloaded from its remote copy into the storage folder
+/// when the file is missing (or `--from-remote`). A failed download changes nothing.
+fn fetch(
+    catalog: &Catalog,
+    mut row: BackupRow,
+    storage: &Path,
+    from_remote: bool,
+) -> Result<BackupRow> {
+    let local = !row.file_path.is_empty() && Path::new(&row.file_path).is_file();
+    if local && !from_remote {
+        return Ok(row);
+    }
+    let Some(url) = row
+        .remote_url
+        .clone()
+        .filter(|_| row.remote_status.as_deref() == Some("uploaded"))
+    else {
+        if from_remote {
+            return Err(user(
+                Code::Usage,
+                format!("backup #{} has no remote copy: drop --from-remote", row.id),
+            ));
+        }
+        return Ok(row);
+    };
+    let name = url.rsplit('/').next().unwrap_or_default().to_string();
+    let target = if local {
+        PathBuf::from(&row.file_path)
+    } else {
+        storage.join(name)
+    };
+    crate::remote::transfer::download(&row, &target)?;
+    catalog.set_file_path(row.id, &target)?;
+    row.file_path = target.to_string_lossy().into_owned();
+    if let Err(e) = crate::sidecar::write(&row) {
+        warn(format!(
+            "backup #{}: its sidecar was not written: {e:#}",
+            row.id
+        ));
+    }
+    Ok(row)
 }
 
 /// The project's storage folder, as `create` resolves it without `--storage`.

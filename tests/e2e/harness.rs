@@ -229,6 +229,18 @@ impl Project {
             .unwrap()
     }
 
+    /// The plugin started in the background with extra environment variables.
+    pub fn plugin_spawn_env(&self, env: &[(&str, String)], args: &[&str]) -> std::process::Child {
+        self.command("docker")
+            .arg("nuwaxbackup")
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// The binary started standalone in the background (signals go straight to it).
     pub fn standalone_spawn(&self, args: &[&str]) -> std::process::Child {
         self.command(env!("CARGO_BIN_EXE_docker-nuwax-backup"))

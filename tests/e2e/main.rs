@@ -10,7 +10,9 @@ mod harness;
 mod nonroot;
 mod plugin;
 mod reliability;
+mod remote;
 mod rollback;
+mod s3;
 mod staged;
 mod status;
 

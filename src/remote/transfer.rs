@@ -1,0 +1,371 @@
+//! Archives to and from a bucket: part sizing (pure), the upload of a completed local
+//! archive, the streaming upload of `--remote-only`, downloads, and the cleanup of
+//! multipart uploads a failure left open.
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+
+use super::store::{Store, Upload};
+use super::url::{numbered, split_object};
+use crate::catalog::{BackupRow, Catalog, RemoteState};
+use crate::output::{note, warn};
+use crate::sidecar::Sidecar;
+
+const MIB: u64 = 1 << 20;
+/// The smallest part we send (S3's minimum is 5 MiB; 8 MiB is what AWS's own tools use).
+pub const MIN_PART: u64 = 8 * MIB;
+/// Parts in flight are held in memory: at most this many bytes of them, and at least two.
+const IN_FLIGHT_BYTES: u64 = 48 * MIB;
+
+/// How an object of `size` bytes is cut: `part` bytes a part, `in_flight` parts at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    pub part: u64,
+    pub in_flight: usize,
+}
+
+/// part = max(8 MiB, ⌈size / max_parts⌉); in flight = 48 MiB of parts, 2 to 8 of them.
+pub fn sizing(size: u64, max_parts: u64) -> Sizing {
+    let part = MIN_PART.max(size.div_ceil(max_parts.max(1)));
+    let in_flight = (IN_FLIGHT_BYTES / part).clamp(2, 8) as usize;
+    Sizing { part, in_flight }
+}
+
+/// What a completed upload was, for messages and the row.
+pub struct Uploaded {
+    pub url: String,
+    pub parts: u64,
+    pub part_size: u64,
+}
+
+/// Uploads the local archive of `row` as `<prefix>/<project>/<name>` (a free name: another
+/// host's object is never overwritten), then its sidecar, recording progress in the row so
+/// a failure (exit 14) leaves it `failed` with the multipart upload id to abort later.
+pub fn upload(
+    store: &Store,
+    catalog: &Catalog,
+    row: &BackupRow,
+    max_parts: u64,
+) -> Result<Uploaded> {
+    let key = match store
+        .probe(&store.url.key(&row.project, ""))
+        .and_then(|()| free_key(store, row))
+    {
+        Ok(k) => k,
+        Err(e) => {
+            let state = RemoteState {
+                url: Some(
+                    store
+                        .url
+                        .object_url(&store.url.key(&row.project, &file_name(row))),
+                ),
+                status: Some("failed"),
+                error: Some(format!("{e:#}")),
+                upload_id: None,
+            };
+            catalog.set_remote(row.id, &state)?;
+            return Err(e);
+        }
+    };
+    let url = store.url.object_url(&key);
+    let mut state = RemoteState {
+        url: Some(url.clone()),
+        status: Some("failed"),
+        error: Some("the upload did not finish".into()),
+        upload_id: None,
+    };
+    catalog.set_remote(row.id, &state)?;
+    let result = send_file(store, catalog, row, &key, max_parts, &mut state);
+    match result {
+        Ok(done) => {
+            state.status = Some("uploaded");
+            state.error = None;
+            state.upload_id = None;
+            catalog.set_remote(row.id, &state)?;
+            note(format!(
+                "backup #{} uploaded to {} ({} part{} of {} MiB)",
+                row.id,
+                done.url,
+                done.parts,
+                if done.parts == 1 { "" } else { "s" },
+                done.part_size >> 20
+            ));
+            Ok(done)
+        }
+        Err(err) => {
+            if let Some(id) = state.upload_id.clone() {
+                if store.abort(&key, &id).is_ok() {
+                    state.upload_id = None;
+                }
+            }
+            state.error = Some(format!("{err:#}"));
+            catalog.set_remote(row.id, &state)?;
+            Err(err)
+        }
+    }
+}
+
+/// Multipart upload of the file, size check, then the sidecar (last: its presence says the
+/// archive is complete).
+fn send_file(
+    store: &Store,
+    catalog: &Catalog,
+    row: &BackupRow,
+    key: &str,
+    max_parts: u64,
+    state: &mut RemoteState,
+) -> Result<Uploaded> {
+    let path = Path::new(&row.file_path);
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let plan = sizing(size, max_parts);
+    let mut up = store.begin(key, row.sha256.as_deref(), plan.in_flight)?;
+    state.upload_id = Some(up.id().to_string());
+    catalog.set_remote(row.id, state)?;
+    let bar = crate::output::progress_bar(size);
+    let parts = send_parts(&mut up, &mut file, plan.part, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    crate::fault::point("upload-completing");
+    up.finish()?;
+    state.upload_id = None;
+    let url = store.url.object_url(key);
+    let checked = match store.head(key) {
+        Ok(Some(h)) if h.size == size => Ok(()),
+        Ok(other) => Err(store.fail(
+            format!("checking {url}"),
+            format!("{} bytes there, {size} sent", other.map_or(0, |h| h.size)),
+        )),
+        Err(e) => Err(e),
+    };
+    let sidecar =
+        checked.and_then(|()| store.put_small(&format!("{key}.json"), sidecar_json(row, key)?));
+    if let Err(e) = sidecar {
+        // Without its sidecar the object is not a backup: remove it so a retry finds the name free.
+        let _ = store.delete(key);
+        return Err(e);
+    }
+    Ok(Uploaded {
+        url,
+        parts,
+        part_size: plan.part,
+    })
+}
+
+/// Reads `part`-sized pieces of `input` and sends each; returns how many parts were sent.
+pub fn send_parts(
+    up: &mut Upload<'_>,
+    input: &mut dyn Read,
+    part: u64,
+    progress: &dyn Fn(u64),
+) -> Result<u64> {
+    let mut n = 0;
+    loop {
+        let mut buf = Vec::with_capacity(part as usize);
+        input.take(part).read_to_end(&mut buf)?;
+        if buf.is_empty() && n > 0 {
+            return Ok(n);
+        }
+        let len = buf.len() as u64;
+        up.send(buf)?;
+        n += 1;
+        progress(len);
+        if n == 2 {
+            crate::fault::point("upload-parts");
+        }
+        if len < part {
+            return Ok(n);
+        }
+    }
+}
+
+/// The sidecar of `row` as stored beside its object (named after the object).
+pub fn sidecar_json(row: &BackupRow, key: &str) -> Result<Vec<u8>> {
+    let mut side = Sidecar::of(row);
+    side.file_name = key.rsplit('/').next().unwrap_or(key).to_string();
+    let mut json = serde_json::to_vec_pretty(&side)?;
+    json.push(b'\n');
+    Ok(json)
+}
+
+/// The archive's own name under the project, or `name_2`, `name_3`… when another host's
+/// object (or sidecar) already holds it.
+fn free_key(store: &Store, row: &BackupRow) -> Result<String> {
+    let name = file_name(row);
+    for n in 1..1000 {
+        let candidate = if n == 1 {
+            name.clone()
+        } else {
+            numbered(&name, n)
+        };
+        let key = store.url.key(&row.project, &candidate);
+        if store.head(&key)?.is_none() && store.head(&format!("{key}.json"))?.is_none() {
+            return Ok(key);
+        }
+    }
+    anyhow::bail!("no free object name for {name} under {}", store.url)
+}
+
+/// The archive's file name.
+fn file_name(row: &BackupRow) -> String {
+    Path::new(&row.file_path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether `row`'s remote copy is complete: the object has the row's size and the sidecar
+/// is there and names the same SHA-256.
+pub fn is_there(store: &Store, row: &BackupRow, key: &str) -> Result<bool> {
+    let Some(head) = store.head(key)? else {
+        return Ok(false);
+    };
+    let Some(bytes) = store.get_small(&format!("{key}.json"))? else {
+        return Ok(false);
+    };
+    let side: Sidecar = match serde_json::from_slice(&bytes) {
+        Ok(s) => s,
+        Err(_) => return Ok(false),
+    };
+    Ok(head.size == row.size_bytes
+        && side.size_bytes == row.size_bytes
+        && Some(&side.sha256) == row.sha256.as_ref())
+}
+
+/// Aborts the multipart uploads that failed runs left open (of `project`, or all), and
+/// forgets them; a server still unreachable keeps them for next time.
+pub fn abort_stale(catalog: &Catalog, project: Option<&str>) {
+    let rows = match catalog.list(project) {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    for r in rows.iter().filter(|r| r.remote_upload_id.is_some()) {
+        let (Some(url), Some(id)) = (&r.remote_url, &r.remote_upload_id) else {
+            continue;
+        };
+        let aborted = split_object(url)
+            .and_then(|(bucket, key)| super::open(&bucket).and_then(|s| s.abort(&key, id)));
+        match aborted {
+            Ok(()) => {
+                note(format!(
+                    "aborted the unfinished upload of backup #{} ({url})",
+                    r.id
+                ));
+                let mut state = remote_state(r);
+                state.upload_id = None;
+                let _ = catalog.set_remote(r.id, &state);
+            }
+            Err(e) => warn(format!(
+                "the unfinished upload of backup #{} ({url}) is still open: {e:#}",
+                r.id
+            )),
+        }
+    }
+}
+
+/// The row's remote columns as a state to update.
+pub fn remote_state(r: &BackupRow) -> RemoteState {
+    RemoteState {
+        url: r.remote_url.clone(),
+        status: match r.remote_status.as_deref() {
+            Some("uploaded") => Some("uploaded"),
+            Some(_) => Some("failed"),
+            None => None,
+        },
+        error: r.remote_error.clone(),
+        upload_id: r.remote_upload_id.clone(),
+    }
+}
+
+/// Downloads `row`'s remote copy to `target` (private, complete or not at all), checking its
+/// size; the caller verifies the content.
+pub fn download(row: &BackupRow, target: &Path) -> Result<()> {
+    let url = row
+        .remote_url
+        .as_deref()
+        .context("the backup has no remote copy")?;
+    let (bucket, key) = split_object(url)?;
+    let store = super::open(&bucket)?;
+    let dir = target.parent().unwrap_or(Path::new("."));
+    crate::private::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".nuwax-partial-download-{}-{}",
+        std::process::id(),
+        target.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    note(format!("downloading backup #{} from {url}", row.id));
+    let bar = crate::output::progress_bar(row.size_bytes);
+    let got = (|| -> Result<u64> {
+        let mut f = crate::private::create_new(&tmp)?;
+        let n = store.download(&key, &mut f, &|done| bar.set_position(done))?;
+        f.sync_all()?;
+        Ok(n)
+    })();
+    bar.finish_and_clear();
+    let got = got.and_then(|n| {
+        anyhow::ensure!(
+            n == row.size_bytes,
+            "{url}: {n} bytes downloaded, {} expected",
+            row.size_bytes
+        );
+        std::fs::rename(&tmp, target).with_context(|| format!("publishing {}", target.display()))
+    });
+    if got.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    got?;
+    crate::storage::sync_dir(dir)
+}
+
+/// Removes a backup everywhere: its local archive and sidecar, then its remote copy (and an
+/// unfinished upload), then the row. When the remote cannot be reached the row stays, says
+/// why, and the error is returned (exit 14).
+pub fn remove_backup(catalog: &Catalog, row: &BackupRow) -> Result<()> {
+    crate::storage::remove_archive(Path::new(&row.file_path))?;
+    if let Some(url) = &row.remote_url {
+        let removed = split_object(url).and_then(|(bucket, key)| {
+            let store = super::open(&bucket)?;
+            if let Some(id) = &row.remote_upload_id {
+                store.abort(&key, id)?;
+            }
+            store.delete(&key)?;
+            store.delete(&format!("{key}.json"))
+        });
+        if let Err(e) = removed {
+            let mut state = remote_state(row);
+            state.error = Some(format!("delete failed: {e:#}"));
+            catalog.set_remote(row.id, &state)?;
+            return Err(e.context(format!(
+                "backup #{}: the local archive is gone, the copy at {url} is not (the row is kept; delete it again)",
+                row.id
+            )));
+        }
+    }
+    catalog.delete(row.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_at_least_8_mib_and_at_most_max_parts() {
+        assert_eq!(
+            sizing(0, 10_000),
+            Sizing {
+                part: MIN_PART,
+                in_flight: 6
+            }
+        );
+        assert_eq!(sizing(300 * MIB, 10_000).part, MIN_PART);
+        let capped = sizing(300 * MIB, 10);
+        assert_eq!(capped.part, 30 * MIB);
+        assert_eq!(capped.in_flight, 2);
+        let huge = sizing(50 << 30, 10_000);
+        assert_eq!(huge.part, MIN_PART, "50 GiB fits 10,000 parts of 8 MiB");
+        let fewer = sizing(50 << 30, 1_000);
+        assert!(fewer.part * 1_000 >= 50 << 30 && fewer.part < 52 * MIB);
+        assert!(sizing(1 << 40, 10_000).part * 10_000 >= 1 << 40);
+    }
+}

@@ -1,0 +1,499 @@
+//! Off-host copies on a real S3-compatible server (s3s-fs), checked with an independent
+//! client (boto3): upload after the services run again, failures that keep the local
+//! backup (exit 14), `push`, `import s3://` and rollback onto a host that lost everything.
+use std::path::PathBuf;
+
+use crate::harness::{describe_tree, Project, Run};
+use crate::s3::S3Server;
+
+const YAML: &str = r#"name: {name}
+services:
+  db:
+    image: {image}
+    command: {daemon}
+    restart: always
+    volumes:
+      - ./data:/data
+      - dbvol:/v
+volumes:
+  dbvol: {}
+"#;
+
+fn project(test: &str) -> Option<Project> {
+    let p = Project::new(test, YAML)?;
+    std::fs::create_dir_all(p.path("data/db")).unwrap();
+    std::fs::write(p.path("data/db/table"), "rows v1\n").unwrap();
+    std::fs::write(p.path("data/conf"), "v1").unwrap();
+    std::os::unix::fs::symlink("db/table", p.path("data/link")).unwrap();
+    p.up();
+    p.in_volume(
+        &format!("{}_dbvol", p.name),
+        "echo v1 > /v/state && mkdir -p /v/d && chown 999:999 /v/d && chmod 0750 /v/d",
+    )
+    .success();
+    Some(p)
+}
+
+/// `docker nuwaxbackup ARGS…` with the server's AWS_* environment.
+fn with_s3(p: &Project, s3: &S3Server, args: &[&str]) -> Run {
+    let env = s3.env();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    p.plugin_env(&pairs, args)
+}
+
+/// `PREFIX/<project>/<name>` of a row's remote URL, in `bucket`.
+fn key_of(row: &serde_json::Value, bucket: &str) -> String {
+    row["remote_url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(&format!("s3://{bucket}/"))
+        .unwrap()
+        .to_string()
+}
+
+/// Incompressible bytes (xorshift), so the archive is as large as the data.
+fn noise(len: usize, mut x: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn create_uploads_after_the_restart_and_boto3_reads_the_same_bytes() {
+    let Some(s3) = S3Server::start("upload", &["bkt"]) else {
+        return;
+    };
+    let Some(p) = project("remote-up") else {
+        return;
+    };
+    let run = with_s3(
+        &p,
+        &s3,
+        &[
+            "create",
+            "--stop",
+            "--remote",
+            "s3://bkt/site",
+            "--format",
+            "json",
+        ],
+    )
+    .success();
+    let row = run.json();
+    assert_eq!(row["remote_status"], "uploaded", "{}", run.stderr);
+    let key = key_of(&row, "bkt");
+    let name = PathBuf::from(row["file_path"].as_str().unwrap());
+    let name = name.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(key, format!("site/{}/{name}", p.name));
+    assert!(
+        run.stderr.contains("uploaded to s3://bkt/site/"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.states("db"), vec![format!("{}-db-1 running", p.name)]);
+    // The independent client reads what we uploaded: same SHA-256, in metadata too.
+    assert_eq!(s3.sha256_of("bkt", &key), row["sha256"].as_str().unwrap());
+    let meta = s3.boto3(&format!(
+        "print(s3.get_object(Bucket='bkt', Key='{key}')['Metadata']['sha256'])"
+    ));
+    assert_eq!(meta.trim(), row["sha256"].as_str().unwrap());
+    let side: serde_json::Value = serde_json::from_str(&s3.boto3(&format!(
+        "sys.stdout.write(s3.get_object(Bucket='bkt', Key='{key}.json')['Body'].read().decode())"
+    )))
+    .unwrap();
+    assert_eq!(side["sha256"], row["sha256"]);
+    assert_eq!(side["size_bytes"], row["size_bytes"]);
+    assert_eq!(side["file_name"], name);
+    assert_eq!(side["encrypted"], false);
+    assert!(
+        side.get("file_path").is_none() && side.get("project_dir").is_none(),
+        "{side}"
+    );
+    // Secrets appear nowhere: output, catalog, sidecars.
+    let catalog = std::fs::read(p.catalog()).unwrap();
+    for text in [
+        run.stdout.as_bytes(),
+        run.stderr.as_bytes(),
+        &catalog[..],
+        side.to_string().as_bytes(),
+    ] {
+        assert!(!String::from_utf8_lossy(text).contains(&s3.secret_key));
+    }
+    let listed = p.plugin(&["list", "--format", "json"]).success().json();
+    assert_eq!(listed[0]["location"], "both");
+    assert_eq!(listed[0]["remote_url"], row["remote_url"]);
+    let table = p.plugin(&["list"]).success().stdout;
+    assert!(table.contains("WHERE") && table.contains("both"), "{table}");
+    let id = row["id"].to_string();
+    let v = with_s3(&p, &s3, &["verify", "--remote", &id, "--format", "json"])
+        .success()
+        .json();
+    assert_eq!(v[0]["result"], "size-ok");
+    let v = with_s3(
+        &p,
+        &s3,
+        &["verify", "--remote", "--download", &id, "--format", "json"],
+    )
+    .success()
+    .json();
+    assert_eq!(v[0]["result"], "ok");
+    // push is idempotent: the copy is complete, nothing is sent again.
+    let again = with_s3(&p, &s3, &["push", &id]).success();
+    assert!(again.stderr.contains("is already at"), "{}", again.stderr);
+    // delete removes both copies.
+    with_s3(&p, &s3, &["delete", "-y", &id]).success();
+    assert_eq!(s3.keys("bkt"), Vec::<String>::new());
+    assert!(p
+        .plugin(&["list", "--format", "ids"])
+        .success()
+        .stdout
+        .trim()
+        .is_empty());
+}
+
+#[test]
+fn the_host_died_import_from_the_bucket_and_rollback_bring_everything_back() {
+    let Some(s3) = S3Server::start("dr", &["drb"]) else {
+        return;
+    };
+    let Some(p) = project("remote-dr") else {
+        return;
+    };
+    let volume = format!("{}_dbvol", p.name);
+    let tree = describe_tree(&p.path("data"));
+    let vol = p.volume_tree(&volume);
+    let row = with_s3(
+        &p,
+        &s3,
+        &[
+            "create",
+            "--stop",
+            "--remote",
+            "s3://drb/prod",
+            "--format",
+            "json",
+        ],
+    )
+    .success()
+    .json();
+    assert_eq!(row["remote_status"], "uploaded");
+    // The host dies: catalog, backups, the bind's folder and the volume are gone.
+    p.compose(&["down", "-v"]).success();
+    std::fs::remove_dir_all(p.catalog().parent().unwrap()).unwrap();
+    std::fs::remove_dir_all(p.path("backups")).unwrap();
+    std::fs::remove_dir_all(p.path("data")).unwrap();
+    let imported = with_s3(&p, &s3, &["import", "s3://drb/prod", "--format", "json"])
+        .success()
+        .json();
+    assert_eq!(imported.as_array().unwrap().len(), 1, "{imported}");
+    let id = imported[0]["id"].to_string();
+    assert_eq!(imported[0]["sha256"], row["sha256"]);
+    let listed = p.plugin(&["list", "--format", "json"]).success().json();
+    assert_eq!(listed[0]["location"], "remote");
+    let back = with_s3(&p, &s3, &["rollback", &id, "--yes"]).success();
+    assert!(
+        back.stderr.contains("downloading backup"),
+        "{}",
+        back.stderr
+    );
+    assert_eq!(describe_tree(&p.path("data")), tree);
+    assert_eq!(p.volume_tree(&volume), vol);
+    // Nothing ran before the rollback, so nothing was started: the operator starts it.
+    p.up();
+    assert_eq!(p.states("db"), vec![format!("{}-db-1 running", p.name)]);
+    assert_eq!(describe_tree(&p.path("data")), tree);
+    let listed = p.plugin(&["list", "--format", "json"]).success().json();
+    let restored = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == imported[0]["id"])
+        .unwrap();
+    assert_eq!(restored["location"], "both");
+    // Importing again adds nothing.
+    let again = with_s3(&p, &s3, &["import", "s3://drb/prod", "--format", "json"])
+        .success()
+        .json();
+    assert_eq!(again.as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_server_killed_mid_upload_keeps_the_local_backup_and_push_finishes_it() {
+    let Some(mut s3) = S3Server::start("kill", &["big"]) else {
+        return;
+    };
+    let Some(p) = project("remote-kill") else {
+        return;
+    };
+    std::fs::write(
+        p.path("data/db/blob"),
+        noise(320 << 20, 0x9E37_79B9_7F4A_7C15),
+    )
+    .unwrap();
+    // Fewer, larger parts when the provider caps them: --max-parts 10.
+    let first = with_s3(
+        &p,
+        &s3,
+        &[
+            "create",
+            "--stop",
+            "--compression",
+            "zstd",
+            "--remote",
+            "s3://big/a",
+            "--max-parts",
+            "10",
+            "--format",
+            "json",
+        ],
+    )
+    .success();
+    let row = first.json();
+    let size = row["size_bytes"].as_u64().unwrap();
+    assert!(size > 300 << 20, "{size}");
+    let part = (8u64 << 20).max(size.div_ceil(10));
+    assert!(
+        first.stderr.contains(&format!(
+            "({} parts of {} MiB)",
+            size.div_ceil(part),
+            part >> 20
+        )),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(
+        s3.sha256_of("big", &key_of(&row, "big")),
+        row["sha256"].as_str().unwrap()
+    );
+    // The server dies while the parts of the next backup go up.
+    let child = p.plugin_spawn_env(
+        &s3.env(),
+        &[
+            "create",
+            "--stop",
+            "--compression",
+            "zstd",
+            "--remote",
+            "s3://big/b",
+            "--format",
+            "json",
+        ],
+    );
+    let t0 = std::time::Instant::now();
+    while !s3.open_uploads().iter().any(|n| n.contains(".part-")) {
+        assert!(t0.elapsed().as_secs() < 120, "no part was ever uploaded");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    s3.kill();
+    let out = Run::from(child.wait_with_output().unwrap()).failure(14);
+    assert!(
+        out.stderr.contains("but its upload failed") && out.stderr.contains("push"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(&s3.secret_key));
+    let second = out.json();
+    assert_eq!(second["status"], "completed");
+    assert_eq!(second["remote_status"], "failed");
+    assert!(PathBuf::from(second["file_path"].as_str().unwrap()).is_file());
+    assert_eq!(p.states("db"), vec![format!("{}-db-1 running", p.name)]);
+    let listed = p.plugin(&["list"]).success().stdout;
+    assert!(listed.contains("local (upload failed)"), "{listed}");
+    // Back up: push aborts the open upload, sends it again (8 MiB parts), and leaves none open.
+    s3.restart();
+    let id = second["id"].to_string();
+    let pushed = with_s3(&p, &s3, &["push", &id, "--format", "json"]).success();
+    assert!(
+        pushed.stderr.contains("aborted the unfinished upload"),
+        "{}",
+        pushed.stderr
+    );
+    let size2 = second["size_bytes"].as_u64().unwrap();
+    assert!(
+        pushed
+            .stderr
+            .contains(&format!("({} parts of 8 MiB)", size2.div_ceil(8 << 20))),
+        "{}",
+        pushed.stderr
+    );
+    let row2 = &pushed.json()[0];
+    assert_eq!(row2["remote_status"], "uploaded");
+    assert_eq!(s3.open_uploads(), Vec::<String>::new());
+    assert_eq!(
+        s3.sha256_of("big", &key_of(row2, "big")),
+        second["sha256"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn wrong_keys_a_missing_bucket_and_a_bad_url_are_clear_errors() {
+    let Some(s3) = S3Server::start("refuse", &["here"]) else {
+        return;
+    };
+    let Some(p) = project("remote-refuse") else {
+        return;
+    };
+    let bad = p
+        .plugin(&["create", "--stop", "--remote", "ftp://here"])
+        .failure(2);
+    assert!(bad.stderr.contains("s3://BUCKET"), "{}", bad.stderr);
+    assert!(p
+        .plugin(&["list", "--format", "ids"])
+        .success()
+        .stdout
+        .trim()
+        .is_empty());
+    let wrong = [
+        ("AWS_ACCESS_KEY_ID", s3.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret-key"),
+        ("AWS_ENDPOINT_URL", &s3.endpoint()),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let refused = p
+        .plugin_env(
+            &wrong,
+            &[
+                "create",
+                "--stop",
+                "--remote",
+                "s3://here",
+                "--format",
+                "json",
+            ],
+        )
+        .failure(14);
+    assert_eq!(refused.json()["status"], "completed");
+    assert_eq!(refused.json()["remote_status"], "failed");
+    assert!(
+        !refused.stderr.contains("not-the-secret-key"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        refused
+            .stderr
+            .trim()
+            .lines()
+            .last()
+            .unwrap()
+            .matches("upload failed")
+            .count(),
+        1
+    );
+    let missing = with_s3(
+        &p,
+        &s3,
+        &[
+            "create",
+            "--stop",
+            "--remote",
+            "s3://nosuchbucket/x",
+            "--format",
+            "json",
+        ],
+    )
+    .failure(14);
+    assert!(
+        missing.stderr.contains("nosuchbucket"),
+        "{}",
+        missing.stderr
+    );
+    let rows = p.plugin(&["list", "--format", "json"]).success().json();
+    assert!(rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"] == "completed" && r["remote_status"] == "failed"));
+    assert_eq!(p.states("db"), vec![format!("{}-db-1 running", p.name)]);
+    let catalog = std::fs::read(p.catalog()).unwrap();
+    assert!(!String::from_utf8_lossy(&catalog).contains("not-the-secret-key"));
+}
+
+#[test]
+fn an_archive_boto3_uploaded_with_our_sidecar_is_imported_and_verified() {
+    let Some(s3) = S3Server::start("interop", &["ext"]) else {
+        return;
+    };
+    let Some(p) = project("remote-interop") else {
+        return;
+    };
+    let row = p
+        .plugin(&["create", "--stop", "--format", "json"])
+        .success()
+        .json();
+    let file = row["file_path"].as_str().unwrap().to_string();
+    let name = PathBuf::from(&file)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let key = format!("copied/{}/{name}", p.name);
+    s3.boto3(&format!(
+        "s3.upload_file('{file}', 'ext', '{key}')\ns3.upload_file('{file}.json', 'ext', '{key}.json')"
+    ));
+    // On another host: an empty catalog.
+    std::fs::remove_dir_all(p.catalog().parent().unwrap()).unwrap();
+    let other = with_s3(
+        &p,
+        &s3,
+        &[
+            "import",
+            "s3://ext/copied",
+            "--project",
+            "someone-else",
+            "--format",
+            "json",
+        ],
+    )
+    .success()
+    .json();
+    assert_eq!(other.as_array().unwrap().len(), 0);
+    let got = with_s3(
+        &p,
+        &s3,
+        &[
+            "import",
+            "s3://ext/copied",
+            "--project",
+            &p.name,
+            "--format",
+            "json",
+        ],
+    )
+    .success()
+    .json();
+    assert_eq!(got[0]["sha256"], row["sha256"]);
+    assert_eq!(got[0]["remote_url"], format!("s3://ext/{key}"));
+    let id = got[0]["id"].to_string();
+    let v = with_s3(
+        &p,
+        &s3,
+        &["verify", "--remote", "--download", &id, "--format", "json"],
+    )
+    .success()
+    .json();
+    assert_eq!(v[0]["result"], "ok");
+    // The server is gone: delete keeps the row and says why (exit 14).
+    drop(s3);
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "x"),
+        ("AWS_SECRET_ACCESS_KEY", "y"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let kept = p.plugin_env(&env, &["delete", "-y", &id]).failure(14);
+    assert!(kept.stderr.contains("the row is kept"), "{}", kept.stderr);
+    assert_eq!(
+        p.plugin(&["list", "--format", "ids"])
+            .success()
+            .stdout
+            .trim(),
+        id
+    );
+}
