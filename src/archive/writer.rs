@@ -67,11 +67,24 @@ enum Compressor {
     Zstd(Option<zstd::Encoder<'static, Sealed>>),
 }
 
-/// Where the compressed stream goes: the hashed file, through age when encrypting (so no
-/// plaintext archive ever reaches the disk; the hash is of the bytes on disk).
+/// Where the finished bytes of an archive go: a file (fsynced at the end), or a streaming
+/// upload (completed at the end).
+pub trait Output: Write + Send + 'static {
+    /// Makes what was written durable; the archive is not complete before this returns.
+    fn seal(self: Box<Self>) -> Result<()>;
+}
+
+impl Output for File {
+    fn seal(self: Box<Self>) -> Result<()> {
+        self.sync_all().context("syncing the archive to disk")
+    }
+}
+
+/// Where the compressed stream goes: the hashed output, through age when encrypting (so no
+/// plaintext archive ever leaves the process; the hash is of the bytes written).
 enum Sealed {
-    Plain(HashingWriter<File>),
-    Age(age::stream::StreamWriter<HashingWriter<File>>),
+    Plain(HashingWriter<Box<dyn Output>>),
+    Age(age::stream::StreamWriter<HashingWriter<Box<dyn Output>>>),
 }
 
 impl Write for Sealed {
@@ -90,8 +103,8 @@ impl Write for Sealed {
 }
 
 impl Sealed {
-    fn new(file: File, recipients: &Recipients) -> Result<Sealed> {
-        let out = HashingWriter::new(file);
+    fn new(output: Box<dyn Output>, recipients: &Recipients) -> Result<Sealed> {
+        let out = HashingWriter::new(output);
         if recipients.is_empty() {
             return Ok(Sealed::Plain(out));
         }
@@ -102,7 +115,7 @@ impl Sealed {
         Ok(Sealed::Age(w))
     }
 
-    fn finish(self) -> Result<HashingWriter<File>> {
+    fn finish(self) -> Result<HashingWriter<Box<dyn Output>>> {
         match self {
             Sealed::Plain(w) => Ok(w),
             Sealed::Age(w) => w.finish().context("finishing the encrypted stream"),
@@ -173,9 +186,8 @@ pub struct ArchiveWriter {
     builder: tar::Builder<io::BufWriter<Compressor>>,
 }
 
-/// What a finished archive is: size on disk and SHA-256 of its bytes.
+/// What a finished archive is: its size and the SHA-256 of its bytes.
 pub struct Finished {
-    pub file: File,
     pub size: u64,
     pub sha256: String,
 }
@@ -187,11 +199,11 @@ fn threads() -> usize {
 }
 
 impl ArchiveWriter {
-    /// Starts an archive in `file` (already created, empty), encrypted to `recipients` when
-    /// there are any. Fails on a bad level.
-    pub fn new(file: File, codec: Codec, recipients: &Recipients) -> Result<Self> {
+    /// Starts an archive in `output` (a new empty file, or an upload), encrypted to
+    /// `recipients` when there are any. Fails on a bad level.
+    pub fn new(output: Box<dyn Output>, codec: Codec, recipients: &Recipients) -> Result<Self> {
         codec.validate()?;
-        let out = Sealed::new(file, recipients)?;
+        let out = Sealed::new(output, recipients)?;
         let compressor = match codec {
             Codec::Gzip { level } => {
                 let par: ParCompressBuilder<Mgzip> = ParCompressBuilder::new();
@@ -267,7 +279,7 @@ impl ArchiveWriter {
         self.append_file(path.as_bytes(), &attrs, data.len() as u64, data)
     }
 
-    /// Writes the tar end, flushes the compressor, fsyncs the file.
+    /// Writes the tar end, flushes the compressor, seals the output (fsync, or completion).
     pub fn finish(self) -> Result<Finished> {
         let buffered = self
             .builder
@@ -277,9 +289,9 @@ impl ArchiveWriter {
             .into_inner()
             .map_err(|e| e.into_error())
             .context("writing the end of the archive")?;
-        let (file, size, sha256) = compressor.finish()?.finish()?.finish();
-        file.sync_all().context("syncing the archive to disk")?;
-        Ok(Finished { file, size, sha256 })
+        let (output, size, sha256) = compressor.finish()?.finish()?.finish();
+        output.seal()?;
+        Ok(Finished { size, sha256 })
     }
 }
 
@@ -311,7 +323,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.tar");
         let none = Recipients::default();
-        let mut w = ArchiveWriter::new(File::create(&path).unwrap(), codec, &none).unwrap();
+        let mut w =
+            ArchiveWriter::new(Box::new(File::create(&path).unwrap()), codec, &none).unwrap();
         let attrs = Attrs {
             mode: 0o700,
             uid: 999,
@@ -374,6 +387,11 @@ mod tests {
     #[test]
     fn bad_levels_are_refused() {
         let f = tempfile::tempfile().unwrap();
-        assert!(ArchiveWriter::new(f, Codec::Gzip { level: 0 }, &Recipients::default()).is_err());
+        assert!(ArchiveWriter::new(
+            Box::new(f),
+            Codec::Gzip { level: 0 },
+            &Recipients::default()
+        )
+        .is_err());
     }
 }

@@ -33,6 +33,8 @@ pub enum Outcome {
 pub struct RemoteRequest {
     pub flag: Option<String>,
     pub max_parts: u64,
+    /// Stream the archive to the bucket; no local file.
+    pub only: bool,
 }
 
 impl RemoteRequest {
@@ -47,6 +49,21 @@ impl RemoteRequest {
     }
 }
 
+/// `--remote-only` needs a remote.
+fn check_remote_only(
+    remote: &RemoteRequest,
+    target: Option<&crate::remote::RemoteUrl>,
+) -> Result<()> {
+    if remote.only && target.is_none() {
+        return Err(UserError::new(
+            Code::Usage,
+            "--remote-only needs a bucket: pass --remote s3://BUCKET[/PREFIX] or set x-nuwax-backup.remote",
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Runs a backup (or only plans it). Fails with a user error when running containers block
 /// it, the project is locked, space is short, or services cannot be started again. With a
 /// remote, uploads once the services run again, under the project's upload lock only.
@@ -58,6 +75,7 @@ pub fn run(
 ) -> Result<Outcome> {
     let project = Project::load(&ctx.docker, &ctx.compose)?;
     let target = remote.resolve(&project)?;
+    check_remote_only(remote, target.as_ref())?;
     let store = match (&target, dry_run) {
         (Some(url), false) => Some(crate::remote::open(url)?),
         _ => None,
@@ -89,13 +107,29 @@ pub fn run(
             p.display()
         ));
     }
-    check_space(&plan)?;
+    if !remote.only {
+        check_space(&plan)?;
+    }
+    let dest = match &store {
+        Some(store) if remote.only => write::Destination::Remote {
+            store,
+            max_parts: remote.max_parts,
+        },
+        _ => write::Destination::Storage,
+    };
     let mut run = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Create)?;
     run.pending_row(pending_row(&project, &plan))?;
-    let row = execute(ctx, opts, &project, &plan, &catalog, &mut run)?;
+    let row = execute(ctx, opts, &project, &plan, &catalog, &mut run, dest)?;
+    // The backup is recorded: a kill from here on leaves nothing for `recover` but the upload.
+    drop(run);
     let Some(store) = store else {
         return Ok(Outcome::Done(row, None));
     };
+    if remote.only {
+        let sealed = crate::remote::transfer::finish_streamed(&store, &catalog, &row);
+        let row = catalog.get(row.id)?.unwrap_or(row);
+        return Ok(Outcome::Done(row, sealed.err()));
+    }
     let upload_lock = ctx.lock(&format!("{}.upload", project.name), "upload");
     drop(lock);
     let pushed = upload_lock.and_then(|_held| {
@@ -171,6 +205,7 @@ fn execute(
     plan: &Plan,
     catalog: &Catalog,
     run: &mut ActiveRun,
+    dest: write::Destination<'_>,
 ) -> Result<BackupRow> {
     let started = Instant::now();
     let running = if opts.stop {
@@ -188,7 +223,7 @@ fn execute(
         .and_then(|()| cancel::check());
     let (now, captures) = match stopped {
         Err(e) => (Err(e), None),
-        Ok(()) => while_stopped(ctx, project, plan, run, &mut timing),
+        Ok(()) => while_stopped(ctx, project, plan, run, &mut timing, dest),
     };
     let _ = run.phase("starting");
     let restart = if running.is_empty() {
@@ -202,7 +237,7 @@ fn execute(
     }
     let work = match (now, captures) {
         (Ok(Some(done)), _) => Ok(done),
-        (Ok(None), Some(c)) => compress(ctx, project, plan, run, c),
+        (Ok(None), Some(c)) => compress(ctx, project, plan, run, c, dest),
         (Ok(None), None) => Err(anyhow::anyhow!("nothing was archived nor captured")),
         (Err(e), c) => {
             c.iter().for_each(capture::remove);
@@ -221,6 +256,7 @@ fn while_stopped(
     plan: &Plan,
     run: &mut ActiveRun,
     timing: &mut Timing,
+    dest: write::Destination<'_>,
 ) -> (Result<Option<Written>>, Option<write::Captures>) {
     if !plan.capture_places.is_empty() {
         if let Err(e) = run.phase("capturing") {
@@ -241,7 +277,7 @@ fn while_stopped(
     }
     let now = run.phase("archiving").and_then(|()| {
         crate::fault::point("create-archiving");
-        write::archive(ctx, project, plan, &write::Captures::new())
+        write::archive(ctx, project, plan, &write::Captures::new(), dest)
     });
     (now.map(Some), None)
 }
@@ -253,11 +289,12 @@ fn compress(
     plan: &Plan,
     run: &mut ActiveRun,
     captures: write::Captures,
+    dest: write::Destination<'_>,
 ) -> Result<Written> {
     note("the services run again; writing the archive from the capture");
     let written = run.phase("compressing").and_then(|()| {
         crate::fault::point("create-compressing");
-        write::archive(ctx, project, plan, &captures)
+        write::archive(ctx, project, plan, &captures, dest)
     });
     capture::remove(&captures);
     written
@@ -312,7 +349,13 @@ pub fn create_stopped(
     let plan = plan::build(project, opts, &facts, chrono::Utc::now());
     storage::prepare(&plan.storage)?;
     check_space(&plan)?;
-    match write::archive(ctx, project, &plan, &moved_away(&plan, previous)) {
+    match write::archive(
+        ctx,
+        project,
+        &plan,
+        &moved_away(&plan, previous),
+        write::Destination::Storage,
+    ) {
         Ok(done) => record_completed(
             catalog,
             project,
@@ -370,6 +413,16 @@ fn record_completed(
         recipients: &plan.recipients,
         timing: Some(timing),
     })?;
+    if let Some(url) = &done.remote_url {
+        let state = crate::catalog::RemoteState {
+            url: Some(url.clone()),
+            status: Some("failed"),
+            error: Some("its sidecar is not written yet".into()),
+            upload_id: None,
+        };
+        catalog.set_remote(id, &state)?;
+        return catalog.get(id)?.context("reading back the catalog row");
+    }
     let row = catalog.get(id)?.context("reading back the catalog row")?;
     if let Err(e) = crate::sidecar::write(&row) {
         warn(format!(
@@ -613,4 +666,6 @@ pub struct Written {
     pub size: u64,
     pub sha256: String,
     pub file_count: u64,
+    /// `--remote-only`: the object it was streamed to (`path` is then where it would be).
+    pub remote_url: Option<String>,
 }

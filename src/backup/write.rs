@@ -40,23 +40,47 @@ impl Drop for Partial {
     }
 }
 
-/// Writes, fsyncs and publishes the archive. Fails on any read or write error, or on cancel;
-/// then no file is left under a final name.
+/// Where the archive goes.
+#[derive(Clone, Copy)]
+pub enum Destination<'a> {
+    /// A file in the plan's storage folder.
+    Storage,
+    /// Straight into a bucket as it is written (`--remote-only`): no local archive.
+    Remote {
+        store: &'a crate::remote::Store,
+        max_parts: u64,
+    },
+}
+
+/// Writes, fsyncs and publishes the archive (or streams it to the bucket and completes the
+/// object). Fails on any read or write error, or on cancel; then no file is left under a
+/// final name and no object is completed.
 pub fn archive(
     ctx: &Context,
     project: &Project,
     plan: &Plan,
     captures: &Captures,
+    dest: Destination<'_>,
 ) -> Result<Written> {
     let partial = Partial(storage::partial_path(
         &plan.storage,
         &project.name,
         &plan.archive_name,
     ));
-    let file = crate::private::create_new(&partial.0)?;
     let codec = plan.codec;
     let recipients = crate::crypto::Recipients(plan.recipients.clone());
-    let mut writer = ArchiveWriter::new(file, codec, &recipients)?;
+    let (output, remote_key): (Box<dyn crate::archive::writer::Output>, _) = match dest {
+        Destination::Storage => (Box::new(crate::private::create_new(&partial.0)?), None),
+        Destination::Remote { store, max_parts } => {
+            let key =
+                crate::remote::transfer::free_key_for(store, &project.name, &plan.archive_name)?;
+            // Parts sized from the raw size (the archive is no larger, give or take 1%).
+            let expected = plan.bytes_needed + plan.bytes_needed / 100 + (1 << 20);
+            let sink = crate::remote::transfer::PartSink::begin(store, &key, expected, max_parts)?;
+            (Box::new(sink), Some(store.url.object_url(&key)))
+        }
+    };
+    let mut writer = ArchiveWriter::new(output, codec, &recipients)?;
     let spill_path = Partial(partial.0.with_extension("files"));
     let mut spill = std::io::BufWriter::new(
         OpenOptions::new()
@@ -85,7 +109,15 @@ pub fn archive(
     let in_storage = || format!("writing the archive in {}", plan.storage.display());
     let file_count = result.with_context(in_storage)?;
     let finished = writer.finish().with_context(in_storage)?;
-    drop(finished.file);
+    if let Some(url) = remote_key {
+        return Ok(Written {
+            path: plan.storage.join(&plan.archive_name),
+            size: finished.size,
+            sha256: finished.sha256,
+            file_count,
+            remote_url: Some(url),
+        });
+    }
     let ext = super::plan::extension(codec, &recipients);
     let path = storage::publish(&partial.0, &plan.storage, &plan.archive_name, &ext)?;
     std::mem::forget(partial);
@@ -94,6 +126,7 @@ pub fn archive(
         size: finished.size,
         sha256: finished.sha256,
         file_count,
+        remote_url: None,
     })
 }
 

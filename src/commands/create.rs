@@ -44,26 +44,24 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
             )?)
         },
     };
-    if args.remote_only {
-        return Err(crate::exit_codes::UserError::new(
-            crate::exit_codes::Code::Usage,
-            "--remote-only is not available yet: create a local archive with --remote, or pass --storage on a disk with room",
-        )
-        .into());
-    }
     let remote = backup::RemoteRequest {
         flag: args.remote.clone(),
         max_parts: args.max_parts,
+        only: args.remote_only,
     };
     match backup::run(ctx, &opts, &remote, args.dry_run)? {
         Outcome::DryRun(plan) => print(out, args.format, &plan, |plan, out| {
             print_plan(plan, args.stop, out)
         }),
         Outcome::Done(row, upload_error) => {
+            let place = match &row.remote_url {
+                Some(url) if !std::path::Path::new(&row.file_path).exists() => url,
+                _ => &row.file_path,
+            };
             note(format!(
                 "backup #{} completed: {} ({}, {} files, {:.1} s)",
                 row.id,
-                row.file_path,
+                place,
                 human_bytes(row.size_bytes),
                 row.file_count,
                 row.duration_ms as f64 / 1000.0

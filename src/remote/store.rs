@@ -24,7 +24,7 @@ use crate::exit_codes::{Code, UserError};
 pub struct Store {
     s3: Arc<AmazonS3>,
     rt: Runtime,
-    secrets: Vec<String>,
+    secrets: Arc<Vec<String>>,
     pub url: RemoteUrl,
 }
 
@@ -74,7 +74,7 @@ impl Store {
         Ok(Store {
             s3: Arc::new(s3),
             rt,
-            secrets,
+            secrets: Arc::new(secrets),
             url: url.clone(),
         })
     }
@@ -172,22 +172,25 @@ impl Store {
     }
 
     /// Aborts an unfinished multipart upload, freeing its parts on the server.
+    /// An upload the server no longer knows (completed, or cleaned by a lifecycle rule) is
+    /// as good as aborted.
     pub fn abort(&self, key: &str, upload_id: &str) -> Result<()> {
-        self.rt
-            .block_on(
-                self.s3
-                    .abort_multipart(&Key::from(key), &upload_id.to_string()),
+        let k = Key::from(key);
+        let id = upload_id.to_string();
+        match self.rt.block_on(self.s3.abort_multipart(&k, &id)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
+            self.fail(
+                format!("aborting the upload of {}", self.url.object_url(key)),
+                e,
             )
-            .map_err(|e| {
-                self.fail(
-                    format!("aborting the upload of {}", self.url.object_url(key)),
-                    e,
-                )
-            })
+        })
     }
 
     /// Starts a multipart upload of `key` (with `sha256` as object metadata when known).
-    pub fn begin(&self, key: &str, sha256: Option<&str>, in_flight: usize) -> Result<Upload<'_>> {
+    pub fn begin(&self, key: &str, sha256: Option<&str>, in_flight: usize) -> Result<Upload> {
         let mut attributes = Attributes::new();
         if let Some(sha) = sha256 {
             attributes.insert(Attribute::Metadata("sha256".into()), sha.to_string().into());
@@ -207,30 +210,39 @@ impl Store {
                 )
             })?;
         Ok(Upload {
-            store: self,
+            s3: self.s3.clone(),
+            rt: self.rt.handle().clone(),
+            secrets: self.secrets.clone(),
+            url: self.url.object_url(key),
             key: k,
             id,
             tasks: JoinSet::new(),
             parts: Vec::new(),
             in_flight: in_flight.max(1),
             sent: 0,
+            finished: false,
         })
     }
 }
 
 /// A multipart upload in progress: parts are sent in parallel (at most `in_flight` at once,
-/// which bounds memory), each checked against the MD5 the server returns as its ETag.
-pub struct Upload<'a> {
-    store: &'a Store,
+/// which bounds memory), each checked against the MD5 the server returns as its ETag. It owns
+/// what it needs (so a compressor thread can drive it); its `Store` must outlive it.
+pub struct Upload {
+    s3: Arc<AmazonS3>,
+    rt: tokio::runtime::Handle,
+    secrets: Arc<Vec<String>>,
+    url: String,
     key: Key,
     id: String,
     tasks: JoinSet<Result<(usize, PartId)>>,
     parts: Vec<Option<PartId>>,
     in_flight: usize,
     sent: usize,
+    finished: bool,
 }
 
-impl Upload<'_> {
+impl Upload {
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -243,7 +255,7 @@ impl Upload<'_> {
         let idx = self.sent;
         self.sent += 1;
         self.parts.push(None);
-        let (s3, key, id) = (self.store.s3.clone(), self.key.clone(), self.id.clone());
+        let (s3, key, id) = (self.s3.clone(), self.key.clone(), self.id.clone());
         self.tasks.spawn_on(
             async move {
                 let md5 = hex::encode(<md5::Md5 as md5::Digest>::digest(&data));
@@ -260,28 +272,21 @@ impl Upload<'_> {
                 }
                 Ok((idx, part))
             },
-            self.store.rt.handle(),
+            &self.rt,
         );
         Ok(())
     }
 
     fn wait_one(&mut self) -> Result<()> {
-        let url = self.store.url.object_url(self.key.as_ref());
-        match self.store.rt.block_on(self.tasks.join_next()) {
-            None => Ok(()),
-            Some(joined) => {
-                let (idx, part) =
-                    joined
-                        .map_err(|e| anyhow!("{e}"))
-                        .and_then(|r| r)
-                        .map_err(|e| {
-                            self.store
-                                .fail(format!("uploading {url}"), format!("{e:#}"))
-                        })?;
-                self.parts[idx] = Some(part);
-                crate::cancel::check()
-            }
-        }
+        let Some(joined) = self.rt.block_on(self.tasks.join_next()) else {
+            return Ok(());
+        };
+        let (idx, part) = joined
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|r| r)
+            .map_err(|e| remote_error(&self.secrets, format!("uploading {}: {e:#}", self.url)))?;
+        self.parts[idx] = Some(part);
+        crate::cancel::check()
     }
 
     /// Waits for every part and completes the object.
@@ -290,16 +295,31 @@ impl Upload<'_> {
             self.wait_one()?;
         }
         let parts: Vec<PartId> = self.parts.drain(..).flatten().collect();
-        let url = self.store.url.object_url(self.key.as_ref());
-        self.store
+        let done = self
             .rt
-            .block_on(self.store.s3.complete_multipart(&self.key, &self.id, parts))
+            .block_on(self.s3.complete_multipart(&self.key, &self.id, parts))
             .map(|_| ())
-            .map_err(|e| self.store.fail(format!("completing {url}"), e))
+            .map_err(|e| remote_error(&self.secrets, format!("completing {}: {e}", self.url)));
+        self.finished = done.is_ok();
+        done
     }
 }
 
-impl Drop for Upload<'_> {
+impl Upload {
+    /// Gives the upload up on the server (best effort, ten seconds at most); whether that
+    /// worked.
+    pub fn abort(mut self) -> bool {
+        self.tasks.abort_all();
+        let abort = self.s3.abort_multipart(&self.key, &self.id);
+        let done = self
+            .rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), abort).await });
+        self.finished = true;
+        matches!(done, Ok(Ok(())))
+    }
+}
+
+impl Drop for Upload {
     fn drop(&mut self) {
         self.tasks.abort_all();
     }

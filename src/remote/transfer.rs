@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result};
 
 use super::store::{Store, Upload};
 use super::url::{numbered, split_object};
+use crate::archive::writer::Output;
 use crate::catalog::{BackupRow, Catalog, RemoteState};
 use crate::output::{note, warn};
 use crate::sidecar::Sidecar;
@@ -106,6 +107,33 @@ pub fn upload(
     }
 }
 
+/// `--remote-only`: the object is complete; writes its sidecar (last) and marks the copy
+/// uploaded.
+pub fn finish_streamed(store: &Store, catalog: &Catalog, row: &BackupRow) -> Result<()> {
+    let url = row
+        .remote_url
+        .as_deref()
+        .context("the backup has no remote copy")?;
+    let key = split_object(url)?.1;
+    let mut state = remote_state(row);
+    let put =
+        sidecar_json(row, &key).and_then(|json| store.put_small(&format!("{key}.json"), json));
+    match put {
+        Ok(()) => {
+            state.status = Some("uploaded");
+            state.error = None;
+            catalog.set_remote(row.id, &state)?;
+            note(format!("backup #{} streamed to {url}", row.id));
+            Ok(())
+        }
+        Err(e) => {
+            state.error = Some(format!("its sidecar was not written: {e:#}"));
+            catalog.set_remote(row.id, &state)?;
+            Err(e)
+        }
+    }
+}
+
 /// Multipart upload of the file, size check, then the sidecar (last: its presence says the
 /// archive is complete).
 fn send_file(
@@ -155,7 +183,7 @@ fn send_file(
 
 /// Reads `part`-sized pieces of `input` and sends each; returns how many parts were sent.
 pub fn send_parts(
-    up: &mut Upload<'_>,
+    up: &mut Upload,
     input: &mut dyn Read,
     part: u64,
     progress: &dyn Fn(u64),
@@ -180,6 +208,69 @@ pub fn send_parts(
     }
 }
 
+/// `--remote-only`: the archive's bytes cut into parts and uploaded as they are written;
+/// `seal` completes the object. Dropped unsealed (an error, a cancel), it aborts the upload.
+pub struct PartSink {
+    upload: Option<Upload>,
+    buf: Vec<u8>,
+    part: usize,
+}
+
+impl PartSink {
+    /// Starts the upload of `key`, parts sized for an archive of up to `expected` bytes.
+    pub fn begin(store: &Store, key: &str, expected: u64, max_parts: u64) -> Result<PartSink> {
+        let plan = sizing(expected, max_parts);
+        Ok(PartSink {
+            upload: Some(store.begin(key, None, plan.in_flight)?),
+            buf: Vec::with_capacity(plan.part as usize),
+            part: plan.part as usize,
+        })
+    }
+
+    fn send_full(&mut self) -> std::io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part));
+        let up = self
+            .upload
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("upload finished"))?;
+        up.send(data)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+}
+
+impl std::io::Write for PartSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(self.part - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == self.part {
+            self.send_full()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Output for PartSink {
+    fn seal(mut self: Box<Self>) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.send_full()?;
+        }
+        crate::fault::point("upload-completing");
+        self.upload.take().context("upload finished")?.finish()
+    }
+}
+
+impl Drop for PartSink {
+    fn drop(&mut self) {
+        if let Some(up) = self.upload.take() {
+            up.abort();
+        }
+    }
+}
+
 /// The sidecar of `row` as stored beside its object (named after the object).
 pub fn sidecar_json(row: &BackupRow, key: &str) -> Result<Vec<u8>> {
     let mut side = Sidecar::of(row);
@@ -192,14 +283,19 @@ pub fn sidecar_json(row: &BackupRow, key: &str) -> Result<Vec<u8>> {
 /// The archive's own name under the project, or `name_2`, `name_3`… when another host's
 /// object (or sidecar) already holds it.
 fn free_key(store: &Store, row: &BackupRow) -> Result<String> {
-    let name = file_name(row);
+    free_key_for(store, &row.project, &file_name(row))
+}
+
+/// A free object name for archive `name` of `project` (see [`free_key`]).
+pub fn free_key_for(store: &Store, project: &str, name: &str) -> Result<String> {
+    let name = name.to_string();
     for n in 1..1000 {
         let candidate = if n == 1 {
             name.clone()
         } else {
             numbered(&name, n)
         };
-        let key = store.url.key(&row.project, &candidate);
+        let key = store.url.key(project, &candidate);
         if store.head(&key)?.is_none() && store.head(&format!("{key}.json"))?.is_none() {
             return Ok(key);
         }

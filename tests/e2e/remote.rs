@@ -3,7 +3,7 @@
 //! backup (exit 14), `push`, `import s3://` and rollback onto a host that lost everything.
 use std::path::PathBuf;
 
-use crate::harness::{describe_tree, Project, Run};
+use crate::harness::{describe_tree, Project, Run, Tmpfs};
 use crate::s3::S3Server;
 
 const YAML: &str = r#"name: {name}
@@ -495,5 +495,128 @@ fn an_archive_boto3_uploaded_with_our_sidecar_is_imported_and_verified() {
             .stdout
             .trim(),
         id
+    );
+}
+
+#[test]
+fn remote_only_streams_volumes_larger_than_the_free_disk_and_rolls_back() {
+    let Some(s3) = S3Server::start("only", &["str"]) else {
+        return;
+    };
+    let Some(p) = project("remote-only") else {
+        return;
+    };
+    std::fs::write(p.path("data/db/blob"), noise(12 << 20, 7)).unwrap();
+    let tree = describe_tree(&p.path("data"));
+    let volume = format!("{}_dbvol", p.name);
+    let vol = p.volume_tree(&volume);
+    // The storage folder has 2 MiB: a local archive of 12 MiB cannot fit there.
+    let small = Tmpfs::mount(p.path("small"), "2m");
+    let store = small.0.to_string_lossy().into_owned();
+    p.plugin(&["create", "--stop", "--storage", &store])
+        .failure(10);
+    let run = with_s3(
+        &p,
+        &s3,
+        &[
+            "create",
+            "--stop",
+            "--storage",
+            &store,
+            "--remote",
+            "s3://str",
+            "--remote-only",
+            "--format",
+            "json",
+        ],
+    )
+    .success();
+    let row = run.json();
+    assert_eq!(row["remote_status"], "uploaded", "{}", run.stderr);
+    assert!(!PathBuf::from(row["file_path"].as_str().unwrap()).exists());
+    let key = key_of(&row, "str");
+    assert_eq!(s3.sha256_of("str", &key), row["sha256"].as_str().unwrap());
+    let names: Vec<String> = std::fs::read_dir(&small.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.is_empty(),
+        "nothing is left in the storage folder: {names:?}"
+    );
+    assert_eq!(
+        p.plugin(&["list", "--format", "json"]).success().json()[0]["location"],
+        "remote"
+    );
+    // Without the flag's bucket it is refused before anything stops.
+    let refused = p.plugin(&["create", "--stop", "--remote-only"]).failure(2);
+    assert!(
+        refused.stderr.contains("--remote-only needs a bucket"),
+        "{}",
+        refused.stderr
+    );
+    drop(small);
+    // The data changes; the rollback downloads the archive and restores it exactly.
+    std::fs::write(p.path("data/conf"), "v2").unwrap();
+    p.in_volume(&volume, "echo v2 > /v/state").success();
+    let id = row["id"].to_string();
+    with_s3(&p, &s3, &["rollback", &id, "--yes", "--no-safety-backup"]).success();
+    assert_eq!(describe_tree(&p.path("data")), tree);
+    assert_eq!(p.volume_tree(&volume), vol);
+    assert_eq!(p.states("db"), vec![format!("{}-db-1 running", p.name)]);
+}
+
+#[test]
+fn kill_9_mid_upload_leaves_a_completed_local_backup_and_recover_aborts_the_upload() {
+    let Some(s3) = S3Server::start("kill9", &["k9b"]) else {
+        return;
+    };
+    let Some(p) = project("remote-kill9") else {
+        return;
+    };
+    std::fs::write(p.path("data/db/blob"), noise(30 << 20, 11)).unwrap();
+    let mut env: Vec<(&str, String)> = s3.env();
+    env.push(("NUWAX_BACKUP_TEST_KILL_AT", "upload-parts".into()));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let killed = p.plugin_env(
+        &pairs,
+        &[
+            "create",
+            "--stop",
+            "--compression",
+            "zstd",
+            "--remote",
+            "s3://k9b",
+        ],
+    );
+    assert_ne!(
+        killed.code, 0,
+        "the kill seam did not fire\n{}",
+        killed.stderr
+    );
+    assert_eq!(p.states("db"), vec![format!("{}-db-1 running", p.name)]);
+    let rows = p.plugin(&["list", "--format", "json"]).success().json();
+    let row = &rows[0];
+    assert_eq!(row["status"], "completed");
+    assert_eq!(row["remote_status"], "failed");
+    assert_eq!(row["location"], "local");
+    assert!(
+        !s3.open_uploads().is_empty(),
+        "the killed upload is still open on the server"
+    );
+    let rec = with_s3(&p, &s3, &["recover"]).success();
+    assert!(
+        rec.stderr.contains("aborted the unfinished upload"),
+        "{}",
+        rec.stderr
+    );
+    assert_eq!(s3.open_uploads(), Vec::<String>::new());
+    let id = row["id"].to_string();
+    with_s3(&p, &s3, &["push", &id]).success();
+    let rows = p.plugin(&["list", "--format", "json"]).success().json();
+    assert_eq!(rows[0]["location"], "both");
+    assert_eq!(
+        s3.sha256_of("k9b", &key_of(&rows[0], "k9b")),
+        row["sha256"].as_str().unwrap()
     );
 }
