@@ -385,11 +385,9 @@ pub fn download(row: &BackupRow, target: &Path) -> Result<()> {
     let store = super::open(&bucket)?;
     let dir = target.parent().unwrap_or(Path::new("."));
     crate::private::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".nuwax-partial-download-{}-{}",
-        std::process::id(),
-        target.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    // A partial name of the project: a killed download is removed by the next run.
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = crate::storage::partial_path(dir, &row.project, &name);
     note(format!("downloading backup #{} from {url}", row.id));
     let bar = crate::output::progress_bar(row.size_bytes);
     let got = (|| -> Result<u64> {

@@ -51,6 +51,12 @@ fn key_of(row: &serde_json::Value, bucket: &str) -> String {
         .to_string()
 }
 
+/// `p-….tar.gz` → `p-…_2.tar.gz`.
+fn numbered(name: &str) -> String {
+    let i = name.find(".tar.").unwrap();
+    format!("{}_2{}", &name[..i], &name[i..])
+}
+
 /// Incompressible bytes (xorshift), so the archive is as large as the data.
 fn noise(len: usize, mut x: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
@@ -168,20 +174,11 @@ fn the_host_died_import_from_the_bucket_and_rollback_bring_everything_back() {
     let volume = format!("{}_dbvol", p.name);
     let tree = describe_tree(&p.path("data"));
     let vol = p.volume_tree(&volume);
-    let row = with_s3(
-        &p,
-        &s3,
-        &[
-            "create",
-            "--stop",
-            "--remote",
-            "s3://drb/prod",
-            "--format",
-            "json",
-        ],
-    )
-    .success()
-    .json();
+    // The bucket comes from the compose file this time.
+    p.write_compose(&format!("{YAML}x-nuwax-backup:\n  remote: s3://drb/prod\n"));
+    let row = with_s3(&p, &s3, &["create", "--stop", "--format", "json"])
+        .success()
+        .json();
     assert_eq!(row["remote_status"], "uploaded");
     // The host dies: catalog, backups, the bind's folder and the volume are gone.
     p.compose(&["down", "-v"]).success();
@@ -437,6 +434,26 @@ fn an_archive_boto3_uploaded_with_our_sidecar_is_imported_and_verified() {
     s3.boto3(&format!(
         "s3.upload_file('{file}', 'ext', '{key}')\ns3.upload_file('{file}.json', 'ext', '{key}.json')"
     ));
+    // This host pushes there too: the name is taken (by "another host"), so it gets `_2`.
+    let id0 = row["id"].to_string();
+    let pushed = with_s3(
+        &p,
+        &s3,
+        &[
+            "push",
+            &id0,
+            "--remote",
+            "s3://ext/copied",
+            "--format",
+            "json",
+        ],
+    )
+    .success()
+    .json();
+    let url = pushed[0]["remote_url"].as_str().unwrap().to_string();
+    assert!(url.ends_with(&numbered(&name)), "{url}");
+    assert_eq!(s3.sha256_of("ext", &key), row["sha256"].as_str().unwrap());
+    with_s3(&p, &s3, &["delete", "-y", &id0]).success();
     // On another host: an empty catalog.
     std::fs::remove_dir_all(p.catalog().parent().unwrap()).unwrap();
     let other = with_s3(
@@ -468,6 +485,7 @@ fn an_archive_boto3_uploaded_with_our_sidecar_is_imported_and_verified() {
     )
     .success()
     .json();
+    assert_eq!(got.as_array().unwrap().len(), 1, "{got}");
     assert_eq!(got[0]["sha256"], row["sha256"]);
     assert_eq!(got[0]["remote_url"], format!("s3://ext/{key}"));
     let id = got[0]["id"].to_string();
@@ -500,7 +518,7 @@ fn an_archive_boto3_uploaded_with_our_sidecar_is_imported_and_verified() {
 
 #[test]
 fn remote_only_streams_volumes_larger_than_the_free_disk_and_rolls_back() {
-    let Some(s3) = S3Server::start("only", &["str"]) else {
+    let Some(mut s3) = S3Server::start("only", &["str"]) else {
         return;
     };
     let Some(p) = project("remote-only") else {
@@ -556,10 +574,22 @@ fn remote_only_streams_volumes_larger_than_the_free_disk_and_rolls_back() {
         refused.stderr
     );
     drop(small);
-    // The data changes; the rollback downloads the archive and restores it exactly.
+    // The data changes; with the server down the rollback cannot download: nothing changes.
     std::fs::write(p.path("data/conf"), "v2").unwrap();
     p.in_volume(&volume, "echo v2 > /v/state").success();
+    let changed = describe_tree(&p.path("data"));
     let id = row["id"].to_string();
+    s3.kill();
+    let down = with_s3(&p, &s3, &["rollback", &id, "--yes", "--no-safety-backup"]).failure(14);
+    assert!(down.stderr.contains("downloading"), "{}", down.stderr);
+    assert_eq!(describe_tree(&p.path("data")), changed);
+    assert_eq!(p.states("db"), vec![format!("{}-db-1 running", p.name)]);
+    let left: Vec<_> = std::fs::read_dir(p.path("backups"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "no partial download is left: {left:?}");
+    // The server is back: the rollback downloads the archive and restores it exactly.
+    s3.restart();
     with_s3(&p, &s3, &["rollback", &id, "--yes", "--no-safety-backup"]).success();
     assert_eq!(describe_tree(&p.path("data")), tree);
     assert_eq!(p.volume_tree(&volume), vol);
