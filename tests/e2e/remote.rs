@@ -650,3 +650,27 @@ fn kill_9_mid_upload_leaves_a_completed_local_backup_and_recover_aborts_the_uplo
         row["sha256"].as_str().unwrap()
     );
 }
+
+#[test]
+fn prune_removes_the_remote_copies_of_what_it_deletes() {
+    let Some(s3) = S3Server::start("prune", &["prn"]) else {
+        return;
+    };
+    let Some(p) = project("remote-prune") else {
+        return;
+    };
+    let mut rows = Vec::new();
+    for _ in 0..2 {
+        let args = [
+            "create", "--stop", "--remote", "s3://prn", "--format", "json",
+        ];
+        rows.push(with_s3(&p, &s3, &args).success().json());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(s3.keys("prn").len(), 4, "two archives and their sidecars");
+    with_s3(&p, &s3, &["prune", "--keep-last", "1", "--yes"]).success();
+    let kept = key_of(&rows[1], "prn");
+    assert_eq!(s3.keys("prn"), vec![kept.clone(), format!("{kept}.json")]);
+    let ids = p.plugin(&["list", "--format", "ids"]).success().stdout;
+    assert_eq!(ids.trim(), rows[1]["id"].to_string());
+}
