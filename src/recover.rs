@@ -41,6 +41,7 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
     ));
     if rec.command == RunCommand::Create {
         remove_captures(&rec);
+        abort_upload(&rec);
         record_interrupted_create(catalog, project, &rec)?;
     } else {
         finish_staged(ctx, project, catalog, &rec)?;
@@ -65,6 +66,21 @@ fn remove_captures(rec: &RunRecord) {
                 p.display()
             ));
         }
+    }
+}
+
+/// Aborts the multipart upload a killed `create --remote-only` left open (when the server
+/// answers; else says so: the bucket's lifecycle rule is the last resort).
+fn abort_upload(rec: &RunRecord) {
+    let Some(up) = &rec.upload else { return };
+    let aborted = crate::remote::url::split_object(&up.url)
+        .and_then(|(bucket, key)| crate::remote::open(&bucket).and_then(|s| s.abort(&key, &up.id)));
+    match aborted {
+        Ok(()) => note(format!("aborted the unfinished upload of {}", up.url)),
+        Err(e) => warn(format!(
+            "the unfinished upload of {} is still open: {e:#}",
+            up.url
+        )),
     }
 }
 

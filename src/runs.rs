@@ -51,9 +51,19 @@ pub struct RunRecord {
     /// the stop. After a swap the staging holds the previous content.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub swaps: Vec<SwapRecord>,
+    /// `create --remote-only`: the multipart upload being written (`recover` aborts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadRecord>,
     /// The public keys the safety backup is encrypted to (for `recover` to finish it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub safety_recipients: Vec<String>,
+}
+
+/// A multipart upload a run has open: the object's URL and the upload's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub url: String,
+    pub id: String,
 }
 
 /// One target of a rollback staged beside it.
@@ -144,6 +154,7 @@ impl ActiveRun {
                 safety_backup: None,
                 captures: Vec::new(),
                 swaps: Vec::new(),
+                upload: None,
                 safety_recipients: Vec::new(),
             },
         };
@@ -195,6 +206,15 @@ impl ActiveRun {
         if !done {
             self.record.in_place.push(target.to_path_buf());
         }
+        self.write()
+    }
+
+    /// Records a multipart upload as soon as the server gave its id.
+    pub fn upload(&mut self, url: &str, id: &str) -> Result<()> {
+        self.record.upload = Some(UploadRecord {
+            url: url.to_string(),
+            id: id.to_string(),
+        });
         self.write()
     }
 

@@ -49,6 +49,27 @@ impl RemoteRequest {
     }
 }
 
+/// `--remote-only`: begins the upload before anything stops (a bucket that cannot be
+/// written fails here, exit 14, with no downtime) and records it for `recover`.
+fn begin_stream(
+    store: &crate::remote::Store,
+    plan: &Plan,
+    max_parts: u64,
+    run: &mut ActiveRun,
+) -> Result<crate::remote::transfer::PartSink> {
+    // Parts sized from the raw size (the archive is no larger, give or take 1%).
+    let expected = plan.bytes_needed + plan.bytes_needed / 100 + (1 << 20);
+    let sink = crate::remote::transfer::PartSink::begin(
+        store,
+        &plan.project,
+        &plan.archive_name,
+        expected,
+        max_parts,
+    )?;
+    run.upload(&sink.url, sink.upload_id())?;
+    Ok(sink)
+}
+
 /// `--remote-only` needs a remote.
 fn check_remote_only(
     remote: &RemoteRequest,
@@ -110,15 +131,16 @@ pub fn run(
     if !remote.only {
         check_space(&plan)?;
     }
-    let dest = match &store {
-        Some(store) if remote.only => write::Destination::Remote {
-            store,
-            max_parts: remote.max_parts,
-        },
-        _ => write::Destination::Storage,
-    };
     let mut run = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Create)?;
     run.pending_row(pending_row(&project, &plan))?;
+    let stream = std::cell::RefCell::new(match &store {
+        Some(store) if remote.only => Some(begin_stream(store, &plan, remote.max_parts, &mut run)?),
+        _ => None,
+    });
+    let dest = match remote.only {
+        true => write::Destination::Remote(&stream),
+        false => write::Destination::Storage,
+    };
     let row = execute(ctx, opts, &project, &plan, &catalog, &mut run, dest)?;
     // The backup is recorded: a kill from here on leaves nothing for `recover` but the upload.
     drop(run);

@@ -45,11 +45,9 @@ impl Drop for Partial {
 pub enum Destination<'a> {
     /// A file in the plan's storage folder.
     Storage,
-    /// Straight into a bucket as it is written (`--remote-only`): no local archive.
-    Remote {
-        store: &'a crate::remote::Store,
-        max_parts: u64,
-    },
+    /// Straight into a bucket as it is written (`--remote-only`): no local archive. The
+    /// upload was begun (and recorded) before anything stopped; the archive takes it.
+    Remote(&'a std::cell::RefCell<Option<crate::remote::transfer::PartSink>>),
 }
 
 /// Writes, fsyncs and publishes the archive (or streams it to the bucket and completes the
@@ -71,13 +69,13 @@ pub fn archive(
     let recipients = crate::crypto::Recipients(plan.recipients.clone());
     let (output, remote_key): (Box<dyn crate::archive::writer::Output>, _) = match dest {
         Destination::Storage => (Box::new(crate::private::create_new(&partial.0)?), None),
-        Destination::Remote { store, max_parts } => {
-            let key =
-                crate::remote::transfer::free_key_for(store, &project.name, &plan.archive_name)?;
-            // Parts sized from the raw size (the archive is no larger, give or take 1%).
-            let expected = plan.bytes_needed + plan.bytes_needed / 100 + (1 << 20);
-            let sink = crate::remote::transfer::PartSink::begin(store, &key, expected, max_parts)?;
-            (Box::new(sink), Some(store.url.object_url(&key)))
+        Destination::Remote(slot) => {
+            let sink = slot
+                .borrow_mut()
+                .take()
+                .context("the upload was used already")?;
+            let url = sink.url.clone();
+            (Box::new(sink), Some(url))
         }
     };
     let mut writer = ArchiveWriter::new(output, codec, &recipients)?;

@@ -146,6 +146,10 @@ impl Store {
                 format!("bucket {}", self.url.bucket),
                 "it does not exist (create it, or fix the URL)",
             )),
+            Err(e) if e.to_string().contains("NoSuchBucket") => Err(self.fail(
+                format!("bucket {}", self.url.bucket),
+                "it does not exist (create it, or fix the URL)",
+            )),
             Err(e) => Err(self.fail(format!("listing {}", self.url), e)),
         }
     }

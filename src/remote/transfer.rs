@@ -212,19 +212,38 @@ pub fn send_parts(
 /// `seal` completes the object. Dropped unsealed (an error, a cancel), it aborts the upload.
 pub struct PartSink {
     upload: Option<Upload>,
+    /// The object's URL.
+    pub url: String,
     buf: Vec<u8>,
     part: usize,
+    sent: usize,
 }
 
 impl PartSink {
-    /// Starts the upload of `key`, parts sized for an archive of up to `expected` bytes.
-    pub fn begin(store: &Store, key: &str, expected: u64, max_parts: u64) -> Result<PartSink> {
+    /// Starts the upload of a free name for archive `name` of `project`, parts sized for an
+    /// archive of up to `expected` bytes; fails (exit 14) when the bucket cannot be written.
+    pub fn begin(
+        store: &Store,
+        project: &str,
+        name: &str,
+        expected: u64,
+        max_parts: u64,
+    ) -> Result<PartSink> {
+        store.probe(&store.url.key(project, ""))?;
+        let key = free_key_for(store, project, name)?;
         let plan = sizing(expected, max_parts);
         Ok(PartSink {
-            upload: Some(store.begin(key, None, plan.in_flight)?),
+            upload: Some(store.begin(&key, None, plan.in_flight)?),
+            url: store.url.object_url(&key),
             buf: Vec::with_capacity(plan.part as usize),
             part: plan.part as usize,
+            sent: 0,
         })
+    }
+
+    /// The upload's id on the server (to record, so a killed run's upload can be aborted).
+    pub fn upload_id(&self) -> &str {
+        self.upload.as_ref().map_or("", |u| u.id())
     }
 
     fn send_full(&mut self) -> std::io::Result<()> {
@@ -234,7 +253,12 @@ impl PartSink {
             .as_mut()
             .ok_or_else(|| std::io::Error::other("upload finished"))?;
         up.send(data)
-            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        self.sent += 1;
+        if self.sent == 2 {
+            crate::fault::point("upload-parts");
+        }
+        Ok(())
     }
 }
 

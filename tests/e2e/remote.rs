@@ -401,6 +401,17 @@ fn wrong_keys_a_missing_bucket_and_a_bad_url_are_clear_errors() {
         "{}",
         missing.stderr
     );
+    // --remote-only finds out before anything stops: no downtime, no row.
+    let only = [
+        "create",
+        "--stop",
+        "--remote",
+        "s3://nosuchbucket",
+        "--remote-only",
+    ];
+    let early = with_s3(&p, &s3, &only).failure(14);
+    assert!(!early.stderr.contains("stopping"), "{}", early.stderr);
+    assert!(early.stderr.contains("does not exist"), "{}", early.stderr);
     let rows = p.plugin(&["list", "--format", "json"]).success().json();
     assert!(rows
         .as_array()
@@ -673,4 +684,55 @@ fn prune_removes_the_remote_copies_of_what_it_deletes() {
     assert_eq!(s3.keys("prn"), vec![kept.clone(), format!("{kept}.json")]);
     let ids = p.plugin(&["list", "--format", "ids"]).success().stdout;
     assert_eq!(ids.trim(), rows[1]["id"].to_string());
+}
+
+#[test]
+fn kill_9_while_streaming_remote_only_leaves_no_object_and_recover_aborts_the_upload() {
+    let Some(s3) = S3Server::start("stream9", &["s9b"]) else {
+        return;
+    };
+    let Some(p) = project("remote-stream9") else {
+        return;
+    };
+    std::fs::write(p.path("data/db/blob"), noise(30 << 20, 13)).unwrap();
+    let mut env: Vec<(&str, String)> = s3.env();
+    env.push(("NUWAX_BACKUP_TEST_KILL_AT", "upload-parts".into()));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "create",
+        "--stop",
+        "--capture",
+        "direct",
+        "--remote",
+        "s3://s9b",
+        "--remote-only",
+    ];
+    let killed = p.plugin_env(&pairs, &args);
+    assert_ne!(
+        killed.code, 0,
+        "the kill seam did not fire\n{}",
+        killed.stderr
+    );
+    assert!(
+        !s3.open_uploads().is_empty(),
+        "the killed upload is still open"
+    );
+    // Killed while the services were stopped: recover starts them and aborts the upload.
+    let rec = with_s3(&p, &s3, &["recover"]).success();
+    assert!(
+        rec.stderr.contains("aborted the unfinished upload"),
+        "{}",
+        rec.stderr
+    );
+    assert_eq!(s3.open_uploads(), Vec::<String>::new());
+    assert_eq!(s3.keys("s9b"), Vec::<String>::new());
+    assert_eq!(p.states("db"), vec![format!("{}-db-1 running", p.name)]);
+    let rows = p.plugin(&["list", "--format", "json"]).success().json();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "failed"),
+        "{rows}"
+    );
 }
