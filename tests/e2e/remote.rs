@@ -34,9 +34,23 @@ fn project(test: &str) -> Option<Project> {
     Some(p)
 }
 
+/// A server with `bucket`, and a project (none: skipped outside CI, see the harness).
+fn setup(server: &str, bucket: &str, test: &str) -> Option<(S3Server, Project)> {
+    let s3 = S3Server::start(server, &[bucket])?;
+    Some((s3, project(test)?))
+}
+
 /// `docker nuwaxbackup ARGS…` with the server's AWS_* environment.
 fn with_s3(p: &Project, s3: &S3Server, args: &[&str]) -> Run {
-    let env = s3.env();
+    killed_at(p, s3, "", args)
+}
+
+/// [`with_s3`], the plugin SIGKILLing itself at fault point `point` (none when empty).
+fn killed_at(p: &Project, s3: &S3Server, point: &str, args: &[&str]) -> Run {
+    let mut env = s3.env();
+    if !point.is_empty() {
+        env.push(("NUWAX_BACKUP_TEST_KILL_AT", point.to_string()));
+    }
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     p.plugin_env(&pairs, args)
 }
@@ -72,10 +86,7 @@ fn noise(len: usize, mut x: u64) -> Vec<u8> {
 
 #[test]
 fn create_uploads_after_the_restart_and_boto3_reads_the_same_bytes() {
-    let Some(s3) = S3Server::start("upload", &["bkt"]) else {
-        return;
-    };
-    let Some(p) = project("remote-up") else {
+    let Some((s3, p)) = setup("upload", "bkt", "remote-up") else {
         return;
     };
     let run = with_s3(
@@ -165,10 +176,7 @@ fn create_uploads_after_the_restart_and_boto3_reads_the_same_bytes() {
 
 #[test]
 fn the_host_died_import_from_the_bucket_and_rollback_bring_everything_back() {
-    let Some(s3) = S3Server::start("dr", &["drb"]) else {
-        return;
-    };
-    let Some(p) = project("remote-dr") else {
+    let Some((s3, p)) = setup("dr", "drb", "remote-dr") else {
         return;
     };
     let volume = format!("{}_dbvol", p.name);
@@ -222,10 +230,7 @@ fn the_host_died_import_from_the_bucket_and_rollback_bring_everything_back() {
 
 #[test]
 fn a_server_killed_mid_upload_keeps_the_local_backup_and_push_finishes_it() {
-    let Some(mut s3) = S3Server::start("kill", &["big"]) else {
-        return;
-    };
-    let Some(p) = project("remote-kill") else {
+    let Some((mut s3, p)) = setup("kill", "big", "remote-kill") else {
         return;
     };
     std::fs::write(
@@ -330,10 +335,7 @@ fn a_server_killed_mid_upload_keeps_the_local_backup_and_push_finishes_it() {
 
 #[test]
 fn wrong_keys_a_missing_bucket_and_a_bad_url_are_clear_errors() {
-    let Some(s3) = S3Server::start("refuse", &["here"]) else {
-        return;
-    };
-    let Some(p) = project("remote-refuse") else {
+    let Some((s3, p)) = setup("refuse", "here", "remote-refuse") else {
         return;
     };
     let bad = p
@@ -425,10 +427,7 @@ fn wrong_keys_a_missing_bucket_and_a_bad_url_are_clear_errors() {
 
 #[test]
 fn an_archive_boto3_uploaded_with_our_sidecar_is_imported_and_verified() {
-    let Some(s3) = S3Server::start("interop", &["ext"]) else {
-        return;
-    };
-    let Some(p) = project("remote-interop") else {
+    let Some((s3, p)) = setup("interop", "ext", "remote-interop") else {
         return;
     };
     let row = p
@@ -529,10 +528,7 @@ fn an_archive_boto3_uploaded_with_our_sidecar_is_imported_and_verified() {
 
 #[test]
 fn remote_only_streams_volumes_larger_than_the_free_disk_and_rolls_back() {
-    let Some(mut s3) = S3Server::start("only", &["str"]) else {
-        return;
-    };
-    let Some(p) = project("remote-only") else {
+    let Some((mut s3, p)) = setup("only", "str", "remote-only") else {
         return;
     };
     std::fs::write(p.path("data/db/blob"), noise(12 << 20, 7)).unwrap();
@@ -609,18 +605,14 @@ fn remote_only_streams_volumes_larger_than_the_free_disk_and_rolls_back() {
 
 #[test]
 fn kill_9_mid_upload_leaves_a_completed_local_backup_and_recover_aborts_the_upload() {
-    let Some(s3) = S3Server::start("kill9", &["k9b"]) else {
-        return;
-    };
-    let Some(p) = project("remote-kill9") else {
+    let Some((s3, p)) = setup("kill9", "k9b", "remote-kill9") else {
         return;
     };
     std::fs::write(p.path("data/db/blob"), noise(30 << 20, 11)).unwrap();
-    let mut env: Vec<(&str, String)> = s3.env();
-    env.push(("NUWAX_BACKUP_TEST_KILL_AT", "upload-parts".into()));
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let killed = p.plugin_env(
-        &pairs,
+    let killed = killed_at(
+        &p,
+        &s3,
+        "upload-parts",
         &[
             "create",
             "--stop",
@@ -664,10 +656,7 @@ fn kill_9_mid_upload_leaves_a_completed_local_backup_and_recover_aborts_the_uplo
 
 #[test]
 fn prune_removes_the_remote_copies_of_what_it_deletes() {
-    let Some(s3) = S3Server::start("prune", &["prn"]) else {
-        return;
-    };
-    let Some(p) = project("remote-prune") else {
+    let Some((s3, p)) = setup("prune", "prn", "remote-prune") else {
         return;
     };
     let mut rows = Vec::new();
@@ -688,16 +677,10 @@ fn prune_removes_the_remote_copies_of_what_it_deletes() {
 
 #[test]
 fn kill_9_while_streaming_remote_only_leaves_no_object_and_recover_aborts_the_upload() {
-    let Some(s3) = S3Server::start("stream9", &["s9b"]) else {
-        return;
-    };
-    let Some(p) = project("remote-stream9") else {
+    let Some((s3, p)) = setup("stream9", "s9b", "remote-stream9") else {
         return;
     };
     std::fs::write(p.path("data/db/blob"), noise(30 << 20, 13)).unwrap();
-    let mut env: Vec<(&str, String)> = s3.env();
-    env.push(("NUWAX_BACKUP_TEST_KILL_AT", "upload-parts".into()));
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let args = [
         "create",
         "--stop",
@@ -707,7 +690,7 @@ fn kill_9_while_streaming_remote_only_leaves_no_object_and_recover_aborts_the_up
         "s3://s9b",
         "--remote-only",
     ];
-    let killed = p.plugin_env(&pairs, &args);
+    let killed = killed_at(&p, &s3, "upload-parts", &args);
     assert_ne!(
         killed.code, 0,
         "the kill seam did not fire\n{}",
