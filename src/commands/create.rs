@@ -84,16 +84,21 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
     }
 }
 
-/// Exit 14: the local backup is complete, its remote copy is not.
+/// Exit 14: the local backup is complete, its remote copy is not (or, `--remote-only`, the
+/// object is complete and its sidecar is not).
 pub fn upload_failed(row: &crate::catalog::BackupRow, e: anyhow::Error) -> anyhow::Error {
-    crate::exit_codes::UserError::new(
-        crate::exit_codes::Code::Remote,
+    let (id, url) = (row.id, row.remote_url.as_deref().unwrap_or_default());
+    let message = if std::path::Path::new(&row.file_path).is_file() {
         format!(
-            "backup #{} is complete on this host ({}), but its upload failed: {e:#}; run `docker nuwaxbackup push {}` to try again",
-            row.id, row.file_path, row.id
-        ),
-    )
-    .into()
+            "backup #{id} is complete on this host ({}), but its upload failed: {e:#}; run `docker nuwaxbackup push {id}` to try again",
+            row.file_path
+        )
+    } else {
+        format!(
+            "backup #{id} was streamed to {url}, but its sidecar was not written: {e:#}; run `docker nuwaxbackup push {id}` to finish it"
+        )
+    };
+    crate::exit_codes::UserError::new(crate::exit_codes::Code::Remote, message).into()
 }
 
 fn print_plan(plan: &Plan, stop: bool, out: &mut dyn Write) -> Result<()> {

@@ -79,6 +79,9 @@ fn push_one(
     if flag.is_some() && !same_bucket {
         row.remote_url = None;
     }
+    if !std::path::Path::new(&row.file_path).is_file() {
+        return finish_streamed(&store, catalog, &row);
+    }
     if let Some(url) = row
         .remote_url
         .as_deref()
@@ -91,6 +94,25 @@ fn push_one(
         }
     }
     transfer::upload(&store, catalog, &row, max_parts).map(|_| ())
+}
+
+/// A `--remote-only` backup (no local file): its object is all there is. When it is complete
+/// but its sidecar was never written, writes the sidecar; anything else cannot be sent again.
+fn finish_streamed(store: &remote::Store, catalog: &Catalog, row: &BackupRow) -> Result<()> {
+    let url = row.remote_url.as_deref().unwrap_or_default();
+    let key = remote::url::split_object(url)?.1;
+    if transfer::is_there(store, row, &key)? {
+        note(format!("backup #{} is already at {url}", row.id));
+        return Ok(());
+    }
+    match store.head(&key)? {
+        Some(h) if h.size == row.size_bytes => transfer::finish_streamed(store, catalog, row),
+        _ => Err(UserError::new(
+            Code::Remote,
+            format!("backup #{} has no local archive and its object {url} is missing or incomplete: it cannot be sent again", row.id),
+        )
+        .into()),
+    }
 }
 
 /// `x-nuwax-backup.remote` of the current project, when the row names none.
@@ -125,7 +147,7 @@ fn rows_of(catalog: &Catalog, ids: &[i64]) -> Result<Vec<BackupRow>> {
             )
             .into());
         }
-        if !std::path::Path::new(&row.file_path).is_file() {
+        if !std::path::Path::new(&row.file_path).is_file() && row.remote_url.is_none() {
             return Err(UserError::new(
                 Code::Usage,
                 format!(

@@ -116,8 +116,9 @@ pub fn finish_streamed(store: &Store, catalog: &Catalog, row: &BackupRow) -> Res
         .context("the backup has no remote copy")?;
     let key = split_object(url)?.1;
     let mut state = remote_state(row);
-    let put =
-        sidecar_json(row, &key).and_then(|json| store.put_small(&format!("{key}.json"), json));
+    let put = crate::fault::fail("upload-sidecar")
+        .and_then(|()| sidecar_json(row, &key))
+        .and_then(|json| store.put_small(&format!("{key}.json"), json));
     match put {
         Ok(()) => {
             state.status = Some("uploaded");

@@ -719,3 +719,43 @@ fn kill_9_while_streaming_remote_only_leaves_no_object_and_recover_aborts_the_up
         "{rows}"
     );
 }
+
+#[test]
+fn a_remote_only_backup_whose_sidecar_failed_is_finished_by_push() {
+    let Some((s3, p)) = setup("side", "sdb", "remote-side") else {
+        return;
+    };
+    let env = s3.env();
+    let mut pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    pairs.push(("NUWAX_BACKUP_TEST_FAIL_AT", "upload-sidecar"));
+    let args = [
+        "create",
+        "--stop",
+        "--remote",
+        "s3://sdb",
+        "--remote-only",
+        "--format",
+        "json",
+    ];
+    let failed = p.plugin_env(&pairs, &args).failure(14);
+    assert!(
+        failed.stderr.contains("its sidecar was not written"),
+        "{}",
+        failed.stderr
+    );
+    let row = failed.json();
+    assert_eq!(row["status"], "completed");
+    assert_eq!(row["remote_status"], "failed");
+    assert_eq!(
+        s3.keys("sdb"),
+        vec![key_of(&row, "sdb")],
+        "the object, no sidecar"
+    );
+    let id = row["id"].to_string();
+    with_s3(&p, &s3, &["push", &id]).success();
+    let listed = p.plugin(&["list", "--format", "json"]).success().json();
+    assert_eq!(listed[0]["location"], "remote");
+    let key = key_of(&row, "sdb");
+    assert_eq!(s3.keys("sdb"), vec![key.clone(), format!("{key}.json")]);
+    assert_eq!(s3.sha256_of("sdb", &key), row["sha256"].as_str().unwrap());
+}
