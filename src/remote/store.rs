@@ -28,7 +28,7 @@ pub struct Store {
     pub url: RemoteUrl,
 }
 
-/// An object's size and its `sha256` metadata (ours), from a HEAD.
+/// What a HEAD says of an object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Head {
     pub size: u64,
