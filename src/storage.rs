@@ -76,9 +76,13 @@ pub fn remove_stale_partials(dir: &Path, project: &str) -> Vec<PathBuf> {
         else {
             continue;
         };
-        // `<pid>-backup_…`: the project name may itself contain dashes, so require the pid shape.
+        // `<pid>-backup_…`: the project name may itself contain dashes, so require the pid
+        // shape. A live process's partial is not stale (a rollback downloading its archive
+        // before it takes the lock).
         let owned = rest.split_once('-').is_some_and(|(pid, tail)| {
-            pid.chars().all(|c| c.is_ascii_digit()) && tail.starts_with("backup_")
+            pid.chars().all(|c| c.is_ascii_digit())
+                && tail.starts_with("backup_")
+                && !Path::new("/proc").join(pid).exists()
         });
         if owned && std::fs::remove_file(e.path()).is_ok() {
             removed.push(e.path());
@@ -210,17 +214,22 @@ mod tests {
     #[test]
     fn stale_partials_of_the_project_are_removed_and_others_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mine = partial_path(dir.path(), "proj", "backup_b.tar.gz");
-        let other = partial_path(dir.path(), "proj-1", "backup_b.tar.gz");
+        // A pid above any pid_max (2^22): that process is dead.
+        let dead = |project: &str| {
+            dir.path()
+                .join(format!("{PARTIAL_PREFIX}{project}-4194999-backup_b.tar.gz"))
+        };
+        let (stale, other) = (dead("proj"), dead("proj-1"));
+        let live = partial_path(dir.path(), "proj", "backup_b.tar.gz");
         let archive = dir.path().join("backup_manual_v1_x.tar.gz");
-        for p in [&mine, &other, &archive] {
+        for p in [&stale, &other, &live, &archive] {
             std::fs::write(p, "x").unwrap();
         }
         assert_eq!(
             remove_stale_partials(dir.path(), "proj"),
-            vec![mine.clone()]
+            vec![stale.clone()]
         );
-        assert!(other.exists() && archive.exists() && !mine.exists());
+        assert!(other.exists() && archive.exists() && live.exists() && !stale.exists());
     }
 
     #[test]
