@@ -73,9 +73,7 @@ fn remove_captures(rec: &RunRecord) {
 /// answers; else says so: the bucket's lifecycle rule is the last resort).
 fn abort_upload(rec: &RunRecord) {
     let Some(up) = &rec.upload else { return };
-    let aborted = crate::remote::url::split_object(&up.url)
-        .and_then(|(bucket, key)| crate::remote::open(&bucket).and_then(|s| s.abort(&key, &up.id)));
-    match aborted {
+    match crate::remote::transfer::abort_at(&up.url, &up.id) {
         Ok(()) => note(format!("aborted the unfinished upload of {}", up.url)),
         Err(e) => warn(format!(
             "the unfinished upload of {} is still open: {e:#}",

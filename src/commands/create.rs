@@ -86,7 +86,7 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
 
 /// Exit 14: the local backup is complete, its remote copy is not (or, `--remote-only`, the
 /// object is complete and its sidecar is not).
-pub fn upload_failed(row: &crate::catalog::BackupRow, e: anyhow::Error) -> anyhow::Error {
+fn upload_failed(row: &crate::catalog::BackupRow, e: anyhow::Error) -> anyhow::Error {
     let (id, url) = (row.id, row.remote_url.as_deref().unwrap_or_default());
     let message = if std::path::Path::new(&row.file_path).is_file() {
         format!(

@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::catalog::BackupRow;
 use crate::cli::DeleteArgs;
 use crate::exit_codes::{Code, UserError};
-use crate::output::{note, warn};
+use crate::output::note;
 use crate::Context;
 
 pub fn run(ctx: &Context, args: &DeleteArgs, _out: &mut dyn Write) -> Result<()> {
@@ -38,18 +38,9 @@ pub fn run(ctx: &Context, args: &DeleteArgs, _out: &mut dyn Write) -> Result<()>
         ));
     }
     crate::prompt::confirm(args.yes, "Delete these backups?", "deleting backups")?;
-    let mut failed = None;
-    for r in &rows {
-        match crate::remote::transfer::remove_backup(&catalog, r) {
-            Ok(()) => note(format!("deleted backup #{}", r.id)),
-            Err(e) if crate::exit_codes::code_of(&e) == Code::Remote => {
-                warn(format!("{e:#}"));
-                failed = Some(e);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    failed.map_or(Ok(()), Err)
+    crate::remote::transfer::remove_backups(&catalog, &rows, &|r| {
+        note(format!("deleted backup #{}", r.id))
+    })
 }
 
 /// The rows of `ids`; fails naming the first id that is not in the catalog.

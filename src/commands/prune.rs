@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::cli::PruneArgs;
-use crate::exit_codes::{Code, UserError};
+use crate::exit_codes::{code_of, Code, UserError};
 use crate::output::{note, print, table};
 use crate::prune::{decide, Candidate, Policy};
 use crate::records::{BackupType, Status, Verification};
@@ -74,22 +74,16 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
         &format!("Delete {} backup(s)?", doomed.len()),
         "pruning backups",
     )?;
-    let mut failed = None;
+    let mut rows = Vec::new();
     for l in &doomed {
-        let Some(row) = catalog.get(l.id)? else {
-            continue;
-        };
-        match crate::remote::transfer::remove_backup(&catalog, &row) {
-            Ok(()) => {}
-            Err(e) if crate::exit_codes::code_of(&e) == crate::exit_codes::Code::Remote => {
-                crate::output::warn(format!("{e:#}"));
-                failed = Some(e);
-            }
-            Err(e) => return Err(e),
-        }
+        rows.extend(catalog.get(l.id)?);
+    }
+    let removed = crate::remote::transfer::remove_backups(&catalog, &rows, &|_| {});
+    if removed.as_ref().is_err_and(|e| code_of(e) != Code::Remote) {
+        return removed;
     }
     note(format!("deleted {} backup(s)", doomed.len()));
-    failed.map_or(Ok(()), Err)
+    removed
 }
 
 /// The policy's decision on each completed backup of `project`, with the reasons.

@@ -106,7 +106,7 @@ fn finish_streamed(store: &remote::Store, catalog: &Catalog, row: &BackupRow) ->
         return Ok(());
     }
     match store.head(&key)? {
-        Some(h) if h.size == row.size_bytes => transfer::finish_streamed(store, catalog, row),
+        Some(size) if size == row.size_bytes => transfer::finish_streamed(store, catalog, row),
         _ => Err(UserError::new(
             Code::Remote,
             format!("backup #{} has no local archive and its object {url} is missing or incomplete: it cannot be sent again", row.id),

@@ -28,12 +28,6 @@ pub struct Store {
     pub url: RemoteUrl,
 }
 
-/// What a HEAD says of an object.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Head {
-    pub size: u64,
-}
-
 impl Store {
     /// Connects lazily: nothing is sent until the first request.
     pub fn open(url: &RemoteUrl, settings: &Settings) -> Result<Store> {
@@ -85,9 +79,9 @@ impl Store {
     }
 
     /// The object's size; none when there is no such object.
-    pub fn head(&self, key: &str) -> Result<Option<Head>> {
+    pub fn head(&self, key: &str) -> Result<Option<u64>> {
         match self.rt.block_on(self.s3.head(&Key::from(key))) {
-            Ok(meta) => Ok(Some(Head { size: meta.size })),
+            Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.fail(format!("reading {}", self.url.object_url(key)), e)),
         }
@@ -224,7 +218,6 @@ impl Store {
             parts: Vec::new(),
             in_flight: in_flight.max(1),
             sent: 0,
-            finished: false,
         })
     }
 }
@@ -243,7 +236,6 @@ pub struct Upload {
     parts: Vec<Option<PartId>>,
     in_flight: usize,
     sent: usize,
-    finished: bool,
 }
 
 impl Upload {
@@ -299,27 +291,22 @@ impl Upload {
             self.wait_one()?;
         }
         let parts: Vec<PartId> = self.parts.drain(..).flatten().collect();
-        let done = self
-            .rt
+        self.rt
             .block_on(self.s3.complete_multipart(&self.key, &self.id, parts))
             .map(|_| ())
-            .map_err(|e| remote_error(&self.secrets, format!("completing {}: {e}", self.url)));
-        self.finished = done.is_ok();
-        done
+            .map_err(|e| remote_error(&self.secrets, format!("completing {}: {e}", self.url)))
     }
 }
 
 impl Upload {
-    /// Gives the upload up on the server (best effort, ten seconds at most); whether that
-    /// worked.
-    pub fn abort(mut self) -> bool {
+    /// Gives the upload up on the server (best effort, ten seconds at most: a server that
+    /// does not answer leaves it to the bucket's lifecycle rule).
+    pub fn abort(mut self) {
         self.tasks.abort_all();
         let abort = self.s3.abort_multipart(&self.key, &self.id);
-        let done = self
+        let _ = self
             .rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), abort).await });
-        self.finished = true;
-        matches!(done, Ok(Ok(())))
     }
 }
 

@@ -49,10 +49,7 @@ pub fn upload(
     row: &BackupRow,
     max_parts: u64,
 ) -> Result<Uploaded> {
-    let key = match store
-        .probe(&store.url.key(&row.project, ""))
-        .and_then(|()| free_key(store, row))
-    {
+    let key = match claim_key(store, &row.project, &file_name(row)) {
         Ok(k) => k,
         Err(e) => {
             let state = RemoteState {
@@ -161,10 +158,10 @@ fn send_file(
     state.upload_id = None;
     let url = store.url.object_url(key);
     let checked = match store.head(key) {
-        Ok(Some(h)) if h.size == size => Ok(()),
+        Ok(Some(there)) if there == size => Ok(()),
         Ok(other) => Err(store.fail(
             format!("checking {url}"),
-            format!("{} bytes there, {size} sent", other.map_or(0, |h| h.size)),
+            format!("{} bytes there, {size} sent", other.unwrap_or(0)),
         )),
         Err(e) => Err(e),
     };
@@ -230,8 +227,7 @@ impl PartSink {
         expected: u64,
         max_parts: u64,
     ) -> Result<PartSink> {
-        store.probe(&store.url.key(project, ""))?;
-        let key = free_key_for(store, project, name)?;
+        let key = claim_key(store, project, name)?;
         let plan = sizing(expected, max_parts);
         Ok(PartSink {
             upload: Some(store.begin(&key, None, plan.in_flight)?),
@@ -305,14 +301,12 @@ pub fn sidecar_json(row: &BackupRow, key: &str) -> Result<Vec<u8>> {
     Ok(json)
 }
 
-/// The archive's own name under the project, or `name_2`, `name_3`… when another host's
-/// object (or sidecar) already holds it.
-fn free_key(store: &Store, row: &BackupRow) -> Result<String> {
-    free_key_for(store, &row.project, &file_name(row))
-}
-
-/// A free object name for archive `name` of `project` (see [`free_key`]).
-pub fn free_key_for(store: &Store, project: &str, name: &str) -> Result<String> {
+/// The key for archive `name` of `project`: its own name, or `name_2`, `name_3`… when another
+/// host's object (or sidecar) already holds it. Fails (exit 14) when the bucket cannot be
+/// listed.
+fn claim_key(store: &Store, project: &str, name: &str) -> Result<String> {
+    // One listing first: proves the bucket exists and the keys are accepted.
+    store.probe(&store.url.key(project, ""))?;
     let name = name.to_string();
     for n in 1..1000 {
         let candidate = if n == 1 {
@@ -339,7 +333,7 @@ fn file_name(row: &BackupRow) -> String {
 /// Whether `row`'s remote copy is complete: the object has the row's size and the sidecar
 /// is there and names the same SHA-256.
 pub fn is_there(store: &Store, row: &BackupRow, key: &str) -> Result<bool> {
-    let Some(head) = store.head(key)? else {
+    let Some(there) = store.head(key)? else {
         return Ok(false);
     };
     let Some(bytes) = store.get_small(&format!("{key}.json"))? else {
@@ -349,7 +343,7 @@ pub fn is_there(store: &Store, row: &BackupRow, key: &str) -> Result<bool> {
         Ok(s) => s,
         Err(_) => return Ok(false),
     };
-    Ok(head.size == row.size_bytes
+    Ok(there == row.size_bytes
         && side.size_bytes == row.size_bytes
         && Some(&side.sha256) == row.sha256.as_ref())
 }
@@ -365,8 +359,7 @@ pub fn abort_stale(catalog: &Catalog, project: Option<&str>) {
         let (Some(url), Some(id)) = (&r.remote_url, &r.remote_upload_id) else {
             continue;
         };
-        let aborted = split_object(url)
-            .and_then(|(bucket, key)| super::open(&bucket).and_then(|s| s.abort(&key, id)));
+        let aborted = abort_at(url, id);
         match aborted {
             Ok(()) => {
                 note(format!(
@@ -383,6 +376,12 @@ pub fn abort_stale(catalog: &Catalog, project: Option<&str>) {
             )),
         }
     }
+}
+
+/// Aborts multipart upload `id` of the object at `url` (with this process's credentials).
+pub fn abort_at(url: &str, id: &str) -> Result<()> {
+    let (bucket, key) = split_object(url)?;
+    super::open(&bucket)?.abort(&key, id)
 }
 
 /// The row's remote columns as a state to update.
@@ -437,10 +436,32 @@ pub fn download(row: &BackupRow, target: &Path) -> Result<()> {
     crate::storage::sync_dir(dir)
 }
 
+/// Removes each backup everywhere (see [`remove_backup`]), calling `removed` after each.
+/// A bucket that cannot be reached does not stop the others: the last such error (exit 14)
+/// is returned at the end, each one said as a warning. Any other error stops at once.
+pub fn remove_backups(
+    catalog: &Catalog,
+    rows: &[BackupRow],
+    removed: &dyn Fn(&BackupRow),
+) -> Result<()> {
+    let mut failed = None;
+    for r in rows {
+        match remove_backup(catalog, r) {
+            Ok(()) => removed(r),
+            Err(e) if crate::exit_codes::code_of(&e) == crate::exit_codes::Code::Remote => {
+                warn(format!("{e:#}"));
+                failed = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
 /// Removes a backup everywhere: its local archive and sidecar, then its remote copy (and an
 /// unfinished upload), then the row. When the remote cannot be reached the row stays, says
 /// why, and the error is returned (exit 14).
-pub fn remove_backup(catalog: &Catalog, row: &BackupRow) -> Result<()> {
+fn remove_backup(catalog: &Catalog, row: &BackupRow) -> Result<()> {
     crate::storage::remove_archive(Path::new(&row.file_path))?;
     if let Some(url) = &row.remote_url {
         let removed = split_object(url).and_then(|(bucket, key)| {

@@ -55,6 +55,21 @@ fn killed_at(p: &Project, s3: &S3Server, point: &str, args: &[&str]) -> Run {
     p.plugin_env(&pairs, args)
 }
 
+/// A killed upload is still open on the server; `recover` aborts it and says so.
+fn recover_aborts_the_open_upload(p: &Project, s3: &S3Server) {
+    assert!(
+        !s3.open_uploads().is_empty(),
+        "the killed upload is still open on the server"
+    );
+    let rec = with_s3(p, s3, &["recover"]).success();
+    assert!(
+        rec.stderr.contains("aborted the unfinished upload"),
+        "{}",
+        rec.stderr
+    );
+    assert_eq!(s3.open_uploads(), Vec::<String>::new());
+}
+
 /// `PREFIX/<project>/<name>` of a row's remote URL, in `bucket`.
 fn key_of(row: &serde_json::Value, bucket: &str) -> String {
     row["remote_url"]
@@ -633,17 +648,7 @@ fn kill_9_mid_upload_leaves_a_completed_local_backup_and_recover_aborts_the_uplo
     assert_eq!(row["status"], "completed");
     assert_eq!(row["remote_status"], "failed");
     assert_eq!(row["location"], "local");
-    assert!(
-        !s3.open_uploads().is_empty(),
-        "the killed upload is still open on the server"
-    );
-    let rec = with_s3(&p, &s3, &["recover"]).success();
-    assert!(
-        rec.stderr.contains("aborted the unfinished upload"),
-        "{}",
-        rec.stderr
-    );
-    assert_eq!(s3.open_uploads(), Vec::<String>::new());
+    recover_aborts_the_open_upload(&p, &s3);
     let id = row["id"].to_string();
     with_s3(&p, &s3, &["push", &id]).success();
     let rows = p.plugin(&["list", "--format", "json"]).success().json();
@@ -696,18 +701,8 @@ fn kill_9_while_streaming_remote_only_leaves_no_object_and_recover_aborts_the_up
         "the kill seam did not fire\n{}",
         killed.stderr
     );
-    assert!(
-        !s3.open_uploads().is_empty(),
-        "the killed upload is still open"
-    );
     // Killed while the services were stopped: recover starts them and aborts the upload.
-    let rec = with_s3(&p, &s3, &["recover"]).success();
-    assert!(
-        rec.stderr.contains("aborted the unfinished upload"),
-        "{}",
-        rec.stderr
-    );
-    assert_eq!(s3.open_uploads(), Vec::<String>::new());
+    recover_aborts_the_open_upload(&p, &s3);
     assert_eq!(s3.keys("s9b"), Vec::<String>::new());
     assert_eq!(p.states("db"), vec![format!("{}-db-1 running", p.name)]);
     let rows = p.plugin(&["list", "--format", "json"]).success().json();
