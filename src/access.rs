@@ -1,6 +1,5 @@
 //! Who this process is, and what it can read and own: a `docker`-group user who is not root
 //! cannot read another user's `0700` folder nor give files away, but the engine (root) can.
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// The process's effective user and its groups.
@@ -55,36 +54,6 @@ impl Me {
         let bits = (mode >> shift) & 0o7;
         bits & 0o4 != 0 && (!is_dir || bits & 0o1 != 0)
     }
-}
-
-/// A tree's file bytes, and whether this process can read all of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Survey {
-    pub bytes: u64,
-    pub readable: bool,
-}
-
-/// Walks `root` (not following links) adding file sizes, and notes anything this process
-/// cannot read: a folder it cannot list, a file or folder its permission bits close.
-pub fn survey(root: &Path) -> Survey {
-    let me = Me::current();
-    let mut s = Survey {
-        bytes: 0,
-        readable: true,
-    };
-    for e in walkdir::WalkDir::new(root).follow_links(false) {
-        let Ok(m) = e.and_then(|e| e.metadata()) else {
-            s.readable = false;
-            continue;
-        };
-        if m.is_file() {
-            s.bytes += m.len();
-        }
-        if !m.file_type().is_symlink() && !me.can_read(m.mode(), m.uid(), m.gid(), m.is_dir()) {
-            s.readable = false;
-        }
-    }
-    s
 }
 
 /// Whether this process may create and rename entries in folder `dir`.

@@ -26,6 +26,7 @@ mod runs;
 mod services;
 mod sidecar;
 mod storage;
+mod survey;
 
 use std::ffi::OsString;
 use std::io::Write;

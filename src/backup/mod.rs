@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 
-use crate::access::{self, Survey};
 use crate::catalog::{BackupRow, Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
@@ -18,6 +17,7 @@ use crate::output::{human_bytes, note, warn};
 use crate::records::{RunCommand, Status};
 use crate::runs::{ActiveRun, PendingRow};
 use crate::services::{self, Running};
+use crate::survey::{survey, Survey};
 use crate::{cancel, storage, Context};
 pub use plan::{Options, Plan};
 
@@ -497,31 +497,35 @@ fn moved_away(plan: &Plan, previous: &HashMap<PathBuf, PathBuf>) -> write::Captu
     out
 }
 
-/// The host folders of `names` when the engine keeps its volumes where this process can read
-/// them (proven by a probe, as rollback does): read from disk, they need no `docker cp`.
-/// `image_ids` are the project's images the engine has (one fills the probe).
-fn volume_dirs(
-    ctx: &Context,
-    image_ids: &HashMap<String, String>,
-    names: &[&str],
-) -> Result<HashMap<String, PathBuf>> {
-    let Some(image) = image_ids.keys().next() else {
-        return Ok(HashMap::new());
-    };
-    if !crate::restore::engine::volumes_are_local(&ctx.docker, image)? {
-        return Ok(HashMap::new());
-    }
-    let mut dirs = HashMap::new();
-    for n in names {
-        if let Some(dir) = crate::restore::engine::local_mountpoint(&ctx.docker, n)? {
-            dirs.insert(n.to_string(), dir);
+/// Asks the engine and the filesystem what the plan needs to know, before anything stops.
+/// The bind folders are walked while the engine answers.
+fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<plan::Facts> {
+    let binds: Vec<&PathBuf> = project
+        .volumes
+        .iter()
+        .filter_map(|v| match v {
+            Volume::Bind { source, .. } => Some(source),
+            _ => None,
+        })
+        .collect();
+    let (facts, probes) = std::thread::scope(|s| {
+        let probes = s.spawn(|| binds.iter().map(|b| probe(b)).collect::<Vec<_>>());
+        (engine_facts(ctx, project, catalog), probes.join())
+    });
+    let mut facts = facts?;
+    let probes = probes.map_err(|_| anyhow::anyhow!("walking the bind folders panicked"))?;
+    for (source, (kind, survey)) in binds.into_iter().zip(probes) {
+        facts.paths.insert(source.clone(), (kind, survey.bytes));
+        if !survey.readable {
+            warn(format!("{} is not readable by this user: the engine reads it, and the free-space check counts only what this user can see", source.display()));
+            facts.unreadable.insert(source.clone());
         }
     }
-    Ok(dirs)
+    Ok(facts)
 }
 
-/// Asks the engine and the filesystem what the plan needs to know, before anything stops.
-fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<plan::Facts> {
+/// What the engine says: image ids, and the named volumes' details, sizes and folders.
+fn engine_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<plan::Facts> {
     let mut facts = plan::Facts {
         cwd: std::env::current_dir()?,
         catalog_storage: catalog.storage_dir(&project.name)?,
@@ -539,33 +543,70 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
             _ => None,
         })
         .collect();
-    if !named.is_empty() {
-        let ls = ctx
-            .docker
-            .output(&["volume", "ls", "--format", "{{.Name}}"])?;
-        facts.existing_volumes = ls.lines().map(|l| l.trim().to_string()).collect();
-        let present: Vec<&str> = named
-            .iter()
-            .copied()
-            .filter(|n| facts.existing_volumes.contains(*n))
-            .collect();
-        if !present.is_empty() {
-            facts.volume_details = volume_details(ctx, &present)?;
-            facts.volume_sizes = volume_sizes(ctx);
-            facts.volume_dirs = volume_dirs(ctx, &facts.image_ids, &present)?;
-        }
+    if named.is_empty() {
+        return Ok(facts);
     }
-    for v in &project.volumes {
-        if let Volume::Bind { source, .. } = v {
-            let (kind, survey) = probe(source);
-            facts.paths.insert(source.clone(), (kind, survey.bytes));
-            if !survey.readable {
-                warn(format!("{} is not readable by this user: the engine reads it, and the free-space check counts only what this user can see", source.display()));
-                facts.unreadable.insert(source.clone());
+    let ls = ctx
+        .docker
+        .output(&["volume", "ls", "--format", "{{.Name}}"])?;
+    facts.existing_volumes = ls.lines().map(|l| l.trim().to_string()).collect();
+    let present: Vec<&str> = named
+        .iter()
+        .copied()
+        .filter(|n| facts.existing_volumes.contains(*n))
+        .collect();
+    if !present.is_empty() {
+        let (details, folders) = volume_details(ctx, &present)?;
+        facts.volume_details = details;
+        local_volumes(ctx, folders, present.len(), &mut facts)?;
+    }
+    Ok(facts)
+}
+
+/// Named volumes whose host folder this process can read are read from disk, and sized by
+/// walking it (while the probe runs); the others are sized by `docker system df -v`, which
+/// walks every volume of the engine. `folders`: the plain `local` volumes' folders that
+/// exist here. Read from disk only when the engine proves they are its own (a probe, as
+/// rollback does: a remote engine, a VM or a rootless engine never passes); `image_ids`
+/// has the project's images the engine has (one fills the probe).
+fn local_volumes(
+    ctx: &Context,
+    folders: HashMap<String, PathBuf>,
+    present: usize,
+    facts: &mut plan::Facts,
+) -> Result<()> {
+    let image = facts.image_ids.keys().next();
+    let (local, surveys) = std::thread::scope(|s| {
+        let surveys = s.spawn(|| {
+            let all = folders.iter().map(|(n, d)| (n.clone(), survey(d)));
+            all.collect::<HashMap<_, _>>()
+        });
+        let local = match image {
+            Some(image) if !folders.is_empty() => {
+                crate::restore::engine::volumes_are_local(&ctx.docker, image)
+            }
+            _ => Ok(false),
+        };
+        (local, surveys.join())
+    });
+    let surveys = surveys.map_err(|_| anyhow::anyhow!("walking the volume folders panicked"))?;
+    if local? {
+        for (name, dir) in folders {
+            match surveys.get(&name) {
+                Some(s) if s.readable => {
+                    facts.volume_sizes.insert(name.clone(), s.bytes);
+                    facts.volume_dirs.insert(name, dir);
+                }
+                _ => {}
             }
         }
     }
-    Ok(facts)
+    if facts.volume_dirs.len() < present {
+        for (name, size) in volume_sizes(ctx) {
+            facts.volume_sizes.entry(name).or_insert(size);
+        }
+    }
+    Ok(())
 }
 
 /// The filesystems a capture could go to (beside each volume read from disk, and the storage
@@ -619,13 +660,21 @@ fn probe(p: &Path) -> (plan::PathKind, Survey) {
         }
     }) {
         Err(_) => (plan::PathKind::Missing, none),
-        Ok(m) if m.is_dir() => (plan::PathKind::Dir, access::survey(p)),
-        Ok(m) if m.is_file() => (plan::PathKind::File, access::survey(p)),
+        Ok(m) if m.is_dir() => (plan::PathKind::Dir, survey(p)),
+        Ok(m) if m.is_file() => (plan::PathKind::File, survey(p)),
         Ok(_) => (plan::PathKind::Special, none),
     }
 }
 
-fn volume_details(ctx: &Context, names: &[&str]) -> Result<HashMap<String, plan::VolumeDetails>> {
+/// Each volume's driver, options and labels; and the folders of the plain `local` ones (no
+/// driver options, so no mount of their own) that exist on this machine.
+fn volume_details(
+    ctx: &Context,
+    names: &[&str],
+) -> Result<(
+    HashMap<String, plan::VolumeDetails>,
+    HashMap<String, PathBuf>,
+)> {
     #[derive(serde::Deserialize)]
     struct Inspect {
         #[serde(rename = "Name")]
@@ -636,23 +685,29 @@ fn volume_details(ctx: &Context, names: &[&str]) -> Result<HashMap<String, plan:
         options: Option<std::collections::BTreeMap<String, String>>,
         #[serde(rename = "Labels", default)]
         labels: Option<std::collections::BTreeMap<String, String>>,
+        #[serde(rename = "Mountpoint", default)]
+        mountpoint: PathBuf,
     }
     let mut args = vec!["volume", "inspect"];
     args.extend_from_slice(names);
     let text = ctx.docker.output(&args)?;
     let list: Vec<Inspect> =
         serde_json::from_str(&text).context("reading `docker volume inspect`")?;
-    Ok(list
-        .into_iter()
-        .map(|i| {
-            let d = plan::VolumeDetails {
-                driver: i.driver,
-                options: i.options.unwrap_or_default(),
-                labels: i.labels.unwrap_or_default(),
-            };
-            (i.name, d)
-        })
-        .collect())
+    let mut details = HashMap::new();
+    let mut folders = HashMap::new();
+    for i in list {
+        let d = plan::VolumeDetails {
+            driver: i.driver,
+            options: i.options.unwrap_or_default(),
+            labels: i.labels.unwrap_or_default(),
+        };
+        let plain = d.driver == "local" && d.options.is_empty();
+        if plain && !i.mountpoint.as_os_str().is_empty() && i.mountpoint.is_dir() {
+            folders.insert(i.name.clone(), i.mountpoint);
+        }
+        details.insert(i.name, d);
+    }
+    Ok((details, folders))
 }
 
 /// Volume sizes from `docker system df -v`; empty when the engine cannot say (the space

@@ -32,10 +32,15 @@ impl Project {
     /// Fails with a user error when there is no compose file, it is invalid, Compose v2 is
     /// missing, or the daemon does not answer.
     pub fn load(docker: &Docker, args: &ComposeArgs) -> Result<Project> {
-        let config_text = docker.compose(args, &["config", "--format", "json"])?;
-        let cfg: ConfigJson =
-            serde_json::from_str(&config_text).context("reading `docker compose config` output")?;
-        let ps_text = docker.compose(args, &["ps", "-a", "--format", "json"])?;
+        // The two calls are independent: asked at once, they cost the time of one.
+        let (config_text, ps_text) = std::thread::scope(|s| {
+            let ps = s.spawn(|| docker.compose(args, &["ps", "-a", "--format", "json"]));
+            let config = docker.compose(args, &["config", "--format", "json"]);
+            (config, ps.join())
+        });
+        let cfg: ConfigJson = serde_json::from_str(&config_text?)
+            .context("reading `docker compose config` output")?;
+        let ps_text = ps_text.map_err(|_| anyhow::anyhow!("`docker compose ps` panicked"))??;
         let ps = model::parse_ps(&ps_text)?;
         let compose_files = compose_files(args)?;
         let dir = project_dir(args, &compose_files)?;
