@@ -82,13 +82,24 @@ pub fn remove_stale_partials(dir: &Path, project: &str) -> Vec<PathBuf> {
         let owned = rest.split_once('-').is_some_and(|(pid, tail)| {
             pid.chars().all(|c| c.is_ascii_digit())
                 && tail.starts_with("backup_")
-                && !Path::new("/proc").join(pid).exists()
+                && process_gone(pid)
         });
         if owned && std::fs::remove_file(e.path()).is_ok() {
             removed.push(e.path());
         }
     }
     removed
+}
+
+/// Whether no live process has `pid` (digits): none by that number, or only its zombie
+/// (killed, not yet reaped by its new parent).
+pub fn process_gone(pid: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(Path::new("/proc").join(pid).join("stat")) else {
+        return true;
+    };
+    // `pid (comm) S …`: the state follows the last parenthesis (comm may hold any).
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X'))
 }
 
 /// Gives `partial` its final name in `dir` without ever replacing a file: when the name is
@@ -230,6 +241,28 @@ mod tests {
             vec![stale.clone()]
         );
         assert!(other.exists() && archive.exists() && live.exists() && !stale.exists());
+    }
+
+    #[test]
+    fn a_killed_process_not_yet_reaped_is_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        assert!(!process_gone(&pid), "a running process");
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        // Not reaped yet: /proc still has it, as a zombie.
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .contains(") Z")
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(process_gone(&pid), "a zombie");
+        child.wait().unwrap();
+        assert!(process_gone(&pid), "reaped");
+        assert!(process_gone("4194999"), "never there");
     }
 
     #[test]

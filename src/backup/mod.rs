@@ -567,25 +567,21 @@ fn engine_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
 /// walking it (while the probe runs); the others are sized by `docker system df -v`, which
 /// walks every volume of the engine. `folders`: the plain `local` volumes' folders that
 /// exist here. Read from disk only when the engine proves they are its own (a probe, as
-/// rollback does: a remote engine, a VM or a rootless engine never passes); `image_ids`
-/// has the project's images the engine has (one fills the probe).
+/// rollback does: a remote engine, a VM or a rootless engine never passes).
 fn local_volumes(
     ctx: &Context,
     folders: HashMap<String, PathBuf>,
     present: usize,
     facts: &mut plan::Facts,
 ) -> Result<()> {
-    let image = facts.image_ids.keys().next();
     let (local, surveys) = std::thread::scope(|s| {
         let surveys = s.spawn(|| {
             let all = folders.iter().map(|(n, d)| (n.clone(), survey(d)));
             all.collect::<HashMap<_, _>>()
         });
-        let local = match image {
-            Some(image) if !folders.is_empty() => {
-                crate::restore::engine::volumes_are_local(&ctx.docker, image)
-            }
-            _ => Ok(false),
+        let local = match folders.is_empty() {
+            true => Ok(false),
+            false => crate::restore::engine::volumes_are_local(&ctx.docker),
         };
         (local, surveys.join())
     });

@@ -58,7 +58,7 @@ pub fn clean_stale(docker: &Docker) {
             .unwrap_or("");
         !pid.is_empty()
             && pid.chars().all(|c| c.is_ascii_digit())
-            && !std::path::Path::new("/proc").join(pid).exists()
+            && crate::storage::process_gone(pid)
     };
     if let Ok(names) = docker.output(&[
         "ps",
@@ -184,13 +184,15 @@ pub fn remove_tree(docker: &Docker, path: &std::path::Path, image: &str) -> Resu
     Ok(())
 }
 
-/// Whether the engine keeps its `local` volumes on this machine, where this process can write
-/// them. Proven, not assumed, and without touching any real volume: a probe file is sent
-/// through the engine into a throw-away volume and must appear in that volume's folder here
-/// (a remote engine, a VM or a rootless engine never passes). `NUWAX_BACKUP_VOLUME_IO=engine`
-/// turns this off. Probed once per process (a rollback's safety backup, taken while the
-/// services are stopped, reuses the answer).
-pub fn volumes_are_local(docker: &Docker, image: &str) -> Result<bool> {
+/// Whether the engine keeps its `local` volumes on this machine, where this process can read
+/// and write them with the owners the containers see. Proven, not assumed, and without
+/// touching any real volume: a throw-away volume's folder must appear here, owned by root,
+/// when the engine creates it, and be gone once the engine removes it (a remote engine or a
+/// VM never shows it; a rootless or user-namespaced engine's root is not root here; a user
+/// who is not root cannot read the engine's folders). `NUWAX_BACKUP_VOLUME_IO=engine` turns
+/// this off. Probed once per process (a rollback's safety backup, taken while the services
+/// are stopped, reuses the answer). Fails when the engine cannot create a volume.
+pub fn volumes_are_local(docker: &Docker) -> Result<bool> {
     static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if std::env::var("NUWAX_BACKUP_VOLUME_IO").as_deref() == Ok("engine") {
         return Ok(false);
@@ -198,45 +200,28 @@ pub fn volumes_are_local(docker: &Docker, image: &str) -> Result<bool> {
     if let Some(a) = ANSWER.get() {
         return Ok(*a);
     }
-    let answer = probe_once(docker, image)?;
+    let answer = crate::access::Me::current().is_root() && probe(docker)?;
     Ok(*ANSWER.get_or_init(|| answer))
 }
 
-fn probe_once(docker: &Docker, image: &str) -> Result<bool> {
-    let probe_volume = format!("nuwax-probe-{}", std::process::id());
-    docker.output(&["volume", "create", &probe_volume])?;
-    let result = probe(docker, &probe_volume, image);
-    let _ = docker.output(&["volume", "rm", "-f", &probe_volume]);
-    result
-}
-
-fn probe(docker: &Docker, volume: &str, image: &str) -> Result<bool> {
-    let mp = docker.output(&["volume", "inspect", "--format", "{{.Mountpoint}}", volume])?;
-    let mp = std::path::PathBuf::from(mp.trim());
-    if mp.as_os_str().is_empty() || !mp.is_dir() {
-        return Ok(false);
-    }
-    let name = format!(
-        ".nuwax-probe-{}",
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-    );
-    let mut f = Filler::start(docker, volume, image)?;
-    let a = Attrs {
-        mode: 0o600,
-        uid: 0,
-        gid: 0,
-        mtime: 0,
-    };
-    f.entry(
-        name.as_bytes(),
-        tar::EntryType::Regular,
-        &a,
-        0,
-        None,
-        &mut std::io::empty(),
-    )?;
-    f.finish()?;
-    Ok(mp.join(&name).is_file())
+fn probe(docker: &Docker) -> Result<bool> {
+    let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+    let volume = format!("nuwax-probe-{}-{nanos}", std::process::id());
+    docker.output(&["volume", "create", &volume])?;
+    let seen = docker
+        .output(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume])
+        .map(|mp| {
+            let mp = std::path::PathBuf::from(mp.trim());
+            let root_dir = rustix::fs::lstat(&mp).is_ok_and(|st| {
+                st.st_uid == 0 && rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir()
+            });
+            (mp, root_dir)
+        });
+    let removed = docker.output(&["volume", "rm", "-f", &volume]);
+    let (mp, root_dir) = seen?;
+    removed?;
+    let gone = rustix::fs::lstat(&mp).is_err();
+    Ok(root_dir && gone && mp.is_absolute())
 }
 
 /// The folder of a plain `local` volume (no driver options, so no mount of its own), when

@@ -50,8 +50,8 @@ pub fn gather(
             VolumeKind::Volume => volume_facts(ctx, project, &m.services, v, &ids, &mut f)?,
         }
     }
-    if let Some(image) = f.helper_images.values().next() {
-        f.volumes_local = engine::volumes_are_local(&ctx.docker, image)?;
+    if !f.helper_images.is_empty() {
+        f.volumes_local = engine::volumes_are_local(&ctx.docker)?;
     }
     for s in &project.services {
         let reference = s.image.clone();
