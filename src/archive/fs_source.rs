@@ -46,7 +46,56 @@ enum Found {
 
 enum Content {
     Read(Vec<u8>),
-    Open(File),
+    Open(ReadAhead),
+}
+
+/// How far ahead of the writer the kernel is asked to read a large file, in steps of this.
+const AHEAD: u64 = 16 << 20;
+
+/// A large file, read while the kernel is asked to read the next [`AHEAD`] bytes in the
+/// background (`POSIX_FADV_WILLNEED`): when its pages are not cached (a capture's reflink
+/// clones are new files; a cold cache) the writer rarely waits for the disk, and compression
+/// goes on meanwhile. The first step is asked when the walker opens it, ahead of its turn.
+struct ReadAhead {
+    file: File,
+    pos: u64,
+    asked: u64,
+    size: u64,
+}
+
+impl ReadAhead {
+    fn open(file: File, size: u64) -> ReadAhead {
+        let mut r = ReadAhead {
+            file,
+            pos: 0,
+            asked: 0,
+            size,
+        };
+        r.ask();
+        r
+    }
+
+    /// Asks for the next step; advice only, so a failure changes nothing.
+    fn ask(&mut self) {
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            self.asked,
+            std::num::NonZeroU64::new(AHEAD),
+            rustix::fs::Advice::WillNeed,
+        );
+        self.asked += AHEAD;
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos + AHEAD / 2 >= self.asked && self.asked < self.size {
+            self.ask();
+        }
+        let n = self.file.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 fn attrs(st: &Stat) -> Attrs {
@@ -188,7 +237,12 @@ impl Walker {
         let mut f = File::from(fd);
         let size = st.st_size as u64;
         if size > SMALL {
-            return Ok(Found::File(rel, a, size, Content::Open(f)));
+            return Ok(Found::File(
+                rel,
+                a,
+                size,
+                Content::Open(ReadAhead::open(f, size)),
+            ));
         }
         let bytes = read_small(&mut f, size as usize)
             .with_context(|| format!("reading {}", path.display()))?;
