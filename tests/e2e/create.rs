@@ -94,6 +94,7 @@ fn create_with_stop_backs_up_and_starts_exactly_what_ran() {
     std::fs::create_dir_all(p.path("data")).unwrap();
     std::fs::write(p.path("data/a.txt"), "hello").unwrap();
     p.up();
+    p.wait_exited("migrate");
     p.in_volume(&format!("{}_dbdata", p.name), "echo row > /v/table")
         .success();
     assert_eq!(
@@ -345,6 +346,7 @@ fn a_failed_backup_restarts_services_and_records_the_failure() {
     };
     random_files(&p.path("data"), 3000, 300);
     p.up();
+    p.wait_exited("migrate");
     let small = Tmpfs::mount(p.path("small"), "1m");
     let run = p.plugin(&["create", "--stop", "--storage", small.0.to_str().unwrap()]);
     assert_ne!(run.code, 0, "{}", run.stderr);
@@ -406,6 +408,7 @@ fn cancel_mid_archive(test: &str, through_docker: bool, signal: i32) {
     };
     random_files(&p.path("data"), 40, 4 << 20);
     p.up();
+    p.wait_exited("migrate");
     let args = ["create", "--stop", "--compression-level", "9"];
     let mut child = if through_docker {
         p.plugin_spawn(&args)
@@ -528,6 +531,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     std::fs::create_dir_all(p.path("data")).unwrap();
     std::fs::write(p.path("data/x"), "12345").unwrap();
     p.up();
+    p.wait_exited("migrate");
     let plan = p
         .plugin(&["create", "--stop", "--dry-run", "--format", "json"])
         .success()
@@ -558,6 +562,7 @@ fn bad_input_is_refused_before_anything_happens() {
     };
     std::fs::create_dir_all(p.path("data")).unwrap();
     p.up();
+    p.wait_exited("migrate");
     let run = p.plugin(&["create", "--stop", "--compression-level", "12"]);
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("level"), "{}", run.stderr);

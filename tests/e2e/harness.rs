@@ -271,6 +271,18 @@ impl Project {
         self.compose(&["up", "-d", "--quiet-pull"]).success();
     }
 
+    /// Waits (up to 20 s) until every container of the one-shot `service` has exited: `up -d`
+    /// returns while a one-shot may still run for a moment, and then it rightly blocks a backup.
+    pub fn wait_exited(&self, service: &str) {
+        for _ in 0..400 {
+            if self.states(service).iter().all(|l| l.ends_with(" exited")) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{service} still runs: {:?}", self.states(service));
+    }
+
     /// Runs a shell command in a one-off container that mounts the named volume at /v.
     pub fn in_volume(&self, volume: &str, script: &str) -> Run {
         self.docker(&[

@@ -228,6 +228,7 @@ fn a_killed_create_leaves_a_record_that_recover_and_the_next_create_finish() {
     std::fs::create_dir_all(p.path("data")).unwrap();
     std::fs::write(p.path("data/x"), "x").unwrap();
     p.up();
+    p.wait_exited("migrate");
     // Killed while archiving with the services stopped (direct), and while capturing.
     for (finish_with, capture, phase) in [
         ("recover", "direct", "archiving"),
@@ -302,6 +303,7 @@ fn a_rollback_killed_after_the_stop_is_recovered() {
     std::fs::create_dir_all(p.path("data")).unwrap();
     std::fs::write(p.path("data/x"), "one").unwrap();
     p.up();
+    p.wait_exited("migrate");
     let id = backup(&p);
     std::fs::write(p.path("data/x"), "two").unwrap();
     let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "rollback-restoring")];
