@@ -79,11 +79,9 @@ pub fn remove_stale_partials(dir: &Path, project: &str) -> Vec<PathBuf> {
         // `<pid>-backup_…`: the project name may itself contain dashes, so require the pid
         // shape. A live process's partial is not stale (a rollback downloading its archive
         // before it takes the lock).
-        let owned = rest.split_once('-').is_some_and(|(pid, tail)| {
-            pid.chars().all(|c| c.is_ascii_digit())
-                && tail.starts_with("backup_")
-                && process_gone(pid)
-        });
+        let owned = rest
+            .split_once('-')
+            .is_some_and(|(pid, tail)| tail.starts_with("backup_") && process_gone(pid));
         if owned && std::fs::remove_file(e.path()).is_ok() {
             removed.push(e.path());
         }
@@ -91,9 +89,13 @@ pub fn remove_stale_partials(dir: &Path, project: &str) -> Vec<PathBuf> {
     removed
 }
 
-/// Whether no live process has `pid` (digits): none by that number, or only its zombie
-/// (killed, not yet reaped by its new parent).
+/// Whether `pid` is a process id (digits, as in the names we give partial files and helpers)
+/// that no live process has: none by that number, or only its zombie (killed, not yet
+/// reaped by its new parent). Anything else is not a pid: `false`.
 pub fn process_gone(pid: &str) -> bool {
+    if pid.is_empty() || !pid.chars().all(|c| c.is_ascii_digit()) {
+        return false;
+    }
     let Ok(stat) = std::fs::read_to_string(Path::new("/proc").join(pid).join("stat")) else {
         return true;
     };
@@ -263,6 +265,7 @@ mod tests {
         child.wait().unwrap();
         assert!(process_gone(&pid), "reaped");
         assert!(process_gone("4194999"), "never there");
+        assert!(!process_gone("") && !process_gone("12a"), "not a pid");
     }
 
     #[test]

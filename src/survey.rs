@@ -19,6 +19,16 @@ pub struct Survey {
     pub readable: bool,
 }
 
+/// Nothing: no bytes, nothing unreadable.
+impl Default for Survey {
+    fn default() -> Survey {
+        Survey {
+            bytes: 0,
+            readable: true,
+        }
+    }
+}
+
 /// Walks `root` (a folder or a file; followed when it is a symlink, as the engine follows
 /// it when mounting; nothing below it is followed) adding file sizes, and notes anything
 /// this process cannot read: a folder it cannot list, an entry its permission bits close.
@@ -53,22 +63,31 @@ fn threads() -> usize {
     (2 * cores).clamp(2, 8)
 }
 
-/// Folders waiting to be listed, how many are being listed, and the sums so far.
-struct Queue {
-    dirs: Vec<PathBuf>,
-    busy: usize,
+/// What was found so far: file bytes and readability, and the folders still to list.
+#[derive(Default)]
+struct Found {
     total: Survey,
+    dirs: Vec<PathBuf>,
+}
+
+impl Found {
+    fn add(&mut self, other: Found) {
+        self.total.bytes += other.total.bytes;
+        self.total.readable &= other.total.readable;
+        self.dirs.extend(other.dirs);
+    }
+}
+
+/// The shared queue: what was found, and how many folders are being listed.
+struct Queue {
+    found: Found,
+    busy: usize,
 }
 
 fn walk(root: &Path, me: &Me, threads: usize) -> Survey {
-    let queue = Mutex::new(Queue {
-        dirs: vec![root.to_path_buf()],
-        busy: 0,
-        total: Survey {
-            bytes: 0,
-            readable: true,
-        },
-    });
+    let mut found = Found::default();
+    found.dirs.push(root.to_path_buf());
+    let queue = Mutex::new(Queue { found, busy: 0 });
     let changed = Condvar::new();
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -76,7 +95,7 @@ fn walk(root: &Path, me: &Me, threads: usize) -> Survey {
         }
     });
     let q = queue.into_inner().unwrap_or_else(|e| e.into_inner());
-    q.total
+    q.found.total
 }
 
 /// Takes folders until none is queued and none is being listed (then no more can come).
@@ -84,7 +103,7 @@ fn worker(queue: &Mutex<Queue>, changed: &Condvar, me: &Me, root: &Path) {
     let lock = || queue.lock().unwrap_or_else(|e| e.into_inner());
     let mut q = lock();
     loop {
-        let Some(dir) = q.dirs.pop() else {
+        let Some(dir) = q.found.dirs.pop() else {
             if q.busy == 0 {
                 changed.notify_all();
                 return;
@@ -97,23 +116,14 @@ fn worker(queue: &Mutex<Queue>, changed: &Condvar, me: &Me, root: &Path) {
         let listed = list(&dir, dir == root, me);
         q = lock();
         q.busy -= 1;
-        q.total.bytes += listed.total.bytes;
-        q.total.readable &= listed.total.readable;
-        q.dirs.extend(listed.dirs);
+        q.found.add(listed);
         changed.notify_all();
     }
 }
 
 /// One folder: the sizes of its files, whether all of it is readable, its sub-folders.
-fn list(dir: &Path, is_root: bool, me: &Me) -> Queue {
-    let mut out = Queue {
-        dirs: Vec::new(),
-        busy: 0,
-        total: Survey {
-            bytes: 0,
-            readable: true,
-        },
-    };
+fn list(dir: &Path, is_root: bool, me: &Me) -> Found {
+    let mut out = Found::default();
     let follow = if is_root {
         OFlags::empty()
     } else {
@@ -142,7 +152,7 @@ fn list(dir: &Path, is_root: bool, me: &Me) -> Queue {
     out
 }
 
-fn look_at(fd: &OwnedFd, dir: &Path, name: &[u8], me: &Me, out: &mut Queue) {
+fn look_at(fd: &OwnedFd, dir: &Path, name: &[u8], me: &Me, out: &mut Found) {
     let Ok(st) = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
         out.total.readable = false;
         return;

@@ -15,6 +15,7 @@ use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
 use crate::records::{RunCommand, Status};
+use crate::restore::engine::plain_local_folder;
 use crate::runs::{ActiveRun, PendingRow};
 use crate::services::{self, Running};
 use crate::survey::{survey, Survey};
@@ -644,10 +645,7 @@ fn capture_facts(project: &Project, opts: &Options, facts: &mut plan::Facts) {
 }
 
 fn probe(p: &Path) -> (plan::PathKind, Survey) {
-    let none = Survey {
-        bytes: 0,
-        readable: true,
-    };
+    let none = Survey::default();
     match std::fs::symlink_metadata(p).and_then(|m| {
         if m.file_type().is_symlink() {
             std::fs::metadata(p)
@@ -662,8 +660,8 @@ fn probe(p: &Path) -> (plan::PathKind, Survey) {
     }
 }
 
-/// Each volume's driver, options and labels; and the folders of the plain `local` ones (no
-/// driver options, so no mount of their own) that exist on this machine.
+/// Each volume's driver, options and labels; and the folders of the plain `local` ones that
+/// exist on this machine (see [`plain_local_folder`]).
 fn volume_details(
     ctx: &Context,
     names: &[&str],
@@ -697,9 +695,9 @@ fn volume_details(
             options: i.options.unwrap_or_default(),
             labels: i.labels.unwrap_or_default(),
         };
-        let plain = d.driver == "local" && d.options.is_empty();
-        if plain && !i.mountpoint.as_os_str().is_empty() && i.mountpoint.is_dir() {
-            folders.insert(i.name.clone(), i.mountpoint);
+        let no_options = d.options.is_empty();
+        if let Some(dir) = plain_local_folder(&d.driver, no_options, i.mountpoint) {
+            folders.insert(i.name.clone(), dir);
         }
         details.insert(i.name, d);
     }

@@ -136,14 +136,16 @@ impl Store {
         let p = Key::from(prefix);
         match self.rt.block_on(self.s3.list_with_delimiter(Some(&p))) {
             Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => Err(self.fail(
-                format!("bucket {}", self.url.bucket),
-                "it does not exist (create it, or fix the URL)",
-            )),
-            Err(e) if e.to_string().contains("NoSuchBucket") => Err(self.fail(
-                format!("bucket {}", self.url.bucket),
-                "it does not exist (create it, or fix the URL)",
-            )),
+            // Some servers answer a missing bucket with an error object_store does not map.
+            Err(e)
+                if matches!(e, object_store::Error::NotFound { .. })
+                    || e.to_string().contains("NoSuchBucket") =>
+            {
+                Err(self.fail(
+                    format!("bucket {}", self.url.bucket),
+                    "it does not exist (create it, or fix the URL)",
+                ))
+            }
             Err(e) => Err(self.fail(format!("listing {}", self.url), e)),
         }
     }

@@ -56,9 +56,7 @@ pub fn clean_stale(docker: &Docker) {
             .split('-')
             .next()
             .unwrap_or("");
-        !pid.is_empty()
-            && pid.chars().all(|c| c.is_ascii_digit())
-            && crate::storage::process_gone(pid)
+        crate::storage::process_gone(pid)
     };
     if let Ok(names) = docker.output(&[
         "ps",
@@ -232,7 +230,21 @@ pub fn local_mountpoint(docker: &Docker, volume: &str) -> Result<Option<std::pat
     let mut parts = out.trim().splitn(3, '|');
     let (driver, options, mp) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
     let mp = std::path::PathBuf::from(mp);
-    Ok((driver == Some("local") && options == Some("0") && mp.is_dir()).then_some(mp))
+    Ok(plain_local_folder(
+        driver.unwrap_or(""),
+        options == Some("0"),
+        mp,
+    ))
+}
+
+/// `mountpoint`, when it is the folder of a plain `local` volume (driver `local`, no driver
+/// options, so no mount of its own) and exists here: the volumes read and written from disk.
+pub fn plain_local_folder(
+    driver: &str,
+    no_options: bool,
+    mountpoint: std::path::PathBuf,
+) -> Option<std::path::PathBuf> {
+    (driver == "local" && no_options && mountpoint.is_dir()).then_some(mountpoint)
 }
 
 /// Where a bind's helper container mounts the bind's parent folder.

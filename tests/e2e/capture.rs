@@ -237,14 +237,8 @@ fn a_create_killed_while_compressing_leaves_services_running_and_recover_cleans_
     let rec = p.plugin(&["recover"]).success();
     assert!(rec.stderr.contains("removed the capture"), "{}", rec.stderr);
     assert!(captures(&[p.dir.path(), &vol_parent, &p.path("backups")]).is_empty());
-    let rows = p.plugin(&["list", "--format", "json"]).success().json();
-    assert!(
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["status"] == "failed"),
-        "{rows}"
-    );
+    let statuses = p.statuses();
+    assert!(statuses.iter().all(|s| s == "failed"), "{statuses:?}");
     assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
 }
 

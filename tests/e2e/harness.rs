@@ -271,6 +271,17 @@ impl Project {
         self.compose(&["up", "-d", "--quiet-pull"]).success();
     }
 
+    /// The status of every backup `list --format json` shows, in its order.
+    pub fn statuses(&self) -> Vec<String> {
+        let rows = self.plugin(&["list", "--format", "json"]).success().json();
+        let rows = rows
+            .as_array()
+            .expect("list --format json is an array")
+            .iter();
+        rows.map(|r| r["status"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// Waits (up to 20 s) until every container of the one-shot `service` has exited: `up -d`
     /// returns while a one-shot may still run for a moment, and then it rightly blocks a backup.
     pub fn wait_exited(&self, service: &str) {
