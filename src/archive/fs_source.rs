@@ -8,11 +8,12 @@
 //! most [`QUEUE`] batches, each of at most [`BATCH_ENTRIES`] entries, [`BATCH_BYTES`] bytes
 //! read ahead and [`BATCH_OPEN`] open files), so memory stays flat however many files there
 //! are.
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::io::{self, Read, Seek};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -21,6 +22,7 @@ use anyhow::{Context, Result};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 
 use super::collector::Collector;
+use super::handover::{Handover, CAPTURE_MARK};
 use super::writer::Attrs;
 
 /// Files up to this size are read by the walker thread.
@@ -61,15 +63,19 @@ struct ReadAhead {
     pos: u64,
     asked: u64,
     size: u64,
+    /// Opened in a live volume: its hand-over and the file's path inside the volume, to go on
+    /// from the same place in the capture once the hand-over is made.
+    reopen: Option<(Handover, Vec<u8>)>,
 }
 
 impl ReadAhead {
-    fn open(file: File, size: u64) -> ReadAhead {
+    fn open(file: File, size: u64, reopen: Option<(Handover, Vec<u8>)>) -> ReadAhead {
         let mut r = ReadAhead {
             file,
             pos: 0,
             asked: 0,
             size,
+            reopen,
         };
         r.ask();
         r
@@ -85,16 +91,43 @@ impl ReadAhead {
         );
         self.asked += AHEAD;
     }
-}
 
-impl Read for ReadAhead {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    fn step(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos + AHEAD / 2 >= self.asked && self.asked < self.size {
             self.ask();
         }
         let n = self.file.read(buf)?;
         self.pos += n as u64;
         Ok(n)
+    }
+
+    /// After the hand-over: the same file in the capture, from where the reading is.
+    fn reopen_in_capture(&mut self, h: &Handover, rel: &[u8]) -> io::Result<()> {
+        let path = h.path(rel);
+        let mut f = File::open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        f.seek(io::SeekFrom::Start(self.pos))?;
+        self.file = f;
+        self.asked = self.pos;
+        Ok(())
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some((h, rel)) = self.reopen.take() else {
+            return self.step(buf);
+        };
+        match h.switch.live(|| self.step(buf)) {
+            Some(read) => {
+                self.reopen = Some((h, rel));
+                read
+            }
+            None => {
+                self.reopen_in_capture(&h, &rel)?;
+                self.step(buf)
+            }
+        }
     }
 }
 
@@ -110,9 +143,12 @@ fn attrs(st: &Stat) -> Attrs {
 /// Archives `root` exactly: owners, modes, mtimes, symlinks as links, hard links as links.
 /// Sockets, fifos and devices are skipped and reported through `warn`; so is `exclude` (the
 /// storage folder, when it lies inside the bind). Fails on the first unreadable entry, naming it.
+/// With a `handover`, `root` is read until the hand-over and its capture after (see
+/// [`super::handover`]); what the capture left out is not reported here (the capture says it).
 pub fn collect(
     root: &Path,
     exclude: &Path,
+    handover: Option<Handover>,
     c: &mut Collector<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<()> {
@@ -122,9 +158,11 @@ pub fn collect(
         exclude: exclude.to_path_buf(),
         inodes: HashMap::new(),
         batch: Batch::default(),
+        root: root.to_path_buf(),
+        handover,
+        handed: false,
     };
-    let root = root.to_path_buf();
-    let handle = std::thread::spawn(move || walker.run(&root));
+    let handle = std::thread::spawn(move || walker.run());
     for batch in rx {
         for found in batch? {
             crate::cancel::check()?;
@@ -167,15 +205,29 @@ struct Walker {
     /// First path of each multiply-linked file, by (device, inode).
     inodes: HashMap<(u64, u64), Vec<u8>>,
     batch: Batch,
+    /// The live root (followed when it is a symlink, as the engine follows it when mounting).
+    root: PathBuf,
+    handover: Option<Handover>,
+    /// Whether the walk has met the hand-over (and moved `inodes` to the capture's).
+    handed: bool,
+}
+
+/// A large file opened, or a small one read.
+enum Opened {
+    Large(File),
+    Small(Vec<u8>),
 }
 
 impl Walker {
-    fn run(mut self, root: &Path) {
-        // The root is followed when it is a symlink, as the engine follows it when mounting.
-        let result = match rustix::fs::stat(root) {
-            Ok(st) => self.entry(At::Path(root), root, Vec::new(), &st),
-            Err(e) => Err(anyhow::Error::from(std::io::Error::from(e)))
-                .with_context(|| format!("reading {}", root.display())),
+    fn run(mut self) {
+        let stat = |s: Spot<'_>| rustix::fs::statat(s.dir, s.name, s.at_flags());
+        let result = match self.on(At::Root, |s| Ok(stat(s)?)) {
+            Ok(st) => {
+                let root = self.root.clone();
+                self.entry(At::Root, &root, Vec::new(), &st)
+            }
+            Err(e) => Err(anyhow::Error::from(e))
+                .with_context(|| format!("reading {}", self.root.display())),
         };
         // What was found before an error is archived first, so the error names the right entry.
         if self.flush() {
@@ -183,6 +235,43 @@ impl Walker {
                 let _ = self.tx.send(Err(e));
             }
         }
+    }
+
+    /// Runs `op` where the entry may be read now (see [`reach`]); on meeting the hand-over,
+    /// moves the hard-link table to the capture's inodes.
+    fn on<T>(&mut self, at: At<'_>, op: impl Fn(Spot<'_>) -> io::Result<T>) -> io::Result<T> {
+        let (result, live) = reach(&self.root, self.handover.as_ref(), at, op);
+        if !live && !self.handed {
+            self.handed = true;
+            self.rekey()?;
+        }
+        result
+    }
+
+    /// The capture links the same paths as the volume, with its own inodes: each first path
+    /// is looked up again there.
+    fn rekey(&mut self) -> io::Result<()> {
+        let Some(h) = &self.handover else {
+            return Ok(());
+        };
+        let mut moved = HashMap::with_capacity(self.inodes.len());
+        for first in self.inodes.values() {
+            let st = rustix::fs::statat(CWD, h.path(first), AtFlags::SYMLINK_NOFOLLOW)?;
+            moved.insert((st.st_dev, st.st_ino), first.clone());
+        }
+        self.inodes = moved;
+        Ok(())
+    }
+
+    /// Whether the capture left out `path` on purpose (a fifo, the storage folder): it says so.
+    fn left_out(&self, path: &Path) -> bool {
+        let said = format!("skipped {} (", path.display());
+        self.handed
+            && self
+                .handover
+                .as_ref()
+                .and_then(|h| h.left_out.get())
+                .is_some_and(|l| l.iter().any(|w| w.starts_with(&said)))
     }
 
     /// Sends one entry (a folder: with everything below it). `false` when the reader is gone.
@@ -197,8 +286,10 @@ impl Walker {
                 return self.folder(at, path, rel, a);
             }
             FileType::Symlink => {
-                let target = rustix::fs::readlinkat(at.fd(), at.name(), Vec::new())
-                    .map_err(std::io::Error::from)
+                let target = self
+                    .on(at, |s| {
+                        Ok(rustix::fs::readlinkat(s.dir, s.name, Vec::new())?)
+                    })
                     .with_context(|| format!("reading link {}", path.display()))?;
                 Found::Symlink(rel, a, target.into_bytes())
             }
@@ -226,27 +317,30 @@ impl Walker {
             }
             self.inodes.insert(key, rel.clone());
         }
-        let fd = rustix::fs::openat(
-            at.fd(),
-            at.name(),
-            OFlags::RDONLY | at.no_follow() | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(std::io::Error::from)
-        .with_context(|| format!("opening {}", path.display()))?;
-        let mut f = File::from(fd);
         let size = st.st_size as u64;
-        if size > SMALL {
-            return Ok(Found::File(
-                rel,
-                a,
-                size,
-                Content::Open(ReadAhead::open(f, size)),
-            ));
-        }
-        let bytes = read_small(&mut f, size as usize)
+        // Opened and (when small) read at once: a live file is never read after the hand-over.
+        let (opened, live) = self
+            .on(at, |s| {
+                let flags = OFlags::RDONLY | s.no_follow() | OFlags::CLOEXEC;
+                let mut f = File::from(rustix::fs::openat(s.dir, s.name, flags, Mode::empty())?);
+                match size > SMALL {
+                    true => Ok((Opened::Large(f), s.live)),
+                    false => Ok((Opened::Small(read_small(&mut f, size as usize)?), s.live)),
+                }
+            })
             .with_context(|| format!("reading {}", path.display()))?;
-        Ok(Found::File(rel, a, size, Content::Read(bytes)))
+        let content = match opened {
+            Opened::Small(bytes) => Content::Read(bytes),
+            Opened::Large(f) => {
+                let reopen = self
+                    .handover
+                    .clone()
+                    .filter(|_| live)
+                    .map(|h| (h, rel.clone()));
+                Content::Open(ReadAhead::open(f, size, reopen))
+            }
+        };
+        Ok(Found::File(rel, a, size, content))
     }
 
     /// A folder, then its entries sorted by name.
@@ -254,18 +348,40 @@ impl Walker {
         if !self.send(Found::Dir(rel.clone(), a)) {
             return Ok(false);
         }
-        let dir = open_dir(at).with_context(|| format!("reading {}", path.display()))?;
-        for name in names(&dir).with_context(|| format!("reading {}", path.display()))? {
+        // Opened and listed at once, for the same reason as a file.
+        let (fd, listed, live) = self
+            .on(at, |s| {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | s.no_follow() | OFlags::CLOEXEC;
+                let fd = rustix::fs::openat(s.dir, s.name, flags, Mode::empty())?;
+                let listed = names(&fd)?;
+                Ok((fd, listed, s.live))
+            })
+            .with_context(|| format!("reading {}", path.display()))?;
+        let folder = Folder {
+            fd,
+            live,
+            rel,
+            capture: OnceCell::new(),
+        };
+        for name in listed {
             let child = path.join(OsStr::from_bytes(&name));
-            let st = rustix::fs::statat(&dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(std::io::Error::from)
-                .with_context(|| format!("reading {}", child.display()))?;
-            let mut child_rel = rel.clone();
+            let here = At::In(&folder, &name);
+            let st = match self.on(here, |s| {
+                Ok(rustix::fs::statat(s.dir, s.name, s.at_flags())?)
+            }) {
+                Ok(st) => st,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && self.left_out(&child) => continue,
+                Err(e) => {
+                    return Err(anyhow::Error::from(e))
+                        .with_context(|| format!("reading {}", child.display()))
+                }
+            };
+            let mut child_rel = folder.rel.clone();
             if !child_rel.is_empty() {
                 child_rel.push(b'/');
             }
             child_rel.extend_from_slice(&name);
-            if !self.entry(At::In(&dir, &name), &child, child_rel, &st)? {
+            if !self.entry(here, &child, child_rel, &st)? {
                 return Ok(false);
             }
         }
@@ -310,51 +426,128 @@ fn read_small(f: &mut File, size: usize) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Where an entry is: the root, by its path; or a name in a folder.
+/// A folder being walked: its descriptor where it was opened (the live volume or the
+/// capture), and, once the walk meets the hand-over, its descriptor in the capture.
+struct Folder {
+    fd: OwnedFd,
+    live: bool,
+    rel: Vec<u8>,
+    capture: OnceCell<OwnedFd>,
+}
+
+impl Folder {
+    fn in_capture(&self, h: &Handover) -> io::Result<BorrowedFd<'_>> {
+        if !self.live {
+            return Ok(self.fd.as_fd());
+        }
+        if self.capture.get().is_none() {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let _ = self.capture.set(rustix::fs::openat(
+                CWD,
+                h.path(&self.rel),
+                flags,
+                Mode::empty(),
+            )?);
+        }
+        Ok(self.capture.get().expect("set above").as_fd())
+    }
+}
+
+/// Where an entry is: the root; or a name in a folder.
 #[derive(Clone, Copy)]
 enum At<'a> {
-    Path(&'a Path),
-    In(&'a OwnedFd, &'a [u8]),
+    Root,
+    In(&'a Folder, &'a [u8]),
 }
 
-impl<'a> At<'a> {
-    fn fd(self) -> rustix::fd::BorrowedFd<'a> {
-        use rustix::fd::AsFd;
-        match self {
-            At::Path(_) => CWD,
-            At::In(fd, _) => fd.as_fd(),
-        }
-    }
+/// Where an operation acts: a folder's descriptor (the working folder for the root) and a
+/// name in it, and whether that is the live volume.
+#[derive(Clone, Copy)]
+struct Spot<'a> {
+    dir: BorrowedFd<'a>,
+    name: &'a [u8],
+    /// Only the root is followed when it is a symlink.
+    root: bool,
+    live: bool,
+}
 
-    /// Entries inside the tree are never followed; the root (a path) is.
+impl Spot<'_> {
     fn no_follow(self) -> OFlags {
-        match self {
-            At::Path(_) => OFlags::empty(),
-            At::In(..) => OFlags::NOFOLLOW,
+        match self.root {
+            true => OFlags::empty(),
+            false => OFlags::NOFOLLOW,
         }
     }
 
-    fn name(self) -> &'a [u8] {
-        match self {
-            At::Path(p) => p.as_os_str().as_bytes(),
-            At::In(_, n) => n,
+    fn at_flags(self) -> AtFlags {
+        match self.root {
+            true => AtFlags::empty(),
+            false => AtFlags::SYMLINK_NOFOLLOW,
         }
     }
 }
 
-fn open_dir(at: At<'_>) -> Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | at.no_follow() | OFlags::CLOEXEC;
-    Ok(rustix::fs::openat(at.fd(), at.name(), flags, Mode::empty())
-        .map_err(std::io::Error::from)?)
+/// Runs `op` where the entry may be read now: in the live volume until the hand-over (holding
+/// the switch while `op` runs), in the capture after. Returns whether it ran on the live one.
+fn reach<T>(
+    root: &Path,
+    handover: Option<&Handover>,
+    at: At<'_>,
+    op: impl Fn(Spot<'_>) -> io::Result<T>,
+) -> (io::Result<T>, bool) {
+    let here = |at: At<'_>| match at {
+        At::Root => op(Spot {
+            dir: CWD,
+            name: root.as_os_str().as_bytes(),
+            root: true,
+            live: true,
+        }),
+        At::In(f, name) => op(Spot {
+            dir: f.fd.as_fd(),
+            name,
+            root: false,
+            live: f.live,
+        }),
+    };
+    let Some(h) = handover else {
+        return (here(at), true);
+    };
+    if let At::In(f, _) = at {
+        if !f.live {
+            return (here(at), false);
+        }
+    }
+    if let Some(result) = h.switch.live(|| here(at)) {
+        return (result, true);
+    }
+    let capture = h.capture.as_os_str().as_bytes();
+    let spot = match at {
+        At::Root => Spot {
+            dir: CWD,
+            name: capture,
+            root: true,
+            live: false,
+        },
+        At::In(f, name) => match f.in_capture(h) {
+            Ok(dir) => Spot {
+                dir,
+                name,
+                root: false,
+                live: false,
+            },
+            Err(e) => return (Err(e), false),
+        },
+    };
+    (op(spot), false)
 }
 
-/// The names in a folder, sorted by bytes (`.` and `..` left out).
-fn names(dir: &OwnedFd) -> Result<Vec<Vec<u8>>> {
+/// The names in a folder, sorted by bytes (`.`, `..` and captures left out).
+fn names(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
-    for e in rustix::fs::Dir::read_from(dir).map_err(std::io::Error::from)? {
-        let e = e.map_err(std::io::Error::from)?;
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let e = e?;
         let n = e.file_name().to_bytes();
-        if n != b"." && n != b".." {
+        if n != b"." && n != b".." && !n.starts_with(CAPTURE_MARK.as_bytes()) {
             out.push(n.to_vec());
         }
     }

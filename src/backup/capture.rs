@@ -9,7 +9,8 @@ use anyhow::{Context as _, Result};
 
 use super::copy::{self, CAPTURE_MARK};
 use super::plan::{How, Item, Place, Plan};
-use super::write::{self, Captured, Captures};
+use super::reading::{Captured, Captures};
+use super::write;
 use crate::compose::Project;
 use crate::output::warn;
 use crate::runs::ActiveRun;
@@ -58,7 +59,7 @@ pub fn take(
 }
 
 /// `<folder>/.nuwax-capture-<pid>-<archive folder, / as _>`.
-fn path_of(place: &Place) -> PathBuf {
+pub(super) fn path_of(place: &Place) -> PathBuf {
     let name = place.archive_path.replace('/', "_");
     let ext = if place.how == How::Stream { ".tar" } else { "" };
     place
@@ -80,17 +81,15 @@ fn one(
     host_remove(&path);
     run.capture(&path)?;
     if place.how == How::Stream {
-        let src = write::engine_source(ctx, project, item, created)?;
+        let src = write::engine_source(ctx.into(), project, item, created)?;
         save_stream(ctx, &src, &path)?;
         return Ok(Captured::Stream(path));
     }
     let source = plan
         .host_dir(item)
         .with_context(|| format!("the folder of {} is not on this host", item.volume))?;
+    // What the copy leaves out, the archive says (it reads the volume until the hand-over).
     let done = copy::copy_tree(source, &path, &plan.storage, place.how == How::Reflink)?;
-    for s in &done.skipped {
-        warn(format!("{}: {s}", item.volume));
-    }
     crate::fault::point("create-capturing");
     Ok(Captured::Tree(path, done.skipped))
 }
@@ -117,10 +116,7 @@ fn host_remove(p: &Path) {
 /// Removes every capture (a tree this process cannot remove is named in a warning).
 pub fn remove(captures: &Captures) {
     for c in captures.values() {
-        let path = match c {
-            Captured::Tree(p, _) | Captured::Stream(p) => p,
-        };
-        remove_one(path);
+        remove_one(c.path());
     }
 }
 

@@ -15,8 +15,7 @@ use anyhow::{Context as _, Result};
 use crate::archive::writer::Attrs;
 use crate::restore::host::set_attrs;
 
-/// Marks capture folders and files: a copy in one is never copied again into another.
-pub const CAPTURE_MARK: &str = ".nuwax-capture-";
+pub use crate::archive::handover::CAPTURE_MARK;
 
 /// What a copy did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 pub(crate) mod capture;
 mod copy;
 pub mod plan;
+mod reading;
 mod write;
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 
+use self::reading::Reading;
 use crate::catalog::{BackupRow, Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
@@ -134,13 +136,12 @@ pub fn run(
     }
     let mut run = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Create)?;
     run.pending_row(pending_row(&project, &plan))?;
-    let stream = std::cell::RefCell::new(match &store {
-        Some(store) if remote.only => Some(begin_stream(store, &plan, remote.max_parts, &mut run)?),
-        _ => None,
-    });
-    let dest = match remote.only {
-        true => write::Destination::Remote(&stream),
-        false => write::Destination::Storage,
+    let dest = match &store {
+        Some(store) if remote.only => {
+            let sink = begin_stream(store, &plan, remote.max_parts, &mut run)?;
+            write::Destination::Remote(Box::new(sink))
+        }
+        _ => write::Destination::Storage,
     };
     let row = execute(ctx, opts, &project, &plan, &catalog, &mut run, dest)?;
     // The backup is recorded: a kill from here on leaves nothing for `recover` but the upload.
@@ -219,8 +220,7 @@ impl Default for Timing {
     }
 }
 
-/// Stops (with `--stop`), captures or archives, starts again, writes the archive from the
-/// captures, and records the outcome in the catalog.
+/// Stops (with `--stop`), archives, starts again, and records the outcome in the catalog.
 fn execute(
     ctx: &Context,
     opts: &Options,
@@ -228,13 +228,19 @@ fn execute(
     plan: &Plan,
     catalog: &Catalog,
     run: &mut ActiveRun,
-    dest: write::Destination<'_>,
+    dest: write::Destination,
 ) -> Result<BackupRow> {
-    let started = Instant::now();
     let running = if opts.stop {
         Running::of(project)
     } else {
         Running::default()
+    };
+    let s = Stopped {
+        ctx,
+        project,
+        plan,
+        running: &running,
+        started: Instant::now(),
     };
     if !running.is_empty() {
         note(format!("stopping {}", running.names().join(", ")));
@@ -244,83 +250,105 @@ fn execute(
         .stopping(&running)
         .and_then(|()| services::stop(&ctx.docker, &ctx.compose, &running))
         .and_then(|()| cancel::check());
-    let (now, captures) = match stopped {
-        Err(e) => (Err(e), None),
-        Ok(()) => while_stopped(ctx, project, plan, run, &mut timing, dest),
+    let (work, restart) = match stopped {
+        Err(e) => (Err(e), s.restart(run, &mut timing)),
+        Ok(()) if plan.capture_places.is_empty() => direct(&s, run, &mut timing, dest),
+        Ok(()) => with_capture(&s, run, &mut timing, dest),
     };
-    let _ = run.phase("starting");
-    let restart = if running.is_empty() {
-        Ok(())
-    } else {
-        note(format!("starting {}", running.names().join(", ")));
-        services::start(&ctx.docker, &ctx.compose, &running)
-    };
-    if !running.is_empty() {
-        timing.downtime_ms = started.elapsed().as_millis() as u64;
-    }
-    let work = match (now, captures) {
-        (Ok(Some(done)), _) => Ok(done),
-        (Ok(None), Some(c)) => compress(ctx, project, plan, run, c, dest),
-        (Ok(None), None) => Err(anyhow::anyhow!("nothing was archived nor captured")),
-        (Err(e), c) => {
-            c.iter().for_each(capture::remove);
-            Err(e)
-        }
-    };
-    let duration_ms = started.elapsed().as_millis() as u64;
+    let duration_ms = s.started.elapsed().as_millis() as u64;
     conclude(catalog, project, plan, work, restart, duration_ms, timing)
 }
 
-/// While the services are stopped: captures the volumes (the archive is written once they
-/// run again), or archives directly when there is no capture or it failed.
-fn while_stopped(
-    ctx: &Context,
-    project: &Project,
-    plan: &Plan,
-    run: &mut ActiveRun,
-    timing: &mut Timing,
-    dest: write::Destination<'_>,
-) -> (Result<Option<Written>>, Option<write::Captures>) {
-    if !plan.capture_places.is_empty() {
-        if let Err(e) = run.phase("capturing") {
-            return (Err(e), None);
-        }
-        let t0 = Instant::now();
-        match capture::take(ctx, project, plan, run) {
-            Ok(c) => {
-                timing.capture = plan.capture;
-                timing.capture_ms = t0.elapsed().as_millis() as u64;
-                return (Ok(None), Some(c));
-            }
-            Err(e) if cancel::requested() => return (Err(e), None),
-            Err(e) => warn(format!(
-                "{e:#}: archiving directly while the services are stopped"
-            )),
-        }
-    }
-    let now = run.phase("archiving").and_then(|()| {
-        crate::fault::point("create-archiving");
-        write::archive(ctx, project, plan, &write::Captures::new(), dest)
-    });
-    (now.map(Some), None)
+/// What a backup works with from the stop on.
+struct Stopped<'a> {
+    ctx: &'a Context,
+    project: &'a Project,
+    plan: &'a Plan,
+    running: &'a Running,
+    started: Instant,
 }
 
-/// Writes the archive from the captures (the services already run again), then removes them.
-fn compress(
-    ctx: &Context,
-    project: &Project,
-    plan: &Plan,
+impl Stopped<'_> {
+    /// Starts the stopped services again, and notes how long they were down.
+    fn restart(&self, run: &mut ActiveRun, timing: &mut Timing) -> Result<()> {
+        let _ = run.phase("starting");
+        if self.running.is_empty() {
+            return Ok(());
+        }
+        note(format!("starting {}", self.running.names().join(", ")));
+        let started = services::start(&self.ctx.docker, &self.ctx.compose, self.running);
+        timing.downtime_ms = self.started.elapsed().as_millis() as u64;
+        started
+    }
+}
+
+/// Archives the volumes as they are, then starts the services. The archive's outcome, then
+/// the restart's.
+fn direct(
+    s: &Stopped<'_>,
     run: &mut ActiveRun,
-    captures: write::Captures,
-    dest: write::Destination<'_>,
-) -> Result<Written> {
-    note("the services run again; writing the archive from the capture");
-    let written = run.phase("compressing").and_then(|()| {
-        crate::fault::point("create-compressing");
-        write::archive(ctx, project, plan, &captures, dest)
+    timing: &mut Timing,
+    dest: write::Destination,
+) -> (Result<Written>, Result<()>) {
+    let written = run.phase("archiving").and_then(|()| {
+        crate::fault::point("create-archiving");
+        write::archive(s.ctx.into(), s.project, s.plan, &Reading::live(), dest)
     });
-    capture::remove(&captures);
-    written
+    (written, s.restart(run, timing))
+}
+
+/// The archive begins at once, reading the volumes while their captures are made beside them;
+/// once every capture is made it goes on from them (the hand-over), and the services start
+/// meanwhile. When the capture fails the archive reads the volumes to the end, the services
+/// stopped. The captures are removed at the end.
+fn with_capture(
+    s: &Stopped<'_>,
+    run: &mut ActiveRun,
+    timing: &mut Timing,
+    dest: write::Destination,
+) -> (Result<Written>, Result<()>) {
+    let reading = Reading::capturing(s.plan, capture::path_of);
+    if let Err(e) = run.phase("capturing") {
+        return (Err(e), s.restart(run, timing));
+    }
+    let outcome = std::thread::scope(|scope| {
+        let (reading, project, plan) = (&reading, s.project, s.plan);
+        let engine = write::Engine::from(s.ctx);
+        let archiving = scope.spawn(move || write::archive(engine, project, plan, reading, dest));
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<Written>>| {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the archive thread panicked")))
+        };
+        let t0 = Instant::now();
+        match capture::take(s.ctx, s.project, s.plan, run) {
+            Ok(c) => {
+                reading.hand_over(c);
+                timing.capture = s.plan.capture;
+                timing.capture_ms = t0.elapsed().as_millis() as u64;
+            }
+            Err(e) => {
+                if !cancel::requested() {
+                    warn(format!(
+                        "{e:#}: archiving directly while the services are stopped"
+                    ));
+                }
+                reading.stay_live();
+                let written = joined(archiving);
+                return (written, s.restart(run, timing));
+            }
+        }
+        let restart = s.restart(run, timing);
+        let _ = run.phase("compressing");
+        crate::fault::point("create-compressing");
+        if !archiving.is_finished() {
+            note("the services run again; the archive goes on from the capture");
+        }
+        (joined(archiving), restart)
+    });
+    if let Some(c) = reading.captures() {
+        capture::remove(c);
+    }
+    outcome
 }
 
 /// Records the outcome: a completed row (then a failed restart is still an error), or a
@@ -373,10 +401,10 @@ pub fn create_stopped(
     storage::prepare(&plan.storage)?;
     check_space(&plan)?;
     match write::archive(
-        ctx,
+        ctx.into(),
         project,
         &plan,
-        &moved_away(&plan, previous),
+        &Reading::captured(moved_away(&plan, previous)),
         write::Destination::Storage,
     ) {
         Ok(done) => record_completed(
@@ -485,13 +513,13 @@ fn record_failure(
 
 /// The volumes whose content was moved away from their place (a staged rollback's previous
 /// content), to be read from there as captures.
-fn moved_away(plan: &Plan, previous: &HashMap<PathBuf, PathBuf>) -> write::Captures {
-    let mut out = write::Captures::new();
+fn moved_away(plan: &Plan, previous: &HashMap<PathBuf, PathBuf>) -> reading::Captures {
+    let mut out = reading::Captures::new();
     for item in &plan.volumes {
         if let Some(from) = plan.place_of(item).and_then(|p| previous.get(p)) {
             out.insert(
                 item.archive_path.clone(),
-                write::Captured::Tree(from.clone(), Vec::new()),
+                reading::Captured::Tree(from.clone(), Vec::new()),
             );
         }
     }

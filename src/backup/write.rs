@@ -10,26 +10,35 @@ use anyhow::{Context as _, Result};
 use sha2::{Digest, Sha256};
 
 use super::plan::{Item, Plan};
+use super::reading::{self, Captured, Reading, Source};
 use super::Written;
 use crate::archive::collector::Collector;
 use crate::archive::manifest::{self, Manifest, ServiceRecord, Skipped, StoredFile, VolumeRecord};
 use crate::archive::stream_source::{self, Scope};
 use crate::archive::{fs_source, ArchiveWriter};
+use crate::cli::ComposeArgs;
 use crate::compose::{model, Project, Volume};
+use crate::docker::Docker;
 use crate::output::warn;
 use crate::records::VolumeKind;
 use crate::{cancel, storage, Context};
 
-/// A volume captured while the services were stopped.
-pub enum Captured {
-    /// A copy of its tree, and what the copy left out (as reading the original says it).
-    Tree(PathBuf, Vec<String>),
-    /// The engine's `docker cp` stream, in a file.
-    Stream(PathBuf),
+/// What reading through the engine needs of the [`Context`]: no more, so an archive can be
+/// written on another thread.
+#[derive(Clone, Copy)]
+pub struct Engine<'a> {
+    pub docker: &'a Docker,
+    pub compose: &'a ComposeArgs,
 }
 
-/// Captures by archive folder (`binds/data`); volumes not in it are read as they are now.
-pub type Captures = std::collections::HashMap<String, Captured>;
+impl<'a> From<&'a Context> for Engine<'a> {
+    fn from(ctx: &'a Context) -> Engine<'a> {
+        Engine {
+            docker: &ctx.docker,
+            compose: &ctx.compose,
+        }
+    }
+}
 
 /// Removes the partial archive unless it was published.
 struct Partial(PathBuf);
@@ -41,24 +50,23 @@ impl Drop for Partial {
 }
 
 /// Where the archive goes.
-#[derive(Clone, Copy)]
-pub enum Destination<'a> {
+pub enum Destination {
     /// A file in the plan's storage folder.
     Storage,
     /// Straight into a bucket as it is written (`--remote-only`): no local archive. The
     /// upload was begun (and recorded) before anything stopped; the archive takes it.
-    Remote(&'a std::cell::RefCell<Option<crate::remote::transfer::PartSink>>),
+    Remote(Box<crate::remote::transfer::PartSink>),
 }
 
 /// Writes, fsyncs and publishes the archive (or streams it to the bucket and completes the
 /// object). Fails on any read or write error, or on cancel; then no file is left under a
 /// final name and no object is completed.
 pub fn archive(
-    ctx: &Context,
+    ctx: Engine<'_>,
     project: &Project,
     plan: &Plan,
-    captures: &Captures,
-    dest: Destination<'_>,
+    reading: &Reading,
+    dest: Destination,
 ) -> Result<Written> {
     let partial = Partial(storage::partial_path(
         &plan.storage,
@@ -69,13 +77,9 @@ pub fn archive(
     let recipients = crate::crypto::Recipients(plan.recipients.clone());
     let (output, remote_key): (Box<dyn crate::archive::writer::Output>, _) = match dest {
         Destination::Storage => (Box::new(crate::private::create_new(&partial.0)?), None),
-        Destination::Remote(slot) => {
-            let sink = slot
-                .borrow_mut()
-                .take()
-                .context("the upload was used already")?;
+        Destination::Remote(sink) => {
             let url = sink.url.clone();
-            (Box::new(sink), Some(url))
+            (sink as Box<dyn crate::archive::writer::Output>, Some(url))
         }
     };
     let mut writer = ArchiveWriter::new(output, codec, &recipients)?;
@@ -94,7 +98,7 @@ pub fn archive(
         ctx,
         project,
         plan,
-        captures,
+        reading,
         &mut writer,
         &mut spill,
         &mut created,
@@ -131,10 +135,10 @@ pub fn archive(
 /// Appends every volume, the compose files and the manifest. Returns the file count.
 #[allow(clippy::too_many_arguments)]
 fn fill(
-    ctx: &Context,
+    ctx: Engine<'_>,
     project: &Project,
     plan: &Plan,
-    captures: &Captures,
+    reading: &Reading,
     writer: &mut ArchiveWriter,
     spill: &mut std::io::BufWriter<std::fs::File>,
     created: &mut Vec<String>,
@@ -151,15 +155,17 @@ fn fill(
     let mut records = Vec::new();
     for item in &plan.volumes {
         let mut warnings = Vec::new();
-        let mut warn_fn = |w: String| {
-            warn(format!("{}: {w}", item.volume));
-            warnings.push(w);
-        };
         let mut c = Collector::new(writer, &item.archive_path, spill, &on_read);
-        match captures.get(&item.archive_path) {
-            Some(captured) => read_captured(plan, item, captured, &mut c, &mut warnings)
-                .with_context(|| format!("reading the capture of {}", item.volume))?,
-            None => read_live(ctx, project, plan, item, created, &mut c, &mut warn_fn)?,
+        match reading.source(&item.archive_path) {
+            Source::Captured(captured) => {
+                read_captured(plan, item, captured, &mut c, &mut warnings)
+                    .with_context(|| format!("reading the capture of {}", item.volume))?
+            }
+            Source::Handover(h) => read_handed_over(plan, item, h, &mut c, &mut warnings)?,
+            Source::Live => read_live(ctx, project, plan, item, created, &mut c, &mut warnings)?,
+        }
+        for w in &warnings {
+            warn(format!("{}: {w}", item.volume));
         }
         records.push(record(item, plan, c));
         skipped.extend(warnings.into_iter().map(|reason| Skipped {
@@ -179,24 +185,49 @@ fn fill(
 
 /// Reads a volume as it is now: from its folder on this host, or through the engine.
 fn read_live(
-    ctx: &Context,
+    ctx: Engine<'_>,
     project: &Project,
     plan: &Plan,
     item: &Item,
     created: &mut Vec<String>,
     c: &mut Collector<'_>,
-    warn_fn: &mut dyn FnMut(String),
+    warnings: &mut Vec<String>,
 ) -> Result<()> {
-    let what = match &item.decl {
+    let mut said = |w: String| warnings.push(w);
+    match plan.host_dir(item) {
+        Some(dir) => fs_source::collect(dir, &plan.storage, None, c, &mut said)
+            .with_context(|| format!("reading {} in {}", what(item), dir.display())),
+        None => read_through_engine(ctx, project, plan, item, created, c, &mut said)
+            .with_context(|| format!("reading {} through the engine", what(item))),
+    }
+}
+
+fn what(item: &Item) -> String {
+    match &item.decl {
         Volume::Bind { source, .. } => format!("bind mount {}", source.display()),
         Volume::Volume { name, .. } => format!("volume {name}"),
-    };
-    match plan.host_dir(item) {
-        Some(dir) => fs_source::collect(dir, &plan.storage, c, warn_fn)
-            .with_context(|| format!("reading {what} in {}", dir.display())),
-        None => read_through_engine(ctx, project, plan, item, created, c, warn_fn)
-            .with_context(|| format!("reading {what} through the engine")),
     }
+}
+
+/// Reads a volume from its folder until the hand-over, then from its capture; its warnings
+/// are what the walk said, then what the capture left out beyond it.
+fn read_handed_over(
+    plan: &Plan,
+    item: &Item,
+    h: &crate::archive::handover::Handover,
+    c: &mut Collector<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let dir = plan
+        .host_dir(item)
+        .with_context(|| format!("the folder of {} is not on this host", item.volume))?;
+    let mut said = |w: String| warnings.push(w);
+    fs_source::collect(dir, &plan.storage, Some(h.clone()), c, &mut said)
+        .with_context(|| format!("reading {} in {}", what(item), dir.display()))?;
+    if let Some(left_out) = h.left_out.get() {
+        reading::merge_left_out(warnings, left_out);
+    }
+    Ok(())
 }
 
 /// Reads a volume from its capture: the copied tree (what its copy left out is said as
@@ -211,7 +242,7 @@ fn read_captured(
     let mut quiet = |w: String| warnings.push(w);
     match captured {
         Captured::Tree(path, skipped) => {
-            fs_source::collect(path, &plan.storage, c, &mut quiet)?;
+            fs_source::collect(path, &plan.storage, None, c, &mut quiet)?;
             warnings.extend(skipped.iter().cloned());
             Ok(())
         }
@@ -251,7 +282,7 @@ fn append_spill(
 /// Streams a named volume or a bind out of a stopped container of the project that mounts
 /// it (the engine reads what this process may not).
 fn read_through_engine(
-    ctx: &Context,
+    ctx: Engine<'_>,
     project: &Project,
     plan: &Plan,
     item: &Item,
@@ -274,7 +305,7 @@ fn read_through_engine(
 /// stopped container of the project that mounts it, or, when another mount is nested inside,
 /// a never-started helper that mounts it alone.
 pub(super) fn engine_source(
-    ctx: &Context,
+    ctx: Engine<'_>,
     project: &Project,
     item: &Item,
     created: &mut Vec<String>,
@@ -325,7 +356,7 @@ const ALONE_DIR: &str = ".nuwax-read";
 /// A never-started helper container, from the image of `container`, that mounts `volume` alone
 /// (read-only, no copy of the image's files), so a nested mount is not read as the volume's.
 fn alone(
-    ctx: &Context,
+    ctx: Engine<'_>,
     container: &str,
     volume: &Volume,
     created: &mut Vec<String>,
@@ -340,7 +371,7 @@ fn alone(
         Volume::Volume { name, .. } => format!("{name}:/{ALONE_DIR}:ro,nocopy"),
         Volume::Bind { source, .. } => format!("{}:/{ALONE_DIR}:ro", source.display()),
     };
-    crate::restore::engine::create_helper(&ctx.docker, &name, &mount, &image).with_context(
+    crate::restore::engine::create_helper(ctx.docker, &name, &mount, &image).with_context(
         || {
             format!(
                 "creating a helper container to read {} alone",
@@ -355,7 +386,7 @@ fn alone(
 /// A container of the project that mounts `volume`, and where; created (not started) with
 /// `docker compose create` when none exists. Containers made here are pushed to `created`.
 fn container_for(
-    ctx: &Context,
+    ctx: Engine<'_>,
     project: &Project,
     volume: &Volume,
     created: &mut Vec<String>,
@@ -373,11 +404,11 @@ fn container_for(
         .first()
         .context("the volume is not mounted by any service")?;
     ctx.docker.compose(
-        &ctx.compose,
+        ctx.compose,
         &["create", "--no-recreate", m.service.as_str()],
     )?;
     let ps = ctx.docker.compose(
-        &ctx.compose,
+        ctx.compose,
         &["ps", "-a", "--format", "json", m.service.as_str()],
     )?;
     let mine = model::parse_ps(&ps)?

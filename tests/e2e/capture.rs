@@ -205,6 +205,69 @@ fn services_run_again_before_the_archive_is_written() {
     assert!(row["capture_ms"].as_u64().unwrap() <= row["downtime_ms"].as_u64().unwrap());
 }
 
+/// A service that, each time it starts again, overwrites the head of every big file at once.
+const REWRITES: &str = r#"name: {name}
+services:
+  app:
+    image: {image}
+    command: ["sh", "-c", "trap 'exit 0' TERM; if [ -f /data/started ]; then for f in /data/big/*; do dd if=/dev/zero of=$$f bs=65536 count=64 conv=notrunc 2>/dev/null; done; touch /data/rewrote; fi; touch /data/started; while :; do sleep 0.2; done"]
+    restart: always
+    volumes:
+      - ./data:/data
+"#;
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn files_rewritten_as_soon_as_the_services_start_are_archived_as_at_the_stop() {
+    let Some(p) = Project::new("capture-rewrite", REWRITES) else {
+        return;
+    };
+    crate::create::random_files(&p.path("data/big"), 4, 24 << 20);
+    p.up();
+    crate::harness::wait_for_file(&p.path("data/started"), 30);
+    let names = ["f00000", "f00001", "f00002", "f00003"];
+    let read = |n: &str| std::fs::read(p.path("data/big").join(n)).unwrap();
+    let want: Vec<String> = names.iter().map(|n| sha256(&read(n))).collect();
+    // The archive begins at the stop and reads these files until the capture is handed over;
+    // once the service starts it overwrites them while the archive is still being written.
+    let row = p
+        .plugin(&[
+            "create",
+            "--stop",
+            "--compression-level",
+            "9",
+            "--format",
+            "json",
+        ])
+        .success()
+        .json();
+    assert_eq!(row["capture"], "copy");
+    let file = row["file_path"].as_str().unwrap();
+    crate::harness::wait_for_file(&p.path("data/rewrote"), 30);
+    assert!(
+        mtime(p.path("data/rewrote").to_str().unwrap()) < mtime(file),
+        "the service rewrote its files before the archive was finished"
+    );
+    for (n, want) in names.iter().zip(&want) {
+        assert_ne!(&sha256(&read(n)), want, "{n} was rewritten on disk");
+        let out = Command::new("tar")
+            .args(["-xzOf", file, &format!("binds/data/big/{n}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            &sha256(&out.stdout),
+            want,
+            "{n} in the archive is as at the stop"
+        );
+    }
+    p.plugin(&["verify", &row["id"].to_string()]).success();
+}
+
 #[test]
 fn a_create_killed_while_compressing_leaves_services_running_and_recover_cleans_up() {
     let Some(p) = Project::new("capture-kill", YAML) else {

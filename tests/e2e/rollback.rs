@@ -658,8 +658,18 @@ fn dry_run_shows_the_plan_changes_nothing_and_runs_while_a_create_holds_the_lock
     let yaml = APP.replace("{image}", &newer);
     p.write_compose(&yaml);
     crate::create::random_files(&p.path("data/big"), 80, 4 << 20);
-    let mut create =
-        crate::create::start_slow_create(&p, &["create", "--stop", "--compression-level", "9"]);
+    // Direct: the services stay stopped while it runs (a capture would start them early).
+    let mut create = crate::create::start_slow_create(
+        &p,
+        &[
+            "create",
+            "--stop",
+            "--capture",
+            "direct",
+            "--compression-level",
+            "9",
+        ],
+    );
     let trees = (describe_tree(&p.path("data")), p.volume_tree(&volume(&p)));
     let states = p.states("db");
     let rows = p.plugin(&["list", "--format", "json"]).success().stdout;
