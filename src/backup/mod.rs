@@ -314,7 +314,10 @@ fn with_capture(
     let outcome = std::thread::scope(|scope| {
         let (reading, project, plan) = (&reading, s.project, s.plan);
         let engine = write::Engine::from(s.ctx);
-        let archiving = scope.spawn(move || write::archive(engine, project, plan, reading, dest));
+        let archiving = scope.spawn(move || {
+            yield_cpu();
+            write::archive(engine, project, plan, reading, dest)
+        });
         let joined = |h: std::thread::ScopedJoinHandle<'_, Result<Written>>| {
             h.join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the archive thread panicked")))
@@ -343,12 +346,24 @@ fn with_capture(
         if !archiving.is_finished() {
             note("the services run again; the archive goes on from the capture");
         }
+        // The captures go while the archive writes its manifest and syncs.
+        reading.wait_all_read(|| archiving.is_finished());
+        if let Some(c) = reading.captures() {
+            capture::remove(c);
+        }
         (joined(archiving), restart)
     });
-    if let Some(c) = reading.captures() {
-        capture::remove(c);
-    }
     outcome
+}
+
+/// How far the archive's threads (this one and those it starts) step back: while the services
+/// are down the capture comes first (it is the downtime), and once they run, the services.
+const ARCHIVE_NICE: i32 = 10;
+
+/// Lowers this thread's CPU priority to [`ARCHIVE_NICE`] (on Linux, per thread; threads it
+/// starts inherit it). Advice only: a failure changes nothing.
+fn yield_cpu() {
+    let _ = rustix::process::setpriority_process(None, ARCHIVE_NICE);
 }
 
 /// Records the outcome: a completed row (then a failed restart is still an error), or a

@@ -3,7 +3,8 @@
 //! being made beside it are handed over (see [`crate::archive::handover`]).
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
 use super::plan::{How, Plan};
 use crate::archive::handover::{Handover, Side, Switch};
@@ -39,6 +40,8 @@ pub struct Reading {
     switch: Arc<Switch>,
     captures: OnceLock<Captures>,
     planned: HashMap<String, Planned>,
+    /// Set once the archive has read every volume (the captures may go then).
+    all_read: (Mutex<bool>, Condvar),
 }
 
 /// Where one volume is read from.
@@ -57,6 +60,7 @@ impl Reading {
             switch: Switch::new(Side::Live),
             captures: OnceLock::new(),
             planned: HashMap::new(),
+            all_read: Default::default(),
         }
     }
 
@@ -66,6 +70,7 @@ impl Reading {
             switch: Switch::new(Side::Captured),
             captures: OnceLock::from(captures),
             planned: HashMap::new(),
+            all_read: Default::default(),
         }
     }
 
@@ -92,6 +97,7 @@ impl Reading {
             switch,
             captures: OnceLock::new(),
             planned,
+            all_read: Default::default(),
         }
     }
 
@@ -117,6 +123,26 @@ impl Reading {
     /// The captures made, once handed over.
     pub fn captures(&self) -> Option<&Captures> {
         self.captures.get()
+    }
+
+    /// The archive has read every volume: what follows (the manifest, the final sync) needs
+    /// no capture.
+    pub fn read_all(&self) {
+        *self.all_read.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.all_read.1.notify_all();
+    }
+
+    /// Waits until the archive has read every volume, or `gone()` (the archive ended early).
+    pub fn wait_all_read(&self, gone: impl Fn() -> bool) {
+        let mut done = self.all_read.0.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done && !gone() {
+            done = self
+                .all_read
+                .1
+                .wait_timeout(done, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Where the volume at `archive_path` is read from. Waits while it can only be read from a

@@ -174,6 +174,7 @@ fn fill(
         }));
     }
     bar.finish_and_clear();
+    reading.read_all();
     let compose_files = store_compose_files(project, writer, plan.at.timestamp() as u64)?;
     let file_count = records.iter().map(|r| r.file_count).sum();
     append_spill(writer, spill, plan.at.timestamp() as u64)?;
