@@ -130,7 +130,7 @@ loopfs() {
     local name=$1
     shift
     mkdir -p "$work/$name"
-    truncate -s $((3 * scale))G "$work/$name.img"
+    truncate -s $((4 * scale))G "$work/$name.img"
     "$@" "$work/$name.img"
     mount -o loop "$work/$name.img" "$work/$name"
     mkdir -p "$work/$name/proj"

@@ -360,10 +360,12 @@ fn with_capture(
 /// are down the capture comes first (it is the downtime), and once they run, the services.
 const ARCHIVE_NICE: i32 = 10;
 
-/// Lowers this thread's CPU priority to [`ARCHIVE_NICE`] (on Linux, per thread; threads it
-/// starts inherit it). Advice only: a failure changes nothing.
+/// Lowers this thread's CPU priority by [`ARCHIVE_NICE`] from the process's (on Linux, per
+/// thread; threads it starts inherit it). Advice only: a failure changes nothing.
 fn yield_cpu() {
-    let _ = rustix::process::setpriority_process(None, ARCHIVE_NICE);
+    if let Ok(now) = rustix::process::getpriority_process(None) {
+        let _ = rustix::process::setpriority_process(None, (now + ARCHIVE_NICE).min(19));
+    }
 }
 
 /// Records the outcome: a completed row (then a failed restart is still an error), or a
@@ -782,4 +784,27 @@ pub struct Written {
     pub file_count: u64,
     /// `--remote-only`: the object it was streamed to (`path` is then where it would be).
     pub remote_url: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_archive_thread_steps_back_alone() {
+        let mine = rustix::process::getpriority_process(None).unwrap();
+        let theirs = std::thread::spawn(|| {
+            yield_cpu();
+            let child = std::thread::spawn(|| rustix::process::getpriority_process(None));
+            (
+                rustix::process::getpriority_process(None).unwrap(),
+                child.join().unwrap().unwrap(),
+            )
+        })
+        .join()
+        .unwrap();
+        let want = (mine + ARCHIVE_NICE).min(19);
+        assert_eq!(theirs, (want, want), "it and the threads it starts");
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), mine);
+    }
 }
