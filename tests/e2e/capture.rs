@@ -163,6 +163,22 @@ fn mtime(path: &str) -> f64 {
         .as_secs_f64()
 }
 
+/// `create --stop`, slow enough (level 9 on random data) that the services run again well
+/// before the archive is finished; its row, which says the capture was a copy.
+fn slow_capture(p: &Project) -> serde_json::Value {
+    let args = [
+        "create",
+        "--stop",
+        "--compression-level",
+        "9",
+        "--format",
+        "json",
+    ];
+    let row = p.plugin(&args).success().json();
+    assert_eq!(row["capture"], "copy");
+    row
+}
+
 #[test]
 fn services_run_again_before_the_archive_is_written() {
     let Some(p) = Project::new("capture-live", YAML) else {
@@ -171,18 +187,7 @@ fn services_run_again_before_the_archive_is_written() {
     seed(&p, 96);
     p.up();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let row = p
-        .plugin(&[
-            "create",
-            "--stop",
-            "--compression-level",
-            "9",
-            "--format",
-            "json",
-        ])
-        .success()
-        .json();
-    assert_eq!(row["capture"], "copy");
+    let row = slow_capture(&p);
     let file = row["file_path"].as_str().unwrap();
     let started = started_at(&p);
     assert!(
@@ -234,18 +239,7 @@ fn files_rewritten_as_soon_as_the_services_start_are_archived_as_at_the_stop() {
     let want: Vec<String> = names.iter().map(|n| sha256(&read(n))).collect();
     // The archive begins at the stop and reads these files until the capture is handed over;
     // once the service starts it overwrites them while the archive is still being written.
-    let row = p
-        .plugin(&[
-            "create",
-            "--stop",
-            "--compression-level",
-            "9",
-            "--format",
-            "json",
-        ])
-        .success()
-        .json();
-    assert_eq!(row["capture"], "copy");
+    let row = slow_capture(&p);
     let file = row["file_path"].as_str().unwrap();
     crate::harness::wait_for_file(&p.path("data/rewrote"), 30);
     assert!(
