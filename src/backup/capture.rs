@@ -17,12 +17,14 @@ use crate::runs::ActiveRun;
 use crate::Context;
 
 /// Captures every volume of the plan's capture. On any failure, removes what it made and
-/// fails (the caller then archives directly, the services still stopped).
+/// fails (the caller then archives directly, the services still stopped). Gives up as soon as
+/// `give_up()` (the archive failed: no capture is needed any more).
 pub fn take(
     ctx: &Context,
     project: &Project,
     plan: &Plan,
     run: &mut ActiveRun,
+    give_up: &dyn Fn() -> bool,
 ) -> Result<Captures> {
     let mut captures = Captures::new();
     let mut created = Vec::new();
@@ -35,11 +37,19 @@ pub fn take(
         else {
             continue;
         };
-        result = one(ctx, project, plan, item, place, run, &mut created)
-            .map(|c| {
-                captures.insert(item.archive_path.clone(), c);
-            })
-            .with_context(|| format!("capturing {}", item.volume));
+        result = one(
+            ctx,
+            project,
+            plan,
+            (item, place),
+            run,
+            &mut created,
+            give_up,
+        )
+        .map(|c| {
+            captures.insert(item.archive_path.clone(), c);
+        })
+        .with_context(|| format!("capturing {}", item.volume));
         if result.is_err() {
             break;
         }
@@ -71,10 +81,10 @@ fn one(
     ctx: &Context,
     project: &Project,
     plan: &Plan,
-    item: &Item,
-    place: &Place,
+    (item, place): (&Item, &Place),
     run: &mut ActiveRun,
     created: &mut Vec<String>,
+    give_up: &dyn Fn() -> bool,
 ) -> Result<Captured> {
     let path = path_of(place);
     crate::private::create_dir_all(&place.folder)?;
@@ -89,7 +99,8 @@ fn one(
         .host_dir(item)
         .with_context(|| format!("the folder of {} is not on this host", item.volume))?;
     // What the copy leaves out, the archive says (it reads the volume until the hand-over).
-    let done = copy::copy_tree(source, &path, &plan.storage, place.how == How::Reflink)?;
+    let reflink = place.how == How::Reflink;
+    let done = copy::copy_tree(source, &path, &plan.storage, reflink, give_up)?;
     crate::fault::point("create-capturing");
     Ok(Captured::Tree(path, done.skipped))
 }

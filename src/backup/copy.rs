@@ -39,7 +39,14 @@ fn attrs_of(m: &fs::Metadata) -> Attrs {
 
 /// Copies `src` (a folder or one file) to `dst` (which must not exist), leaving out
 /// `exclude` (the storage folder). `reflink: false` never clones (to measure a plain copy).
-pub fn copy_tree(src: &Path, dst: &Path, exclude: &Path, reflink: bool) -> Result<Copied> {
+/// Stops with an error as soon as `give_up()` (checked before each entry).
+pub fn copy_tree(
+    src: &Path,
+    dst: &Path,
+    exclude: &Path,
+    reflink: bool,
+    give_up: &dyn Fn() -> bool,
+) -> Result<Copied> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -60,7 +67,7 @@ pub fn copy_tree(src: &Path, dst: &Path, exclude: &Path, reflink: bool) -> Resul
             dirs: Vec::new(),
             jobs: Some(tx),
         };
-        let walked = walk(src, dst, exclude, &mut c);
+        let walked = walk(src, dst, exclude, &mut c, give_up);
         c.jobs = None;
         let mut done = Counts::default();
         let mut failed = None;
@@ -143,7 +150,13 @@ fn copy_file(from: &Path, to: &Path, len: u64, reflink: bool) -> Result<bool> {
 
 /// Walks `src` in name order: folders, links and multiply-linked files are made here, other
 /// files go to the copy threads.
-fn walk(src: &Path, dst: &Path, exclude: &Path, c: &mut Copier) -> Result<()> {
+fn walk(
+    src: &Path,
+    dst: &Path,
+    exclude: &Path,
+    c: &mut Copier,
+    give_up: &dyn Fn() -> bool,
+) -> Result<()> {
     let walk = walkdir::WalkDir::new(src)
         .follow_links(false)
         .sort_by_file_name()
@@ -152,6 +165,9 @@ fn walk(src: &Path, dst: &Path, exclude: &Path, c: &mut Copier) -> Result<()> {
     let mut walk = walk;
     while let Some(e) = walk.next() {
         crate::cancel::check()?;
+        if give_up() {
+            anyhow::bail!("the copy was given up");
+        }
         let e = e.with_context(|| format!("reading {}", src.display()))?;
         let rel = e.path().strip_prefix(src).unwrap_or(Path::new(""));
         let to = if rel.as_os_str().is_empty() {
@@ -317,7 +333,7 @@ mod tests {
         };
         set_attrs(&src.join("sub"), &a, false).unwrap();
         let dst = d.path().join("dst");
-        let out = copy_tree(&src, &dst, &src.join("backups"), true).unwrap();
+        let out = copy_tree(&src, &dst, &src.join("backups"), true, &|| false).unwrap();
         assert_eq!(out.cloned + out.copied, 1, "one file, linked once");
         assert_eq!(out.skipped.len(), 2, "{:?}", out.skipped);
         assert!(out.skipped[0].contains("backup storage folder"));

@@ -311,26 +311,31 @@ fn with_capture(
     if let Err(e) = run.phase("capturing") {
         return (Err(e), s.restart(run, timing));
     }
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let outcome = std::thread::scope(|scope| {
-        let (reading, project, plan) = (&reading, s.project, s.plan);
+        let (reading, project, plan, failed) = (&reading, s.project, s.plan, &failed);
         let engine = write::Engine::from(s.ctx);
         let archiving = scope.spawn(move || {
             yield_cpu();
-            write::archive(engine, project, plan, reading, dest)
+            let written = write::archive(engine, project, plan, reading, dest);
+            failed.store(written.is_err(), std::sync::atomic::Ordering::Relaxed);
+            written
         });
         let joined = |h: std::thread::ScopedJoinHandle<'_, Result<Written>>| {
             h.join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the archive thread panicked")))
         };
         let t0 = Instant::now();
-        match capture::take(s.ctx, s.project, s.plan, run) {
+        let archive_failed = || failed.load(std::sync::atomic::Ordering::Relaxed);
+        match capture::take(s.ctx, s.project, s.plan, run, &archive_failed) {
             Ok(c) => {
                 reading.hand_over(c);
                 timing.capture = s.plan.capture;
                 timing.capture_ms = t0.elapsed().as_millis() as u64;
             }
             Err(e) => {
-                if !cancel::requested() {
+                // When the archive failed the capture was given up: its error is the one.
+                if !cancel::requested() && !archive_failed() {
                     warn(format!(
                         "{e:#}: archiving directly while the services are stopped"
                     ));

@@ -293,7 +293,8 @@ mod tests {
         let want = walk(&live, None, &|_| Ok(()));
         let capture = d.path().join(".nuwax-capture-test");
         let copied =
-            super::super::copy::copy_tree(&live, &capture, &live.join("backups"), false).unwrap();
+            super::super::copy::copy_tree(&live, &capture, &live.join("backups"), false, &|| false)
+                .unwrap();
         let h = Handover {
             switch: Switch::new(Side::Capturing),
             capture,

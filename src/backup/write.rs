@@ -154,6 +154,7 @@ fn fill(
     let mut skipped = plan.skipped.clone();
     let mut records = Vec::new();
     for item in &plan.volumes {
+        crate::fault::fail("create-writing")?;
         let mut warnings = Vec::new();
         let mut c = Collector::new(writer, &item.archive_path, spill, &on_read);
         match reading.source(&item.archive_path) {

@@ -299,6 +299,48 @@ fn a_create_killed_while_compressing_leaves_services_running_and_recover_cleans_
     assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
 }
 
+#[test]
+fn an_archive_that_fails_while_capturing_ends_the_capture_and_starts_the_services() {
+    let Some(p) = Project::new("capture-fail", YAML) else {
+        return;
+    };
+    seed(&p, 64);
+    p.up();
+    let fail = [("NUWAX_BACKUP_TEST_FAIL_AT", "create-writing")];
+    let run = p.plugin_env(&fail, &["create", "--stop"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("No space left on device"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("archiving directly"),
+        "the capture was given up, not failed: {}",
+        run.stderr
+    );
+    assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
+    let vol_dir = p
+        .docker(&[
+            "volume",
+            "inspect",
+            "--format",
+            "{{.Mountpoint}}",
+            &format!("{}_appvol", p.name),
+        ])
+        .success();
+    let vol_parent = PathBuf::from(vol_dir.stdout.trim())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let dirs = [p.dir.path(), vol_parent.as_path(), &p.path("backups")];
+    let left = entries_starting(&dirs, ".nuwax-capture-");
+    assert!(left.is_empty(), "captures left behind: {left:?}");
+    let partials = entries_starting(&[&p.path("backups")], ".nuwax-partial-");
+    assert!(partials.is_empty(), "{partials:?}");
+    assert_eq!(p.statuses(), ["failed"]);
+}
+
 /// A loop-mounted XFS with reflinks, unmounted and removed on drop.
 struct Xfs {
     dir: PathBuf,
