@@ -125,27 +125,50 @@ fn worker(rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>, reflink: bool) 
         let Ok(job) = job else {
             return Ok(n);
         };
-        if copy_file(&job.from, &job.to, job.len, reflink)? {
+        if copy_file(&job, reflink)? {
             n.cloned += 1;
         } else {
             n.copied += 1;
         }
         n.bytes += job.len;
-        set_attrs(&job.to, &job.attrs, false)?;
     }
 }
 
-/// Copies one file's bytes: a reflink clone when `reflink` and the filesystem allows it
-/// (`true`), else the kernel's copy.
-fn copy_file(from: &Path, to: &Path, len: u64, reflink: bool) -> Result<bool> {
+/// Copies one file's bytes (a reflink clone when `reflink` and the filesystem allows it:
+/// `true`; else the kernel's copy), then its owner, mode and time, on the open file.
+fn copy_file(job: &Job, reflink: bool) -> Result<bool> {
+    let (from, to) = (&job.from, &job.to);
     let input = File::open(from).with_context(|| format!("opening {}", from.display()))?;
     let output = File::create(to).with_context(|| format!("creating {}", to.display()))?;
-    if reflink && rustix::fs::ioctl_ficlone(&output, &input).is_ok() {
-        return Ok(true);
+    let cloned = reflink && rustix::fs::ioctl_ficlone(&output, &input).is_ok();
+    if !cloned {
+        copy_bytes(&input, &output, job.len)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
-    copy_bytes(&input, &output, len)
-        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-    Ok(false)
+    set_open_attrs(&output, &job.attrs)
+        .with_context(|| format!("setting owner, mode and time of {}", to.display()))?;
+    Ok(cloned)
+}
+
+/// Owner, then mode (a chown clears set-id bits), then mtime, on an open regular file: as
+/// [`set_attrs`] does by path, without looking the path up three times.
+fn set_open_attrs(f: &File, a: &Attrs) -> io::Result<()> {
+    use rustix::fs::{Gid, Mode, Timespec, Timestamps, Uid};
+    let (uid, gid) = (Uid::from_raw(a.uid as u32), Gid::from_raw(a.gid as u32));
+    rustix::fs::fchown(f, Some(uid), Some(gid))?;
+    rustix::fs::fchmod(f, Mode::from_raw_mode(a.mode & 0o7777))?;
+    let t = Timespec {
+        tv_sec: a.mtime as i64,
+        tv_nsec: 0,
+    };
+    rustix::fs::futimens(
+        f,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+    )?;
+    Ok(())
 }
 
 /// Walks `src` in name order: folders, links and multiply-linked files are made here, other
@@ -250,13 +273,19 @@ impl Copier {
                 .with_context(|| format!("creating hard link {}", to.display()));
         }
         self.inodes.insert(key, to.to_path_buf());
-        if copy_file(from, to, m.len(), self.reflink)? {
+        let job = Job {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            len: m.len(),
+            attrs: *a,
+        };
+        if copy_file(&job, self.reflink)? {
             self.out.cloned += 1;
         } else {
             self.out.copied += 1;
         }
         self.out.bytes += m.len();
-        set_attrs(to, a, false)
+        Ok(())
     }
 
     fn finish(mut self) -> Result<Copied> {
