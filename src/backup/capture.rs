@@ -95,9 +95,7 @@ fn one(
         save_stream(ctx, &src, &path)?;
         return Ok(Captured::Stream(path));
     }
-    let source = plan
-        .host_dir(item)
-        .with_context(|| format!("the folder of {} is not on this host", item.volume))?;
+    let source = plan.needed_host_dir(item)?;
     // What the copy leaves out, the archive says (it reads the volume until the hand-over).
     let reflink = place.how == How::Reflink;
     let done = copy::copy_tree(source, &path, &plan.storage, reflink, give_up)?;

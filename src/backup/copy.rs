@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use crate::archive::writer::Attrs;
-use crate::restore::host::set_attrs;
+use crate::restore::host::{set_attrs, times_of};
 
 pub use crate::archive::handover::CAPTURE_MARK;
 
@@ -153,21 +153,11 @@ fn copy_file(job: &Job, reflink: bool) -> Result<bool> {
 /// Owner, then mode (a chown clears set-id bits), then mtime, on an open regular file: as
 /// [`set_attrs`] does by path, without looking the path up three times.
 fn set_open_attrs(f: &File, a: &Attrs) -> io::Result<()> {
-    use rustix::fs::{Gid, Mode, Timespec, Timestamps, Uid};
+    use rustix::fs::{Gid, Mode, Uid};
     let (uid, gid) = (Uid::from_raw(a.uid as u32), Gid::from_raw(a.gid as u32));
     rustix::fs::fchown(f, Some(uid), Some(gid))?;
     rustix::fs::fchmod(f, Mode::from_raw_mode(a.mode & 0o7777))?;
-    let t = Timespec {
-        tv_sec: a.mtime as i64,
-        tv_nsec: 0,
-    };
-    rustix::fs::futimens(
-        f,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-    )?;
+    rustix::fs::futimens(f, &times_of(a.mtime))?;
     Ok(())
 }
 

@@ -312,7 +312,7 @@ fn with_capture(
         return (Err(e), s.restart(run, timing));
     }
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let outcome = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let (reading, project, plan, failed) = (&reading, s.project, s.plan, &failed);
         let engine = write::Engine::from(s.ctx);
         let archiving = scope.spawn(move || {
@@ -357,8 +357,7 @@ fn with_capture(
             capture::remove(c);
         }
         (joined(archiving), restart)
-    });
-    outcome
+    })
 }
 
 /// How far the archive's threads (this one and those it starts) step back: while the services

@@ -181,6 +181,13 @@ impl Plan {
     pub fn host_dir<'a>(&'a self, item: &'a Item) -> Option<&'a Path> {
         self.place_of(item).filter(|_| item.io == Io::Host)
     }
+
+    /// [`Plan::host_dir`] where the plan relies on one (a capture copies it, a hand-over
+    /// reads it): an error naming the volume when there is none.
+    pub fn needed_host_dir<'a>(&'a self, item: &'a Item) -> anyhow::Result<&'a Path> {
+        self.host_dir(item)
+            .ok_or_else(|| anyhow::anyhow!("the folder of {} is not on this host", item.volume))
+    }
 }
 
 /// Paths no backup should read: the host's own system folders and the docker socket.

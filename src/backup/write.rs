@@ -220,9 +220,7 @@ fn read_handed_over(
     c: &mut Collector<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
-    let dir = plan
-        .host_dir(item)
-        .with_context(|| format!("the folder of {} is not on this host", item.volume))?;
+    let dir = plan.needed_host_dir(item)?;
     let mut said = |w: String| warnings.push(w);
     fs_source::collect(dir, &plan.storage, Some(h.clone()), c, &mut said)
         .with_context(|| format!("reading {} in {}", what(item), dir.display()))?;

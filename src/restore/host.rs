@@ -247,22 +247,26 @@ pub(crate) fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
     if !is_link {
         fs::set_permissions(p, fs::Permissions::from_mode(a.mode & 0o7777)).with_context(ctx)?;
     }
-    let t = rustix::fs::Timespec {
-        tv_sec: a.mtime as i64,
-        tv_nsec: 0,
-    };
-    let times = rustix::fs::Timestamps {
-        last_access: t,
-        last_modification: t,
-    };
     rustix::fs::utimensat(
         rustix::fs::CWD,
         p,
-        &times,
+        &times_of(a.mtime),
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
     .map_err(io::Error::from)
     .with_context(ctx)
+}
+
+/// Access and modification time both at `mtime` (whole seconds), as archives keep them.
+pub(crate) fn times_of(mtime: u64) -> rustix::fs::Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: mtime as i64,
+        tv_nsec: 0,
+    };
+    rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 #[cfg(test)]

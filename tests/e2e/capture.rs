@@ -274,19 +274,7 @@ fn a_create_killed_while_compressing_leaves_services_running_and_recover_cleans_
     assert_ne!(run.code, 0);
     assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
     let captures = |dirs: &[&Path]| entries_starting(dirs, ".nuwax-capture-");
-    let vol_dir = p
-        .docker(&[
-            "volume",
-            "inspect",
-            "--format",
-            "{{.Mountpoint}}",
-            &format!("{}_appvol", p.name),
-        ])
-        .success();
-    let vol_parent = PathBuf::from(vol_dir.stdout.trim())
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let vol_parent = p.volume_parent(&format!("{}_appvol", p.name));
     assert!(
         !captures(&[p.dir.path(), &vol_parent]).is_empty(),
         "the capture is there before recover"
@@ -320,19 +308,7 @@ fn an_archive_that_fails_while_capturing_ends_the_capture_and_starts_the_service
         run.stderr
     );
     assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
-    let vol_dir = p
-        .docker(&[
-            "volume",
-            "inspect",
-            "--format",
-            "{{.Mountpoint}}",
-            &format!("{}_appvol", p.name),
-        ])
-        .success();
-    let vol_parent = PathBuf::from(vol_dir.stdout.trim())
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let vol_parent = p.volume_parent(&format!("{}_appvol", p.name));
     let dirs = [p.dir.path(), vol_parent.as_path(), &p.path("backups")];
     let left = entries_starting(&dirs, ".nuwax-capture-");
     assert!(left.is_empty(), "captures left behind: {left:?}");

@@ -316,6 +316,18 @@ impl Project {
         out.stdout.lines().map(String::from).collect()
     }
 
+    /// The folder that holds a named volume's folder on this host (where captures and
+    /// staging folders of that volume go).
+    pub fn volume_parent(&self, volume: &str) -> PathBuf {
+        let out = self
+            .docker(&["volume", "inspect", "--format", "{{.Mountpoint}}", volume])
+            .success();
+        PathBuf::from(out.stdout.trim())
+            .parent()
+            .unwrap()
+            .to_path_buf()
+    }
+
     /// State of each container of a service, sorted by name.
     pub fn states(&self, service: &str) -> Vec<String> {
         let out = self

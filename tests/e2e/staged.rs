@@ -46,13 +46,7 @@ fn state(p: &Project) -> State {
 }
 
 fn staging_left(p: &Project) -> Vec<PathBuf> {
-    let mp = p
-        .docker(&["volume", "inspect", "--format", "{{.Mountpoint}}", &vol(p)])
-        .success();
-    let vol_parent = PathBuf::from(mp.stdout.trim())
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let vol_parent = p.volume_parent(&vol(p));
     entries_starting(&[p.dir.path(), &vol_parent], ".nuwax-restore-")
 }
 
