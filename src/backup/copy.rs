@@ -137,9 +137,16 @@ fn worker(rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>, reflink: bool) 
 /// Copies one file's bytes (a reflink clone when `reflink` and the filesystem allows it:
 /// `true`; else the kernel's copy), then its owner, mode and time, on the open file.
 fn copy_file(job: &Job, reflink: bool) -> Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
     let (from, to) = (&job.from, &job.to);
     let input = File::open(from).with_context(|| format!("opening {}", from.display()))?;
-    let output = File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    // Made with its permission bits (less the umask), so that often no chmod is needed.
+    let output = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(job.attrs.mode & 0o777)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
     let cloned = reflink && rustix::fs::ioctl_ficlone(&output, &input).is_ok();
     if !cloned {
         copy_bytes(&input, &output, job.len)
@@ -150,13 +157,21 @@ fn copy_file(job: &Job, reflink: bool) -> Result<bool> {
     Ok(cloned)
 }
 
-/// Owner, then mode (a chown clears set-id bits), then mtime, on an open regular file: as
-/// [`set_attrs`] does by path, without looking the path up three times.
+/// Owner, then mode (a chown would clear set-id bits), then mtime, on an open regular file, as
+/// [`set_attrs`] does by path. The owner and the mode are changed only where the new file's
+/// differ (each change is a transaction of the filesystem's: a third of a reflink capture).
 fn set_open_attrs(f: &File, a: &Attrs) -> io::Result<()> {
     use rustix::fs::{Gid, Mode, Uid};
+    let st = rustix::fs::fstat(f)?;
     let (uid, gid) = (Uid::from_raw(a.uid as u32), Gid::from_raw(a.gid as u32));
-    rustix::fs::fchown(f, Some(uid), Some(gid))?;
-    rustix::fs::fchmod(f, Mode::from_raw_mode(a.mode & 0o7777))?;
+    let chowned = (u64::from(st.st_uid), u64::from(st.st_gid)) != (a.uid, a.gid);
+    if chowned {
+        rustix::fs::fchown(f, Some(uid), Some(gid))?;
+    }
+    // Made without set-id bits, so the chown leaves the mode as it was read.
+    if st.st_mode & 0o7777 != a.mode & 0o7777 {
+        rustix::fs::fchmod(f, Mode::from_raw_mode(a.mode & 0o7777))?;
+    }
     rustix::fs::futimens(f, &times_of(a.mtime))?;
     Ok(())
 }
@@ -369,5 +384,44 @@ mod tests {
         assert_eq!((m.mode() & 0o7777, m.mtime()), (0o750, 1_600_000_000));
         assert!(dst.join("sub/empty").is_dir());
         assert!(!dst.join("backups").exists() && !dst.join(format!("{CAPTURE_MARK}x")).exists());
+    }
+
+    #[test]
+    fn each_copied_file_has_its_owner_and_every_mode_bit_whatever_the_umask() {
+        // Runs as root (CI and the build machine): the owners need chown.
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let cases = [
+            (0o644, 0, 0),
+            (0o600, 999, 999),
+            (0o666, 0, 0),
+            (0o777, 1000, 0),
+            (0o4755, 1000, 1000),
+            (0o2750, 0, 50),
+            (0o1644, 0, 0),
+            (0o000, 65534, 65534),
+        ];
+        for (i, (mode, uid, gid)) in cases.iter().enumerate() {
+            let f = src.join(format!("f{i}"));
+            fs::write(&f, format!("file {i}")).unwrap();
+            let a = Attrs {
+                mode: *mode,
+                uid: *uid,
+                gid: *gid,
+                mtime: 1_500_000_000 + i as u64,
+            };
+            set_attrs(&f, &a, false).unwrap();
+        }
+        let dst = d.path().join("dst");
+        copy_tree(&src, &dst, &d.path().join("none"), true, &|| false).unwrap();
+        for (i, (mode, uid, gid)) in cases.iter().enumerate() {
+            let m = fs::metadata(dst.join(format!("f{i}"))).unwrap();
+            let got = (m.mode() & 0o7777, u64::from(m.uid()), u64::from(m.gid()));
+            assert_eq!(got, (*mode, *uid, *gid), "f{i}");
+            assert_eq!(m.mtime(), 1_500_000_000 + i as i64, "f{i}");
+            let bytes = fs::read_to_string(dst.join(format!("f{i}"))).unwrap();
+            assert_eq!(bytes, format!("file {i}"));
+        }
     }
 }

@@ -2,6 +2,7 @@
 pub(crate) mod capture;
 mod copy;
 pub mod plan;
+mod priority;
 mod reading;
 mod write;
 
@@ -316,7 +317,7 @@ fn with_capture(
         let (reading, project, plan, failed) = (&reading, s.project, s.plan, &failed);
         let engine = write::Engine::from(s.ctx);
         let archiving = scope.spawn(move || {
-            yield_cpu();
+            priority::while_down();
             let written = write::archive(engine, project, plan, reading, dest);
             failed.store(written.is_err(), std::sync::atomic::Ordering::Relaxed);
             written
@@ -346,6 +347,7 @@ fn with_capture(
             }
         }
         let restart = s.restart(run, timing);
+        priority::services_up();
         let _ = run.phase("compressing");
         crate::fault::point("create-compressing");
         if !archiving.is_finished() {
@@ -358,18 +360,6 @@ fn with_capture(
         }
         (joined(archiving), restart)
     })
-}
-
-/// How far the archive's threads (this one and those it starts) step back: while the services
-/// are down the capture comes first (it is the downtime), and once they run, the services.
-const ARCHIVE_NICE: i32 = 10;
-
-/// Lowers this thread's CPU priority by [`ARCHIVE_NICE`] from the process's (on Linux, per
-/// thread; threads it starts inherit it). Advice only: a failure changes nothing.
-fn yield_cpu() {
-    if let Ok(now) = rustix::process::getpriority_process(None) {
-        let _ = rustix::process::setpriority_process(None, (now + ARCHIVE_NICE).min(19));
-    }
 }
 
 /// Records the outcome: a completed row (then a failed restart is still an error), or a
@@ -788,27 +778,4 @@ pub struct Written {
     pub file_count: u64,
     /// `--remote-only`: the object it was streamed to (`path` is then where it would be).
     pub remote_url: Option<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_archive_thread_steps_back_alone() {
-        let mine = rustix::process::getpriority_process(None).unwrap();
-        let theirs = std::thread::spawn(|| {
-            yield_cpu();
-            let child = std::thread::spawn(|| rustix::process::getpriority_process(None));
-            (
-                rustix::process::getpriority_process(None).unwrap(),
-                child.join().unwrap().unwrap(),
-            )
-        })
-        .join()
-        .unwrap();
-        let want = (mine + ARCHIVE_NICE).min(19);
-        assert_eq!(theirs, (want, want), "it and the threads it starts");
-        assert_eq!(rustix::process::getpriority_process(None).unwrap(), mine);
-    }
 }

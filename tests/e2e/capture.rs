@@ -40,6 +40,21 @@ fn seed(p: &Project, big_mib: usize) {
         .status()
         .unwrap()
         .success());
+    // Single-linked files whose owner and mode the copy must set (not what it creates).
+    use std::os::unix::fs::PermissionsExt;
+    for (name, mode) in [
+        ("db/conf", 0o640),
+        ("db/tool", 0o4750),
+        ("db/shared", 0o666),
+    ] {
+        std::fs::write(data.join(name), name).unwrap();
+        let owned = Command::new("chown")
+            .arg("999:70")
+            .arg(data.join(name))
+            .status();
+        assert!(owned.unwrap().success());
+        std::fs::set_permissions(data.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
     p.in_volume(
         &format!("{}_appvol", p.name),
         "mkdir -p /v/d && echo v > /v/d/f && chown -R 70:70 /v/d && chmod 0700 /v/d && ln -s d/f /v/l",
