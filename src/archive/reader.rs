@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
+use super::hashing::Sha256;
 use crate::crypto::{self, Keyring};
 use crate::exit_codes::{Code, UserError};
 
@@ -37,7 +37,7 @@ impl Opened {
     /// SHA-256 and size of the bytes read so far (all of them, once the tar is read to its end).
     pub fn file_digest(&self) -> (String, u64) {
         let s = self.digest.lock().expect("hash state");
-        (hex::encode(s.0.clone().finalize()), s.1)
+        (s.0.clone().hex(), s.1)
     }
 }
 

@@ -7,12 +7,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use sha2::{Digest, Sha256};
 
 use super::plan::{Item, Plan};
 use super::reading::{self, Captured, Reading, Source};
 use super::Written;
 use crate::archive::collector::Collector;
+use crate::archive::hashing::Sha256;
 use crate::archive::manifest::{self, Manifest, ServiceRecord, Skipped, StoredFile, VolumeRecord};
 use crate::archive::stream_source::{self, Scope};
 use crate::archive::{fs_source, ArchiveWriter};
@@ -509,10 +509,10 @@ fn store_compose_files(
         stored.push(StoredFile {
             source: src.clone(),
             archive_path: name,
-            sha256: hex::encode(Sha256::digest(&data)),
+            sha256: Sha256::hex_of(&data),
         });
     }
-    Ok((stored, hex::encode(compose_hash.finalize())))
+    Ok((stored, compose_hash.hex()))
 }
 
 fn manifest_of(
