@@ -28,18 +28,12 @@ impl Captured {
 /// Captures by archive folder (`binds/data`).
 pub type Captures = HashMap<String, Captured>;
 
-/// A capture being made, by archive folder.
-enum Planned {
-    /// A tree: read live until the hand-over, then from the capture.
-    Tree(Handover),
-    /// A stream in a file: read once it is made.
-    Stream,
-}
-
 pub struct Reading {
     switch: Arc<Switch>,
     captures: OnceLock<Captures>,
-    planned: HashMap<String, Planned>,
+    /// The trees being captured, by archive folder: read live until the hand-over, then from
+    /// the capture. (A stream capture is read once it is made.)
+    trees: HashMap<String, Handover>,
     /// Set once the archive has read every volume (the captures may go then).
     all_read: (Mutex<bool>, Condvar),
 }
@@ -59,7 +53,7 @@ impl Reading {
         Reading {
             switch: Switch::new(Side::Live),
             captures: OnceLock::new(),
-            planned: HashMap::new(),
+            trees: HashMap::new(),
             all_read: Default::default(),
         }
     }
@@ -69,7 +63,7 @@ impl Reading {
         Reading {
             switch: Switch::new(Side::Captured),
             captures: OnceLock::from(captures),
-            planned: HashMap::new(),
+            trees: HashMap::new(),
             all_read: Default::default(),
         }
     }
@@ -78,25 +72,23 @@ impl Reading {
     /// until [`Reading::hand_over`].
     pub fn capturing(plan: &Plan, path_of: impl Fn(&super::plan::Place) -> PathBuf) -> Reading {
         let switch = Switch::new(Side::Capturing);
-        let planned = plan
+        let trees = plan
             .capture_places
             .iter()
+            .filter(|place| place.how != How::Stream)
             .map(|place| {
-                let p = match place.how {
-                    How::Stream => Planned::Stream,
-                    How::Reflink | How::Copy => Planned::Tree(Handover {
-                        switch: switch.clone(),
-                        capture: path_of(place),
-                        left_out: Arc::default(),
-                    }),
+                let h = Handover {
+                    switch: switch.clone(),
+                    capture: path_of(place),
+                    left_out: Arc::default(),
                 };
-                (place.archive_path.clone(), p)
+                (place.archive_path.clone(), h)
             })
             .collect();
         Reading {
             switch,
             captures: OnceLock::new(),
-            planned,
+            trees,
             all_read: Default::default(),
         }
     }
@@ -104,10 +96,8 @@ impl Reading {
     /// Every capture is made: reads go to them from now on. Returns once no read of a live
     /// volume runs (then the services may start).
     pub fn hand_over(&self, captures: Captures) {
-        for (path, planned) in &self.planned {
-            if let (Planned::Tree(h), Some(Captured::Tree(_, skipped))) =
-                (planned, captures.get(path))
-            {
+        for (path, h) in &self.trees {
+            if let Some(Captured::Tree(_, skipped)) = captures.get(path) {
                 let _ = h.left_out.set(skipped.clone());
             }
         }
@@ -150,8 +140,7 @@ impl Reading {
     /// before the services start).
     pub fn source(&self, archive_path: &str) -> Source<'_> {
         loop {
-            let planned = self.planned.get(archive_path);
-            match (self.switch.side(), planned) {
+            match (self.switch.side(), self.trees.get(archive_path)) {
                 (Side::Captured, _) => {
                     return match self.captures().and_then(|c| c.get(archive_path)) {
                         Some(c) => Source::Captured(c),
@@ -159,7 +148,7 @@ impl Reading {
                     }
                 }
                 (Side::Live, _) => return Source::Live,
-                (Side::Capturing, Some(Planned::Tree(h))) => return Source::Handover(h),
+                (Side::Capturing, Some(h)) => return Source::Handover(h),
                 (Side::Capturing, _) => {
                     self.switch.settled();
                 }
