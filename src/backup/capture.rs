@@ -3,6 +3,7 @@
 //! engine stream is saved to a file; the services start again, and the archive is written
 //! from the captures, which are then removed. Each capture path is written to the run record
 //! before it is made, so `recover` (or the next run) removes what a killed run left.
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -90,25 +91,45 @@ fn one(
     crate::private::create_dir_all(&place.folder)?;
     host_remove(&path);
     run.capture(&path)?;
+    let made = make(ctx, project, plan, (item, place), &path, created, give_up);
+    if made.is_err() {
+        // Half a capture: the run record that names it goes when this run ends.
+        remove_one(&path);
+    }
+    made
+}
+
+/// Makes one volume's capture at `path`.
+fn make(
+    ctx: &Context,
+    project: &Project,
+    plan: &Plan,
+    (item, place): (&Item, &Place),
+    path: &Path,
+    created: &mut Vec<String>,
+    give_up: &dyn Fn() -> bool,
+) -> Result<Captured> {
     if place.how == How::Stream {
         let src = write::engine_source(ctx.into(), project, item, created)?;
-        save_stream(ctx, &src, &path)?;
-        return Ok(Captured::Stream(path));
+        save_stream(ctx, &src, path, give_up)?;
+        crate::fault::fail("create-capturing")?;
+        return Ok(Captured::Stream(path.to_path_buf()));
     }
     let source = plan.needed_host_dir(item)?;
     // What the copy leaves out, the archive says (it reads the volume until the hand-over).
     let reflink = place.how == How::Reflink;
-    let done = copy::copy_tree(source, &path, &plan.storage, reflink, give_up)?;
+    let done = copy::copy_tree(source, path, &plan.storage, reflink, give_up)?;
     crate::fault::point("create-capturing");
-    Ok(Captured::Tree(path, done.skipped))
+    crate::fault::fail("create-capturing")?;
+    Ok(Captured::Tree(path.to_path_buf(), done.skipped))
 }
 
-/// `docker cp SRC -` into a new private file, synced.
-fn save_stream(ctx: &Context, src: &str, path: &Path) -> Result<()> {
+/// `docker cp SRC -` into a new private file, synced. Stops when `give_up()`.
+fn save_stream(ctx: &Context, src: &str, path: &Path, give_up: &dyn Fn() -> bool) -> Result<()> {
     let mut file = crate::private::create_new(path)?;
     let mut stream = ctx.docker.stream(&["cp", src, "-"])?;
-    match std::io::copy(&mut stream, &mut file) {
-        Ok(_) => stream.finish()?,
+    match copy_until(&mut stream, &mut file, give_up) {
+        Ok(()) => stream.finish()?,
         Err(e) => {
             stream.kill();
             return Err(e).with_context(|| format!("writing {}", path.display()));
@@ -116,6 +137,26 @@ fn save_stream(ctx: &Context, src: &str, path: &Path) -> Result<()> {
     }
     file.sync_all()
         .with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Copies `from` to its end into `to`, unless `give_up()` (checked before each read).
+fn copy_until(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    give_up: &dyn Fn() -> bool,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        if give_up() {
+            return Err(std::io::Error::other("the capture was given up"));
+        }
+        match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => to.write_all(&buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn host_remove(p: &Path) {
@@ -140,5 +181,27 @@ pub fn remove_one(path: &Path) -> bool {
             ));
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_capture_stops_when_given_up() {
+        let data = vec![7u8; 5 << 20];
+        let mut out = Vec::new();
+        copy_until(&mut &data[..], &mut out, &|| false).unwrap();
+        assert_eq!(out, data);
+        let reads = std::cell::Cell::new(0);
+        let after_two = || {
+            reads.set(reads.get() + 1);
+            reads.get() > 2
+        };
+        let mut out = Vec::new();
+        let e = copy_until(&mut &data[..], &mut out, &after_two).unwrap_err();
+        assert_eq!(e.to_string(), "the capture was given up");
+        assert_eq!(out.len(), 2 << 20, "two reads of 1 MiB, then it stopped");
     }
 }

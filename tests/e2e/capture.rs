@@ -332,6 +332,40 @@ fn an_archive_that_fails_while_capturing_ends_the_capture_and_starts_the_service
     assert_eq!(p.statuses(), ["failed"]);
 }
 
+#[test]
+fn a_capture_that_fails_is_removed_and_the_backup_is_made_directly() {
+    let Some(p) = Project::new("capture-broken", YAML) else {
+        return;
+    };
+    seed(&p, 4);
+    p.up();
+    // The first volume's capture is whole when the (injected) disk full comes.
+    let fail = [("NUWAX_BACKUP_TEST_FAIL_AT", "create-capturing")];
+    let run = p
+        .plugin_env(&fail, &["create", "--stop", "--format", "json"])
+        .success();
+    assert!(
+        run.stderr
+            .contains("archiving directly while the services are stopped"),
+        "{}",
+        run.stderr
+    );
+    let row = run.json();
+    assert_eq!(row["capture"], "direct");
+    assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
+    let vol_parent = p.volume_parent(&format!("{}_appvol", p.name));
+    let dirs = [p.dir.path(), vol_parent.as_path(), &p.path("backups")];
+    let left = entries_starting(&dirs, ".nuwax-capture-");
+    assert!(left.is_empty(), "captures left behind: {left:?}");
+    let got = view(row["file_path"].as_str().unwrap());
+    assert!(
+        got.0.contains("db/tool") && got.0.contains("big/"),
+        "{}",
+        got.0
+    );
+    p.plugin(&["verify", &row["id"].to_string()]).success();
+}
+
 /// A loop-mounted XFS with reflinks, unmounted and removed on drop.
 struct Xfs {
     dir: PathBuf,
