@@ -151,8 +151,9 @@ fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunReco
 
 /// A rollback staged first and killed: before its services started again, the targets it
 /// swapped are swapped back (every target is then as before); after, the safety backup is
-/// made from the previous content the swap moved aside. When that fails, the previous
-/// content and the run record stay (exit 16), so nothing of it is removed.
+/// made from the previous content the swap moved aside, unless it was made already or none
+/// was asked for. When that fails, the previous content and the run record stay (exit 16),
+/// so nothing of it is removed.
 fn finish_staged(
     ctx: &Context,
     project: &Project,
@@ -163,7 +164,11 @@ fn finish_staged(
     if swapped.is_empty() {
         return Ok(());
     }
-    if !matches!(rec.phase.as_str(), "starting" | "safety-after") {
+    let started = matches!(
+        rec.phase.as_str(),
+        "starting" | "safety-after" | "removing-previous"
+    );
+    if !started {
         for s in &swapped {
             host::exchange(&s.staging, &s.target)
                 .with_context(|| format!("swapping {} back", s.target.display()))?;
@@ -172,6 +177,11 @@ fn finish_staged(
                 s.target.display()
             ));
         }
+        return Ok(());
+    }
+    // The previous content is wanted no more (its safety backup is made, or none was asked
+    // for): what is left of it goes with the rest of the staging (`clean_rollback`).
+    if rec.phase == "removing-previous" || rec.no_safety_backup {
         return Ok(());
     }
     let previous: std::collections::HashMap<_, _> = swapped

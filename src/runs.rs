@@ -57,6 +57,10 @@ pub struct RunRecord {
     /// The public keys the safety backup is encrypted to (for `recover` to finish it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub safety_recipients: Vec<String>,
+    /// `rollback --no-safety-backup` staged: the previous content is not wanted (`recover`
+    /// removes it instead of backing it up).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_safety_backup: bool,
 }
 
 /// A multipart upload a run has open: the object's URL and the upload's id.
@@ -156,6 +160,7 @@ impl ActiveRun {
                 swaps: Vec::new(),
                 upload: None,
                 safety_recipients: Vec::new(),
+                no_safety_backup: false,
             },
         };
         run.write()?;
@@ -168,10 +173,17 @@ impl ActiveRun {
         self.write()
     }
 
-    /// Records the staged targets of a rollback, before anything is stopped or swapped.
-    pub fn swaps(&mut self, swaps: Vec<SwapRecord>, safety_recipients: &[String]) -> Result<()> {
+    /// Records the staged targets of a rollback, before anything is stopped or swapped, and
+    /// what becomes of the previous content: a safety backup to these recipients, or none.
+    pub fn swaps(
+        &mut self,
+        swaps: Vec<SwapRecord>,
+        safety_recipients: &[String],
+        no_safety_backup: bool,
+    ) -> Result<()> {
         self.record.swaps = swaps;
         self.record.safety_recipients = safety_recipients.to_vec();
+        self.record.no_safety_backup = no_safety_backup;
         self.write()
     }
 

@@ -35,7 +35,7 @@ pub fn run(
     let mut txn = Transaction::new(None);
     let staged = apply::extract(ctx, project, Path::new(&row.file_path), &steps, &mut txn)
         .and_then(|()| txn.swap_records())
-        .and_then(|swaps| record.swaps(swaps, &plan.safety_recipients));
+        .and_then(|swaps| record.swaps(swaps, &plan.safety_recipients, opts.no_safety_backup));
     if let Err(e) = staged {
         let undo = txn.undo(ctx, project, &steps, None);
         let undo = undo
@@ -75,6 +75,9 @@ pub fn run(
             Err(e) => return Err(kept(row, txn, record, e)),
         }
     };
+    // From here the previous content is wanted no more: a run killed while removing it must
+    // not back up what is left of it. (A record that cannot be written: removed anyway.)
+    let _ = record.phase("removing-previous");
     let _ = txn.commit();
     let mut out = report(plan, safety.map(|s| s.id), opts.no_start);
     out.downtime_ms = Some(downtime_ms);

@@ -154,6 +154,7 @@ impl<'r> Transaction<'r> {
                     s.target.display()
                 ));
             }
+            crate::fault::point("rollback-removing-previous");
         }
         self.removed_services
     }

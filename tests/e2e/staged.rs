@@ -158,6 +158,50 @@ fn killed_after_the_start_recover_finishes_the_safety_backup_from_the_previous_c
     running(&p);
 }
 
+/// Completed pre-rollback (safety) backups in the catalog.
+fn safety_count(p: &Project) -> usize {
+    let list = p.plugin(&["list", "--format", "json"]).success().json();
+    let rows = list.as_array().unwrap().iter();
+    rows.filter(|r| r["backup_type"] == "pre-rollback" && r["status"] == "completed")
+        .count()
+}
+
+#[test]
+fn killed_while_removing_the_previous_content_recover_only_cleans_up() {
+    let Some(p) = Project::new("staged-commit", YAML) else {
+        return;
+    };
+    let id = backed_up_then_changed(&p);
+    let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "rollback-removing-previous")];
+    // With a safety backup (made before the kill), then without one: either way the kill
+    // comes once the first target's previous content is removed and the other's is not.
+    for extra in [None, Some("--no-safety-backup")] {
+        let safeties = safety_count(&p);
+        let mut args = vec!["rollback", id.as_str(), "--yes"];
+        args.extend(extra);
+        let run = p.plugin_env(&kill, &args);
+        assert_ne!(run.code, 0, "{extra:?}");
+        running(&p);
+        assert_eq!(staging_left(&p).len(), 1, "{extra:?}: half removed");
+        let s = p.plugin(&["status", "--format", "json"]).success().json();
+        assert_eq!(s["interrupted_run"]["phase"], "removing-previous");
+        let rec = p.plugin(&["recover"]).success();
+        assert!(!rec.stderr.contains("safety backup"), "{}", rec.stderr);
+        assert!(staging_left(&p).is_empty(), "{extra:?}");
+        assert_eq!(safety_count(&p), safeties + usize::from(extra.is_none()));
+        assert_eq!(
+            std::fs::read_to_string(p.path("data/db/state")).unwrap(),
+            "v1",
+            "{extra:?}: rolled back"
+        );
+        running(&p);
+        // Changed again for the next round.
+        std::fs::write(p.path("data/db/state"), "v2").unwrap();
+        p.in_volume(&vol(&p), "echo v2 > /v/state").success();
+    }
+    assert_eq!(safety_file(&p, "binds/data/db/state"), "v2");
+}
+
 #[test]
 fn when_the_safety_backup_might_not_fit_the_rollback_stops_first() {
     let Some(p) = Project::new("staged-space", YAML) else {
