@@ -10,13 +10,16 @@
 # Each pair is measured --runs times (3 by default), the order alternating, and the medians
 # are reported, with each ratio taken within a run. `--cold` drops the page cache before every
 # measurement (both modes then read from disk); by default the data is as the last run left it.
+# `--gap S` waits S seconds (after a sync) before every measurement: on an ext4 without a
+# journal, 70 s lets the kernel reuse the inodes the previous run deleted (see below), as it
+# can between a project's real backups.
 # Prints each number and the ratios issue "Downtime close to zero" asks for.
 # Why ext4 as well: on an ext4 *without* a journal (this build machine's root), the kernel
 # will not reuse an inode within 60-360 s of its deletion (`recently_deleted` in
 # fs/ext4/ialloc.c), so creating files soon after deleting many (each run's capture, the
 # previous `cp -a`) scans past every one of them: any copy then costs several times its CPU.
 #
-#   scripts/bench-downtime.sh [--scale S] [--runs N] [--cold]
+#   scripts/bench-downtime.sh [--scale S] [--runs N] [--cold] [--gap S]
 # Needs root (loop device), a Docker engine (scripts/ensure-engine.sh), xfsprogs, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,12 +28,14 @@ repo=$PWD
 scale=1
 runs=3
 cold=0
+gap=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --scale) scale=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
         --cold) cold=1; shift ;;
-        *) echo "usage: $0 [--scale S] [--runs N] [--cold]" >&2; exit 2 ;;
+        --gap) gap=$2; shift 2 ;;
+        *) echo "usage: $0 [--scale S] [--runs N] [--cold] [--gap S]" >&2; exit 2 ;;
     esac
 done
 
@@ -70,9 +75,10 @@ YAML
     (cd "$dir" && docker compose up -d --quiet-pull >/dev/null 2>&1)
 }
 
-# settle: writes flushed; with --cold, the page cache dropped too.
+# settle: writes flushed; with --gap, a pause; with --cold, the page cache dropped too.
 settle() {
     sync
+    if [ "$gap" != 0 ]; then sleep "$gap"; fi
     if [ "$cold" = 1 ]; then echo 3 >/proc/sys/vm/drop_caches; fi
 }
 
@@ -130,7 +136,7 @@ loopfs() {
     local name=$1
     shift
     mkdir -p "$work/$name"
-    truncate -s $((4 * scale))G "$work/$name.img"
+    truncate -s "$(python3 -c "import math; print(max(1, math.ceil(4 * $scale)))")G" "$work/$name.img"
     "$@" "$work/$name.img"
     mount -o loop "$work/$name.img" "$work/$name"
     mkdir -p "$work/$name/proj"
@@ -192,7 +198,7 @@ rb_wall=$(secs "$t0" "$t1")
 rb_down=$(ms "$work/rb.json" downtime_ms)
 echo "rollback (staged first): down $(python3 -c "print($rb_down/1000)") s, wall $rb_wall s" >&2
 
-python3 - "$work/disk.runs" "$work/xfs.runs" "$rb_down" "$rb_wall" "$cold" "$work/ext4.runs" <<'PY'
+python3 - "$work/disk.runs" "$work/xfs.runs" "$rb_down" "$rb_wall" "$cold" "$work/ext4.runs" "$gap" <<'PY'
 import statistics as st
 import sys
 
@@ -201,7 +207,8 @@ xfs = [list(map(float, l.split())) for l in open(sys.argv[2])]
 ext4 = [list(map(float, l.split())) for l in open(sys.argv[6])]
 rd, rw = float(sys.argv[3]) / 1000, float(sys.argv[4])
 med = lambda xs: st.median(xs)
-print(f"{len(disk)} runs each, medians; page cache {'dropped before each' if sys.argv[5] == '1' else 'as left'}")
+print(f"{len(disk)} runs each, medians; page cache {'dropped before each' if sys.argv[5] == '1' else 'as left'}; "
+      f"{sys.argv[7]} s gap before each")
 cd, cw, dd, dw, raw = (med([r[i] / (1000 if i in (0, 2) else 1) for r in disk]) for i in range(5))
 ratio_raw = med([r[0] / 1000 / r[4] for r in disk])
 extra = med([(r[1] / r[3] - 1) * 100 for r in disk])
