@@ -91,7 +91,8 @@ fn one(
     crate::private::create_dir_all(&place.folder)?;
     host_remove(&path);
     run.capture(&path)?;
-    let made = make(ctx, project, plan, (item, place), &path, created, give_up);
+    let made = make(ctx, project, plan, (item, place), &path, created, give_up)
+        .and_then(|c| crate::fault::fail("create-capturing").map(|()| c));
     if made.is_err() {
         // Half a capture: the run record that names it goes when this run ends.
         remove_one(&path);
@@ -112,7 +113,6 @@ fn make(
     if place.how == How::Stream {
         let src = write::engine_source(ctx.into(), project, item, created)?;
         save_stream(ctx, &src, path, give_up)?;
-        crate::fault::fail("create-capturing")?;
         return Ok(Captured::Stream(path.to_path_buf()));
     }
     let source = plan.needed_host_dir(item)?;
@@ -120,7 +120,6 @@ fn make(
     let reflink = place.how == How::Reflink;
     let done = copy::copy_tree(source, path, &plan.storage, reflink, give_up)?;
     crate::fault::point("create-capturing");
-    crate::fault::fail("create-capturing")?;
     Ok(Captured::Tree(path.to_path_buf(), done.skipped))
 }
 

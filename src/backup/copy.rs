@@ -125,7 +125,7 @@ fn worker(rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>, reflink: bool) 
         let Ok(job) = job else {
             return Ok(n);
         };
-        if copy_file(&job, reflink)? {
+        if copy_file(&job.from, &job.to, job.len, &job.attrs, reflink)? {
             n.cloned += 1;
         } else {
             n.copied += 1;
@@ -136,23 +136,22 @@ fn worker(rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>, reflink: bool) 
 
 /// Copies one file's bytes (a reflink clone when `reflink` and the filesystem allows it:
 /// `true`; else the kernel's copy), then its owner, mode and time, on the open file.
-fn copy_file(job: &Job, reflink: bool) -> Result<bool> {
+fn copy_file(from: &Path, to: &Path, len: u64, attrs: &Attrs, reflink: bool) -> Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
-    let (from, to) = (&job.from, &job.to);
     let input = File::open(from).with_context(|| format!("opening {}", from.display()))?;
     // Made with its permission bits (less the umask), so that often no chmod is needed.
     let output = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(job.attrs.mode & 0o777)
+        .mode(attrs.mode & 0o777)
         .open(to)
         .with_context(|| format!("creating {}", to.display()))?;
     let cloned = reflink && rustix::fs::ioctl_ficlone(&output, &input).is_ok();
     if !cloned {
-        copy_bytes(&input, &output, job.len)
+        copy_bytes(&input, &output, len)
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
-    set_open_attrs(&output, &job.attrs)
+    set_open_attrs(&output, attrs)
         .with_context(|| format!("setting owner, mode and time of {}", to.display()))?;
     Ok(cloned)
 }
@@ -278,13 +277,7 @@ impl Copier {
                 .with_context(|| format!("creating hard link {}", to.display()));
         }
         self.inodes.insert(key, to.to_path_buf());
-        let job = Job {
-            from: from.to_path_buf(),
-            to: to.to_path_buf(),
-            len: m.len(),
-            attrs: *a,
-        };
-        if copy_file(&job, self.reflink)? {
+        if copy_file(from, to, m.len(), a, self.reflink)? {
             self.out.cloned += 1;
         } else {
             self.out.copied += 1;

@@ -1,7 +1,7 @@
 //! Downtime: `create --stop` captures the volumes while the services are stopped, starts
 //! them, then writes the archive from the capture. Every capture mode must archive exactly
 //! what the direct mode does.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::harness::{entries_starting, Project, Run};
@@ -111,6 +111,13 @@ fn create(p: &Project, env: &[(&str, &str)], capture: &str) -> serde_json::Value
     run.success().json()
 }
 
+/// Captures left beside the bind, beside the named volume and in the storage folder.
+fn captures_left(p: &Project) -> Vec<PathBuf> {
+    let vol_parent = p.volume_parent(&format!("{}_appvol", p.name));
+    let dirs = [p.dir.path(), vol_parent.as_path(), &p.path("backups")];
+    entries_starting(&dirs, ".nuwax-capture-")
+}
+
 #[test]
 fn every_capture_mode_archives_exactly_what_direct_mode_does() {
     let Some(p) = Project::new("capture", YAML) else {
@@ -153,7 +160,7 @@ fn every_capture_mode_archives_exactly_what_direct_mode_does() {
         );
         assert_eq!(got.2, want.2);
     }
-    let left = entries_starting(&[p.dir.path(), &p.path("backups")], ".nuwax-capture-");
+    let left = captures_left(&p);
     assert!(left.is_empty(), "captures left behind: {left:?}");
 }
 
@@ -288,15 +295,12 @@ fn a_create_killed_while_compressing_leaves_services_running_and_recover_cleans_
     let run = p.plugin_env(&kill, &["create", "--stop"]);
     assert_ne!(run.code, 0);
     assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
-    let captures = |dirs: &[&Path]| entries_starting(dirs, ".nuwax-capture-");
     let vol_parent = p.volume_parent(&format!("{}_appvol", p.name));
-    assert!(
-        !captures(&[p.dir.path(), &vol_parent]).is_empty(),
-        "the capture is there before recover"
-    );
+    let made = entries_starting(&[p.dir.path(), &vol_parent], ".nuwax-capture-");
+    assert!(!made.is_empty(), "the capture is there before recover");
     let rec = p.plugin(&["recover"]).success();
     assert!(rec.stderr.contains("removed the capture"), "{}", rec.stderr);
-    assert!(captures(&[p.dir.path(), &vol_parent, &p.path("backups")]).is_empty());
+    assert!(captures_left(&p).is_empty());
     let statuses = p.statuses();
     assert!(statuses.iter().all(|s| s == "failed"), "{statuses:?}");
     assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
@@ -323,9 +327,7 @@ fn an_archive_that_fails_while_capturing_ends_the_capture_and_starts_the_service
         run.stderr
     );
     assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
-    let vol_parent = p.volume_parent(&format!("{}_appvol", p.name));
-    let dirs = [p.dir.path(), vol_parent.as_path(), &p.path("backups")];
-    let left = entries_starting(&dirs, ".nuwax-capture-");
+    let left = captures_left(&p);
     assert!(left.is_empty(), "captures left behind: {left:?}");
     let partials = entries_starting(&[&p.path("backups")], ".nuwax-partial-");
     assert!(partials.is_empty(), "{partials:?}");
@@ -353,9 +355,7 @@ fn a_capture_that_fails_is_removed_and_the_backup_is_made_directly() {
     let row = run.json();
     assert_eq!(row["capture"], "direct");
     assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
-    let vol_parent = p.volume_parent(&format!("{}_appvol", p.name));
-    let dirs = [p.dir.path(), vol_parent.as_path(), &p.path("backups")];
-    let left = entries_starting(&dirs, ".nuwax-capture-");
+    let left = captures_left(&p);
     assert!(left.is_empty(), "captures left behind: {left:?}");
     let got = view(row["file_path"].as_str().unwrap());
     assert!(

@@ -54,16 +54,18 @@ fn running(p: &Project) {
     assert_eq!(p.states("db"), [format!("{}-db-1 running", p.name)]);
 }
 
+/// Completed pre-rollback (safety) backups in the catalog, newest first.
+fn safeties(p: &Project) -> Vec<serde_json::Value> {
+    let list = p.plugin(&["list", "--format", "json"]).success().json();
+    let rows = list.as_array().unwrap().iter();
+    rows.filter(|r| r["backup_type"] == "pre-rollback" && r["status"] == "completed")
+        .cloned()
+        .collect()
+}
+
 /// The file `inner` of the newest pre-rollback backup.
 fn safety_file(p: &Project, inner: &str) -> String {
-    let list = p.plugin(&["list", "--format", "json"]).success().json();
-    let row = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["backup_type"] == "pre-rollback" && r["status"] == "completed")
-        .cloned()
-        .expect("a safety backup");
+    let row = safeties(p).into_iter().next().expect("a safety backup");
     let out = Command::new("tar")
         .args(["--zstd", "-xOf", row["file_path"].as_str().unwrap(), inner])
         .output()
@@ -158,14 +160,6 @@ fn killed_after_the_start_recover_finishes_the_safety_backup_from_the_previous_c
     running(&p);
 }
 
-/// Completed pre-rollback (safety) backups in the catalog.
-fn safety_count(p: &Project) -> usize {
-    let list = p.plugin(&["list", "--format", "json"]).success().json();
-    let rows = list.as_array().unwrap().iter();
-    rows.filter(|r| r["backup_type"] == "pre-rollback" && r["status"] == "completed")
-        .count()
-}
-
 #[test]
 fn killed_while_removing_the_previous_content_recover_only_cleans_up() {
     let Some(p) = Project::new("staged-commit", YAML) else {
@@ -176,7 +170,7 @@ fn killed_while_removing_the_previous_content_recover_only_cleans_up() {
     // With a safety backup (made before the kill), then without one: either way the kill
     // comes once the first target's previous content is removed and the other's is not.
     for extra in [None, Some("--no-safety-backup")] {
-        let safeties = safety_count(&p);
+        let before = safeties(&p).len();
         let mut args = vec!["rollback", id.as_str(), "--yes"];
         args.extend(extra);
         let run = p.plugin_env(&kill, &args);
@@ -188,7 +182,7 @@ fn killed_while_removing_the_previous_content_recover_only_cleans_up() {
         let rec = p.plugin(&["recover"]).success();
         assert!(!rec.stderr.contains("safety backup"), "{}", rec.stderr);
         assert!(staging_left(&p).is_empty(), "{extra:?}");
-        assert_eq!(safety_count(&p), safeties + usize::from(extra.is_none()));
+        assert_eq!(safeties(&p).len(), before + usize::from(extra.is_none()));
         assert_eq!(
             std::fs::read_to_string(p.path("data/db/state")).unwrap(),
             "v1",
