@@ -12,10 +12,12 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 
 use crate::access::Me;
 
-/// A tree's file bytes, and whether this process can read all of it.
+/// A tree's file bytes, its entries (the root, folders, files, links), and whether this
+/// process can read all of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Survey {
     pub bytes: u64,
+    pub entries: u64,
     pub readable: bool,
 }
 
@@ -24,6 +26,7 @@ impl Default for Survey {
     fn default() -> Survey {
         Survey {
             bytes: 0,
+            entries: 0,
             readable: true,
         }
     }
@@ -39,6 +42,7 @@ pub fn survey(root: &Path) -> Survey {
         Err(_) => {
             return Survey {
                 bytes: 0,
+                entries: 0,
                 readable: false,
             }
         }
@@ -48,12 +52,14 @@ pub fn survey(root: &Path) -> Survey {
     if !is_dir {
         return Survey {
             bytes: st.st_size as u64,
+            entries: 1,
             readable,
         };
     }
     let total = walk(root, me, threads());
     Survey {
         bytes: total.bytes,
+        entries: total.entries + 1,
         readable: readable && total.readable,
     }
 }
@@ -73,6 +79,7 @@ struct Found {
 impl Found {
     fn add(&mut self, other: Found) {
         self.total.bytes += other.total.bytes;
+        self.total.entries += other.total.entries;
         self.total.readable &= other.total.readable;
         self.dirs.extend(other.dirs);
     }
@@ -144,7 +151,11 @@ fn list(dir: &Path, is_root: bool, me: &Me) -> Found {
             break;
         };
         let name = e.file_name().to_bytes();
-        if name == b"." || name == b".." || e.file_type() == FileType::Symlink {
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.total.entries += 1;
+        if e.file_type() == FileType::Symlink {
             continue;
         }
         look_at(&fd, dir, name, me, &mut out);
@@ -200,12 +211,16 @@ mod tests {
                 got,
                 Survey {
                     bytes: expected + 5,
+                    // 20 d*, 20 e, 600 files, top, 2 links (the root is counted by survey).
+                    entries: 643,
                     readable: true
                 },
                 "{threads} threads"
             );
         }
         assert_eq!(survey(&dir.path().join("top")).bytes, 5, "a single file");
+        assert_eq!(survey(&dir.path().join("top")).entries, 1);
+        assert_eq!(survey(dir.path()).entries, 644, "with the root");
         assert_eq!(
             survey(&dir.path().join("d1/inside")).bytes,
             5,

@@ -1,4 +1,5 @@
-//! Re-files the tar stream of `docker cp CTR:/path/. -` into a [`Collector`].
+//! Re-files a tar stream into a [`Collector`]: `docker cp CTR:/path/. -`, or a pack (see
+//! `backup::pack`).
 use std::io::Read;
 
 use anyhow::{Context, Result};
@@ -52,11 +53,8 @@ pub fn collect<R: Read>(
     warn: &mut dyn FnMut(String),
 ) -> Result<()> {
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, stream));
-    for entry in archive
-        .entries()
-        .context("reading the tar stream from docker cp")?
-    {
-        let entry = entry.context("reading the tar stream from docker cp")?;
+    for entry in archive.entries().context("reading the tar stream")? {
+        let entry = entry.context("reading the tar stream")?;
         crate::cancel::check()?;
         let h = entry.header();
         let Some(rel) = scope.place(&entry.path_bytes()) else {

@@ -1,6 +1,6 @@
 //! Capture, for the shortest downtime: while the services are stopped each volume is copied
-//! beside itself (reflink clones where the filesystem has them, else a kernel copy) or its
-//! engine stream is saved to a file; the services start again, and the archive is written
+//! beside itself (a tree of reflink clones where the filesystem has them, else packed into
+//! one tar file by the kernel's copy) or its engine stream is saved to a file; the services start again, and the archive is written
 //! from the captures, which are then removed. Each capture path is written to the run record
 //! before it is made, so `recover` (or the next run) removes what a killed run left.
 use std::io::{Read, Write};
@@ -72,7 +72,11 @@ pub fn take(
 /// `<folder>/.nuwax-capture-<pid>-<archive folder, / as _>`.
 pub(super) fn path_of(place: &Place) -> PathBuf {
     let name = place.archive_path.replace('/', "_");
-    let ext = if place.how == How::Stream { ".tar" } else { "" };
+    let ext = if place.how == How::Reflink {
+        ""
+    } else {
+        ".tar"
+    };
     place
         .folder
         .join(format!("{CAPTURE_MARK}{}-{name}{ext}", std::process::id()))
@@ -116,9 +120,13 @@ fn make(
         return Ok(Captured::Stream(path.to_path_buf()));
     }
     let source = plan.needed_host_dir(item)?;
-    // What the copy leaves out, the archive says (it reads the volume until the hand-over).
-    let reflink = place.how == How::Reflink;
-    let done = copy::copy_tree(source, path, &plan.storage, reflink, give_up)?;
+    if place.how == How::Copy {
+        let done = super::pack::pack_tree(source, path, &plan.storage, give_up)?;
+        crate::fault::point("create-capturing");
+        return Ok(Captured::Packed(path.to_path_buf(), done.skipped));
+    }
+    // What the clone leaves out, the archive says (it reads the volume until the hand-over).
+    let done = copy::copy_tree(source, path, &plan.storage, true, give_up)?;
     crate::fault::point("create-capturing");
     Ok(Captured::Tree(path.to_path_buf(), done.skipped))
 }

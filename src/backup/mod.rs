@@ -1,6 +1,7 @@
 //! `create`: plan → gate → stop? → read volumes → archive → record → start again.
 pub(crate) mod capture;
 mod copy;
+mod pack;
 pub mod plan;
 mod priority;
 mod reading;
@@ -556,6 +557,7 @@ fn gather_facts(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<p
     let probes = probes.map_err(|_| anyhow::anyhow!("walking the bind folders panicked"))?;
     for (source, (kind, survey)) in binds.into_iter().zip(probes) {
         facts.paths.insert(source.clone(), (kind, survey.bytes));
+        facts.entries.insert(source.clone(), survey.entries);
         if !survey.readable {
             warn(format!("{} is not readable by this user: the engine reads it, and the free-space check counts only what this user can see", source.display()));
             facts.unreadable.insert(source.clone());
@@ -631,6 +633,7 @@ fn local_volumes(
             match surveys.get(&name) {
                 Some(s) if s.readable => {
                     facts.volume_sizes.insert(name.clone(), s.bytes);
+                    facts.entries.insert(dir.clone(), s.entries);
                     facts.volume_dirs.insert(name, dir);
                 }
                 _ => {}

@@ -45,7 +45,7 @@ pub enum CaptureMode {
 pub enum How {
     /// Cloned file by file (`FICLONE`): no data copied.
     Reflink,
-    /// Copied by the kernel (`copy_file_range`).
+    /// Copied by the kernel (`copy_file_range`) into one tar file (see `pack.rs`).
     Copy,
     /// The engine's `docker cp` tar stream, into a file.
     Stream,
@@ -86,6 +86,9 @@ pub struct Facts {
     /// Driver, options and labels of existing named volumes, as the engine reports them.
     pub volume_details: HashMap<String, VolumeDetails>,
     pub paths: HashMap<PathBuf, (PathKind, u64)>,
+    /// Entries under each host folder walked (binds, named volumes' folders): a pack needs a
+    /// header and up to a block of padding for each.
+    pub entries: HashMap<PathBuf, u64>,
     /// Binds this process cannot read completely (another user's private folder): the
     /// engine reads them.
     pub unreadable: HashSet<PathBuf>,
@@ -403,9 +406,7 @@ fn capture_places(
         let n = need
             .entry(fs.device)
             .or_insert((0, fs.free_bytes, &p.folder));
-        if p.how != How::Reflink {
-            n.0 += i.size_bytes + 4096;
-        }
+        n.0 += capture_bytes(p.how, i, facts);
     }
     if let Some((_, (n, free, at))) = need.iter().find(|(_, (n, free, _))| n > free) {
         let note = format!(
@@ -417,6 +418,23 @@ fn capture_places(
         return (Vec::new(), Some(note));
     }
     (places, None)
+}
+
+/// The room a volume's capture takes: none for clones; its bytes, and for a tar (a pack, a
+/// stream) two blocks per entry (a header, padding) and a margin for long names.
+fn capture_bytes(how: How, i: &Item, facts: &Facts) -> u64 {
+    let folder = match &i.decl {
+        Volume::Bind { source, .. } => Some(source),
+        Volume::Volume { name, .. } => facts.volume_dirs.get(name),
+    };
+    let entries = folder
+        .and_then(|f| facts.entries.get(f))
+        .copied()
+        .unwrap_or(0);
+    match how {
+        How::Reflink => 0,
+        How::Copy | How::Stream => i.size_bytes + entries * 1024 + (1 << 20),
+    }
 }
 
 /// Beside the volume on its own filesystem (a clone there costs nothing), unless that folder
@@ -780,6 +798,14 @@ mod tests {
         let full = build(&proj, &o, &f, at());
         assert_eq!(full.capture, "direct");
         assert!(full.capture_note.unwrap().contains("/srv"));
+        // A pack holds a header (and padding) per entry: a million tiny files need 1 GiB.
+        f.capture_fs.insert("/srv".into(), fs(3, 1 << 30, false));
+        f.entries.insert("/srv/x".into(), 1 << 20);
+        let many = build(&proj, &o, &f, at());
+        assert_eq!(many.capture, "direct");
+        assert!(many.capture_note.unwrap().contains("/srv"));
+        f.entries.insert("/srv/x".into(), 1000);
+        assert_eq!(build(&proj, &o, &f, at()).capture, "copy");
     }
 
     #[test]

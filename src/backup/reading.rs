@@ -11,8 +11,11 @@ use crate::archive::handover::{Handover, Side, Switch};
 
 /// A volume captured while the services were stopped.
 pub enum Captured {
-    /// A copy of its tree, and what the copy left out (as reading the original says it).
+    /// A copy of its tree (reflink clones), and what the copy left out (as reading the
+    /// original says it).
     Tree(PathBuf, Vec<String>),
+    /// Its tree packed into one tar file (root `.`), and what the pack left out.
+    Packed(PathBuf, Vec<String>),
     /// The engine's `docker cp` stream, in a file.
     Stream(PathBuf),
 }
@@ -20,7 +23,7 @@ pub enum Captured {
 impl Captured {
     pub fn path(&self) -> &std::path::Path {
         match self {
-            Captured::Tree(p, _) | Captured::Stream(p) => p,
+            Captured::Tree(p, _) | Captured::Packed(p, _) | Captured::Stream(p) => p,
         }
     }
 }
@@ -31,8 +34,8 @@ pub type Captures = HashMap<String, Captured>;
 pub struct Reading {
     switch: Arc<Switch>,
     captures: OnceLock<Captures>,
-    /// The trees being captured, by archive folder: read live until the hand-over, then from
-    /// the capture. (A stream capture is read once it is made.)
+    /// The trees being cloned, by archive folder: read live until the hand-over, then from
+    /// the clone. (A pack or a stream is read once it is made.)
     trees: HashMap<String, Handover>,
     /// Set once the archive has read every volume (the captures may go then).
     all_read: (Mutex<bool>, Condvar),
@@ -75,7 +78,7 @@ impl Reading {
         let trees = plan
             .capture_places
             .iter()
-            .filter(|place| place.how != How::Stream)
+            .filter(|place| place.how == How::Reflink)
             .map(|place| {
                 let h = Handover {
                     switch: switch.clone(),

@@ -230,8 +230,8 @@ fn read_handed_over(
     Ok(())
 }
 
-/// Reads a volume from its capture: the copied tree (what its copy left out is said as
-/// reading the original would have said it), or the engine's stream in a file.
+/// Reads a volume from its capture: the cloned tree or the pack (what either left out is said
+/// as reading the original would have said it), or the engine's stream in a file.
 fn read_captured(
     plan: &Plan,
     item: &Item,
@@ -243,6 +243,13 @@ fn read_captured(
     match captured {
         Captured::Tree(path, skipped) => {
             fs_source::collect(path, &plan.storage, None, c, &mut quiet)?;
+            warnings.extend(skipped.iter().cloned());
+            Ok(())
+        }
+        Captured::Packed(path, skipped) => {
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            stream_source::collect(file, &Scope::Tree(None), c, &mut quiet)?;
             warnings.extend(skipped.iter().cloned());
             Ok(())
         }
