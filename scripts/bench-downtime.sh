@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark downtime on the shared ~1 GiB data set, in one run:
-#   - `create --stop` (capture: copy on this disk) vs `--capture direct`: downtime and wall
+#   - `create --stop` (capture: a pack on this disk) vs `--capture direct`: downtime and wall
 #     time, and `cp -a` + `sync` of the same data on the same disk (the raw copy);
 #   - the same on a loop-mounted ext4 with a journal (mkfs.ext4's default, as most hosts
 #     have: see below);
@@ -16,8 +16,10 @@
 # Prints each number and the ratios issue "Downtime close to zero" asks for.
 # Why ext4 as well: on an ext4 *without* a journal (this build machine's root), the kernel
 # will not reuse an inode within 60-360 s of its deletion (`recently_deleted` in
-# fs/ext4/ialloc.c), so creating files soon after deleting many (each run's capture, the
-# previous `cp -a`) scans past every one of them: any copy then costs several times its CPU.
+# fs/ext4/ialloc.c), so creating files soon after deleting many (the previous `cp -a`, and
+# before packs, each run's tree capture) scans past every one of them: such a copy then
+# costs several times its CPU. The pack creates one file, so it is spared; `cp -a` is not,
+# so back-to-back it is slower than it would be (use --gap 70 for a fair baseline).
 #
 #   scripts/bench-downtime.sh [--scale S] [--runs N] [--cold] [--gap S]
 # Needs root (loop device), a Docker engine (scripts/ensure-engine.sh), xfsprogs, python3.

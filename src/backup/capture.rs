@@ -131,19 +131,19 @@ fn make(
     Ok(Captured::Tree(path.to_path_buf(), done.skipped))
 }
 
-/// `docker cp SRC -` into a new private file, synced. Stops when `give_up()`.
+/// `docker cp SRC -` into a new private file. Stops when `give_up()`. Not synced, like the
+/// other captures: it lives only until the archive is read (a crash discards it), and a
+/// sync would keep the services down while the disk writes it.
 fn save_stream(ctx: &Context, src: &str, path: &Path, give_up: &dyn Fn() -> bool) -> Result<()> {
     let mut file = crate::private::create_new(path)?;
     let mut stream = ctx.docker.stream(&["cp", src, "-"])?;
     match copy_until(&mut stream, &mut file, give_up) {
-        Ok(()) => stream.finish()?,
+        Ok(()) => stream.finish(),
         Err(e) => {
             stream.kill();
-            return Err(e).with_context(|| format!("writing {}", path.display()));
+            Err(e).with_context(|| format!("writing {}", path.display()))
         }
     }
-    file.sync_all()
-        .with_context(|| format!("syncing {}", path.display()))
 }
 
 /// Copies `from` to its end into `to`, unless `give_up()` (checked before each read).

@@ -475,6 +475,30 @@ mod tests {
     }
 
     #[test]
+    fn sizes_past_8_gib_and_long_names_survive_a_header() {
+        let name = "n".repeat(300);
+        let a = attrs(0o600, 1 << 40, 4_000_000_000);
+        let bytes = header_bytes(name.as_bytes(), tar::EntryType::Regular, &a, 9 << 30, b"");
+        assert_eq!(
+            bytes.len(),
+            512 + 512 + 512,
+            "a long-name entry, its name, the header"
+        );
+        let mut tar_bytes = bytes;
+        tar_bytes.resize(tar_bytes.len() + 1024, 0);
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let mut entries = archive.entries().unwrap();
+        let e = entries.next().unwrap().unwrap();
+        assert_eq!(&*e.path_bytes(), name.as_bytes());
+        let h = e.header();
+        assert_eq!((h.size().unwrap(), h.uid().unwrap()), (9 << 30, 1 << 40));
+        assert_eq!(
+            (h.mode().unwrap(), h.mtime().unwrap()),
+            (0o600, 4_000_000_000)
+        );
+    }
+
+    #[test]
     fn a_pack_given_up_stops_with_an_error() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir(d.path().join("vol")).unwrap();

@@ -297,7 +297,23 @@ fn a_create_killed_while_compressing_leaves_services_running_and_recover_cleans_
     assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
     let vol_parent = p.volume_parent(&format!("{}_appvol", p.name));
     let made = entries_starting(&[p.dir.path(), &vol_parent], ".nuwax-capture-");
-    assert!(!made.is_empty(), "the capture is there before recover");
+    assert_eq!(
+        made.len(),
+        2,
+        "both captures are there before recover: {made:?}"
+    );
+    for m in &made {
+        // Without reflinks each volume is packed into one private tar file.
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::symlink_metadata(m).unwrap();
+        assert!(
+            meta.is_file() && m.to_string_lossy().ends_with(".tar"),
+            "{m:?}"
+        );
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{m:?}");
+        let listing = Command::new("tar").arg("-tf").arg(m).output().unwrap();
+        assert!(listing.status.success(), "{m:?} is a tar any tool reads");
+    }
     let rec = p.plugin(&["recover"]).success();
     assert!(rec.stderr.contains("removed the capture"), "{}", rec.stderr);
     assert!(captures_left(&p).is_empty());
