@@ -462,3 +462,55 @@ fn on_xfs_the_capture_is_a_reflink_and_archives_the_same() {
     assert_eq!(no_heartbeat(&a.1), no_heartbeat(&b.1));
     drop(p);
 }
+
+#[test]
+fn a_mount_point_bind_is_packed_into_the_storage_folder_across_filesystems() {
+    let Some(p) = Project::new("capture-mounted", YAML) else {
+        return;
+    };
+    // The bind is a tmpfs: its capture cannot go beside it (the container would see it), so
+    // it goes to the storage folder, on another filesystem (the kernel cannot copy across).
+    let tmpfs = crate::harness::Tmpfs::mount(p.path("data"), "64m");
+    // Dropped together, the project first (its containers use the mount).
+    let both = (p, tmpfs);
+    let p = &both.0;
+    seed(p, 8);
+    p.up();
+    p.compose(&["stop"]).success();
+    let direct = p
+        .plugin(&["create", "--capture", "direct", "--format", "json"])
+        .success()
+        .json();
+    p.compose(&["start"]).success();
+    let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "create-compressing")];
+    assert_ne!(p.plugin_env(&kill, &["create", "--stop"]).code, 0);
+    let in_storage = entries_starting(&[&p.path("backups")], ".nuwax-capture-");
+    assert!(
+        in_storage
+            .iter()
+            .any(|c| c.to_string_lossy().ends_with("binds_data.tar")),
+        "{in_storage:?}"
+    );
+    let beside = entries_starting(&[p.dir.path(), &p.path("data")], ".nuwax-capture-");
+    assert!(
+        beside.is_empty(),
+        "nothing beside or inside the mount point: {beside:?}"
+    );
+    p.plugin(&["recover"]).success();
+    assert!(captures_left(p).is_empty());
+    let row = p
+        .plugin(&["create", "--stop", "--format", "json"])
+        .success()
+        .json();
+    assert_eq!(row["capture"], "copy");
+    let (want, got) = (
+        view(direct["file_path"].as_str().unwrap()),
+        view(row["file_path"].as_str().unwrap()),
+    );
+    assert_eq!(no_heartbeat(&got.0), no_heartbeat(&want.0));
+    assert_eq!(no_heartbeat(&got.1), no_heartbeat(&want.1));
+    assert_eq!(got.2, want.2);
+    assert!(captures_left(p).is_empty());
+    p.plugin(&["verify", &row["id"].to_string()]).success();
+    p.compose(&["down", "-v", "-t", "1"]).success();
+}
