@@ -9,7 +9,7 @@ use crate::compose::{Project, Volume};
 use crate::output::{note, warn};
 use crate::records::{RunCommand, Status};
 use crate::restore::{engine, host, mount};
-use crate::runs::{self, RunRecord};
+use crate::runs::{self, Phase, RunRecord};
 use crate::{services, storage, Context};
 
 /// What a recovery found and did (`recover --format json`).
@@ -165,8 +165,8 @@ fn finish_staged(
         return Ok(());
     }
     let started = matches!(
-        rec.phase.as_str(),
-        "starting" | "safety-after" | "removing-previous"
+        rec.phase,
+        Phase::Starting | Phase::SafetyAfter | Phase::RemovingPrevious
     );
     if !started {
         for s in &swapped {
@@ -181,7 +181,7 @@ fn finish_staged(
     }
     // The previous content is wanted no more (its safety backup is made, or none was asked
     // for): what is left of it goes with the rest of the staging (`clean_rollback`).
-    if rec.phase == "removing-previous" || rec.no_safety_backup {
+    if rec.phase == Phase::RemovingPrevious || rec.no_safety_backup {
         return Ok(());
     }
     let previous: std::collections::HashMap<_, _> = swapped

@@ -23,13 +23,50 @@ pub struct PendingRow {
     pub created_at: String,
 }
 
+/// Where a run is: written (and fsynced) before the phase's work starts. Spelled in the
+/// record and in `status` as kebab-case words (`safety-after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Begun, nothing stopped yet; and again once the services are being started.
+    Starting,
+    Stopping,
+    /// `create`: archiving with the services stopped (no capture).
+    Archiving,
+    /// `create`: capturing the volumes, the services stopped.
+    Capturing,
+    /// `create`: the services run again; the archive is written from the captures.
+    Compressing,
+    /// `rollback`: writing the targets, the services stopped.
+    Restoring,
+    /// `rollback` staged: extracting beside the targets while the services run.
+    Staging,
+    /// `rollback` staged: swapping the staged trees in, the services stopped.
+    Swapping,
+    /// `rollback` staged: the services run again; the safety backup is made from the
+    /// previous content.
+    SafetyAfter,
+    /// `rollback` staged: the previous content is being removed (backed up, or not wanted).
+    RemovingPrevious,
+    /// Written by another version of this tool.
+    #[serde(other)]
+    Unknown,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let word = serde_json::to_value(self).ok();
+        f.write_str(word.as_ref().and_then(|w| w.as_str()).unwrap_or("unknown"))
+    }
+}
+
 /// `<catalog dir>/runs/<project>.json`. `status --format json` prints the first five fields.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
     pub command: RunCommand,
     pub pid: u32,
     pub started_at: String,
-    pub phase: String,
+    pub phase: Phase,
     /// Everything it stopped (services and other containers), for messages.
     pub stopped: Vec<String>,
     #[serde(default)]
@@ -149,7 +186,7 @@ impl ActiveRun {
                 command,
                 pid: std::process::id(),
                 started_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                phase: "starting".into(),
+                phase: Phase::Starting,
                 stopped: Vec::new(),
                 stopped_services: Vec::new(),
                 stopped_containers: Vec::new(),
@@ -168,8 +205,8 @@ impl ActiveRun {
     }
 
     /// Moves to `phase` (written and fsynced before the phase's work starts).
-    pub fn phase(&mut self, phase: &str) -> Result<()> {
-        self.record.phase = phase.to_string();
+    pub fn phase(&mut self, phase: Phase) -> Result<()> {
+        self.record.phase = phase;
         self.write()
     }
 
@@ -203,7 +240,7 @@ impl ActiveRun {
         self.record.stopped = running.names();
         self.record.stopped_services = running.services.clone();
         self.record.stopped_containers = running.containers.clone();
-        self.phase("stopping")
+        self.phase(Phase::Stopping)
     }
 
     /// Records the safety backup that can put emptied targets back.
@@ -260,6 +297,22 @@ impl Drop for ActiveRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_are_spelled_as_records_spell_them_and_an_unknown_one_still_reads() {
+        for (phase, word) in [
+            (Phase::Starting, "starting"),
+            (Phase::Capturing, "capturing"),
+            (Phase::SafetyAfter, "safety-after"),
+            (Phase::RemovingPrevious, "removing-previous"),
+        ] {
+            assert_eq!(serde_json::to_value(phase).unwrap(), word);
+            assert_eq!(phase.to_string(), word);
+            assert_eq!(serde_json::from_value::<Phase>(word.into()).unwrap(), phase);
+        }
+        let later: Phase = serde_json::from_value("checking-twice".into()).unwrap();
+        assert_eq!(later, Phase::Unknown);
+    }
     use std::os::unix::fs::MetadataExt;
 
     #[test]
@@ -272,9 +325,9 @@ mod tests {
             containers: vec!["p-x-1".into()],
         })
         .unwrap();
-        run.phase("archiving").unwrap();
+        run.phase(Phase::Archiving).unwrap();
         let rec = read(&dir, "p").unwrap().unwrap();
-        assert_eq!(rec.phase, "archiving");
+        assert_eq!(rec.phase, Phase::Archiving);
         assert_eq!(rec.stopped, ["db", "p-x-1"]);
         assert_eq!(rec.running().services, ["db"]);
         let meta = std::fs::metadata(dir.join("p.json")).unwrap();

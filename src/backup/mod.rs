@@ -20,6 +20,7 @@ use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
 use crate::records::{RunCommand, Status};
 use crate::restore::engine::plain_local_folder;
+use crate::runs::Phase;
 use crate::runs::{ActiveRun, PendingRow};
 use crate::services::{self, Running};
 use crate::survey::{survey, Survey};
@@ -273,7 +274,7 @@ struct Stopped<'a> {
 impl Stopped<'_> {
     /// Starts the stopped services again, and notes how long they were down.
     fn restart(&self, run: &mut ActiveRun, timing: &mut Timing) -> Result<()> {
-        let _ = run.phase("starting");
+        let _ = run.phase(Phase::Starting);
         if self.running.is_empty() {
             return Ok(());
         }
@@ -292,7 +293,7 @@ fn direct(
     timing: &mut Timing,
     dest: write::Destination,
 ) -> (Result<Written>, Result<()>) {
-    let written = run.phase("archiving").and_then(|()| {
+    let written = run.phase(Phase::Archiving).and_then(|()| {
         crate::fault::point("create-archiving");
         write::archive(s.ctx.into(), s.project, s.plan, &Reading::live(), dest)
     });
@@ -310,7 +311,7 @@ fn with_capture(
     dest: write::Destination,
 ) -> (Result<Written>, Result<()>) {
     let reading = Reading::capturing(s.plan, capture::path_of);
-    if let Err(e) = run.phase("capturing") {
+    if let Err(e) = run.phase(Phase::Capturing) {
         return (Err(e), s.restart(run, timing));
     }
     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -349,7 +350,7 @@ fn with_capture(
         }
         let restart = s.restart(run, timing);
         priority::services_up();
-        let _ = run.phase("compressing");
+        let _ = run.phase(Phase::Compressing);
         crate::fault::point("create-compressing");
         if !archiving.is_finished() {
             note("the services run again; the archive goes on from the capture");

@@ -32,7 +32,7 @@ struct Interrupted {
     command: String,
     pid: u32,
     started_at: String,
-    phase: String,
+    phase: crate::runs::Phase,
     stopped: Vec<String>,
 }
 

@@ -25,6 +25,7 @@ use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
 use crate::records::{BackupType, RunCommand};
 use crate::runs::ActiveRun;
+use crate::runs::Phase;
 use crate::services::{self, Running};
 use crate::Context;
 use plan::{Action, RollbackPlan, Step};
@@ -226,7 +227,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     }
     stop_for_restore(ctx, &plan, &mut record)?;
     let outcome = stopped_rollback(ctx, opts, &project, &catalog, &row, &plan, &mut record);
-    let _ = record.phase("starting");
+    let _ = record.phase(Phase::Starting);
     let (safety_id, removed, result) = outcome;
     recreate_containers(ctx, &services_to_create(&project, &plan, removed));
     let start = if opts.no_start || plan.running.is_empty() {
@@ -341,7 +342,7 @@ fn stop_for_restore(ctx: &Context, plan: &RollbackPlan, record: &mut ActiveRun) 
     }
     record.stopping(&plan.running)?;
     services::stop(&ctx.docker, &ctx.compose, &plan.running)?;
-    record.phase("restoring")?;
+    record.phase(Phase::Restoring)?;
     crate::fault::point("rollback-restoring");
     Ok(())
 }

@@ -16,6 +16,7 @@ use crate::compose::Project;
 use crate::exit_codes::{Code, UserError};
 use crate::output::note;
 use crate::runs::ActiveRun;
+use crate::runs::Phase;
 use crate::services;
 use crate::Context;
 
@@ -30,7 +31,7 @@ pub fn run(
 ) -> Result<Report> {
     let steps: Vec<&Step> = plan.restoring().collect();
     apply::clean_stale(ctx, &steps);
-    record.phase("staging")?;
+    record.phase(Phase::Staging)?;
     note("staging the backup beside its targets while the services run");
     let mut txn = Transaction::new(None);
     let staged = apply::extract(ctx, project, Path::new(&row.file_path), &steps, &mut txn)
@@ -59,7 +60,7 @@ pub fn run(
         "services down {:.1} s",
         downtime_ms as f64 / 1000.0
     ));
-    record.phase("safety-after")?;
+    record.phase(Phase::SafetyAfter)?;
     crate::fault::point("rollback-safety-after");
     let safety = if opts.no_safety_backup {
         None
@@ -77,7 +78,7 @@ pub fn run(
     };
     // From here the previous content is wanted no more: a run killed while removing it must
     // not back up what is left of it. (A record that cannot be written: removed anyway.)
-    let _ = record.phase("removing-previous");
+    let _ = record.phase(Phase::RemovingPrevious);
     let _ = txn.commit();
     let mut out = report(plan, safety.map(|s| s.id), opts.no_start);
     out.downtime_ms = Some(downtime_ms);
@@ -101,7 +102,7 @@ fn swap_while_stopped(
     let swapped = record
         .stopping(&plan.running)
         .and_then(|()| services::stop(&ctx.docker, &ctx.compose, &plan.running))
-        .and_then(|()| record.phase("swapping"))
+        .and_then(|()| record.phase(Phase::Swapping))
         .and_then(|()| {
             crate::fault::point("rollback-restoring");
             txn.swap_all()
@@ -110,7 +111,7 @@ fn swap_while_stopped(
         Ok(()) => Ok(()),
         Err(_) => txn.undo(ctx, project, steps, None),
     };
-    let _ = record.phase("starting");
+    let _ = record.phase(Phase::Starting);
     let start = if plan.start.is_empty() {
         Ok(())
     } else {
