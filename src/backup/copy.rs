@@ -28,15 +28,6 @@ pub struct Copied {
     pub skipped: Vec<String>,
 }
 
-fn attrs_of(m: &fs::Metadata) -> Attrs {
-    Attrs {
-        mode: m.mode() & 0o7777,
-        uid: u64::from(m.uid()),
-        gid: u64::from(m.gid()),
-        mtime: m.mtime().max(0) as u64,
-    }
-}
-
 /// Copies `src` (a folder or one file) to `dst` (which must not exist), leaving out
 /// `exclude` (the storage folder). `reflink: false` never clones (to measure a plain copy).
 /// Stops with an error as soon as `give_up()` (checked before each entry).
@@ -67,7 +58,13 @@ pub fn copy_tree(
             dirs: Vec::new(),
             jobs: Some(tx),
         };
-        let walked = walk(src, dst, exclude, &mut c, give_up);
+        let walked = super::tree::walk(src, exclude, give_up, &mut |e| {
+            let to = match e.rel.as_os_str().is_empty() {
+                true => dst.to_path_buf(),
+                false => dst.join(e.rel),
+            };
+            c.entry(&e, &to)
+        });
         c.jobs = None;
         let mut done = Counts::default();
         let mut failed = None;
@@ -81,9 +78,11 @@ pub fn copy_tree(
             }
         }
         // A copy thread's own error says more than the walk's "the copy threads stopped".
-        if let Some(e) = failed.or(walked.err()) {
-            return Err(e);
-        }
+        let skipped = match (failed, walked) {
+            (Some(e), _) | (None, Err(e)) => return Err(e),
+            (None, Ok(skipped)) => skipped,
+        };
+        c.out.skipped = skipped;
         c.out.cloned += done.cloned;
         c.out.copied += done.copied;
         c.out.bytes += done.bytes;
@@ -175,46 +174,6 @@ fn set_open_attrs(f: &File, a: &Attrs) -> io::Result<()> {
     Ok(())
 }
 
-/// Walks `src` in name order: folders, links and multiply-linked files are made here, other
-/// files go to the copy threads.
-fn walk(
-    src: &Path,
-    dst: &Path,
-    exclude: &Path,
-    c: &mut Copier,
-    give_up: &dyn Fn() -> bool,
-) -> Result<()> {
-    let walk = walkdir::WalkDir::new(src)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| !e.file_name().to_string_lossy().starts_with(CAPTURE_MARK));
-    let mut walk = walk;
-    while let Some(e) = walk.next() {
-        crate::cancel::check()?;
-        if give_up() {
-            anyhow::bail!("the copy was given up");
-        }
-        let e = e.with_context(|| format!("reading {}", src.display()))?;
-        let rel = e.path().strip_prefix(src).unwrap_or(Path::new(""));
-        let to = if rel.as_os_str().is_empty() {
-            dst.to_path_buf()
-        } else {
-            dst.join(rel)
-        };
-        if e.file_type().is_dir() && e.path() == exclude {
-            c.out.skipped.push(format!(
-                "skipped {} (the backup storage folder)",
-                e.path().display()
-            ));
-            walk.skip_current_dir();
-            continue;
-        }
-        c.entry(e.path(), &to, e.depth() == 0)?;
-    }
-    Ok(())
-}
-
 struct Copier {
     reflink: bool,
     out: Copied,
@@ -227,31 +186,19 @@ struct Copier {
 }
 
 impl Copier {
-    fn entry(&mut self, from: &Path, to: &Path, root: bool) -> Result<()> {
-        // The root is followed when it is a symlink, as the engine follows it when mounting.
-        let m = if root {
-            fs::metadata(from)
-        } else {
-            fs::symlink_metadata(from)
-        }
-        .with_context(|| format!("reading {}", from.display()))?;
-        let a = attrs_of(&m);
-        let ft = m.file_type();
+    /// Makes folders and links here; sends files to [`Copier::file`].
+    fn entry(&mut self, e: &super::tree::Entry<'_>, to: &Path) -> Result<()> {
+        let ft = e.meta.file_type();
         if ft.is_dir() {
             fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
-            self.dirs.push((to.to_path_buf(), a));
+            self.dirs.push((to.to_path_buf(), e.attrs));
         } else if ft.is_symlink() {
-            let target = fs::read_link(from)?;
+            let target = fs::read_link(e.from)?;
             std::os::unix::fs::symlink(&target, to)
                 .with_context(|| format!("creating link {}", to.display()))?;
-            set_attrs(to, &a, true)?;
-        } else if ft.is_file() {
-            self.file(from, to, &m, &a)?;
+            set_attrs(to, &e.attrs, true)?;
         } else {
-            self.out.skipped.push(format!(
-                "skipped {} (a socket, fifo or device cannot be backed up)",
-                from.display()
-            ));
+            self.file(e.from, to, &e.meta, &e.attrs)?;
         }
         Ok(())
     }

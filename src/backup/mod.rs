@@ -5,6 +5,7 @@ mod pack;
 pub mod plan;
 mod priority;
 mod reading;
+mod tree;
 mod write;
 
 use std::collections::HashMap;

@@ -22,7 +22,6 @@ use std::sync::mpsc;
 
 use anyhow::{Context as _, Result};
 
-use super::copy::CAPTURE_MARK;
 use crate::archive::writer::Attrs;
 
 const BLOCK: u64 = 512;
@@ -63,12 +62,12 @@ pub fn pack_tree(
             jobs: Some(tx),
             done: Packed::default(),
         };
-        let walked = walk(src, exclude, &mut p, give_up);
+        let walked = super::tree::walk(src, exclude, give_up, &mut |e| p.entry(&e));
         p.jobs = None;
         let copied = copier.join();
         let copied = copied.unwrap_or_else(|_| Err(anyhow::anyhow!("the copy thread panicked")));
         // The copy thread's own error says more than the walk's "the copy thread stopped".
-        copied.and(walked)?;
+        p.done.skipped = copied.and(walked)?;
         p.finish()
     })
     .with_context(|| format!("packing {} into {}", src.display(), dst.display()))
@@ -122,37 +121,6 @@ fn copy_through(input: &File, out: &File, job: &Job, buf: &mut Vec<u8>) -> io::R
     Ok(())
 }
 
-/// Walks `src` in name order, packing each entry.
-fn walk(src: &Path, exclude: &Path, p: &mut Packer, give_up: &dyn Fn() -> bool) -> Result<()> {
-    let mut walk = walkdir::WalkDir::new(src)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| {
-            !e.file_name()
-                .as_bytes()
-                .starts_with(CAPTURE_MARK.as_bytes())
-        });
-    while let Some(e) = walk.next() {
-        crate::cancel::check()?;
-        if give_up() {
-            anyhow::bail!("the capture was given up");
-        }
-        let e = e.with_context(|| format!("reading {}", src.display()))?;
-        if e.file_type().is_dir() && e.path() == exclude {
-            p.done.skipped.push(format!(
-                "skipped {} (the backup storage folder)",
-                e.path().display()
-            ));
-            walk.skip_current_dir();
-            continue;
-        }
-        let rel = e.path().strip_prefix(src).unwrap_or(Path::new(""));
-        p.entry(e.path(), rel, e.depth() == 0)?;
-    }
-    Ok(())
-}
-
 struct Packer<'a> {
     out: &'a File,
     /// Where the next header goes.
@@ -165,34 +133,20 @@ struct Packer<'a> {
 }
 
 impl Packer<'_> {
-    fn entry(&mut self, from: &Path, rel: &Path, root: bool) -> Result<()> {
-        // The root is followed when it is a symlink, as the engine follows it when mounting.
-        let m = if root {
-            fs::metadata(from)
-        } else {
-            fs::symlink_metadata(from)
-        }
-        .with_context(|| format!("reading {}", from.display()))?;
-        let name = match rel.as_os_str().as_bytes() {
+    fn entry(&mut self, e: &super::tree::Entry<'_>) -> Result<()> {
+        let name = match e.rel.as_os_str().as_bytes() {
             b"" => b".".to_vec(),
             r => r.to_vec(),
         };
-        let a = attrs_of(&m);
-        let ft = m.file_type();
+        let ft = e.meta.file_type();
         if ft.is_dir() {
-            self.header(&name, tar::EntryType::Directory, &a, 0, b"")
+            self.header(&name, tar::EntryType::Directory, &e.attrs, 0, b"")
         } else if ft.is_symlink() {
-            let target = fs::read_link(from)?;
+            let target = fs::read_link(e.from)?;
             let target = target.as_os_str().as_bytes();
-            self.header(&name, tar::EntryType::Symlink, &a, 0, target)
-        } else if ft.is_file() {
-            self.file(from, name, &m, &a)
+            self.header(&name, tar::EntryType::Symlink, &e.attrs, 0, target)
         } else {
-            self.done.skipped.push(format!(
-                "skipped {} (a socket, fifo or device cannot be backed up)",
-                from.display()
-            ));
-            Ok(())
+            self.file(e.from, name, &e.meta, &e.attrs)
         }
     }
 
@@ -246,15 +200,6 @@ impl Packer<'_> {
     }
 }
 
-fn attrs_of(m: &fs::Metadata) -> Attrs {
-    Attrs {
-        mode: m.mode() & 0o7777,
-        uid: u64::from(m.uid()),
-        gid: u64::from(m.gid()),
-        mtime: m.mtime().max(0) as u64,
-    }
-}
-
 /// One entry's header blocks: a GNU long-name entry first for a name, and one for a link
 /// target, too long for the header's 100 bytes.
 fn header_bytes(name: &[u8], kind: tar::EntryType, a: &Attrs, size: u64, link: &[u8]) -> Vec<u8> {
@@ -265,13 +210,7 @@ fn header_bytes(name: &[u8], kind: tar::EntryType, a: &Attrs, size: u64, link: &
     if name.len() > 100 {
         long_name(&mut out, tar::EntryType::GNULongName, name);
     }
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(a.mode & 0o7777);
-    h.set_uid(a.uid);
-    h.set_gid(a.gid);
-    h.set_mtime(a.mtime);
-    h.set_size(size);
+    let mut h = crate::archive::writer::header(kind, a, size);
     put(&mut h.as_old_mut().name, name);
     put(&mut h.as_old_mut().linkname, link);
     h.set_cksum();
@@ -303,6 +242,7 @@ fn put(field: &mut [u8], value: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::copy::CAPTURE_MARK;
     use super::*;
     use crate::archive::collector::Collector;
     use crate::archive::stream_source::{self, Scope};

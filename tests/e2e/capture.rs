@@ -443,6 +443,15 @@ fn on_xfs_the_capture_is_a_reflink_and_archives_the_same() {
     crate::create::random_files(&data.join("db"), 8, 8 << 20);
     std::os::unix::fs::symlink("db", data.join("link")).unwrap();
     p.up();
+    archives_as_direct_does(&p, "reflink");
+    let left = entries_starting(&[p.dir.path(), &p.path("backups")], ".nuwax-capture-");
+    assert!(left.is_empty(), "{left:?}");
+    drop(p);
+}
+
+/// A direct backup with the services stopped, then `create --stop` of the running services:
+/// its capture is `capture`, and its archive is the direct one's. Its row.
+fn archives_as_direct_does(p: &Project, capture: &str) -> serde_json::Value {
     p.compose(&["stop"]).success();
     let direct = p
         .plugin(&["create", "--capture", "direct", "--format", "json"])
@@ -453,14 +462,15 @@ fn on_xfs_the_capture_is_a_reflink_and_archives_the_same() {
         .plugin(&["create", "--stop", "--format", "json"])
         .success()
         .json();
-    assert_eq!(row["capture"], "reflink");
-    let (a, b) = (
+    assert_eq!(row["capture"], capture);
+    let (want, got) = (
         view(direct["file_path"].as_str().unwrap()),
         view(row["file_path"].as_str().unwrap()),
     );
-    assert_eq!(no_heartbeat(&a.0), no_heartbeat(&b.0));
-    assert_eq!(no_heartbeat(&a.1), no_heartbeat(&b.1));
-    drop(p);
+    assert_eq!(no_heartbeat(&got.0), no_heartbeat(&want.0));
+    assert_eq!(no_heartbeat(&got.1), no_heartbeat(&want.1));
+    assert_eq!(got.2, want.2);
+    row
 }
 
 #[test]
@@ -476,12 +486,6 @@ fn a_mount_point_bind_is_packed_into_the_storage_folder_across_filesystems() {
     let p = &both.0;
     seed(p, 8);
     p.up();
-    p.compose(&["stop"]).success();
-    let direct = p
-        .plugin(&["create", "--capture", "direct", "--format", "json"])
-        .success()
-        .json();
-    p.compose(&["start"]).success();
     let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "create-compressing")];
     assert_ne!(p.plugin_env(&kill, &["create", "--stop"]).code, 0);
     let in_storage = entries_starting(&[&p.path("backups")], ".nuwax-capture-");
@@ -498,18 +502,7 @@ fn a_mount_point_bind_is_packed_into_the_storage_folder_across_filesystems() {
     );
     p.plugin(&["recover"]).success();
     assert!(captures_left(p).is_empty());
-    let row = p
-        .plugin(&["create", "--stop", "--format", "json"])
-        .success()
-        .json();
-    assert_eq!(row["capture"], "copy");
-    let (want, got) = (
-        view(direct["file_path"].as_str().unwrap()),
-        view(row["file_path"].as_str().unwrap()),
-    );
-    assert_eq!(no_heartbeat(&got.0), no_heartbeat(&want.0));
-    assert_eq!(no_heartbeat(&got.1), no_heartbeat(&want.1));
-    assert_eq!(got.2, want.2);
+    let row = archives_as_direct_does(p, "copy");
     assert!(captures_left(p).is_empty());
     p.plugin(&["verify", &row["id"].to_string()]).success();
     p.compose(&["down", "-v", "-t", "1"]).success();
