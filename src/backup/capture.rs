@@ -1,8 +1,9 @@
 //! Capture, for the shortest downtime: while the services are stopped each volume is copied
 //! beside itself (a tree of reflink clones where the filesystem has them, else packed into
-//! one tar file by the kernel's copy) or its engine stream is saved to a file; the services start again, and the archive is written
-//! from the captures, which are then removed. Each capture path is written to the run record
-//! before it is made, so `recover` (or the next run) removes what a killed run left.
+//! one tar file by the kernel's copy) or its engine stream is saved to a file; the services
+//! start again, and the archive is written from the captures, which are then removed. Each
+//! capture path is written to the run record before it is made, so `recover` (or the next
+//! run) removes what a killed run left.
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 

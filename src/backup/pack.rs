@@ -1,17 +1,18 @@
 //! Packs a volume's tree into one uncompressed tar file: the capture where the filesystem has
 //! no reflinks. A tree copy creates an inode per file (and its removal frees them all), while
-//! the pack writes one file: on ext4 a third of the copy's CPU, an eighth of its removal, and
-//! none of the slowdown an ext4 without a journal shows when many inodes were freed in the
-//! last minutes (it skips them when allocating: see `scripts/bench-downtime.sh`).
+//! the pack writes one file: on the 1 GiB data set on ext4, 0.8 CPU-s against 1.1-1.6 for
+//! the tree, a fifth of its removal, and none of the slowdown an ext4 without a journal shows
+//! when many inodes were freed in the last minutes (it skips them when allocating: a tree
+//! copy right after the last one's removal took 10 CPU-s; see `scripts/bench-downtime.sh`).
 //!
 //! The walk (name order, as the archive walks) writes each entry's header at its offset; a
 //! copy thread puts the files' bytes after their headers (`copy_file_range`: the kernel
 //! copies; a read and write loop across filesystems). One copy thread, not one per core:
 //! every write to the pack takes its inode's lock, so more threads only wait for it (spinning:
-//! on the 1 GiB data set 2-4 threads took 0.70 s and 1.3 CPU-s, one 0.62 s and 0.8 CPU-s). What the archive would skip (sockets,
-//! fifos, devices, the storage folder) is skipped with the same words about the original.
-//! The root is the entry `.`; hard links are link entries to the first name; names and
-//! link targets longer than a header holds get GNU long-name entries.
+//! 2-4 threads took 0.70 s and 1.3 CPU-s, one 0.62 s and 0.8 CPU-s). What the archive would
+//! skip (sockets, fifos, devices, the storage folder) is skipped with the same words about
+//! the original. The root is the entry `.`; hard links are link entries to the first name;
+//! names and link targets longer than a header holds get GNU long-name entries.
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
