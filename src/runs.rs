@@ -297,6 +297,7 @@ impl Drop for ActiveRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn phases_are_spelled_as_records_spell_them_and_an_unknown_one_still_reads() {
@@ -313,7 +314,6 @@ mod tests {
         let later: Phase = serde_json::from_value("checking-twice".into()).unwrap();
         assert_eq!(later, Phase::Unknown);
     }
-    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn a_record_lives_while_the_run_does_and_is_private() {

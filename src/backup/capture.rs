@@ -96,8 +96,10 @@ fn one(
     crate::private::create_dir_all(&place.folder)?;
     host_remove(&path);
     run.capture(&path)?;
-    let made = make(ctx, project, plan, (item, place), &path, created, give_up)
-        .and_then(|c| crate::fault::fail("create-capturing").map(|()| c));
+    let made = make(ctx, project, plan, (item, place), &path, created, give_up).and_then(|c| {
+        crate::fault::point("create-capturing");
+        crate::fault::fail("create-capturing").map(|()| c)
+    });
     if made.is_err() {
         // Half a capture: the run record that names it goes when this run ends.
         remove_one(&path);
@@ -123,12 +125,10 @@ fn make(
     let source = plan.needed_host_dir(item)?;
     if place.how == How::Copy {
         let done = super::pack::pack_tree(source, path, &plan.storage, give_up)?;
-        crate::fault::point("create-capturing");
         return Ok(Captured::Packed(path.to_path_buf(), done.skipped));
     }
     // What the clone leaves out, the archive says (it reads the volume until the hand-over).
     let done = copy::copy_tree(source, path, &plan.storage, true, give_up)?;
-    crate::fault::point("create-capturing");
     Ok(Captured::Tree(path.to_path_buf(), done.skipped))
 }
 

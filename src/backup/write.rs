@@ -4,7 +4,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
@@ -247,18 +247,23 @@ fn read_captured(
             Ok(())
         }
         Captured::Packed(path, skipped) => {
-            let file =
-                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            stream_source::collect(file, &Scope::Tree(None), c, &mut quiet)?;
+            read_tar_file(path, &Scope::Tree(None), c, &mut quiet)?;
             warnings.extend(skipped.iter().cloned());
             Ok(())
         }
-        Captured::Stream(path) => {
-            let file =
-                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            stream_source::collect(file, &scope_of(plan, item), c, &mut quiet)
-        }
+        Captured::Stream(path) => read_tar_file(path, &scope_of(plan, item), c, &mut quiet),
     }
+}
+
+/// Reads the entries of the tar file at `path` within `scope` (a pack, a saved stream).
+fn read_tar_file(
+    path: &Path,
+    scope: &Scope,
+    c: &mut Collector<'_>,
+    warn: &mut dyn FnMut(String),
+) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    stream_source::collect(file, scope, c, warn)
 }
 
 /// Appends the per-entry lines collected in the spill file as `manifest-files.jsonl`.

@@ -15,8 +15,7 @@ use crate::catalog::{BackupRow, Catalog};
 use crate::compose::Project;
 use crate::exit_codes::{Code, UserError};
 use crate::output::note;
-use crate::runs::ActiveRun;
-use crate::runs::Phase;
+use crate::runs::{ActiveRun, Phase};
 use crate::services;
 use crate::Context;
 
