@@ -354,6 +354,13 @@ pub struct RollbackArgs {
     /// downloaded anyway when the local file is missing).
     #[arg(long)]
     pub from_remote: bool,
+    /// Encrypt the safety backup to this age public key (repeatable; replaces
+    /// x-nuwax-backup.encrypt). Needed for an encrypted backup when the project names none.
+    #[arg(long, value_name = "KEY")]
+    pub recipient: Vec<String>,
+    /// Encrypt the safety backup to the public keys in this file (repeatable).
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub recipients_file: Vec<PathBuf>,
     /// Verify the backup and print the plan: what each volume gets, what stops and starts,
     /// space needed, images changed since the backup. Changes nothing, takes no lock.
     #[arg(long)]

@@ -12,6 +12,7 @@ mod crypto;
 mod docker;
 mod exit_codes;
 mod fault;
+mod hostfs;
 mod lock;
 mod output;
 mod plugin;

@@ -5,6 +5,7 @@ pub mod fs_source;
 pub mod handover;
 pub mod hashing;
 pub mod manifest;
+pub mod names;
 pub mod reader;
 pub mod safety;
 pub mod stream_source;

@@ -41,12 +41,51 @@ impl Opened {
     }
 }
 
+
+/// The archive file a verify read, kept open: extraction reads these same bytes again from
+/// the descriptor (a file swapped in by name afterwards is never read) and checks them
+/// against `sha256` once more as it goes.
+#[derive(Debug, Clone)]
+pub struct VerifiedFile {
+    pub file: Arc<File>,
+    pub path: std::path::PathBuf,
+    pub sha256: String,
+}
+
+impl VerifiedFile {
+    /// Opens the verified bytes from their start.
+    pub fn open(&self, keys: Option<&Keyring>) -> Result<Opened> {
+        open_file(At::new(self.file.clone()), &self.path, keys)
+    }
+}
+
+/// Reads a shared open file from its own offset (`pread`), so that each pass starts at 0
+/// whatever another pass did with the descriptor.
+pub struct At {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl At {
+    pub fn new(file: Arc<File>) -> At {
+        At { file, pos: 0 }
+    }
+}
+
+impl Read for At {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Opens a `.tar.gz` or `.tar.zst` by its magic bytes, decrypting it first when it is an age
 /// file (which needs `keys`: exit 15 without them, or when they do not open it). Our gzip
 /// archives (independent members marked with gzp's `IG` extra field) are decompressed on all
 /// cores with CRC checks; any other gzip is read as a plain multi-member stream.
-pub fn open(path: &Path, keys: Option<&Keyring>) -> Result<Opened> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+pub fn open_file(file: At, path: &Path, keys: Option<&Keyring>) -> Result<Opened> {
     let digest = Arc::new(Mutex::new((Sha256::new(), 0u64)));
     let mut raw = BufReader::with_capacity(
         1 << 20,
@@ -131,7 +170,7 @@ pub(super) fn copy_into_hasher(
 }
 
 pub use super::safety::volume_of;
-pub use super::verify::{verify, Verified};
+pub use super::verify::{verify, Counted, Verified};
 
 #[cfg(test)]
 mod tests {

@@ -1,22 +1,33 @@
 //! Which archive entries may be written: one checker for the verify pass and for the moment
-//! of writing (defence in depth). Linear in the entries: symlinks are kept in a set and each
-//! entry looks up its own ancestors, so the cost is the path's depth, not the links seen.
-//! The set holds 64-bit hashes of the symlinks' paths (8 bytes each, whatever the paths'
-//! length): a collision could only refuse a sound archive, never pass a bad one.
-use std::collections::HashSet;
+//! of writing (defence in depth; the kernel is the last check, see `hostfs::beneath`). Every
+//! name must be canonical (`names`), may not repeat an earlier entry's path, and may not lie
+//! below an earlier symlink; a hard link must name a file written earlier in its own volume.
+//! Linear in the entries: each entry looks up its own ancestors in a table of 64-bit hashes
+//! of the paths seen (8 bytes and a kind each, whatever the paths' length): a collision could
+//! only refuse a sound archive, never pass a bad one.
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::path::{Component, Path};
+
+use super::names::{key, noncanonical};
+
+/// What an earlier entry made at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Dir,
+    File,
+    Symlink,
+}
 
 /// Entries checked so far (in archive order); rejects what could write outside a volume.
 #[derive(Default)]
 pub struct PathChecker {
-    symlinks: HashSet<u64>,
+    seen: HashMap<u64, Made>,
     keys: RandomState,
 }
 
 impl PathChecker {
-    /// Why the entry may not be extracted, or `None` when it is safe. Records symlinks: no
-    /// later entry may be written through one.
+    /// Why the entry may not be extracted, or `None` when it is safe. Records the entry: no
+    /// later entry may repeat its path or be written through it when it is a symlink.
     pub fn check(
         &mut self,
         path: &[u8],
@@ -24,30 +35,20 @@ impl PathChecker {
         link: Option<&[u8]>,
     ) -> Option<String> {
         let shown = String::from_utf8_lossy(path);
-        if !is_plain_relative(path) {
-            return Some(format!("{shown}: absolute path or `..` in the archive"));
-        }
-        match kind {
-            tar::EntryType::Directory | tar::EntryType::Regular | tar::EntryType::Continuous => {}
-            tar::EntryType::Symlink => {}
-            tar::EntryType::Link => {
-                let target = link.unwrap_or_default();
-                if !is_plain_relative(target)
-                    || volume_of(target) != volume_of(path)
-                    || volume_of(path).is_none()
-                    || self.through_symlink(target).is_some()
-                {
-                    return Some(format!(
-                        "{shown}: hard link to {} leaves its volume",
-                        String::from_utf8_lossy(target)
-                    ));
-                }
+        let made = match kind {
+            tar::EntryType::Directory => Made::Dir,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => {
+                Made::File
             }
+            tar::EntryType::Symlink => Made::Symlink,
             other => {
                 return Some(format!(
                     "{shown}: {other:?} entries (devices, fifos) are refused"
                 ))
             }
+        };
+        if let Some(why) = noncanonical(path, made == Made::Dir) {
+            return Some(format!("{shown}: {why}"));
         }
         if let Some(s) = self.through_symlink(path) {
             return Some(format!(
@@ -55,45 +56,48 @@ impl PathChecker {
                 String::from_utf8_lossy(s)
             ));
         }
-        if kind == tar::EntryType::Symlink {
-            self.symlinks.insert(self.key(trim_slashes(path)));
+        if kind == tar::EntryType::Link {
+            if let Some(why) = self.link_target(path, link.unwrap_or_default()) {
+                return Some(format!("{shown}: hard link to {why}"));
+            }
+        }
+        let k = self.key(key(path));
+        if self.seen.insert(k, made).is_some() {
+            return Some(format!("{shown}: repeats the path of an earlier entry"));
         }
         None
+    }
+
+    /// Why a hard link at `path` may not point at `target`: it must name, canonically, a file
+    /// an earlier entry of the same volume wrote.
+    fn link_target(&self, path: &[u8], target: &[u8]) -> Option<String> {
+        let t = String::from_utf8_lossy(target);
+        if let Some(why) = noncanonical(target, false) {
+            return Some(format!("{t}: {why}"));
+        }
+        if volume_of(target).is_none() || volume_of(target) != volume_of(path) {
+            return Some(format!("{t}, which leaves its volume"));
+        }
+        match self.seen.get(&self.key(target)) {
+            Some(Made::File) => None,
+            Some(_) => Some(format!("{t}, which is not a file")),
+            None => Some(format!("{t}, which no earlier entry wrote")),
+        }
     }
 
     fn key(&self, path: &[u8]) -> u64 {
         self.keys.hash_one(path)
     }
 
-    /// The first ancestor of `path` that is a symlink seen earlier.
+    /// The first ancestor of `path` that an earlier entry made a symlink.
     fn through_symlink<'a>(&self, path: &'a [u8]) -> Option<&'a [u8]> {
-        if self.symlinks.is_empty() {
-            return None;
-        }
-        let path = trim_slashes(path);
+        let path = key(path);
         path.iter()
             .enumerate()
             .filter(|(_, b)| **b == b'/')
             .map(|(i, _)| &path[..i])
-            .find(|prefix| self.symlinks.contains(&self.key(prefix)))
+            .find(|prefix| self.seen.get(&self.key(prefix)) == Some(&Made::Symlink))
     }
-}
-
-fn trim_slashes(p: &[u8]) -> &[u8] {
-    let mut p = p;
-    while let [rest @ .., b'/'] = p {
-        p = rest;
-    }
-    p
-}
-
-fn is_plain_relative(p: &[u8]) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let path = Path::new(std::ffi::OsStr::from_bytes(p));
-    !p.is_empty()
-        && path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// `volumes/<key>` or `binds/<slug>` of an archive path.
@@ -141,29 +145,63 @@ mod tests {
             .check(b"binds/d/h", Link, Some(b"binds/d/ln/passwd"))
             .is_some());
         assert_eq!(c.check(b"binds/d/lnx/f", Regular, None), None);
-        assert_eq!(c.check(b"binds/d/ln", Regular, None), None);
     }
 
     #[test]
-    fn symlinks_at_any_depth_and_links_to_links() {
+    fn a_dot_spelling_cannot_hide_a_symlink() {
+        let mut c = PathChecker::default();
+        assert_eq!(c.check(b"binds/d/ln", Symlink, Some(b"/etc")), None);
+        let why = c.check(b"binds/d/./ln/file", Regular, None).unwrap();
+        assert!(why.contains("`.` component"), "{why}");
+        let why = c
+            .check(b"binds/d/h", Link, Some(b"binds/d/./ln/passwd"))
+            .unwrap();
+        assert!(why.contains("`.` component"), "{why}");
+        assert!(c.check(b"binds/d//ln/x", Regular, None).is_some());
+    }
+
+    #[test]
+    fn a_path_is_written_once() {
+        let mut c = PathChecker::default();
+        assert_eq!(c.check(b"binds/d/f", Symlink, Some(b"/etc/shadow")), None);
+        let why = c.check(b"binds/d/f", Regular, None).unwrap();
+        assert!(why.contains("repeats the path"), "{why}");
+        assert_eq!(c.check(b"binds/d/sub", Directory, None), None);
+        assert!(c.check(b"binds/d/sub/", Directory, None).is_some());
+        assert_eq!(c.check(b"binds/d/q", Regular, None), None);
+        assert!(c.check(b"binds/d/q", Regular, None).is_some());
+    }
+
+    #[test]
+    fn hard_links_name_an_earlier_file_of_their_volume() {
+        let mut c = PathChecker::default();
+        let why = c.check(b"binds/d/h", Link, Some(b"binds/d/later")).unwrap();
+        assert!(why.contains("no earlier entry wrote"), "{why}");
+        assert_eq!(c.check(b"binds/d/dir", Directory, None), None);
+        assert_eq!(c.check(b"binds/d/sl", Symlink, Some(b"x")), None);
+        assert!(c.check(b"binds/d/h2", Link, Some(b"binds/d/dir")).is_some());
+        assert!(c.check(b"binds/d/h3", Link, Some(b"binds/d/sl")).is_some());
+        assert_eq!(c.check(b"binds/d/f", Regular, None), None);
+        assert_eq!(c.check(b"binds/d/h4", Link, Some(b"binds/d/f")), None);
+        assert_eq!(c.check(b"binds/d/h5", Link, Some(b"binds/d/h4")), None);
+    }
+
+    #[test]
+    fn symlinks_at_any_depth() {
         let mut c = PathChecker::default();
         assert_eq!(c.check(b"volumes/v/a/b/c/deep", Symlink, Some(b"/")), None);
         assert!(c
             .check(b"volumes/v/a/b/c/deep/x/y", Regular, None)
             .is_some());
         assert_eq!(c.check(b"volumes/v/a/b/c/deep2/x", Regular, None), None);
-        // A symlink below a symlink is itself written through the first one.
         assert!(c
             .check(b"volumes/v/a/b/c/deep/l2", Symlink, Some(b"x"))
             .is_some());
-        // A symlink to a symlink is fine as an entry; writing below either is not.
         assert_eq!(c.check(b"volumes/v/l1", Symlink, Some(b"a/b/c/deep")), None);
         assert!(c.check(b"volumes/v/l1/f", Regular, None).is_some());
-        // Names that share a prefix with a symlink without being below it.
         assert_eq!(c.check(b"volumes/v/a/link", Symlink, Some(b"/etc")), None);
         assert_eq!(c.check(b"volumes/v/a/link2/x", Regular, None), None);
         assert_eq!(c.check(b"volumes/v/a/lin/x", Regular, None), None);
-        // Hard links within their volume pass, through a symlink or out of it do not.
         assert_eq!(
             c.check(b"volumes/v/h", Link, Some(b"volumes/v/a/lin/x")),
             None

@@ -4,13 +4,15 @@
 //! writer puts both in the same order, so no table of paths is needed). Only when the two
 //! digests differ does a second pass, with a table, name the first bad path.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
 use super::manifest::{EntryKind, FileLine, Manifest, FILES_PATH, MANIFEST_PATH};
-use super::reader::{copy_into_hasher, open, volume_of};
+use super::reader::{copy_into_hasher, open_file, volume_of, At, VerifiedFile};
 use super::safety::PathChecker;
 use crate::crypto::Keyring;
 
@@ -19,10 +21,31 @@ pub struct Verified {
     pub manifest: Manifest,
     pub sha256: String,
     pub size: u64,
+    /// The file that was read, still open: extraction reads these bytes, not the path again.
+    pub file: VerifiedFile,
+    /// Per volume folder (`binds/data`): what its entries hold, as read (not as the manifest
+    /// says): space checks use these.
+    pub counted: BTreeMap<String, Counted>,
     /// Per volume folder (`binds/data`): the distinct (uid, gid) of its entries, up to
     /// [`MAX_OWNERS`] (a restore as a user who is not root must know whom it cannot be).
     pub owners: BTreeMap<String, BTreeSet<(u64, u64)>>,
 }
+
+/// What the entries of one volume folder hold: bytes of file content and entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+/// `manifest.json` is read whole: at most this many bytes.
+pub const MAX_MANIFEST: u64 = 4 << 20;
+/// One line of `manifest-files.jsonl`: at most this many bytes (a 4 KiB name in hex is 8 KiB).
+const MAX_LINE: usize = 1 << 20;
+/// The second pass names the first difference from a table of every entry: at most this many
+/// entries and this many bytes of listing; past that it says only that they differ.
+const MAX_TABLE_ENTRIES: u64 = 2_000_000;
+const MAX_TABLE_LINES: u64 = 512 << 20;
 
 /// Owners remembered per volume: enough to decide, bounded whatever the archive holds.
 pub const MAX_OWNERS: usize = 64;
@@ -73,12 +96,20 @@ pub fn verify(
     expected_sha256: Option<&str>,
     keys: Option<&Keyring>,
 ) -> Result<Verified> {
-    let (verified, tally) = first_pass(path, expected_sha256, keys)?;
+    let file = Arc::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let (verified, tally) = first_pass(&file, path, expected_sha256, keys)?;
     let agree =
         tally.entry_count == tally.line_count && tally.entries.finalize() == tally.lines.finalize();
     if !agree {
         // Names the first difference; passes when only the order differs (another writer).
-        second_pass(path, keys)?;
+        if tally.entry_count > MAX_TABLE_ENTRIES || tally.line_count > MAX_TABLE_ENTRIES {
+            bail!(
+                "the archive's {} volume entries do not match the {} lines of {FILES_PATH} (too many to name the first difference)",
+                tally.entry_count,
+                tally.line_count
+            );
+        }
+        second_pass(&file, path, keys)?;
     }
     Ok(verified)
 }
@@ -88,11 +119,13 @@ fn damaged(e: impl Into<anyhow::Error>) -> anyhow::Error {
 }
 
 fn first_pass(
+    file: &Arc<File>,
     path: &Path,
     expected_sha256: Option<&str>,
     keys: Option<&Keyring>,
 ) -> Result<(Verified, Tally)> {
-    let mut opened = open(path, keys)?;
+    let mut opened = open_file(At::new(file.clone()), path, keys)?;
+    let mut counted: BTreeMap<String, Counted> = BTreeMap::new();
     let mut checker = PathChecker::default();
     let mut tally = Tally::default();
     let mut manifest_bytes = None;
@@ -111,19 +144,19 @@ fn first_pass(
                 bail!("unsafe entry {why}");
             }
             if p == MANIFEST_PATH.as_bytes() {
-                let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes).map_err(damaged)?;
-                manifest_bytes = Some(bytes);
+                manifest_bytes = Some(read_manifest(&mut entry)?);
             } else if p == FILES_PATH.as_bytes() {
                 saw_lines = true;
                 tally_lines(&mut entry, &mut tally)?;
             } else if let Some(folder) = volume_of(&p) {
                 note_owner(&mut owners, folder, entry.header());
-                feed(
-                    &mut tally.entries,
-                    &p,
-                    &seen_of(kind, &mut entry, &mut buf)?,
-                );
+                let seen = seen_of(kind, &mut entry, &mut buf)?;
+                let c = counted
+                    .entry(String::from_utf8_lossy(folder).into_owned())
+                    .or_default();
+                c.bytes += seen.size;
+                c.files += 1;
+                feed(&mut tally.entries, &p, &seen);
                 tally.entry_count += 1;
             }
         }
@@ -140,12 +173,32 @@ fn first_pass(
     Ok((
         Verified {
             manifest,
+            file: VerifiedFile {
+                file: file.clone(),
+                path: path.to_path_buf(),
+                sha256: sha256.clone(),
+            },
             sha256,
             size,
             owners,
+            counted,
         },
         tally,
     ))
+}
+
+/// `manifest.json`, refused past [`MAX_MANIFEST`] bytes (its size is the header's word, so
+/// the read is bounded too).
+fn read_manifest(entry: &mut dyn Read) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    entry
+        .take(MAX_MANIFEST + 1)
+        .read_to_end(&mut bytes)
+        .map_err(damaged)?;
+    if bytes.len() as u64 > MAX_MANIFEST {
+        bail!("{MANIFEST_PATH} is larger than {} MiB: not an archive of this tool", MAX_MANIFEST >> 20);
+    }
+    Ok(bytes)
 }
 
 fn parse_manifest(bytes: Option<Vec<u8>>) -> Result<Manifest> {
@@ -169,10 +222,17 @@ fn tally_lines(r: &mut dyn Read, tally: &mut Tally) -> Result<()> {
     let mut n = 0usize;
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(damaged)? == 0 {
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(damaged)?;
+        if read == 0 {
             return Ok(());
         }
         n += 1;
+        if line.len() > MAX_LINE {
+            bail!("{FILES_PATH} line {n} is longer than {} KiB", MAX_LINE >> 10);
+        }
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
@@ -229,8 +289,8 @@ fn seen_of(kind: tar::EntryType, entry: &mut dyn Read, buf: &mut [u8]) -> Result
 }
 
 /// The slow, exact comparison (a table of every entry): names the first path that differs.
-fn second_pass(path: &Path, keys: Option<&Keyring>) -> Result<()> {
-    let mut opened = open(path, keys)?;
+fn second_pass(file: &Arc<File>, path: &Path, keys: Option<&Keyring>) -> Result<()> {
+    let mut opened = open_file(At::new(file.clone()), path, keys)?;
     let mut seen: HashMap<Vec<u8>, Seen> = HashMap::new();
     let mut lines = Vec::new();
     let mut buf = vec![0u8; 128 << 10];
@@ -240,7 +300,13 @@ fn second_pass(path: &Path, keys: Option<&Keyring>) -> Result<()> {
         crate::cancel::check()?;
         let p = entry.path_bytes().into_owned();
         if p == FILES_PATH.as_bytes() {
-            entry.read_to_end(&mut lines).map_err(damaged)?;
+            (&mut entry)
+                .take(MAX_TABLE_LINES + 1)
+                .read_to_end(&mut lines)
+                .map_err(damaged)?;
+            if lines.len() as u64 > MAX_TABLE_LINES {
+                bail!("the archive's entries do not match {FILES_PATH} (too large to name the first difference)");
+            }
         } else if volume_of(&p).is_some() {
             let kind = entry.header().entry_type();
             seen.insert(p, seen_of(kind, &mut entry, &mut buf)?);

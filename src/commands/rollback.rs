@@ -19,6 +19,8 @@ pub fn run(ctx: &Context, args: &RollbackArgs, out: &mut dyn Write) -> Result<()
         no_safety_backup: args.no_safety_backup,
         yes: args.yes,
         from_remote: args.from_remote,
+        recipients: args.recipient.clone(),
+        recipients_files: args.recipients_file.clone(),
     };
     if args.dry_run {
         let (_, _, _, plan) = restore::plan(ctx, &opts)?;

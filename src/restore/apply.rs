@@ -1,29 +1,48 @@
 //! Executes a plan's steps: reads the archive once and sends each volume's entries to the
 //! sink its action names, recording in the transaction everything it changes.
-use std::path::Path;
-
 use anyhow::{Context as _, Result};
 
 use super::plan::{label, Action, Io, Step};
 use super::sink::{Sink, VolumeOut};
 use super::transaction::Transaction;
 use super::{engine, host};
-use crate::archive::reader;
+use crate::archive::reader::{self, VerifiedFile};
 use crate::compose::Project;
 use crate::output::note;
 use crate::Context;
 
-/// Reads `archive` once and writes the volumes of `steps` (archive folders matched by the
-/// steps' records) as their actions say.
+/// Reads the verified `archive` once, from the descriptor verify read, and writes the volumes
+/// of `steps` (archive folders matched by the steps' records) as their actions say. Fails
+/// (and the caller undoes what was written) when the bytes differ from what verify read.
 pub fn extract(
     ctx: &Context,
     project: &Project,
-    archive: &Path,
+    archive: &VerifiedFile,
     steps: &[&Step],
     txn: &mut Transaction<'_>,
 ) -> Result<()> {
-    let mut opened = reader::open(archive, ctx.keyring()?)?;
-    let mut ar = tar::Archive::new(&mut opened.tar);
+    let mut opened = archive.open(ctx.keyring()?)?;
+    write_volumes(ctx, project, &mut opened.tar, steps, txn)?;
+    std::io::copy(&mut opened.tar, &mut std::io::sink()).context("reading the archive")?;
+    let (sha256, _) = opened.file_digest();
+    if sha256 != archive.sha256 {
+        anyhow::bail!(
+            "{} changed after it was verified (SHA-256 {sha256}, verified {})",
+            archive.path.display(),
+            archive.sha256
+        );
+    }
+    Ok(())
+}
+
+fn write_volumes(
+    ctx: &Context,
+    project: &Project,
+    tar: &mut dyn std::io::Read,
+    steps: &[&Step],
+    txn: &mut Transaction<'_>,
+) -> Result<()> {
+    let mut ar = tar::Archive::new(tar);
     let mut current: Option<(&Step, VolumeOut)> = None;
     for entry in ar.entries().context("reading the archive")? {
         let mut entry = entry.context("reading the archive")?;

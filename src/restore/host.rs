@@ -2,13 +2,13 @@
 //! atomically (`renameat2(RENAME_EXCHANGE)`); the old content is removed only at the end.
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::archive::writer::Attrs;
+use crate::hostfs::beneath::{set_fd_attrs, Beneath};
 
 /// Marks staging paths; a rollback that was killed leaves them beside the target.
 pub const STAGING_MARK: &str = ".nuwax-restore-";
@@ -168,66 +168,54 @@ pub fn remove_any(p: &Path) -> Result<()> {
     }
 }
 
-/// Writes entries below `root` with exact owners, modes and mtimes. Folder attributes are
-/// applied last (deepest first), so that writing into a folder does not change them.
+/// Writes entries below `root` with exact owners, modes and mtimes, every one through
+/// [`Beneath`] (the kernel keeps it inside `root`). Folder attributes are applied last
+/// (deepest first), so that writing into a folder does not change them.
 pub struct HostWriter {
-    root: PathBuf,
-    dirs: Vec<(PathBuf, Attrs)>,
+    fs: Beneath,
+    dirs: Vec<(Vec<u8>, Attrs)>,
 }
 
 impl HostWriter {
-    pub fn new(root: &Path) -> HostWriter {
-        HostWriter {
-            root: root.to_path_buf(),
+    pub fn new(root: &Path) -> Result<HostWriter> {
+        Ok(HostWriter {
+            fs: Beneath::new(root)?,
             dirs: Vec::new(),
-        }
-    }
-
-    fn at(&self, rel: &[u8]) -> PathBuf {
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(std::ffi::OsStr::from_bytes(rel))
-        }
+        })
     }
 
     pub fn dir(&mut self, rel: &[u8], a: &Attrs) -> Result<()> {
-        let p = self.at(rel);
-        fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        self.dirs.push((p, *a));
+        self.fs.mkdir(rel)?;
+        self.dirs.push((rel.to_vec(), *a));
         Ok(())
     }
 
     pub fn file(&mut self, rel: &[u8], a: &Attrs, data: &mut dyn Read) -> Result<()> {
-        let p = self.at(rel);
-        let mut f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-        io::copy(data, &mut f).with_context(|| format!("writing {}", p.display()))?;
-        drop(f);
-        set_attrs(&p, a, false)
+        let mut f = self.fs.create(rel)?;
+        let ctx = || format!("writing {}", self.fs.shown(rel));
+        io::copy(data, &mut f).with_context(ctx)?;
+        set_fd_attrs(&f, a).with_context(ctx)
     }
 
     pub fn symlink(&mut self, rel: &[u8], a: &Attrs, target: &[u8]) -> Result<()> {
-        let p = self.at(rel);
-        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p)
-            .with_context(|| format!("creating link {}", p.display()))?;
-        set_attrs(&p, a, true)
+        self.fs.symlink(rel, target)?;
+        self.fs.link_attrs(rel, a)
     }
 
     /// A hard link to `target_rel`, written before below the same root.
     pub fn hardlink(&mut self, rel: &[u8], target_rel: &[u8]) -> Result<()> {
-        let p = self.at(rel);
-        fs::hard_link(self.at(target_rel), &p)
-            .with_context(|| format!("creating hard link {}", p.display()))
+        self.fs.hardlink(rel, target_rel)
     }
 
     /// Applies folder attributes and syncs what was written to disk.
     pub fn finish(mut self) -> Result<()> {
-        self.dirs
-            .sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
-        for (p, a) in &self.dirs {
-            set_attrs(p, a, false)?;
+        self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        for (rel, a) in &self.dirs {
+            let fd = self.fs.open_dir(rel);
+            let ctx = || format!("setting owner, mode and time of {}", self.fs.shown(rel));
+            set_fd_attrs(&fd.with_context(ctx)?, a).with_context(ctx)?;
         }
-        syncfs(&self.root)
+        self.fs.syncfs()
     }
 }
 
@@ -257,17 +245,7 @@ pub(crate) fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
     .with_context(ctx)
 }
 
-/// Access and modification time both at `mtime` (whole seconds), as archives keep them.
-pub(crate) fn times_of(mtime: u64) -> rustix::fs::Timestamps {
-    let t = rustix::fs::Timespec {
-        tv_sec: mtime as i64,
-        tv_nsec: 0,
-    };
-    rustix::fs::Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
-}
+pub(crate) use crate::hostfs::beneath::times_of;
 
 #[cfg(test)]
 mod tests {
@@ -281,7 +259,7 @@ mod tests {
         fs::create_dir(&target).unwrap();
         fs::write(target.join("old"), "old").unwrap();
         let mut s = Staged::new(&target).unwrap();
-        let mut w = HostWriter::new(&s.staging);
+        let mut w = HostWriter::new(&s.staging).unwrap();
         let a = Attrs {
             mode: 0o750,
             uid: 999,
@@ -316,7 +294,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("gone/app.conf");
         let mut s = Staged::new(&target).unwrap();
-        let mut w = HostWriter::new(&s.staging);
+        let mut w = HostWriter::new(&s.staging).unwrap();
         w.file(
             b"",
             &Attrs {

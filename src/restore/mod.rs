@@ -9,6 +9,7 @@ pub mod mount;
 pub mod plan;
 mod sink;
 mod staged;
+mod targets;
 mod transaction;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,9 @@ pub struct Options {
     pub yes: bool,
     /// Download the archive from its remote copy even when the local file is there.
     pub from_remote: bool,
+    /// `--recipient` / `--recipients-file`: whom the safety backup is encrypted to.
+    pub recipients: Vec<String>,
+    pub recipients_files: Vec<PathBuf>,
 }
 
 /// What `--format json` prints: the plan, and what was done.
@@ -73,12 +77,7 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
     let row = choose::choose(&catalog, &project, opts.id)?;
     let storage = storage_of(&project, &catalog)?;
     let row = fetch(&catalog, row, &storage, opts.from_remote)?;
-    let verified = verified(ctx, &row, &project)?;
-    let safety_recipients = safety_recipients(&project, &row)?;
-    if !opts.no_safety_backup {
-        check_safety_key(ctx, &safety_recipients)?;
-    }
-    let manifest = &verified.manifest;
+    let mut verified = verified(ctx, &row, &project)?;
     let req = plan::Request {
         backup_id: row.id,
         data_only: opts.data_only,
@@ -87,10 +86,40 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
         no_start: opts.no_start,
         no_safety_backup: opts.no_safety_backup,
     };
+    let warnings = bind_to_project(&mut verified, &project, &req)?;
+    let safety_recipients = if opts.no_safety_backup {
+        Recipients::default()
+    } else {
+        let r = safety_recipients(&project, &row, opts)?;
+        check_safety_key(ctx, &r)?;
+        r
+    };
     let facts = facts::gather(ctx, &project, &verified, &req, storage)?;
-    let mut plan = plan::build(manifest, &req, &facts)?;
+    let mut plan = plan::build(&verified.manifest, &req, &facts)?;
     plan.safety_recipients = safety_recipients.0;
+    plan.warnings = warnings;
+    plan.archive = Some(verified.file);
     Ok((project, catalog, row, plan))
+}
+
+/// Rewrites the verified manifest's volumes to the project's current targets (where each is
+/// restored comes from the compose file, never from the archive). Returns the differences
+/// the archive showed, as warnings for the plan.
+fn bind_to_project(
+    verified: &mut reader::Verified,
+    project: &Project,
+    req: &plan::Request,
+) -> Result<Vec<String>> {
+    let (volumes, warnings) = targets::rebind(
+        &verified.manifest,
+        &project.name,
+        &project.dir,
+        &project.volumes,
+        req,
+        &verified.counted,
+    )?;
+    verified.manifest.volumes = volumes;
+    Ok(warnings)
 }
 
 /// The row with a local archive: downloaded from its remote copy into the storage folder
@@ -146,16 +175,27 @@ fn storage_of(project: &Project, catalog: &Catalog) -> Result<PathBuf> {
     Ok(backup::plan::resolve_storage(project, None, &facts))
 }
 
-/// Whom the safety backup is encrypted to: the project's current recipients
-/// (`x-nuwax-backup.encrypt`), else those of the backup being restored (a project whose
-/// backups are encrypted never gets a plaintext safety backup).
-fn safety_recipients(project: &Project, row: &BackupRow) -> Result<Recipients> {
-    let current = crate::crypto::project_recipients(project)?;
-    Ok(if current.is_empty() {
-        Recipients(row.recipients.clone())
+/// Whom the safety backup is encrypted to: `--recipient`, else the project's recipients
+/// (`x-nuwax-backup.encrypt`) — only keys the operator configured, never those that came
+/// with the backup (an imported one's came from a sidecar anyone with bucket access wrote).
+/// An encrypted backup restored into a project that names none is refused (exit 2): its
+/// safety backup must not be written in plain text, nor to keys nobody chose.
+fn safety_recipients(project: &Project, row: &BackupRow, opts: &Options) -> Result<Recipients> {
+    let current = if opts.recipients.is_empty() && opts.recipients_files.is_empty() {
+        crate::crypto::project_recipients(project)?
     } else {
-        current
-    })
+        Recipients::parse(&opts.recipients, &opts.recipients_files)?
+    };
+    if current.is_empty() && !row.recipients.is_empty() {
+        return Err(user(
+            Code::Usage,
+            format!(
+                "backup #{} is encrypted and the project names no recipients for the safety backup: pass --recipient KEY (or set x-nuwax-backup.encrypt), or --no-safety-backup",
+                row.id
+            ),
+        ));
+    }
+    Ok(current)
 }
 
 /// Undo must read the safety backup: refuses (exit 15) before anything changes when the
@@ -216,6 +256,9 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     let (project, catalog, row, mut plan) = plan(ctx, opts)?;
     check_space(&plan)?;
     warn_image_changes(&plan);
+    for w in &plan.warnings {
+        warn(w.clone());
+    }
     confirm(&row, &plan, opts.yes)?;
     let (_lock, project) =
         crate::recover::lock_and_recover(ctx, project, &catalog, RunCommand::Rollback)?;
@@ -371,7 +414,10 @@ fn stopped_rollback(
     let safety_id = safety.as_ref().map(|s| s.id);
     let steps: Vec<&Step> = plan.restoring().collect();
     let mut txn = Transaction::new(Some(record));
-    let result = apply::extract(ctx, project, Path::new(&row.file_path), &steps, &mut txn)
+    let Some(archive) = plan.archive.as_ref() else {
+        return (safety_id, Vec::new(), Err(anyhow::anyhow!("the plan has no verified archive")));
+    };
+    let result = apply::extract(ctx, project, archive, &steps, &mut txn)
         .and_then(|()| txn.swap_all());
     match result {
         Ok(()) => (safety_id, txn.commit(), Ok(())),
@@ -483,15 +529,17 @@ pub(crate) fn safety_of(
 }
 
 /// Writes the targets a killed `rollback --in-place` had emptied and not finished again
-/// from its safety backup.
+/// from its safety backup (bound, like any archive, to the project's current targets).
 pub fn refill_in_place(
     ctx: &Context,
     project: &Project,
     safety: &Path,
     targets: &[PathBuf],
 ) -> Result<()> {
-    let verified =
+    let mut verified =
         reader::verify(safety, None, ctx.keyring()?).context("reading the safety backup")?;
+    let req = plan::Request::default();
+    bind_to_project(&mut verified, project, &req)?;
     let steps: Vec<Step> = verified
         .manifest
         .volumes
@@ -501,7 +549,7 @@ pub fn refill_in_place(
         .collect();
     let refs: Vec<&Step> = steps.iter().collect();
     let mut txn = Transaction::new(None);
-    apply::extract(ctx, project, safety, &refs, &mut txn)?;
+    apply::extract(ctx, project, &verified.file, &refs, &mut txn)?;
     txn.commit();
     Ok(())
 }

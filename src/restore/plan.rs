@@ -98,6 +98,12 @@ pub struct RollbackPlan {
     /// recreated): stopped for the whole restore.
     pub order: Order,
     pub order_reason: String,
+    /// What the archive said that the compose file overrides (drivers, options, labels).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The archive file verify read, kept open: the restore reads it from this descriptor.
+    #[serde(skip)]
+    pub archive: Option<crate::archive::reader::VerifiedFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -238,6 +244,8 @@ pub fn build(m: &Manifest, req: &Request, facts: &Facts) -> anyhow::Result<Rollb
         actions,
         running: facts.running.clone(),
         safety_recipients: Vec::new(),
+        warnings: Vec::new(),
+        archive: None,
     })
 }
 

@@ -4,8 +4,6 @@
 //! swap moved aside, which is removed last. The run record holds every target, its staging
 //! and the staged tree's inode before anything stops, so after a kill `recover` can tell
 //! what was swapped: before the start it swaps back, after it finishes the safety backup.
-use std::path::Path;
-
 use anyhow::{Context as _, Result};
 
 use super::plan::{RollbackPlan, Step};
@@ -33,7 +31,8 @@ pub fn run(
     record.phase(Phase::Staging)?;
     note("staging the backup beside its targets while the services run");
     let mut txn = Transaction::new(None);
-    let staged = apply::extract(ctx, project, Path::new(&row.file_path), &steps, &mut txn)
+    let archive = plan.archive.clone().context("the plan has no verified archive")?;
+    let staged = apply::extract(ctx, project, &archive, &steps, &mut txn)
         .and_then(|()| txn.swap_records())
         .and_then(|swaps| record.swaps(swaps, &plan.safety_recipients, opts.no_safety_backup));
     if let Err(e) = staged {

@@ -39,7 +39,7 @@ impl<'r> Transaction<'r> {
             host::clean_stale(parent);
         }
         let staged = host::Staged::new(target)?;
-        let writer = host::HostWriter::new(&staged.staging);
+        let writer = host::HostWriter::new(&staged.staging)?;
         self.staged.push(staged);
         Ok(writer)
     }
@@ -76,7 +76,7 @@ impl<'r> Transaction<'r> {
             host::remove_any(&e?.path())?;
         }
         crate::fault::point("in-place-emptied");
-        Ok(host::HostWriter::new(target))
+        host::HostWriter::new(target)
     }
 
     /// `step`'s target now holds the archived content whole.
@@ -233,7 +233,7 @@ impl<'r> Transaction<'r> {
         }
         let refs: Vec<&Step> = again_steps.iter().collect();
         let mut again = Transaction::new(self.record.as_deref_mut());
-        apply::extract(ctx, project, &path, &refs, &mut again)?;
+        apply::extract(ctx, project, &safety.file, &refs, &mut again)?;
         again.swap_all()?;
         let removed = again.commit();
         for s in removed {
@@ -269,8 +269,11 @@ fn safety_steps(
             r.kind == s.record.kind && r.name == s.record.name && r.source == s.record.source
         };
         if let Some(rec) = safety.iter().find(same).filter(|_| lost) {
+            // Where it goes stays the rollback's (the project's target); only where it is in
+            // the safety archive, and its root, come from that archive.
             let mut again = (*s).clone();
-            again.record = rec.clone();
+            again.record.archive_path = rec.archive_path.clone();
+            again.record.root = rec.root;
             out.push(again);
         }
     }

@@ -1,0 +1,4 @@
+//! Host-filesystem primitives below both pipelines: writing below a root through
+//! descriptors the kernel keeps inside it (`beneath`), and folders the tool makes and trusts
+//! only as its private records say (`owned`).
+pub mod beneath;
