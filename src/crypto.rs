@@ -110,6 +110,21 @@ pub fn project_recipients(project: &crate::compose::Project) -> Result<Recipient
     Recipients::parse(&cfg.recipients, &files)
 }
 
+/// An identity readable by group or others is named in a warning (as ssh does for its keys).
+fn warn_if_readable(file: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::metadata(file) {
+        if m.mode() & 0o044 != 0 {
+            crate::output::warn(format!(
+                "identity {} is readable by group or others (mode {:o}): make it private with chmod 600 '{}'",
+                file.display(),
+                m.mode() & 0o7777,
+                file.display()
+            ));
+        }
+    }
+}
+
 /// The private keys given with `--identity` (or `NUWAX_BACKUP_IDENTITY`), and their public keys.
 pub struct Keyring {
     pub file: PathBuf,
@@ -145,6 +160,7 @@ impl Keyring {
     /// a protected identity is refused. Every failure is exit 15, naming the file.
     pub fn load(file: &Path) -> Result<Keyring> {
         let shown = file.display();
+        warn_if_readable(file);
         let bytes = std::fs::read(file)
             .map_err(|e| key_error(format!("cannot read identity {shown}: {e}")))?;
         let text = String::from_utf8_lossy(&bytes);

@@ -1,6 +1,10 @@
 //! Finishing a run that died (kill -9, the OOM killer, a power cut): its partial and staging
 //! files removed, a half-moved mount point undone, what it stopped started again, and a dead
 //! `create` recorded as a `failed` row with error `interrupted`.
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
@@ -8,6 +12,7 @@ use crate::catalog::{Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::output::{note, warn};
 use crate::records::{RunCommand, Status};
+use crate::hostfs::owned::{self, Made};
 use crate::restore::{engine, host, mount};
 use crate::runs::{self, Phase, RunRecord};
 use crate::{services, storage, Context};
@@ -21,17 +26,18 @@ pub struct Recovered {
     pub started: Vec<String>,
 }
 
-/// Recovers the dead run of `project`, if one left its record or a half-moved mount point.
-/// Call while holding the project's lock (then no live run owns what is found). Fails with
-/// `RestartFailed` when starting what it stopped fails; the record is then kept, so the next
-/// `recover` tries again.
+/// Recovers the dead run of `project`, if it left its record. Call while holding the
+/// project's lock (then no live run owns what is found). Acts only on what the record names
+/// and the tool made: the project's current targets, and its own private folders beside and
+/// inside them (checked: no link, this user's, mode 0700, the recorded device and inode).
+/// Fails with `RestartFailed` when starting what it stopped fails; the record is then kept,
+/// so the next `recover` tries again. Fails, naming it, when the record is not private.
 pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<Recovered> {
-    let mount_points = undo_mount_points(project)?;
     let dir = ctx.runs_dir();
     let Some(rec) = runs::read(&dir, &project.name)? else {
         return Ok(Recovered {
             interrupted_run: None,
-            mount_points,
+            mount_points: Vec::new(),
             started: Vec::new(),
         });
     };
@@ -39,14 +45,17 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
         "found an interrupted {} of project {} (pid {}, started {}, phase {}): recovering it",
         rec.command, project.name, rec.pid, rec.started_at, rec.phase
     ));
+    let targets = Targets::of(ctx, project);
+    let mut mount_points = Vec::new();
     if rec.command == RunCommand::Create {
-        remove_captures(&rec);
+        remove_captures(&rec, &project.name, &targets);
         abort_upload(&rec);
         record_interrupted_create(catalog, project, &rec)?;
     } else {
-        finish_staged(ctx, project, catalog, &rec)?;
-        clean_rollback(ctx, project);
-        refill_in_place(ctx, project, &rec)?;
+        mount_points = recover_mounts(&rec, &targets)?;
+        finish_staged(ctx, project, catalog, &rec, &targets)?;
+        clean_rollback(ctx, project, &rec, &targets);
+        refill_in_place(ctx, project, &rec, &targets)?;
     }
     start_again(ctx, &rec)?;
     runs::remove(&dir, &project.name)?;
@@ -57,14 +66,103 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
     })
 }
 
-/// Removes the captures a killed `create` made (listed before each was made).
-fn remove_captures(rec: &RunRecord) {
-    for p in rec.captures.iter().filter(|p| p.symlink_metadata().is_ok()) {
-        if crate::backup::capture::remove_one(p) {
-            note(format!(
+/// Where the project's volumes are on this host now: bind sources and local volume folders.
+struct Targets(Vec<PathBuf>);
+
+impl Targets {
+    fn of(ctx: &Context, project: &Project) -> Targets {
+        Targets(project.volumes.iter().filter_map(|v| target_of(ctx, v)).collect())
+    }
+
+    fn contains(&self, p: &Path) -> bool {
+        self.0.iter().any(|t| t == p)
+    }
+
+    /// Whether `p` is a target, a folder holding one, or `storage`.
+    fn is_near(&self, p: &Path, storage: Option<&Path>) -> bool {
+        storage == Some(p) || self.0.iter().any(|t| t == p || t.parent() == Some(p))
+    }
+}
+
+/// Says that the record names something this recovery will not touch.
+fn ignored(what: &str, p: &Path) {
+    warn(format!(
+        "the run record names {what} {}, which is not this project's nor the tool's own: left alone",
+        p.display()
+    ));
+}
+
+/// The staging folder the record says this run made at `path`, opened and checked.
+fn made_at<'a>(rec: &'a RunRecord, path: &Path) -> Option<&'a Made> {
+    rec.made.iter().find(|m| m.path == path)
+}
+
+/// The (private folder, name) of a recorded swap's staging, when the record and the disk
+/// agree that the tool made it beside `s.target`, a current target.
+fn swap_staging(rec: &RunRecord, project: &str, s: &runs::SwapRecord, targets: &Targets) -> Option<(OwnedFd, OwnedFd)> {
+    let (parent, name) = owned::split(&s.target).ok()?;
+    let holder = parent.join(owned::staging_name(project, rec.pid));
+    let agrees = targets.contains(&s.target)
+        && s.staging.parent() == Some(holder.as_path())
+        && s.staging.file_name().map(|n| n.as_bytes()) == Some(name);
+    if !agrees {
+        ignored("the swap", &s.staging);
+        return None;
+    }
+    let made = made_at(rec, &holder)?;
+    match (owned::open_made(made), owned::open_dir(parent)) {
+        (Ok(h), Ok(p)) => Some((h, p)),
+        (Err(e), _) | (_, Err(e)) => {
+            warn(format!("{e:#}"));
+            None
+        }
+    }
+}
+
+/// Undoes or finishes what the dead run left inside bind mount points, as its record says.
+fn recover_mounts(rec: &RunRecord, targets: &Targets) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for m in &rec.mounts {
+        let made = made_at(rec, &m.staging).filter(|_| {
+            targets.contains(&m.target) && m.staging.parent() == Some(m.target.as_path())
+        });
+        let Some(made) = made else {
+            ignored("the mount point staging", &m.staging);
+            continue;
+        };
+        note(mount::recover(m, made)?);
+        done.push(m.target.display().to_string());
+    }
+    Ok(done)
+}
+
+/// Removes the captures a killed `create` made (listed before each was made): only names
+/// that carry the dead run's project and pid, beside or inside a current target or in the
+/// storage folder, and never through a link.
+fn remove_captures(rec: &RunRecord, project: &str, targets: &Targets) {
+    let prefix = crate::backup::capture::prefix(project, rec.pid);
+    let storage = rec.pending_row.as_ref().map(|p| p.storage.as_path());
+    for p in &rec.captures {
+        let Ok((parent, name)) = owned::split(p) else {
+            ignored("the capture", p);
+            continue;
+        };
+        if !name.starts_with(prefix.as_bytes()) || !targets.is_near(parent, storage) {
+            ignored("the capture", p);
+            continue;
+        }
+        if p.symlink_metadata().is_err() {
+            continue;
+        }
+        match owned::open_dir(parent).and_then(|fd| Ok(owned::remove_at(&fd, name)?)) {
+            Ok(()) => note(format!(
                 "removed the capture {} left by an interrupted backup",
                 p.display()
-            ));
+            )),
+            Err(e) => warn(format!(
+                "could not remove the capture {} ({e:#}): remove it by hand",
+                p.display()
+            )),
         }
     }
 }
@@ -101,21 +199,6 @@ impl Recovered {
     pub fn is_empty(&self) -> bool {
         self.interrupted_run.is_none() && self.mount_points.is_empty()
     }
-}
-
-/// Undoes (or finishes, when its journal says done) what a killed rollback left inside bind
-/// mount points.
-fn undo_mount_points(project: &Project) -> Result<Vec<String>> {
-    let mut done = Vec::new();
-    for v in &project.volumes {
-        if let Volume::Bind { source, .. } = v {
-            for what in mount::recover(source)? {
-                note(what);
-                done.push(source.display().to_string());
-            }
-        }
-    }
-    Ok(done)
 }
 
 fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunRecord) -> Result<()> {
@@ -159,8 +242,14 @@ fn finish_staged(
     project: &Project,
     catalog: &Catalog,
     rec: &RunRecord,
+    targets: &Targets,
 ) -> Result<()> {
-    let swapped: Vec<&runs::SwapRecord> = rec.swaps.iter().filter(|s| s.swapped()).collect();
+    let swapped: Vec<(&runs::SwapRecord, OwnedFd, OwnedFd)> = rec
+        .swaps
+        .iter()
+        .filter(|s| s.swapped())
+        .filter_map(|s| swap_staging(rec, &project.name, s, targets).map(|(h, p)| (s, h, p)))
+        .collect();
     if swapped.is_empty() {
         return Ok(());
     }
@@ -169,8 +258,10 @@ fn finish_staged(
         Phase::Starting | Phase::SafetyAfter | Phase::RemovingPrevious
     );
     if !started {
-        for s in &swapped {
-            host::exchange(&s.staging, &s.target)
+        for (s, holder, parent) in &swapped {
+            let name = owned::split(&s.target)?.1;
+            rustix::fs::renameat_with(holder, name, parent, name, rustix::fs::RenameFlags::EXCHANGE)
+                .map_err(std::io::Error::from)
                 .with_context(|| format!("swapping {} back", s.target.display()))?;
             note(format!(
                 "put back the previous content of {}",
@@ -186,7 +277,7 @@ fn finish_staged(
     }
     let previous: std::collections::HashMap<_, _> = swapped
         .iter()
-        .map(|s| (s.target.clone(), s.staging.clone()))
+        .map(|(s, _, _)| (s.target.clone(), s.staging.clone()))
         .collect();
     let labels: Vec<String> = project
         .volumes
@@ -214,39 +305,53 @@ fn finish_staged(
 }
 
 /// Where a volume's content is on this host: a bind's source, a local volume's folder.
-fn target_of(ctx: &Context, v: &Volume) -> Option<std::path::PathBuf> {
+fn target_of(ctx: &Context, v: &Volume) -> Option<PathBuf> {
     match v {
         Volume::Bind { source, .. } => Some(source.clone()),
         Volume::Volume { name, .. } => engine::local_mountpoint(&ctx.docker, name).ok().flatten(),
     }
 }
 
-/// Staging folders beside binds and named volumes, and helper containers of a dead rollback.
-/// Each target was swapped whole or not at all, so removing them leaves every one either as
-/// before or as archived.
-fn clean_rollback(ctx: &Context, project: &Project) {
-    for v in &project.volumes {
-        let folder = match v {
-            Volume::Bind { source, .. } => Some(source.clone()),
-            Volume::Volume { name, .. } => {
-                engine::local_mountpoint(&ctx.docker, name).ok().flatten()
-            }
+/// The staging folders the dead rollback made (as its record names them, and only while they
+/// are still the private folders it made), stale ones of this project's dead runs, and helper
+/// containers. Each target was swapped whole or not at all, so removing them leaves every one
+/// either as before or as archived.
+fn clean_rollback(ctx: &Context, project: &Project, rec: &RunRecord, targets: &Targets) {
+    for m in &rec.made {
+        let Ok((parent, name)) = owned::split(&m.path) else {
+            continue;
         };
-        if let Some(parent) = folder.as_deref().and_then(|f| f.parent()) {
-            host::clean_stale(parent);
+        if !targets.is_near(parent, None) || m.path.symlink_metadata().is_err() {
+            continue;
         }
+        let removed = owned::open_made(m)
+            .and_then(|_| owned::open_dir(parent))
+            .and_then(|fd| Ok(owned::remove_at(&fd, name)?));
+        match removed {
+            Ok(()) => note(format!(
+                "removed {} left by an interrupted rollback",
+                m.path.display()
+            )),
+            Err(e) => warn(format!("{e:#}")),
+        }
+    }
+    for parent in targets.0.iter().filter_map(|t| t.parent()) {
+        host::clean_stale(parent, &project.name);
     }
     engine::clean_stale(&ctx.docker);
 }
 
 /// Writes the targets a dead `rollback --in-place` had emptied, and not written whole, back
 /// from its safety backup (the record is kept when that fails, so the next run tries again).
-fn refill_in_place(ctx: &Context, project: &Project, rec: &RunRecord) -> Result<()> {
-    if rec.in_place.is_empty() {
+fn refill_in_place(ctx: &Context, project: &Project, rec: &RunRecord, targets: &Targets) -> Result<()> {
+    for p in rec.in_place.iter().filter(|p| !targets.contains(p)) {
+        ignored("the emptied target", p);
+    }
+    let in_place: Vec<PathBuf> = rec.in_place.iter().filter(|p| targets.contains(p)).cloned().collect();
+    if in_place.is_empty() {
         return Ok(());
     }
-    let shown: Vec<String> = rec
-        .in_place
+    let shown: Vec<String> = in_place
         .iter()
         .map(|p| p.display().to_string())
         .collect();
@@ -258,7 +363,7 @@ fn refill_in_place(ctx: &Context, project: &Project, rec: &RunRecord) -> Result<
         shown.join(", "),
         safety.display()
     ));
-    crate::restore::refill_in_place(ctx, project, safety, &rec.in_place).with_context(|| {
+    crate::restore::refill_in_place(ctx, project, safety, &in_place).with_context(|| {
         format!(
             "putting back {} from {}",
             shown.join(", "),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use crate::hostfs::owned::Made;
 use crate::records::RunCommand;
 use crate::services::Running;
 
@@ -98,6 +99,34 @@ pub struct RunRecord {
     /// removes it instead of backing it up).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_safety_backup: bool,
+    /// Staging folders this run made beside or inside its targets, with their device and
+    /// inode, recorded before anything is written into them: the only ones `recover` touches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub made: Vec<Made>,
+    /// Mount points being restored entry by entry (their staging folder is in `made`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountRecord>,
+}
+
+/// A bind mount point restored from a staging folder inside it: the root's attributes before
+/// and (once staged) as archived, and the journal of the moves, kept beside this record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub target: PathBuf,
+    pub staging: PathBuf,
+    pub root: RootAttrs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_root: Option<RootAttrs>,
+    pub journal: PathBuf,
+}
+
+/// Owner, mode and time of a target's root folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootAttrs {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
 }
 
 /// A multipart upload a run has open: the object's URL and the upload's id.
@@ -151,8 +180,15 @@ fn path_of(dir: &Path, project: &str) -> PathBuf {
 }
 
 /// The record a previous run of `project` left, if any (callers decide whether it is dead).
+/// Fails, naming the path and the fix, when the record or a folder holding it is not private
+/// (a link, another user's, or writable by group or others): it is then not trusted.
 pub fn read(dir: &Path, project: &str) -> Result<Option<RunRecord>> {
     let path = path_of(dir, project);
+    if let Some(catalog_dir) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::hostfs::owned::check_private(catalog_dir)?;
+    }
+    crate::hostfs::owned::check_private(dir)?;
+    crate::hostfs::owned::check_private(&path)?;
     match std::fs::read(&path) {
         Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
             format!(
@@ -165,9 +201,14 @@ pub fn read(dir: &Path, project: &str) -> Result<Option<RunRecord>> {
     }
 }
 
-/// Removes a dead run's record (after it was recovered).
+/// Removes a dead run's record (after it was recovered), and its journals.
 pub fn remove(dir: &Path, project: &str) -> Result<()> {
     let path = path_of(dir, project);
+    if let Ok(Some(rec)) = read(dir, project) {
+        for m in &rec.mounts {
+            let _ = std::fs::remove_file(&m.journal);
+        }
+    }
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", path.display()))
@@ -198,6 +239,8 @@ impl ActiveRun {
                 upload: None,
                 safety_recipients: Vec::new(),
                 no_safety_backup: false,
+                made: Vec::new(),
+                mounts: Vec::new(),
             },
         };
         run.write()?;
@@ -258,6 +301,45 @@ impl ActiveRun {
         self.write()
     }
 
+    /// Records a staging folder just made, before anything is written into it.
+    pub fn made(&mut self, m: &Made) -> Result<()> {
+        if self.record.made.contains(m) {
+            return Ok(());
+        }
+        self.record.made.push(m.clone());
+        self.write()
+    }
+
+    /// Records a mount point about to be restored through a staging folder inside it.
+    pub fn mount(&mut self, m: MountRecord) -> Result<()> {
+        self.record.mounts.retain(|r| r.target != m.target);
+        self.record.mounts.push(m);
+        self.write()
+    }
+
+    /// Records the archived root attributes of the mount point `target`, before its swap.
+    pub fn mount_new_root(&mut self, target: &Path, a: RootAttrs) -> Result<()> {
+        if let Some(m) = self.record.mounts.iter_mut().find(|m| m.target == target) {
+            m.new_root = Some(a);
+        }
+        self.write()
+    }
+
+    /// A private file beside this record for the journal of mount point number `n`.
+    pub fn journal_path(&self, n: usize) -> PathBuf {
+        self.path
+            .with_extension(format!("{}.journal-{n}", self.record.pid))
+    }
+
+    /// The mount points recorded so far.
+    pub fn mount_count(&self) -> usize {
+        self.record.mounts.len()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.record.pid
+    }
+
     /// Records a multipart upload as soon as the server gave its id.
     pub fn upload(&mut self, url: &str, id: &str) -> Result<()> {
         self.record.upload = Some(UploadRecord {
@@ -290,6 +372,9 @@ impl ActiveRun {
 
 impl Drop for ActiveRun {
     fn drop(&mut self) {
+        for m in &self.record.mounts {
+            let _ = std::fs::remove_file(&m.journal);
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -340,13 +425,25 @@ mod tests {
     #[test]
     fn a_forgotten_record_stays_for_recovery() {
         let d = tempfile::tempdir().unwrap();
-        let run = ActiveRun::begin(d.path(), "p", RunCommand::Rollback).unwrap();
+        let dir = d.path().join("runs");
+        let run = ActiveRun::begin(&dir, "p", RunCommand::Rollback).unwrap();
         std::mem::forget(run);
-        assert_eq!(
-            read(d.path(), "p").unwrap().unwrap().command,
-            RunCommand::Rollback
+        assert_eq!(read(&dir, "p").unwrap().unwrap().command, RunCommand::Rollback);
+        remove(&dir, "p").unwrap();
+        assert!(read(&dir, "p").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_record_others_could_write_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("runs");
+        ActiveRun::begin(&dir, "p", RunCommand::Rollback).unwrap().keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = read(&dir, "p").unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{} is writable by group or others (mode 777)", dir.display())),
+            "{e}"
         );
-        remove(d.path(), "p").unwrap();
-        assert!(read(d.path(), "p").unwrap().is_none());
     }
 }

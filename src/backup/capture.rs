@@ -70,8 +70,9 @@ pub fn take(
     }
 }
 
-/// `<folder>/.nuwax-capture-<pid>-<archive folder, / as _>`.
-pub(super) fn path_of(place: &Place) -> PathBuf {
+/// `<folder>/.nuwax-capture-<project>-<pid>-<archive folder, / as _>`: `recover` removes
+/// only captures whose name carries the dead run's project and pid.
+pub(super) fn path_of(project: &str, place: &Place) -> PathBuf {
     let name = place.archive_path.replace('/', "_");
     let ext = if place.how == How::Reflink {
         ""
@@ -80,7 +81,12 @@ pub(super) fn path_of(place: &Place) -> PathBuf {
     };
     place
         .folder
-        .join(format!("{CAPTURE_MARK}{}-{name}{ext}", std::process::id()))
+        .join(format!("{}{name}{ext}", prefix(project, std::process::id())))
+}
+
+/// What the name of every capture of run `pid` of `project` starts with.
+pub fn prefix(project: &str, pid: u32) -> String {
+    format!("{CAPTURE_MARK}{project}-{pid}-")
 }
 
 fn one(
@@ -92,7 +98,7 @@ fn one(
     created: &mut Vec<String>,
     give_up: &dyn Fn() -> bool,
 ) -> Result<Captured> {
-    let path = path_of(place);
+    let path = path_of(&plan.project, place);
     crate::private::create_dir_all(&place.folder)?;
     host_remove(&path);
     run.capture(&path)?;

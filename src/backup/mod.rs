@@ -310,7 +310,7 @@ fn with_capture(
     timing: &mut Timing,
     dest: write::Destination,
 ) -> (Result<Written>, Result<()>) {
-    let reading = Reading::capturing(s.plan, capture::path_of);
+    let reading = Reading::capturing(s.plan, |p| capture::path_of(&s.plan.project, p));
     if let Err(e) = run.phase(Phase::Capturing) {
         return (Err(e), s.restart(run, timing));
     }
@@ -675,6 +675,9 @@ fn capture_facts(project: &Project, opts: &Options, facts: &mut plan::Facts) {
         }
     }
     for f in folders {
+        if crate::hostfs::owned::check_private(&f).is_err() {
+            facts.shared_folders.insert(f.clone());
+        }
         let Some(fs) = storage::filesystem_of(&f) else {
             continue;
         };

@@ -105,6 +105,9 @@ pub struct Facts {
     pub capture_fs: HashMap<PathBuf, CaptureFs>,
     /// Binds (by source) that are mount points: never captured inside or beside.
     pub mount_points: HashSet<PathBuf>,
+    /// Folders another user could write (group- or world-writable, or not this user's): no
+    /// capture tree is built there (it is built by path), the storage folder is used.
+    pub shared_folders: HashSet<PathBuf>,
     pub cwd: PathBuf,
 }
 
@@ -438,8 +441,8 @@ fn capture_bytes(how: How, i: &Item, facts: &Facts) -> u64 {
 }
 
 /// Beside the volume on its own filesystem (a clone there costs nothing), unless that folder
-/// is a mount point's or inside another bind of the project (a restarted container would
-/// see it): then the storage folder. Volumes the engine reads are captured as their stream.
+/// is a mount point's, inside another bind of the project (a restarted container would see
+/// it) or writable by another user: then the storage folder. Volumes the engine reads are captured as their stream.
 fn place(project: &Project, mode: CaptureMode, i: &Item, facts: &Facts, storage: &Path) -> Place {
     let beside = match &i.decl {
         _ if i.io == Io::Engine => None,
@@ -448,7 +451,8 @@ fn place(project: &Project, mode: CaptureMode, i: &Item, facts: &Facts, storage:
             .filter(|_| !facts.mount_points.contains(source))
             .filter(|p| !inside_another_bind(project, source, p)),
         Volume::Volume { name, .. } => facts.volume_dirs.get(name).and_then(|d| d.parent()),
-    };
+    }
+    .filter(|p| !facts.shared_folders.contains(*p));
     let folder = beside.unwrap_or(storage).to_path_buf();
     let reflink = facts.capture_fs.get(&folder).is_some_and(|f| f.reflink);
     let how = if i.io == Io::Engine {
@@ -761,6 +765,12 @@ mod tests {
             "a mount point's and one inside another bind go to the storage folder"
         );
         assert_eq!(plan.capture, "copy");
+        // A folder another user can write gets no capture tree: the storage folder does.
+        let mut shared = f.clone();
+        shared.shared_folders.insert("/srv".into());
+        let plan = build(&proj, &o, &shared, at());
+        let srv = plan.capture_places.iter().find(|p| p.archive_path == "binds/externalsrv_x").unwrap();
+        assert_eq!((srv.folder.to_str().unwrap(), srv.how), ("/proj/backups", How::Reflink));
         let copy = build(
             &proj,
             &Options {

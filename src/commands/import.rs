@@ -128,9 +128,10 @@ impl Found {
     }
 }
 
+/// An archive that does not verify: exit 12, like every failed verification.
 fn not_ours(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
     UserError::new(
-        Code::Failure,
+        Code::VerifyFailed,
         format!(
             "{} is not a docker-nuwax-backup archive, or it is damaged: {e}",
             path.display()

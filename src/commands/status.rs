@@ -22,6 +22,9 @@ struct StatusJson<'a> {
     interrupted_run: Option<Interrupted>,
     /// Bind mount points a killed rollback left half-moved (run `recover`).
     mixed: Vec<String>,
+    /// Folders in or beside the project's binds that look like the tool's staging but that no
+    /// run record of this project names: never acted on (check them, remove them by hand).
+    unknown_staging: Vec<String>,
     /// Set when the storage folder is readable by every local user.
     storage_warning: Option<String>,
 }
@@ -40,21 +43,28 @@ struct Interrupted {
 struct Health {
     interrupted: Option<Interrupted>,
     mixed: Vec<String>,
+    unknown_staging: Vec<String>,
     storage_warning: Option<String>,
 }
 
 fn health(ctx: &Context, p: &Project) -> Result<Health> {
-    let record = crate::runs::read(&ctx.runs_dir(), &p.name)?
-        .filter(|_| !crate::lock::is_held(&ctx.locks_dir(), &p.name));
-    let mixed = p
-        .volumes
+    let live = crate::lock::is_held(&ctx.locks_dir(), &p.name);
+    // A record that is not private is not trusted: said, and shown as no record.
+    let record = crate::runs::read(&ctx.runs_dir(), &p.name).unwrap_or_else(|e| {
+        crate::output::warn(format!("{e:#}"));
+        None
+    });
+    let known: Vec<std::path::PathBuf> = record
         .iter()
-        .filter_map(|v| match v {
-            Volume::Bind { source, .. } if crate::restore::mount::is_mixed(source) => {
-                Some(source.display().to_string())
-            }
-            _ => None,
-        })
+        .flat_map(|r| r.made.iter().map(|m| m.path.clone()))
+        .collect();
+    let unknown_staging = if live { Vec::new() } else { unknown_staging(p, &known) };
+    let record = record.filter(|_| !live);
+    let mixed = record
+        .iter()
+        .flat_map(|r| r.mounts.iter())
+        .filter(|m| crate::restore::mount::is_mixed(m))
+        .map(|m| m.target.display().to_string())
         .collect();
     let facts = crate::backup::plan::Facts {
         catalog_storage: if ctx.catalog_path().exists() {
@@ -74,6 +84,7 @@ fn health(ctx: &Context, p: &Project) -> Result<Health> {
             stopped: r.stopped,
         }),
         mixed,
+        unknown_staging,
         storage_warning: storage
             .is_dir()
             .then(|| crate::storage::world_readable_warning(&storage))
@@ -99,6 +110,7 @@ pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> 
         blockers: blockers.clone(),
         interrupted_run: health.interrupted.clone(),
         mixed: health.mixed.clone(),
+        unknown_staging: health.unknown_staging.clone(),
         storage_warning: health.storage_warning.clone(),
     };
     print(out, args.format, &json, |_, out| {
@@ -126,7 +138,44 @@ fn write_health(h: &Health, out: &mut dyn Write) -> Result<()> {
     for m in &h.mixed {
         writeln!(out, "Bind {m}: mixed: run `recover`")?;
     }
+    for u in &h.unknown_staging {
+        writeln!(
+            out,
+            "Unknown staging {u}: no run record of this project names it, so it is never acted on; check it and remove it by hand"
+        )?;
+    }
     Ok(())
+}
+
+/// Paths inside the project's binds, or in the folders holding its binds, named like the
+/// tool's staging (`.nuwax-restore-*`) that the run record does not name (`known`).
+fn unknown_staging(p: &Project, known: &[std::path::PathBuf]) -> Vec<String> {
+    let mut dirs: Vec<&std::path::Path> = Vec::new();
+    for v in &p.volumes {
+        if let Volume::Bind { source, .. } = v {
+            dirs.push(source);
+            dirs.extend(source.parent());
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let marked = e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(crate::hostfs::owned::STAGING_MARK);
+            if marked && !known.contains(&e.path()) {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn write_table(p: &Project, blockers: &[Blocker], out: &mut dyn Write) -> Result<()> {

@@ -64,6 +64,23 @@ impl Beneath {
         })
     }
 
+    /// The root `name` inside the folder open as `parent` (found at `parent_path`).
+    pub fn in_dir(parent: OwnedFd, parent_path: &Path, name: &str) -> Result<Beneath> {
+        if !is_component(name.as_bytes()) {
+            bail!("{name:?} is not a plain name");
+        }
+        Ok(Beneath {
+            root: parent_path.join(name),
+            base: name.as_bytes().to_vec(),
+            dirs: Dirs {
+                parent,
+                parent_path: parent_path.to_path_buf(),
+                cache: None,
+                walk: std::env::var_os("NUWAX_BACKUP_TEST_NO_OPENAT2").is_some(),
+            },
+        })
+    }
+
     /// The root's path, and `rel` below it, for messages.
     pub fn shown(&self, rel: &[u8]) -> String {
         show(&self.root, rel)

@@ -2,3 +2,4 @@
 //! descriptors the kernel keeps inside it (`beneath`), and folders the tool makes and trusts
 //! only as its private records say (`owned`).
 pub mod beneath;
+pub mod owned;

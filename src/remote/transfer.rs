@@ -398,8 +398,10 @@ pub fn remote_state(r: &BackupRow) -> RemoteState {
     }
 }
 
-/// Downloads `row`'s remote copy to `target` (private, complete or not at all), checking its
-/// size; the caller verifies the content.
+/// Downloads `row`'s remote copy to `target` (private, complete or not at all): it is written
+/// to a private partial file and renamed over `target` only once its size and SHA-256 are the
+/// catalog's (a bucket anyone else can write never replaces a good local archive). The
+/// caller verifies the content. A SHA-256 that differs is exit 12, nothing replaced.
 pub fn download(row: &BackupRow, target: &Path) -> Result<()> {
     let url = row
         .remote_url
@@ -414,19 +416,31 @@ pub fn download(row: &BackupRow, target: &Path) -> Result<()> {
     let tmp = crate::storage::partial_path(dir, &row.project, &name);
     note(format!("downloading backup #{} from {url}", row.id));
     let bar = crate::output::progress_bar(row.size_bytes);
-    let got = (|| -> Result<u64> {
+    let got = (|| -> Result<(u64, String)> {
         let mut f = crate::private::create_new(&tmp)?;
-        let n = store.download(&key, &mut f, &|done| bar.set_position(done))?;
+        let mut out = Tee(&mut f, crate::archive::hashing::Sha256::new());
+        let n = store.download(&key, &mut out, &|done| bar.set_position(done))?;
+        let sha = out.1.hex();
         f.sync_all()?;
-        Ok(n)
+        Ok((n, sha))
     })();
     bar.finish_and_clear();
-    let got = got.and_then(|n| {
+    let got = got.and_then(|(n, sha)| {
         anyhow::ensure!(
             n == row.size_bytes,
             "{url}: {n} bytes downloaded, {} expected",
             row.size_bytes
         );
+        if let Some(want) = row.sha256.as_deref().filter(|w| *w != sha) {
+            return Err(crate::exit_codes::UserError::new(
+                crate::exit_codes::Code::VerifyFailed,
+                format!(
+                    "backup #{}: the copy at {url} has SHA-256 {sha}, the catalog recorded {want}; nothing was changed",
+                    row.id
+                ),
+            )
+            .into());
+        }
         std::fs::rename(&tmp, target).with_context(|| format!("publishing {}", target.display()))
     });
     if got.is_err() {
@@ -434,6 +448,21 @@ pub fn download(row: &BackupRow, target: &Path) -> Result<()> {
     }
     got?;
     crate::storage::sync_dir(dir)
+}
+
+/// Writes to a file and a hash at once.
+struct Tee<'a>(&'a mut std::fs::File, crate::archive::hashing::Sha256);
+
+impl std::io::Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Removes each backup everywhere (see [`remove_backup`]), calling `removed` after each.

@@ -108,9 +108,9 @@ fn open(
     let image = || step.image.clone().context("no image to fill the volume");
     Ok(match step.action {
         Action::SwapBind if step.io == Io::Engine => {
-            Box::new(txn.stage_by_engine(&source()?, &ctx.docker, &image()?)?)
+            Box::new(txn.stage_by_engine(&source()?, &project.name, &ctx.docker, &image()?)?)
         }
-        Action::SwapBind | Action::StageInMount => Box::new(txn.stage(&source()?)?),
+        Action::SwapBind | Action::StageInMount => Box::new(txn.stage(&source()?, &project.name)?),
         Action::InPlace => Box::new(txn.empty_in_place(step, &source()?)?),
         Action::SwapVolume => {
             let name = name()?;
@@ -120,7 +120,7 @@ fn open(
             }
             let dir = engine::local_mountpoint(&ctx.docker, &name)?
                 .with_context(|| format!("the folder of volume {name} is not on this host"))?;
-            Box::new(txn.stage(&dir)?)
+            Box::new(txn.stage(&dir, &project.name)?)
         }
         Action::EngineRefill => {
             let name = name()?;
@@ -161,13 +161,13 @@ fn remove_users(
     Ok(())
 }
 
-/// Removes what killed rollbacks left beside the host-written targets of `steps`.
-pub fn clean_stale(ctx: &Context, steps: &[&Step]) {
+/// Removes what killed rollbacks of `project` left beside the host-written targets of `steps`.
+pub fn clean_stale(ctx: &Context, project: &str, steps: &[&Step]) {
     for parent in steps
         .iter()
         .filter_map(|s| s.record.source.as_ref()?.parent())
     {
-        host::clean_stale(parent);
+        host::clean_stale(parent, project);
     }
     if steps.iter().any(|s| s.record.name.is_some()) {
         engine::clean_stale(&ctx.docker);

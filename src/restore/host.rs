@@ -2,30 +2,42 @@
 //! atomically (`renameat2(RENAME_EXCHANGE)`); the old content is removed only at the end.
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use rustix::fs::RenameFlags;
 
 use crate::archive::writer::Attrs;
 use crate::hostfs::beneath::{set_fd_attrs, Beneath};
+use crate::hostfs::owned;
+use crate::runs::ActiveRun;
 
-/// Marks staging paths; a rollback that was killed leaves them beside the target.
-pub const STAGING_MARK: &str = ".nuwax-restore-";
-
-/// Removes staging paths in `dir` left by a rollback that was killed (call while holding
-/// the project's lock: then none of them is live).
-pub fn clean_stale(dir: &Path) {
+/// Removes the staging folders beside or inside `dir` that a killed rollback of `project`
+/// left: only `.nuwax-restore-<project>-<pid>` of a dead pid that is still a private folder
+/// of this user (mode 0700). Others (another project's, a live run's, or anything that only
+/// looks like one) are left alone; `status` names them.
+pub fn clean_stale(dir: &Path, project: &str) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
-    let mine = format!("{STAGING_MARK}{}-", std::process::id());
+    let me = std::process::id();
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(STAGING_MARK) || name.starts_with(&mine) {
+        let name = e.file_name();
+        let Some((p, pid)) = owned::parse_staging_name(name.as_bytes()) else {
+            continue;
+        };
+        if p != project || pid == me || !crate::storage::process_gone(&pid.to_string()) {
             continue;
         }
-        match remove_any(&e.path()) {
+        if !is_private_dir(&e.path()) {
+            continue;
+        }
+        let removed = owned::open_dir(dir)
+            .and_then(|fd| Ok(owned::remove_at(&fd, name.as_bytes())?));
+        match removed {
             Ok(()) => crate::output::note(format!(
                 "removed {} left by an interrupted rollback",
                 e.path().display()
@@ -39,12 +51,24 @@ pub fn clean_stale(dir: &Path) {
     }
 }
 
+/// A folder (not a link) of this user with mode 0700: what the tool makes.
+fn is_private_dir(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(p).is_ok_and(|m| {
+        m.is_dir() && m.uid() == rustix::process::geteuid().as_raw() && m.mode() & 0o7777 == 0o700
+    })
+}
+
 /// One target (a bind, or a named volume's folder) being restored.
 #[derive(Debug)]
 pub struct Staged {
     pub target: PathBuf,
-    /// Holds the archived content before the swap, the previous content after it.
+    /// Holds the archived content before the swap, the previous content after it:
+    /// `<folder of target>/.nuwax-restore-<project>-<pid>/<name of target>`.
     pub staging: PathBuf,
+    /// The private folder holding `staging` (recorded in the run record), and the folder
+    /// holding the target: the swap is made between these two descriptors.
+    fds: Option<(OwnedFd, OwnedFd)>,
     /// The target existed before the swap (so the swap was an exchange).
     pub existed: bool,
     pub swapped: bool,
@@ -56,31 +80,33 @@ pub struct Staged {
 }
 
 impl Staged {
-    pub fn new(target: &Path) -> Result<Staged> {
+    /// Makes the staging of `target` for a rollback of `project`, recording the folders it
+    /// makes in `run` (when there is one) before anything is written into them.
+    pub fn new(target: &Path, project: &str, run: Option<&mut ActiveRun>) -> Result<Staged> {
         if super::mount::is_mount_point(target) {
-            let m = super::mount::InMount::new(target)?;
+            let run = run.context("a mount point is restored only with a run record")?;
+            let m = super::mount::InMount::new(target, project, run)?;
             return Ok(Staged {
                 target: target.to_path_buf(),
                 staging: m.write_root(),
+                fds: None,
                 existed: true,
                 swapped: false,
                 in_mount: Some(m),
                 by_engine: None,
             });
         }
-        let parent = target
-            .parent()
-            .context("a bind target has no parent folder")?;
+        let (parent, name) = owned::split(target)?;
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let staging = parent.join(format!("{STAGING_MARK}{}-{name}", std::process::id()));
-        remove_any(&staging)?;
+        let (wrapper, made) = owned::make_dir(parent, &owned::staging_name(project, std::process::id()))?;
+        if let Some(run) = run {
+            run.made(&made)?;
+        }
+        owned::remove_at(&wrapper, name)?;
         Ok(Staged {
             target: target.to_path_buf(),
-            staging,
+            staging: made.path.join(std::ffi::OsStr::from_bytes(name)),
+            fds: Some((wrapper, owned::open_dir(parent)?)),
             existed: false,
             swapped: false,
             in_mount: None,
@@ -88,25 +114,43 @@ impl Staged {
         })
     }
 
+    /// The writer of the archived tree into the staging.
+    pub fn writer(&self) -> Result<HostWriter> {
+        match (&self.in_mount, &self.fds) {
+            (Some(m), _) => m.writer(),
+            (None, Some((wrapper, _))) => {
+                let (holder, name) = owned::split(&self.staging)?;
+                HostWriter::in_dir(wrapper.try_clone()?, holder, &String::from_utf8_lossy(name))
+            }
+            (None, None) => anyhow::bail!("no staging folder for {}", self.target.display()),
+        }
+    }
+
     /// Puts the staged content in place in one step.
-    pub fn swap(&mut self) -> Result<()> {
+    pub fn swap(&mut self, run: Option<&mut ActiveRun>) -> Result<()> {
         if let Some(m) = self.in_mount.as_mut() {
-            return m.swap();
+            return m.swap(run);
         }
         self.existed = fs::symlink_metadata(&self.target).is_ok();
-        if self.existed {
-            exchange(&self.staging, &self.target)?;
-        } else {
-            fs::rename(&self.staging, &self.target).with_context(|| {
+        self.move_staging(self.existed)?;
+        self.swapped = true;
+        Ok(())
+    }
+
+    /// Exchanges the staging and the target (`exchange`), or moves the staging to the target.
+    fn move_staging(&self, exchange: bool) -> Result<()> {
+        let (wrapper, parent) = self.fds.as_ref().context("no staging folder")?;
+        let name = owned::split(&self.target)?.1;
+        let flags = if exchange { RenameFlags::EXCHANGE } else { RenameFlags::NOREPLACE };
+        rustix::fs::renameat_with(wrapper, name, parent, name, flags)
+            .map_err(io::Error::from)
+            .with_context(|| {
                 format!(
-                    "moving {} to {}",
+                    "swapping {} and {} (both must be on one filesystem that supports RENAME_EXCHANGE)",
                     self.staging.display(),
                     self.target.display()
                 )
-            })?;
-        }
-        self.swapped = true;
-        Ok(())
+            })
     }
 
     /// Puts the previous content back (after a later step failed) and drops the staged copy.
@@ -116,9 +160,11 @@ impl Staged {
         }
         if self.swapped {
             if self.existed {
-                exchange(&self.staging, &self.target)?;
+                self.move_staging(true)?;
             } else {
-                fs::rename(&self.target, &self.staging)?;
+                let (wrapper, parent) = self.fds.as_ref().context("no staging folder")?;
+                let name = owned::split(&self.target)?.1;
+                rustix::fs::renameat(parent, name, wrapper, name).map_err(io::Error::from)?;
             }
             self.swapped = false;
         }
@@ -134,27 +180,20 @@ impl Staged {
     }
 
     fn remove_staging(&self) -> Result<()> {
-        match &self.by_engine {
-            Some((docker, image)) if fs::symlink_metadata(&self.staging).is_ok() => {
-                super::engine::remove_tree(docker, &self.staging, image)
+        if let Some((docker, image)) = &self.by_engine {
+            if fs::symlink_metadata(&self.staging).is_ok() {
+                super::engine::remove_tree(docker, &self.staging, image)?;
             }
-            _ => remove_any(&self.staging),
+        } else if let Some((wrapper, _)) = &self.fds {
+            owned::remove_at(wrapper, owned::split(&self.staging)?.1)
+                .with_context(|| format!("removing {}", self.staging.display()))?;
         }
+        // The private folder goes with its last staging (others of this run may share it).
+        if let Some(holder) = self.staging.parent() {
+            let _ = fs::remove_dir(holder);
+        }
+        Ok(())
     }
-}
-
-pub(crate) fn exchange(a: &Path, b: &Path) -> Result<()> {
-    use rustix::fs::{renameat_with, RenameFlags, CWD};
-    if let Err(e) = renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
-        return Err(io::Error::from(e)).with_context(|| {
-            format!(
-                "swapping {} and {} (both must be on one filesystem that supports RENAME_EXCHANGE)",
-                a.display(),
-                b.display()
-            )
-        });
-    }
-    Ok(())
 }
 
 pub fn remove_any(p: &Path) -> Result<()> {
@@ -180,6 +219,14 @@ impl HostWriter {
     pub fn new(root: &Path) -> Result<HostWriter> {
         Ok(HostWriter {
             fs: Beneath::new(root)?,
+            dirs: Vec::new(),
+        })
+    }
+
+    /// A writer of root `name` inside the folder open as `parent` (at `parent_path`).
+    pub fn in_dir(parent: OwnedFd, parent_path: &Path, name: &str) -> Result<HostWriter> {
+        Ok(HostWriter {
+            fs: Beneath::in_dir(parent, parent_path, name)?,
             dirs: Vec::new(),
         })
     }
@@ -258,8 +305,8 @@ mod tests {
         let target = dir.path().join("data");
         fs::create_dir(&target).unwrap();
         fs::write(target.join("old"), "old").unwrap();
-        let mut s = Staged::new(&target).unwrap();
-        let mut w = HostWriter::new(&s.staging).unwrap();
+        let mut s = Staged::new(&target, "p", None).unwrap();
+        let mut w = s.writer().unwrap();
         let a = Attrs {
             mode: 0o750,
             uid: 999,
@@ -272,7 +319,7 @@ mod tests {
         w.symlink(b"link", &a, b"new").unwrap();
         w.hardlink(b"hard", b"new").unwrap();
         w.finish().unwrap();
-        s.swap().unwrap();
+        s.swap(None).unwrap();
         assert!(target.join("new").exists() && !target.join("old").exists());
         let m = fs::metadata(&target).unwrap();
         assert_eq!(
@@ -293,8 +340,8 @@ mod tests {
     fn a_missing_target_is_created_and_commit_removes_the_old_content() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("gone/app.conf");
-        let mut s = Staged::new(&target).unwrap();
-        let mut w = HostWriter::new(&s.staging).unwrap();
+        let mut s = Staged::new(&target, "p", None).unwrap();
+        let mut w = s.writer().unwrap();
         w.file(
             b"",
             &Attrs {
@@ -307,7 +354,7 @@ mod tests {
         )
         .unwrap();
         w.finish().unwrap();
-        s.swap().unwrap();
+        s.swap(None).unwrap();
         assert_eq!(fs::read_to_string(&target).unwrap(), "x=1");
         s.commit().unwrap();
         assert_eq!(fs::read_dir(dir.path().join("gone")).unwrap().count(), 1);

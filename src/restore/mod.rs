@@ -267,7 +267,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     if plan.order == plan::Order::StageFirst {
         return staged::run(ctx, opts, &project, &catalog, &row, plan, record);
     }
-    stop_for_restore(ctx, &plan, &mut record)?;
+    stop_for_restore(ctx, &project.name, &plan, &mut record)?;
     let outcome = stopped_rollback(ctx, opts, &project, &catalog, &row, &plan, &mut record);
     let _ = record.phase(Phase::Starting);
     let (safety_id, removed, result) = outcome;
@@ -376,9 +376,14 @@ fn confirm(row: &BackupRow, plan: &RollbackPlan, yes: bool) -> Result<()> {
 }
 
 /// Removes what killed runs left, then stops what runs, recording it first in the run record.
-fn stop_for_restore(ctx: &Context, plan: &RollbackPlan, record: &mut ActiveRun) -> Result<()> {
+fn stop_for_restore(
+    ctx: &Context,
+    project: &str,
+    plan: &RollbackPlan,
+    record: &mut ActiveRun,
+) -> Result<()> {
     let steps: Vec<&Step> = plan.restoring().collect();
-    apply::clean_stale(ctx, &steps);
+    apply::clean_stale(ctx, project, &steps);
     if !plan.running.is_empty() {
         note(format!("stopping {}", plan.running.names().join(", ")));
     }

@@ -1,18 +1,24 @@
 //! Binds that are mount points (a disk at `./data`, NFS, a ZFS or btrfs subvolume, a tmpfs):
 //! a mount point cannot be renamed or exchanged (EBUSY), so the archive is staged inside it
-//! (`<target>/.nuwax-restore-<pid>/new`) and its top-level entries are moved in and the
-//! previous ones out one by one, under an fsynced journal: a killed rollback is undone (or,
-//! once the journal says `done`, finished) by `recover` or the next run. Not one atomic swap.
+//! (`<target>/.nuwax-restore-<project>-<pid>/new`) and its top-level entries are moved in and
+//! the previous ones out one by one, under an fsynced journal kept beside the run record: a
+//! killed rollback is undone (or, once the journal says `done`, finished) by `recover` or the
+//! next run, which act only on the staging folder the record names. Not one atomic swap.
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
-use super::host::{exchange, remove_any, set_attrs, STAGING_MARK};
+use super::host::{remove_any, HostWriter};
 use crate::archive::writer::Attrs;
+use crate::hostfs::beneath::set_fd_attrs;
+use crate::hostfs::owned;
+use crate::runs::{ActiveRun, MountRecord, RootAttrs};
 use crate::storage::sync_dir;
 
 /// Whether `p` is a folder with a filesystem mounted on it (another device than its parent, or
@@ -77,6 +83,12 @@ enum Step {
 }
 
 impl Step {
+    fn name(&self) -> &[u8] {
+        match self {
+            Step::Exchange { name, .. } | Step::Out { name } | Step::In { name } => name,
+        }
+    }
+
     fn line(&self) -> String {
         match self {
             Step::Exchange { name, ino } => format!("x {ino} {}", hex::encode(name)),
@@ -126,30 +138,70 @@ fn plan_steps(cur: &[(Vec<u8>, u64)], new: &[Vec<u8>], can_exchange: bool) -> Ve
     steps
 }
 
-/// A bind mount point being restored from a staging folder inside it.
+/// A bind mount point being restored from a staging folder inside it. Every move is made
+/// between descriptors of the target, the staging folder and its `new/` and `old/` folders
+/// (opened without following links); the journal and the root's attributes are kept in the
+/// run record's private folder, never inside the bind.
 #[derive(Debug)]
 pub struct InMount {
     pub target: PathBuf,
-    /// `<target>/.nuwax-restore-<pid>`: holds `new/`, `old/` and `journal`.
+    /// `<target>/.nuwax-restore-<project>-<pid>`: holds `new/` and `old/`.
     pub staging: PathBuf,
+    dirs: Dirs,
+    journal_path: PathBuf,
+    root: RootAttrs,
+    new_root: Option<RootAttrs>,
     pub swapped: bool,
     /// Move out, then in, even where the filesystem exchanges names (tests of that path).
     pub no_exchange: bool,
 }
 
+/// Descriptors of a mount point and of its staging folder.
+#[derive(Debug)]
+struct Dirs {
+    target: OwnedFd,
+    staging: OwnedFd,
+}
+
+impl Dirs {
+    fn child(&self, name: &str) -> io::Result<OwnedFd> {
+        owned::open_child(&self.staging, name.as_bytes())
+    }
+}
+
 impl InMount {
-    /// Makes the staging folder (mode 0700) inside `target`, recording the target root's
-    /// owner, mode and times first (in `root`), since making the folder changes them.
-    pub fn new(target: &Path) -> Result<InMount> {
-        let staging = target.join(format!("{STAGING_MARK}{}", std::process::id()));
-        remove_any(&staging)?;
-        let root = attrs_of(target)?;
-        crate::private::create_dir_all(&staging.join("old"))?;
-        write_synced(&staging.join("root"), &root_line(&root))?;
-        set_attrs(target, &root, false)?;
+    /// Makes the staging folder (mode 0700) inside `target` and records it, its journal's
+    /// path and the target root's owner, mode and times (before making the folder changes
+    /// them) in the run record, before anything is written into it.
+    pub fn new(target: &Path, project: &str, run: &mut ActiveRun) -> Result<InMount> {
+        let target_fd = owned::open_dir(target)?;
+        let root = root_of(&target_fd)?;
+        let name = owned::staging_name(project, run.pid());
+        let (staging_fd, made) = owned::make_dir(target, &name)?;
+        run.made(&made)?;
+        let old = made.path.join("old");
+        rustix::fs::mkdirat(&staging_fd, "old", Mode::from_raw_mode(0o700))
+            .map_err(io::Error::from)
+            .with_context(|| format!("creating {}", old.display()))?;
+        let journal_path = run.journal_path(run.mount_count());
+        run.mount(MountRecord {
+            target: target.to_path_buf(),
+            staging: made.path.clone(),
+            root,
+            new_root: None,
+            journal: journal_path.clone(),
+        })?;
+        set_fd_attrs(&target_fd, &attrs(root))?;
         Ok(InMount {
             target: target.to_path_buf(),
-            staging,
+            staging: made.path,
+            dirs: Dirs {
+                target: target_fd,
+                staging: staging_fd,
+            },
+            journal_path,
+            root,
+            new_root: None,
             swapped: false,
             no_exchange: crate::fault::no_exchange(),
         })
@@ -160,167 +212,171 @@ impl InMount {
         self.staging.join("new")
     }
 
+    /// A writer of the archive's tree into `new/`, below the staging folder's descriptor.
+    pub fn writer(&self) -> Result<HostWriter> {
+        let fd = self.dirs.staging.try_clone()?;
+        HostWriter::in_dir(fd, &self.staging, "new")
+    }
+
     /// Moves the staged entries in and the previous ones out, journaling each step first;
     /// the root folder's owner, mode and time come last.
-    pub fn swap(&mut self) -> Result<()> {
-        let cur = entries(&self.target, &self.staging)?;
-        let new: Vec<Vec<u8>> = entries(&self.write_root(), Path::new(""))?
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        let can = !self.no_exchange && exchange_works(&self.staging);
+    pub fn swap(&mut self, run: Option<&mut ActiveRun>) -> Result<()> {
+        let name = self.staging.file_name().map(|n| n.as_bytes().to_vec());
+        let cur = entries(&self.dirs.target, name.as_deref())?;
+        let new_fd = self.dirs.child("new").context("opening the staged tree")?;
+        let new: Vec<Vec<u8>> = entries(&new_fd, None)?.into_iter().map(|(n, _)| n).collect();
+        let can = !self.no_exchange && exchange_works(&self.dirs.staging);
         // The archived root's attributes, read before moving entries out of `new/` changes
         // its times; given to the target when the staging folder goes.
-        write_synced(
-            &self.staging.join("new-root"),
-            &root_line(&attrs_of(&self.write_root())?),
-        )?;
-        let mut journal = Journal::create(&self.staging)?;
+        let new_root = root_of(&new_fd)?;
+        if let Some(run) = run {
+            run.mount_new_root(&self.target, new_root)?;
+        }
+        self.new_root = Some(new_root);
+        let old_fd = self.dirs.child("old")?;
+        let mut journal = Journal::create(&self.journal_path)?;
         self.swapped = true;
         for (i, step) in plan_steps(&cur, &new, can).iter().enumerate() {
             journal.append(&step.line())?;
-            self.apply(step)?;
+            apply(step, &self.dirs.target, &new_fd, &old_fd)?;
             crate::fault::point(&format!("mount-step-{}", i + 1));
         }
         journal.append("done")
     }
 
-    fn apply(&self, step: &Step) -> Result<()> {
-        let (t, n, o) = (
-            self.target.as_path(),
-            self.write_root(),
-            self.staging.join("old"),
-        );
-        match step {
-            Step::Exchange { name, .. } => exchange(&at(&n, name), &at(t, name)),
-            Step::Out { name } => rename(&at(t, name), &at(&o, name)),
-            Step::In { name } => rename(&at(&n, name), &at(t, name)),
-        }
-    }
-
     /// Puts the previous content back and removes the staging folder.
     pub fn undo(&mut self) -> Result<()> {
-        undo_journal(&self.target, &self.staging)?;
+        undo_journal(&self.dirs, &self.journal_path)?;
         self.swapped = false;
-        drop_staging(&self.target, &self.staging, false)
+        drop_staging(&self.dirs.target, &self.staging, self.root)
     }
 
     /// Drops the previous content (after the whole rollback succeeded); the root gets the
     /// archived owner, mode and times.
     pub fn commit(&self) -> Result<()> {
-        drop_staging(&self.target, &self.staging, true)
+        drop_staging(&self.dirs.target, &self.staging, self.new_root.unwrap_or(self.root))
     }
 }
 
-/// Removes the staging folder, then gives the target root the attributes it ends with: the
-/// archived root's (`new/`) after a finished swap, else those recorded before staging.
-/// Last, since removing the folder changes the root's times.
-fn drop_staging(target: &Path, staging: &Path, finished: bool) -> Result<()> {
-    let file = if finished { "new-root" } else { "root" };
-    let attrs = fs::read_to_string(staging.join(file))
-        .ok()
-        .and_then(|l| parse_root(l.trim()));
-    remove_any(staging)?;
-    if let Some(a) = attrs {
-        set_attrs(target, &a, false)?;
-    }
-    sync_dir(target)
-}
-
-/// Finishes or undoes what a killed rollback left inside mount point `target`: a staging
-/// folder whose journal says `done` is removed (the target is fully restored), any other is
-/// undone step by step. Returns what it did, for messages.
-pub fn recover(target: &Path) -> Result<Vec<String>> {
-    let mut done = Vec::new();
-    for staging in stale_stagings(target) {
-        if journal_done(&staging) {
-            drop_staging(target, &staging, true)?;
-            done.push(format!(
-                "{}: finished the interrupted rollback",
-                target.display()
-            ));
-        } else {
-            undo_journal(target, &staging)?;
-            drop_staging(target, &staging, false)?;
-            done.push(format!(
-                "{}: undid the interrupted rollback",
-                target.display()
-            ));
+fn apply(step: &Step, target: &OwnedFd, new: &OwnedFd, old: &OwnedFd) -> Result<()> {
+    let r = match step {
+        Step::Exchange { name, .. } => {
+            rustix::fs::renameat_with(new, plain(name)?, target, plain(name)?, RenameFlags::EXCHANGE)
         }
-    }
-    Ok(done)
-}
-
-/// Whether `target` holds a half-moved rollback (a journal without `done`): "mixed".
-pub fn is_mixed(target: &Path) -> bool {
-    stale_stagings(target)
-        .iter()
-        .any(|s| s.join("journal").exists() && !journal_done(s))
-}
-
-fn stale_stagings(target: &Path) -> Vec<PathBuf> {
-    let mine = format!("{STAGING_MARK}{}", std::process::id());
-    let Ok(rd) = fs::read_dir(target) else {
-        return Vec::new();
+        Step::Out { name } => rustix::fs::renameat(target, plain(name)?, old, plain(name)?),
+        Step::In { name } => rustix::fs::renameat(new, plain(name)?, target, plain(name)?),
     };
-    rd.flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(STAGING_MARK) && n != mine && e.path().is_dir()
-        })
-        .map(|e| e.path())
-        .collect()
+    r.map_err(io::Error::from)
+        .with_context(|| format!("moving {:?} ({})", String::from_utf8_lossy(step.name()), step.line()))
 }
 
-fn journal_done(staging: &Path) -> bool {
-    fs::read_to_string(staging.join("journal")).is_ok_and(|t| t.lines().any(|l| l == "done"))
+/// Puts back what `step` did: an exchange again, an entry moved out back in from `old/`, an
+/// entry moved in back to `new/`.
+fn unapply(step: &Step, target: &OwnedFd, new: &OwnedFd, old: &OwnedFd) -> Result<()> {
+    let r = match step {
+        Step::Exchange { name, .. } => {
+            rustix::fs::renameat_with(new, plain(name)?, target, plain(name)?, RenameFlags::EXCHANGE)
+        }
+        Step::Out { name } => rustix::fs::renameat(old, plain(name)?, target, plain(name)?),
+        Step::In { name } => rustix::fs::renameat(target, plain(name)?, new, plain(name)?),
+    };
+    r.map_err(io::Error::from)
+        .with_context(|| format!("undoing {}", step.line()))
+}
+
+/// `name`, when it is one plain path component (journal lines are checked again here).
+fn plain(name: &[u8]) -> Result<&[u8]> {
+    if !crate::archive::names::is_component(name) {
+        anyhow::bail!("refusing to move {:?}: not a plain name", String::from_utf8_lossy(name));
+    }
+    Ok(name)
+}
+
+/// Removes the staging folder, then gives the target root `root` (the archived root's after
+/// a finished swap, else the one recorded before staging). Last, since removing the folder
+/// changes the root's times.
+fn drop_staging(target: &OwnedFd, staging: &Path, root: RootAttrs) -> Result<()> {
+    remove_any(staging)?;
+    set_fd_attrs(target, &attrs(root))?;
+    rustix::fs::fsync(target)
+        .map_err(io::Error::from)
+        .context("syncing the mount point")
+}
+
+/// Finishes or undoes what a killed rollback left inside a mount point, as its run record
+/// says: a journal that says `done` is finished (the staging folder removed, the root given
+/// the archived attributes), any other is undone step by step. Acts only on the staging
+/// folder the record names, when it is still the private folder the run made (`made`).
+pub fn recover(m: &MountRecord, made: &owned::Made) -> Result<String> {
+    let dirs = Dirs {
+        target: owned::open_dir(&m.target)?,
+        staging: owned::open_made(made)?,
+    };
+    crate::hostfs::owned::check_private(&m.journal)?;
+    let lines = journal_lines(&m.journal);
+    if lines.iter().any(|l| l == "done") {
+        drop_staging(&dirs.target, &made.path, m.new_root.unwrap_or(m.root))?;
+        return Ok(format!("{}: finished the interrupted rollback", m.target.display()));
+    }
+    undo_journal(&dirs, &m.journal)?;
+    drop_staging(&dirs.target, &made.path, m.root)?;
+    Ok(format!("{}: undid the interrupted rollback", m.target.display()))
+}
+
+/// Whether a dead run's record shows a half-moved mount point (a journal without `done`).
+pub fn is_mixed(m: &MountRecord) -> bool {
+    let lines = journal_lines(&m.journal);
+    !lines.is_empty() && !lines.iter().any(|l| l == "done")
+}
+
+fn journal_lines(path: &Path) -> Vec<String> {
+    match File::open(path) {
+        Ok(f) => BufReader::new(f).lines().map_while(|l| l.ok()).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Reverses the journaled steps, last first; each is checked against what is on disk, so a
 /// step the kill came before (or a second recovery) is skipped.
-fn undo_journal(target: &Path, staging: &Path) -> Result<()> {
-    let Ok(f) = File::open(staging.join("journal")) else {
-        return Ok(()); // killed before the first move: the target is untouched
-    };
-    let steps: Vec<Step> = BufReader::new(f)
-        .lines()
-        .map_while(|l| l.ok())
-        .filter_map(|l| Step::parse(&l))
+fn undo_journal(dirs: &Dirs, journal: &Path) -> Result<()> {
+    let steps: Vec<Step> = journal_lines(journal)
+        .iter()
+        .filter_map(|l| Step::parse(l))
         .collect();
-    let (n, o) = (staging.join("new"), staging.join("old"));
+    if steps.is_empty() {
+        return Ok(()); // killed before the first move: the target is untouched
+    }
+    let (new, old) = (dirs.child("new")?, dirs.child("old")?);
+    let t = &dirs.target;
     for step in steps.iter().rev() {
-        match step {
-            Step::Exchange { name, ino } => {
-                if fs::symlink_metadata(at(target, name)).is_ok_and(|m| m.ino() != *ino) {
-                    exchange(&at(&n, name), &at(target, name))?;
-                }
-            }
-            Step::Out { name } => {
-                if fs::symlink_metadata(at(&o, name)).is_ok() {
-                    rename(&at(&o, name), &at(target, name))?;
-                }
-            }
-            Step::In { name } => {
-                if fs::symlink_metadata(at(&n, name)).is_err()
-                    && fs::symlink_metadata(at(target, name)).is_ok()
-                {
-                    rename(&at(target, name), &at(&n, name))?;
-                }
-            }
+        let undo = match step {
+            Step::Exchange { name, ino } => ino_of(t, name).is_some_and(|i| i != *ino),
+            Step::Out { name } => ino_of(&old, name).is_some(),
+            Step::In { name } => ino_of(&new, name).is_none() && ino_of(t, name).is_some(),
+        };
+        if undo {
+            unapply(step, t, &new, &old)?;
         }
     }
-    sync_dir(target)
+    rustix::fs::fsync(t).map_err(io::Error::from).context("syncing the mount point")
 }
 
-/// The top-level entries of `dir` with their inodes, leaving out `skip`.
-fn entries(dir: &Path, skip: &Path) -> Result<Vec<(Vec<u8>, u64)>> {
+fn ino_of(dir: &OwnedFd, name: &[u8]) -> Option<u64> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|st| st.st_ino)
+}
+
+/// The entries of folder `dir` with their inodes, leaving out `skip`.
+fn entries(dir: &OwnedFd, skip: Option<&[u8]>) -> Result<Vec<(Vec<u8>, u64)>> {
     let mut out = Vec::new();
-    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let e = e?;
-        if e.path() == skip {
+    for e in rustix::fs::Dir::read_from(dir).map_err(io::Error::from)? {
+        let e = e.map_err(io::Error::from)?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." || Some(name) == skip {
             continue;
         }
-        out.push((e.file_name().into_vec(), e.metadata()?.ino()));
+        out.push((name.to_vec(), e.ino()));
     }
     out.sort();
     Ok(out)
@@ -328,74 +384,51 @@ fn entries(dir: &Path, skip: &Path) -> Result<Vec<(Vec<u8>, u64)>> {
 
 /// Whether this filesystem exchanges names (NFS and older ZFS answer EINVAL): tried on two
 /// probe files inside the staging folder.
-fn exchange_works(staging: &Path) -> bool {
-    let (a, b) = (staging.join("probe-a"), staging.join("probe-b"));
-    let ok = fs::write(&a, "a").is_ok() && fs::write(&b, "b").is_ok() && exchange(&a, &b).is_ok();
-    let _ = fs::remove_file(a);
-    let _ = fs::remove_file(b);
+fn exchange_works(staging: &OwnedFd) -> bool {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(0o600);
+    let made = rustix::fs::openat(staging, "probe-a", flags, mode).is_ok()
+        && rustix::fs::openat(staging, "probe-b", flags, mode).is_ok();
+    let ok = made
+        && rustix::fs::renameat_with(staging, "probe-a", staging, "probe-b", RenameFlags::EXCHANGE)
+            .is_ok();
+    let _ = rustix::fs::unlinkat(staging, "probe-a", AtFlags::empty());
+    let _ = rustix::fs::unlinkat(staging, "probe-b", AtFlags::empty());
     ok
 }
 
-fn at(dir: &Path, name: &[u8]) -> PathBuf {
-    dir.join(std::ffi::OsStr::from_bytes(name))
-}
-
-fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).with_context(|| format!("moving {} to {}", from.display(), to.display()))
-}
-
-fn attrs_of(p: &Path) -> Result<Attrs> {
-    let m = fs::symlink_metadata(p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(Attrs {
-        mode: m.mode(),
-        uid: m.uid() as u64,
-        gid: m.gid() as u64,
-        mtime: m.mtime() as u64,
+fn root_of(fd: &OwnedFd) -> Result<RootAttrs> {
+    let st = rustix::fs::fstat(fd).map_err(io::Error::from)?;
+    Ok(RootAttrs {
+        mode: st.st_mode,
+        uid: st.st_uid as u64,
+        gid: st.st_gid as u64,
+        mtime: st.st_mtime as u64,
     })
 }
 
-fn root_line(a: &Attrs) -> String {
-    format!("root {} {} {} {}", a.mode, a.uid, a.gid, a.mtime)
-}
-
-fn parse_root(line: &str) -> Option<Attrs> {
-    let f: Vec<u64> = line
-        .strip_prefix("root ")?
-        .split(' ')
-        .map(|v| v.parse().ok())
-        .collect::<Option<_>>()?;
-    match f[..] {
-        [mode, uid, gid, mtime] => Some(Attrs {
-            mode: mode as u32,
-            uid,
-            gid,
-            mtime,
-        }),
-        _ => None,
+fn attrs(r: RootAttrs) -> Attrs {
+    Attrs {
+        mode: r.mode,
+        uid: r.uid,
+        gid: r.gid,
+        mtime: r.mtime,
     }
-}
-
-/// A small private file, fsynced with its folder.
-fn write_synced(path: &Path, line: &str) -> Result<()> {
-    let mut f = crate::private::create_new(path)?;
-    writeln!(f, "{line}")?;
-    f.sync_all()?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// The append-only, fsynced journal of one restore into a mount point.
 struct Journal(File);
 
 impl Journal {
-    fn create(staging: &Path) -> Result<Journal> {
-        let path = staging.join("journal");
+    /// Creates the journal at `path` (beside the run record, in its private folder).
+    fn create(path: &Path) -> Result<Journal> {
         let f = OpenOptions::new()
             .append(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
+            .open(path)
             .with_context(|| format!("creating {}", path.display()))?;
-        sync_dir(staging)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
         Ok(Journal(f))
     }
 
@@ -471,6 +504,7 @@ mod tests {
         assert_eq!(unescape(b"/plain"), b"/plain");
     }
 
+
     fn tree(p: &Path) -> Vec<String> {
         let mut v: Vec<String> = walkdir::WalkDir::new(p)
             .min_depth(1)
@@ -486,19 +520,19 @@ mod tests {
         v
     }
 
-    fn staged(target: &Path) -> InMount {
-        let m = InMount::new(target).unwrap();
+    fn with_old(target: &Path) {
+        fs::create_dir_all(target.join("keep")).unwrap();
+        fs::write(target.join("keep/f"), "old").unwrap();
+        fs::write(target.join("gone"), "gone").unwrap();
+    }
+
+    fn staged(target: &Path, run: &mut ActiveRun) -> InMount {
+        let m = InMount::new(target, "p", run).unwrap();
         let n = m.write_root();
         fs::create_dir_all(n.join("keep")).unwrap();
         fs::write(n.join("keep/f"), "new").unwrap();
         fs::write(n.join("added"), "added").unwrap();
         m
-    }
-
-    fn with_old(target: &Path) {
-        fs::create_dir_all(target.join("keep")).unwrap();
-        fs::write(target.join("keep/f"), "old").unwrap();
-        fs::write(target.join("gone"), "gone").unwrap();
     }
 
     #[test]
@@ -508,9 +542,10 @@ mod tests {
             let t = d.path().join("t");
             with_old(&t);
             let before = tree(&t);
-            let mut m = staged(&t);
+            let mut run = ActiveRun::begin(&d.path().join("runs"), "p", crate::records::RunCommand::Rollback).unwrap();
+            let mut m = staged(&t, &mut run);
             m.no_exchange = !exchange;
-            m.swap().unwrap();
+            m.swap(Some(&mut run)).unwrap();
             assert!(tree(&t).contains(&"keep/f=new".to_string()));
             m.undo().unwrap();
             assert_eq!(tree(&t), before);
@@ -518,30 +553,50 @@ mod tests {
     }
 
     #[test]
-    fn recovery_undoes_a_partial_journal_and_finishes_a_done_one() {
+    fn recovery_undoes_a_partial_journal_and_finishes_a_done_one_as_recorded() {
         let d = tempfile::tempdir().unwrap();
+        let runs = d.path().join("runs");
         let t = d.path().join("t");
         with_old(&t);
         let before = tree(&t);
-        let m = staged(&t);
+        let mut run = ActiveRun::begin(&runs, "p", crate::records::RunCommand::Rollback).unwrap();
+        let m = staged(&t, &mut run);
         // A run killed after its first two steps, as its journal shows.
-        let cur = entries(&t, &m.staging).unwrap();
-        let new: Vec<Vec<u8>> = entries(&m.write_root(), Path::new(""))
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        let mut j = Journal::create(&m.staging).unwrap();
+        let name = m.staging.file_name().unwrap().as_bytes().to_vec();
+        let cur = entries(&m.dirs.target, Some(&name)).unwrap();
+        let new_fd = m.dirs.child("new").unwrap();
+        let new: Vec<Vec<u8>> = entries(&new_fd, None).unwrap().into_iter().map(|(n, _)| n).collect();
+        let old_fd = m.dirs.child("old").unwrap();
+        let mut j = Journal::create(&m.journal_path).unwrap();
         for step in plan_steps(&cur, &new, true).iter().take(2) {
             j.append(&step.line()).unwrap();
-            m.apply(step).unwrap();
+            apply(step, &m.dirs.target, &new_fd, &old_fd).unwrap();
         }
-        // Recovery runs in another process: rename the staging folder to a dead pid's.
-        let dead = t.join(format!("{STAGING_MARK}999999999"));
-        fs::rename(&m.staging, &dead).unwrap();
-        assert!(is_mixed(&t));
-        recover(&t).unwrap();
+        run.keep();
+        let rec = crate::runs::read(&runs, "p").unwrap().unwrap();
+        assert!(is_mixed(&rec.mounts[0]));
+        let said = recover(&rec.mounts[0], &rec.made[0]).unwrap();
+        assert!(said.ends_with("undid the interrupted rollback"), "{said}");
         assert_eq!(tree(&t), before);
-        assert!(!is_mixed(&t));
+    }
+
+    #[test]
+    fn recovery_leaves_a_staging_folder_that_is_not_the_one_recorded() {
+        let d = tempfile::tempdir().unwrap();
+        let runs = d.path().join("runs");
+        let t = d.path().join("t");
+        with_old(&t);
+        let mut run = ActiveRun::begin(&runs, "p", crate::records::RunCommand::Rollback).unwrap();
+        let m = staged(&t, &mut run);
+        run.keep();
+        let rec = crate::runs::read(&runs, "p").unwrap().unwrap();
+        // Something inside the bind replaced the staging folder with a link to a host folder.
+        let host = d.path().join("host");
+        fs::create_dir(&host).unwrap();
+        fs::remove_dir_all(&m.staging).unwrap();
+        std::os::unix::fs::symlink(&host, &m.staging).unwrap();
+        assert!(recover(&rec.mounts[0], &rec.made[0]).is_err());
+        assert_eq!(fs::read_dir(&host).unwrap().count(), 0);
+        assert!(fs::symlink_metadata(&m.staging).unwrap().file_type().is_symlink());
     }
 }

@@ -27,15 +27,11 @@ pub fn run(
     mut record: ActiveRun,
 ) -> Result<Report> {
     let steps: Vec<&Step> = plan.restoring().collect();
-    apply::clean_stale(ctx, &steps);
+    apply::clean_stale(ctx, &project.name, &steps);
     record.phase(Phase::Staging)?;
     note("staging the backup beside its targets while the services run");
-    let mut txn = Transaction::new(None);
-    let archive = plan.archive.clone().context("the plan has no verified archive")?;
-    let staged = apply::extract(ctx, project, &archive, &steps, &mut txn)
-        .and_then(|()| txn.swap_records())
-        .and_then(|swaps| record.swaps(swaps, &plan.safety_recipients, opts.no_safety_backup));
-    if let Err(e) = staged {
+    let mut txn = Transaction::new(Some(&mut record));
+    if let Err(e) = stage(ctx, project, &plan, opts, &steps, &mut txn) {
         let undo = txn.undo(ctx, project, &steps, None);
         let undo = undo
             .err()
@@ -52,13 +48,13 @@ pub fn run(
     }
     crate::fault::point("rollback-staged");
     let started = std::time::Instant::now();
-    swap_while_stopped(ctx, row, &plan, &mut record, &mut txn, &steps, project)?;
+    swap_while_stopped(ctx, row, &plan, &mut txn, &steps, project)?;
     let downtime_ms = started.elapsed().as_millis() as u64;
     note(format!(
         "services down {:.1} s",
         downtime_ms as f64 / 1000.0
     ));
-    record.phase(Phase::SafetyAfter)?;
+    run_of(&mut txn)?.phase(Phase::SafetyAfter)?;
     crate::fault::point("rollback-safety-after");
     let safety = if opts.no_safety_backup {
         None
@@ -71,16 +67,41 @@ pub fn run(
         });
         match safety {
             Ok(s) => Some(s),
-            Err(e) => return Err(kept(row, txn, record, e)),
+            Err(e) => {
+                let err = kept(row, &txn, e);
+                drop(txn);
+                record.keep();
+                return Err(err);
+            }
         }
     };
     // From here the previous content is wanted no more: a run killed while removing it must
-    // not back up what is left of it. (A record that cannot be written: removed anyway.)
-    let _ = record.phase(Phase::RemovingPrevious);
+    // not back up what is left of it.
+    run_of(&mut txn)?.phase(Phase::RemovingPrevious)?;
     let _ = txn.commit();
     let mut out = report(plan, safety.map(|s| s.id), opts.no_start);
     out.downtime_ms = Some(downtime_ms);
     Ok(out)
+}
+
+fn run_of<'a>(txn: &'a mut Transaction<'_>) -> Result<&'a mut ActiveRun> {
+    txn.run().context("a staged rollback keeps a run record")
+}
+
+/// Extracts the archive beside every target and records each target, its staging and the
+/// staged tree's inode, before anything stops.
+fn stage(
+    ctx: &Context,
+    project: &Project,
+    plan: &RollbackPlan,
+    opts: &Options,
+    steps: &[&Step],
+    txn: &mut Transaction<'_>,
+) -> Result<()> {
+    let archive = plan.archive.clone().context("the plan has no verified archive")?;
+    apply::extract(ctx, project, &archive, steps, txn)?;
+    let swaps = txn.swap_records()?;
+    run_of(txn)?.swaps(swaps, &plan.safety_recipients, opts.no_safety_backup)
 }
 
 /// Stops what runs, swaps every staged target in, starts again. On a failed swap, swaps back
@@ -89,7 +110,6 @@ fn swap_while_stopped(
     ctx: &Context,
     row: &BackupRow,
     plan: &RollbackPlan,
-    record: &mut ActiveRun,
     txn: &mut Transaction<'_>,
     steps: &[&Step],
     project: &Project,
@@ -97,10 +117,10 @@ fn swap_while_stopped(
     if !plan.running.is_empty() {
         note(format!("stopping {}", plan.running.names().join(", ")));
     }
-    let swapped = record
-        .stopping(&plan.running)
+    let swapped = run_of(txn)
+        .and_then(|r| r.stopping(&plan.running))
         .and_then(|()| services::stop(&ctx.docker, &ctx.compose, &plan.running))
-        .and_then(|()| record.phase(Phase::Swapping))
+        .and_then(|()| run_of(txn)?.phase(Phase::Swapping))
         .and_then(|()| {
             crate::fault::point("rollback-restoring");
             txn.swap_all()
@@ -109,7 +129,7 @@ fn swap_while_stopped(
         Ok(()) => Ok(()),
         Err(_) => txn.undo(ctx, project, steps, None),
     };
-    let _ = record.phase(Phase::Starting);
+    let phase = run_of(txn).and_then(|r| r.phase(Phase::Starting));
     let start = if plan.start.is_empty() {
         Ok(())
     } else {
@@ -118,22 +138,19 @@ fn swap_while_stopped(
     };
     match swapped {
         Err(e) => Err(super::rolled_back(row, None, e, undone)),
-        Ok(()) => start.with_context(|| format!("backup #{} was restored, but", row.id)),
+        Ok(()) => {
+            phase?;
+            start.with_context(|| format!("backup #{} was restored, but", row.id))
+        }
     }
 }
 
 /// The safety backup failed after the services started: the previous content is kept where
 /// the swap put it, named, and the run record stays for `recover` to finish (exit 16).
-fn kept(
-    row: &BackupRow,
-    txn: Transaction<'_>,
-    record: ActiveRun,
-    e: anyhow::Error,
-) -> anyhow::Error {
-    record.keep();
+fn kept(row: &BackupRow, txn: &Transaction<'_>, e: anyhow::Error) -> anyhow::Error {
     super::safety_pending(
         &format!("rolled back to backup #{} and the services run", row.id),
-        &txn.keep_previous(),
+        &txn.previous_paths(),
         e,
     )
 }

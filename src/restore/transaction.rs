@@ -33,13 +33,19 @@ impl<'r> Transaction<'r> {
         }
     }
 
-    /// A staging path beside (or inside, for a mount point) `target`.
-    pub fn stage(&mut self, target: &Path) -> Result<host::HostWriter> {
+    /// The run record, when this transaction keeps one.
+    pub fn run(&mut self) -> Option<&mut ActiveRun> {
+        self.record.as_deref_mut()
+    }
+
+    /// A staging path beside (or inside, for a mount point) `target`, for a rollback of
+    /// `project` (the folders it makes are recorded in the run record first).
+    pub fn stage(&mut self, target: &Path, project: &str) -> Result<host::HostWriter> {
         if let Some(parent) = target.parent() {
-            host::clean_stale(parent);
+            host::clean_stale(parent, project);
         }
-        let staged = host::Staged::new(target)?;
-        let writer = host::HostWriter::new(&staged.staging)?;
+        let staged = host::Staged::new(target, project, self.record.as_deref_mut())?;
+        let writer = staged.writer()?;
         self.staged.push(staged);
         Ok(writer)
     }
@@ -49,13 +55,14 @@ impl<'r> Transaction<'r> {
     pub fn stage_by_engine(
         &mut self,
         target: &Path,
+        project: &str,
         docker: &crate::docker::Docker,
         image: &str,
     ) -> Result<engine::Filler> {
         if let Some(parent) = target.parent() {
-            host::clean_stale(parent);
+            host::clean_stale(parent, project);
         }
-        let mut staged = host::Staged::new(target)?;
+        let mut staged = host::Staged::new(target, project, self.record.as_deref_mut())?;
         staged.by_engine = Some((docker.clone(), image.to_string()));
         let filler = engine::Filler::beside(docker, &staged.staging, image)?;
         self.staged.push(staged);
@@ -70,10 +77,14 @@ impl<'r> Transaction<'r> {
         if !self.in_place.iter().any(|t| t == target) {
             self.in_place.push(target.to_path_buf());
         }
+        let dir = crate::hostfs::owned::open_dir(target)
+            .with_context(|| format!("opening {} ({})", target.display(), step.target))?;
         let entries = std::fs::read_dir(target)
             .with_context(|| format!("reading {} ({})", target.display(), step.target))?;
         for e in entries {
-            host::remove_any(&e?.path())?;
+            let name = e?.file_name();
+            crate::hostfs::owned::remove_at(&dir, std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()))
+                .with_context(|| format!("emptying {}", target.display()))?;
         }
         crate::fault::point("in-place-emptied");
         host::HostWriter::new(target)
@@ -129,9 +140,8 @@ impl<'r> Transaction<'r> {
             .collect()
     }
 
-    /// Keeps the previous content (its safety backup could not be written): the transaction
-    /// ends without removing anything. Returns where it is.
-    pub fn keep_previous(self) -> Vec<PathBuf> {
+    /// Where the previous content of every staged target is (after the swap).
+    pub fn previous_paths(&self) -> Vec<PathBuf> {
         self.staged.iter().map(|s| s.staging.clone()).collect()
     }
 
@@ -139,7 +149,7 @@ impl<'r> Transaction<'r> {
     pub fn swap_all(&mut self) -> Result<()> {
         for s in self.staged.iter_mut() {
             crate::cancel::check()?;
-            s.swap()?;
+            s.swap(self.record.as_deref_mut())?;
         }
         Ok(())
     }

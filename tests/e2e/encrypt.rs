@@ -382,6 +382,15 @@ fn an_ssh_ed25519_key_encrypts_and_opens_backups() {
         .json();
     assert_eq!(v[0]["result"], "ok");
     std::fs::write(p.path("data/conf"), "v2").unwrap();
-    p.plugin(&["rollback", &id, "--yes", &identity]).success();
+    // The project names no recipients: the safety backup is never encrypted to keys that
+    // came with the backup (an imported one's came from a sidecar anyone could write).
+    let refused = p.plugin(&["rollback", &id, "--yes", &identity]).failure(2);
+    assert_eq!(
+        refused.error_line(),
+        format!("backup #{id} is encrypted and the project names no recipients for the safety backup: pass --recipient KEY (or set x-nuwax-backup.encrypt), or --no-safety-backup")
+    );
+    assert_eq!(std::fs::read_to_string(p.path("data/conf")).unwrap(), "v2");
+    p.plugin(&["rollback", &id, "--yes", &identity, "--recipient", public.trim()])
+        .success();
     assert_eq!(std::fs::read_to_string(p.path("data/conf")).unwrap(), "v1");
 }

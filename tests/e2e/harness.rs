@@ -72,6 +72,18 @@ impl Run {
         self
     }
 
+    /// The one error line the tool printed (`docker-nuwax-backup: …`), without the prefix.
+    #[track_caller]
+    pub fn error_line(&self) -> &str {
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("docker-nuwax-backup: "))
+            .collect();
+        assert_eq!(lines.len(), 1, "expected one error line\nstderr:\n{}", self.stderr);
+        lines[0]
+    }
+
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {

@@ -122,10 +122,30 @@ fn a_docker_group_user_backs_up_and_rolls_back_another_users_private_folder() {
     let storage = std::fs::metadata(p.path("backups")).unwrap();
     assert_eq!(storage.mode() & 0o777, 0o700);
 
-    // The same archive as root's, who reads the bind from disk.
+    // The same archive as root's, who reads the bind from disk. Root does not trust run
+    // records in the user's folders (as under `sudo -E`): it keeps its own catalog.
     p.compose(&["stop"]).success();
+    let catalog_dir = p.catalog().parent().unwrap().to_path_buf();
+    let refused = p
+        .plugin(&["create", "--storage", "root-backups"])
+        .failure(1);
+    assert_eq!(
+        refused.error_line(),
+        format!(
+            "{} is owned by uid {uid}, not 0, so its run records are not trusted: make it yours and private (chown 0 '{}'; chmod go-w '{}'), or point NUWAX_BACKUP_CATALOG at a private folder",
+            catalog_dir.display(),
+            catalog_dir.display(),
+            catalog_dir.display(),
+            uid = user.uid()
+        )
+    );
+    let root_catalog = tempfile::tempdir().unwrap();
+    let root_catalog = root_catalog.path().join("catalog.db");
     let by_root = p
-        .plugin(&["create", "--storage", "root-backups", "--format", "json"])
+        .plugin_env(
+            &[("NUWAX_BACKUP_CATALOG", root_catalog.to_str().unwrap())],
+            &["create", "--storage", "root-backups", "--format", "json"],
+        )
         .success();
     p.compose(&["start"]).success();
     let (user_tv, user_lines) = archive_view(&archive);

@@ -277,8 +277,9 @@ fn a_safety_backup_that_cannot_be_written_keeps_the_previous_content_and_exits_1
         );
     }
     let previous = kept.iter().find(|k| k.starts_with(p.dir.path())).unwrap();
+    // The previous content is in the run's private staging folder, under the target's name.
     assert_eq!(
-        std::fs::read_to_string(previous.join("db/state")).unwrap(),
+        std::fs::read_to_string(previous.join("data/db/state")).unwrap(),
         "v2"
     );
     p.plugin(&["recover"]).success();
