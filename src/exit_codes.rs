@@ -95,11 +95,19 @@ macro_rules! bail_user {
 }
 
 /// The exit code for an error chain: the first [`UserError`] in it, else `Failure`.
+/// A disk that filled (`ENOSPC`, `EDQUOT`) anywhere in the chain is `NoSpace`.
 pub fn code_of(err: &anyhow::Error) -> Code {
+    let full = || {
+        err.chain().any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                .is_some_and(|c| c == libc::ENOSPC || c == libc::EDQUOT)
+        })
+    };
     err.downcast_ref::<UserError>()
         .or_else(|| err.chain().find_map(|e| e.downcast_ref::<UserError>()))
         .map(|u| u.code)
-        .unwrap_or(Code::Failure)
+        .unwrap_or_else(|| if full() { Code::NoSpace } else { Code::Failure })
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ pub fn point(point: &str) {
 /// foresee (a disk another process fills, an I/O error), for the tests of what follows one.
 pub fn fail(point: &str) -> anyhow::Result<()> {
     if std::env::var("NUWAX_BACKUP_TEST_FAIL_AT").as_deref() == Ok(point) {
-        anyhow::bail!("No space left on device (os error 28) [injected at {point}]");
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        return Err(anyhow::Error::new(full).context(format!("writing [injected at {point}]")));
     }
     Ok(())
 }

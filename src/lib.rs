@@ -74,6 +74,11 @@ impl Context {
         lock::ProjectLock::acquire(&self.locks_dir(), project, what)
     }
 
+    /// Pins backup `id` for reading by `what` (see [`lock::Pin`]).
+    pub fn pin(&self, id: i64, what: &str) -> anyhow::Result<lock::Pin> {
+        lock::Pin::reading(&self.locks_dir(), id, what)
+    }
+
     /// Where the projects' lock files are (beside the catalog: per user, like the catalog).
     pub fn locks_dir(&self) -> std::path::PathBuf {
         self.catalog_path()

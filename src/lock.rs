@@ -89,6 +89,75 @@ fn busy_message(project: &str, holder: &str) -> String {
     format!("project {project} is busy: {who} is running; wait for it to finish and try again")
 }
 
+/// A backup in use: commands that read a backup (rollback, verify, push, migrate-storage)
+/// hold a shared lock on `backup-<id>.pin` from their first step; `delete` and `prune` take
+/// it exclusively, so a backup is never removed under a command that reads it.
+#[derive(Debug)]
+pub struct Pin {
+    _file: File,
+}
+
+fn pin_file(dir: &Path, id: i64) -> Result<(File, PathBuf)> {
+    crate::private::create_dir_all(dir)?;
+    let path = dir.join(format!("backup-{id}.pin"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    Ok((file, path))
+}
+
+/// Who reads backup `id` now, as its readers said (`rollback, pid 12`).
+fn pin_holder(dir: &Path, id: i64) -> String {
+    std::fs::read_to_string(dir.join(format!("backup-{id}.holder")))
+        .ok()
+        .and_then(|h| {
+            let (what, pid) = h.trim().split_once(", pid ")?;
+            Some(format!("a {what} (pid {pid})"))
+        })
+        .unwrap_or_else(|| "another command".into())
+}
+
+impl Pin {
+    /// Pins backup `id` for reading by `what`; fails at once (exit 9) while it is being
+    /// deleted or pruned.
+    pub fn reading(dir: &Path, id: i64, what: &str) -> Result<Pin> {
+        let (file, path) = pin_file(dir, id)?;
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(UserError::new(
+                    Code::Locked,
+                    format!("backup #{id} is being deleted: nothing was done"),
+                )
+                .into())
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+        let _ = std::fs::write(
+            dir.join(format!("backup-{id}.holder")),
+            format!("{what}, pid {}", std::process::id()),
+        );
+        Ok(Pin { _file: file })
+    }
+
+    /// Pins backup `id` for removal; `Ok(Err(holder))` when a command reads it now.
+    pub fn removing(dir: &Path, id: i64) -> Result<std::result::Result<Pin, String>> {
+        let (file, path) = pin_file(dir, id)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Ok(Pin { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(Err(pin_holder(dir, id))),
+            Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +180,21 @@ mod tests {
         drop(first);
         assert!(!is_held(dir.path(), "p"));
         assert!(ProjectLock::acquire(dir.path(), "p", "create").is_ok());
+    }
+
+    #[test]
+    fn a_backup_being_read_is_not_removed_and_one_being_removed_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Pin::reading(dir.path(), 1, "rollback").unwrap();
+        let b = Pin::reading(dir.path(), 1, "verify").unwrap();
+        let holder = Pin::removing(dir.path(), 1).unwrap().unwrap_err();
+        assert_eq!(holder, format!("a verify (pid {})", std::process::id()));
+        drop((a, b));
+        let removing = Pin::removing(dir.path(), 1).unwrap().unwrap();
+        let err = Pin::reading(dir.path(), 1, "rollback").unwrap_err();
+        assert_eq!(code_of(&err), Code::Locked);
+        assert_eq!(err.to_string(), "backup #1 is being deleted: nothing was done");
+        drop(removing);
+        assert!(Pin::removing(dir.path(), 2).unwrap().is_ok());
     }
 }

@@ -46,6 +46,8 @@ pub struct Decision {
 
 /// Decides each candidate, newest first. Buckets (days, ISO weeks, months) are in UTC. As in
 /// restic, `--keep-daily N` keeps the newest backup of each of the last N days that have one.
+/// The keep rules apply per backup type: `--keep-last 1` keeps the newest manual backup and
+/// the newest safety backup, so safety backups never push manual ones out.
 pub fn decide(cands: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<Decision> {
     let mut sorted: Vec<&Candidate> = cands.iter().collect();
     sorted.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
@@ -57,34 +59,11 @@ pub fn decide(cands: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<D
             reasons: Vec::new(),
         })
         .collect();
-    if let Some(n) = policy.keep_last {
-        for d in decisions.iter_mut().take(n) {
-            d.reasons.push(format!("last {n}"));
-        }
-    }
-    let rules: [(Option<usize>, &str, Bucket); 3] = [
-        (policy.keep_daily, "daily", |t| {
-            t.format("%Y-%m-%d").to_string()
-        }),
-        (policy.keep_weekly, "weekly", |t| {
-            format!("{}-W{:02}", t.iso_week().year(), t.iso_week().week())
-        }),
-        (policy.keep_monthly, "monthly", |t| {
-            t.format("%Y-%m").to_string()
-        }),
-    ];
-    for (limit, name, bucket) in rules {
-        let Some(n) = limit else { continue };
-        let mut seen = HashSet::new();
-        for (c, d) in sorted.iter().zip(decisions.iter_mut()) {
-            if seen.len() >= n {
-                break;
-            }
-            let b = bucket(&c.created);
-            if seen.insert(b.clone()) {
-                d.reasons.push(format!("{name} {b}"));
-            }
-        }
+    for t in [BackupType::Manual, BackupType::PreUpgrade, BackupType::PreRollback] {
+        let of_type: Vec<usize> = (0..sorted.len())
+            .filter(|i| sorted[*i].backup_type == t)
+            .collect();
+        keep_rules(&sorted, &mut decisions, &of_type, policy, t.as_str());
     }
     if let Some(i) = sorted.iter().position(|c| c.verified_ok) {
         decisions[i].reasons.push("newest verified backup".into());
@@ -103,6 +82,45 @@ pub fn decide(cands: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<D
         }
     }
     decisions
+}
+
+/// The keep rules over the candidates `idx` (of one backup type, newest first).
+fn keep_rules(
+    sorted: &[&Candidate],
+    decisions: &mut [Decision],
+    idx: &[usize],
+    policy: &Policy,
+    kind: &str,
+) {
+    if let Some(n) = policy.keep_last {
+        for &i in idx.iter().take(n) {
+            decisions[i].reasons.push(format!("last {n} {kind}"));
+        }
+    }
+    let rules: [(Option<usize>, &str, Bucket); 3] = [
+        (policy.keep_daily, "daily", |t| {
+            t.format("%Y-%m-%d").to_string()
+        }),
+        (policy.keep_weekly, "weekly", |t| {
+            format!("{}-W{:02}", t.iso_week().year(), t.iso_week().week())
+        }),
+        (policy.keep_monthly, "monthly", |t| {
+            t.format("%Y-%m").to_string()
+        }),
+    ];
+    for (limit, name, bucket) in rules {
+        let Some(n) = limit else { continue };
+        let mut seen = HashSet::new();
+        for &i in idx {
+            if seen.len() >= n {
+                break;
+            }
+            let b = bucket(&sorted[i].created);
+            if seen.insert(b.clone()) {
+                decisions[i].reasons.push(format!("{name} {b}"));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -210,7 +228,7 @@ mod tests {
             ..Default::default()
         };
         let d = decide(&c, &p, at(2026, 4, 1, 0));
-        assert_eq!(d[0].reasons, ["last 1", "daily 2026-03-31"]);
+        assert_eq!(d[0].reasons, ["last 1 manual", "daily 2026-03-31"]);
         assert_eq!(d[1].reasons, ["outside the policy"]);
         assert_eq!(kept(&d).len(), 1);
     }
@@ -235,21 +253,24 @@ mod tests {
             },
             now,
         );
-        assert_eq!(kept(&d), [999, 21]);
+        let newest_manual = c[c.len() - 2].id;
+        // Per type: the newest safety backup and the newest manual one are both the last 1.
+        assert_eq!(kept(&d), [999, newest_manual, 21]);
+        let dm = d.iter().find(|d| d.id == newest_manual).unwrap();
+        assert_eq!(dm.reasons, ["last 1 manual"]);
         let d21 = d.iter().find(|d| d.id == 21).unwrap();
         assert_eq!(d21.reasons, ["newest verified backup"]);
         let d999 = d.iter().find(|d| d.id == 999).unwrap();
-        assert_eq!(d999.reasons, ["last 1", "safety backup younger than a day"]);
+        assert_eq!(d999.reasons, ["last 1 pre-rollback", "safety backup younger than a day"]);
         let p = Policy {
             keep_last: Some(1),
             prune_recent_safety: true,
             ..Default::default()
         };
-        let newest_manual = c[c.len() - 2].id;
         assert_eq!(
             kept(&decide(&c, &p, now)),
-            [999, 21],
-            "kept as the last one anyway"
+            [999, newest_manual, 21],
+            "kept as the last one of its type anyway"
         );
         let p0 = Policy {
             keep_daily: Some(1),
@@ -258,8 +279,8 @@ mod tests {
         };
         assert!(kept(&decide(&c, &p0, now)).contains(&999));
         assert!(
-            !kept(&decide(&c, &p0, now)).contains(&newest_manual),
-            "another backup that day goes"
+            kept(&decide(&c, &p0, now)).contains(&newest_manual),
+            "the daily rule keeps the newest manual backup of its day too"
         );
     }
 }

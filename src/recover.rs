@@ -52,6 +52,7 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
         abort_upload(&rec);
         record_interrupted_create(catalog, project, &rec)?;
     } else {
+        remove_partials(project, catalog);
         mount_points = recover_mounts(&rec, &targets)?;
         finish_staged(ctx, project, catalog, &rec, &targets)?;
         clean_rollback(ctx, project, &rec, &targets);
@@ -81,6 +82,20 @@ impl Targets {
     /// Whether `p` is a target, a folder holding one, or `storage`.
     fn is_near(&self, p: &Path, storage: Option<&Path>) -> bool {
         storage == Some(p) || self.0.iter().any(|t| t == p || t.parent() == Some(p))
+    }
+}
+
+/// Removes the partial files (a safety backup being written) a dead rollback of the project
+/// left in its storage folder.
+fn remove_partials(project: &Project, catalog: &Catalog) {
+    let Ok(storage) = crate::restore::storage_of(project, catalog) else {
+        return;
+    };
+    for path in storage::remove_stale_partials(&storage, &project.name) {
+        note(format!(
+            "removed {} left by an interrupted rollback",
+            path.display()
+        ));
     }
 }
 

@@ -40,6 +40,9 @@ pub enum Phase {
     Compressing,
     /// `rollback`: writing the targets, the services stopped.
     Restoring,
+    /// `rollback` stopped first: writing the safety backup, before any target changes
+    /// (`recover` removes its partial files).
+    SafetyBefore,
     /// `rollback` staged: extracting beside the targets while the services run.
     Staging,
     /// `rollback` staged: swapping the staged trees in, the services stopped.

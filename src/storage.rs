@@ -181,6 +181,14 @@ pub fn filesystem_of(folder: &Path) -> Option<Filesystem> {
     })
 }
 
+/// The bytes a mount point could hold once emptied: what is free plus what is used there.
+pub fn room_once_emptied(mount: &Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(mount)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("reading the size of {}", mount.display()))?;
+    Ok((st.f_bavail + st.f_blocks.saturating_sub(st.f_bfree)) * st.f_frsize)
+}
+
 pub fn free_bytes(dir: &Path) -> Result<u64> {
     let st = rustix::fs::statvfs(dir)
         .map_err(std::io::Error::from)

@@ -45,14 +45,45 @@ impl Scope {
     }
 }
 
+/// Where a tar stream comes from: a pack this tool wrote (names exact), or the engine's
+/// `docker cp` (which drops the bytes that are not UTF-8 from a name with a newline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Pack,
+    Engine,
+}
+
+/// Why `rel` cannot be archived exactly from a stream of `origin`, or `None`. A name seen
+/// twice, or (from the engine) a name with a newline: never archived under another name.
+fn inexact(rel: &[u8], origin: Origin, seen: &mut Seen) -> Option<String> {
+    use std::hash::BuildHasher as _;
+    let shown = format!("{:?}", String::from_utf8_lossy(rel));
+    let fix = "rename it, or read the volume from disk (as root, without NUWAX_BACKUP_VOLUME_IO=engine)";
+    if origin == Origin::Engine && rel.contains(&b'\n') {
+        return Some(format!(
+            "{shown} has a newline in its name, which the engine's copy stream does not carry exactly: {fix}"
+        ));
+    }
+    if !seen.0.insert(seen.1.hash_one(rel)) {
+        return Some(format!("{shown} appears twice in the stream (a name it could not carry exactly): {fix}"));
+    }
+    None
+}
+
+/// The names read so far, as 64-bit hashes.
+struct Seen(std::collections::HashSet<u64>, std::hash::RandomState);
+
 /// Reads every entry of `stream` within `scope`; devices and fifos are skipped through `warn`.
+/// Fails, naming the path, on a name it cannot archive exactly (see [`Origin`]).
 pub fn collect<R: Read>(
     stream: R,
     scope: &Scope,
+    origin: Origin,
     c: &mut Collector<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<()> {
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, stream));
+    let mut seen = Seen(Default::default(), Default::default());
     for entry in archive.entries().context("reading the tar stream")? {
         let entry = entry.context("reading the tar stream")?;
         crate::cancel::check()?;
@@ -60,6 +91,9 @@ pub fn collect<R: Read>(
         let Some(rel) = scope.place(&entry.path_bytes()) else {
             continue;
         };
+        if let Some(why) = inexact(&rel, origin, &mut seen) {
+            anyhow::bail!(why);
+        }
         let a = Attrs {
             mode: h.mode().unwrap_or(0o644),
             uid: h.uid().unwrap_or(0),
@@ -114,5 +148,17 @@ mod tests {
         let file = Scope::File(b"f.conf".to_vec());
         assert_eq!(file.place(b"f.conf"), Some(Vec::new()));
         assert_eq!(file.place(b"other"), None);
+    }
+
+    #[test]
+    fn names_the_engine_cannot_carry_are_refused_by_name() {
+        use super::{inexact, Origin, Seen};
+        let mut seen = Seen(Default::default(), Default::default());
+        assert_eq!(inexact(b"a/b", Origin::Engine, &mut seen), None);
+        let twice = inexact(b"a/b", Origin::Pack, &mut seen).unwrap();
+        assert!(twice.starts_with("\"a/b\" appears twice in the stream"), "{twice}");
+        let nl = inexact(b"nl\ndir/qz", Origin::Engine, &mut seen).unwrap();
+        assert!(nl.starts_with("\"nl\\ndir/qz\" has a newline in its name"), "{nl}");
+        assert_eq!(inexact(b"nl\ndir/qz", Origin::Pack, &mut seen), None);
     }
 }

@@ -14,7 +14,7 @@ use super::Written;
 use crate::archive::collector::Collector;
 use crate::archive::hashing::Sha256;
 use crate::archive::manifest::{self, Manifest, ServiceRecord, Skipped, StoredFile, VolumeRecord};
-use crate::archive::stream_source::{self, Scope};
+use crate::archive::stream_source::{self, Origin, Scope};
 use crate::archive::{fs_source, ArchiveWriter};
 use crate::cli::ComposeArgs;
 use crate::compose::{model, Project, Volume};
@@ -155,6 +155,7 @@ fn fill(
     let mut records = Vec::new();
     for item in &plan.volumes {
         crate::fault::fail("create-writing")?;
+        crate::fault::point("create-writing");
         let mut warnings = Vec::new();
         let mut c = Collector::new(writer, &item.archive_path, spill, &on_read);
         match reading.source(&item.archive_path) {
@@ -247,11 +248,13 @@ fn read_captured(
             Ok(())
         }
         Captured::Packed(path, skipped) => {
-            read_tar_file(path, &Scope::Tree(None), c, &mut quiet)?;
+            read_tar_file(path, &Scope::Tree(None), Origin::Pack, c, &mut quiet)?;
             warnings.extend(skipped.iter().cloned());
             Ok(())
         }
-        Captured::Stream(path) => read_tar_file(path, &scope_of(plan, item), c, &mut quiet),
+        Captured::Stream(path) => {
+            read_tar_file(path, &scope_of(plan, item), Origin::Engine, c, &mut quiet)
+        }
     }
 }
 
@@ -259,11 +262,12 @@ fn read_captured(
 fn read_tar_file(
     path: &Path,
     scope: &Scope,
+    origin: Origin,
     c: &mut Collector<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    stream_source::collect(file, scope, c, warn)
+    stream_source::collect(file, scope, origin, c, warn)
 }
 
 /// Appends the per-entry lines collected in the spill file as `manifest-files.jsonl`.
@@ -304,7 +308,7 @@ fn read_through_engine(
 ) -> Result<()> {
     let src = engine_source(ctx, project, item, created)?;
     let mut stream = ctx.docker.stream(&["cp", src.as_str(), "-"])?;
-    match stream_source::collect(&mut stream, &scope_of(plan, item), c, warn_fn) {
+    match stream_source::collect(&mut stream, &scope_of(plan, item), Origin::Engine, c, warn_fn) {
         Ok(()) => stream.finish(),
         Err(e) => {
             stream.kill();

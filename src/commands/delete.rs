@@ -22,8 +22,25 @@ pub fn run(ctx: &Context, args: &DeleteArgs, _out: &mut dyn Write) -> Result<()>
         .iter()
         .map(|p| ctx.lock(p, "delete"))
         .collect::<Result<Vec<_>>>()?;
-    // Decide on rows read under the locks.
+    // Decide on rows read under the locks; none may be in use by a rollback, verify, push or
+    // migrate-storage (pinned from its first step).
     let rows = rows_of(&catalog, &args.ids)?;
+    let mut _pins = Vec::new();
+    for r in &rows {
+        match crate::lock::Pin::removing(&ctx.locks_dir(), r.id)? {
+            Ok(pin) => _pins.push(pin),
+            Err(holder) => {
+                return Err(UserError::new(
+                    Code::Locked,
+                    format!(
+                        "backup #{} is in use by {holder}: nothing was deleted; wait for it to finish and try again",
+                        r.id
+                    ),
+                )
+                .into())
+            }
+        }
+    }
     for r in &rows {
         let places: Vec<&str> = [Some(r.file_path.as_str()), r.remote_url.as_deref()]
             .into_iter()

@@ -42,8 +42,10 @@ pub fn run(ctx: &Context, args: &MigrateArgs, _out: &mut dyn Write) -> Result<()
 
     let mut moves: Vec<(i64, PathBuf)> = Vec::new();
     let mut old_files: Vec<PathBuf> = Vec::new();
+    let mut _pins = Vec::new();
     for r in &rows {
         crate::cancel::check()?;
+        _pins.push(ctx.pin(r.id, "migrate-storage")?);
         let src = PathBuf::from(&r.file_path);
         if src.parent() == Some(new_dir.as_path()) {
             continue;

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::cli::PruneArgs;
 use crate::exit_codes::{code_of, Code, UserError};
-use crate::output::{note, print, table};
+use crate::output::{note, print, table, warn};
 use crate::prune::{decide, Candidate, Policy};
 use crate::records::{BackupType, Status, Verification};
 use crate::Context;
@@ -75,14 +75,25 @@ pub fn run(ctx: &Context, args: &PruneArgs, out: &mut dyn Write) -> Result<()> {
         "pruning backups",
     )?;
     let mut rows = Vec::new();
+    let mut _pins = Vec::new();
     for l in &doomed {
-        rows.extend(catalog.get(l.id)?);
+        let Some(row) = catalog.get(l.id)? else {
+            continue;
+        };
+        // A backup a rollback, verify, push or migrate-storage reads now is kept this time.
+        match crate::lock::Pin::removing(&ctx.locks_dir(), row.id)? {
+            Ok(pin) => {
+                _pins.push(pin);
+                rows.push(row);
+            }
+            Err(holder) => warn(format!("kept backup #{}: it is in use by {holder}", row.id)),
+        }
     }
     let removed = crate::remote::transfer::remove_backups(&catalog, &rows, &|_| {});
     if removed.as_ref().is_err_and(|e| code_of(e) != Code::Remote) {
         return removed;
     }
-    note(format!("deleted {} backup(s)", doomed.len()));
+    note(format!("deleted {} backup(s)", rows.len()));
     removed
 }
 

@@ -25,6 +25,7 @@ pub fn run(ctx: &Context, args: &PushArgs, out: &mut dyn Write) -> Result<()> {
     let mut done = Vec::new();
     for row in rows {
         let _lock = ctx.lock(&format!("{}.upload", row.project), "upload")?;
+        let _pin = ctx.pin(row.id, "push")?;
         transfer::abort_stale(&catalog, Some(&row.project));
         let row = catalog.get(row.id)?.unwrap_or(row);
         if let Err(e) = push_one(ctx, &catalog, &row, flag.as_ref(), args.max_parts) {

@@ -202,8 +202,9 @@ mod tests {
         let (_, made) = make_dir(d.path(), ".nuwax-restore-p-1").unwrap();
         assert_eq!(fs::metadata(&made.path).unwrap().permissions().mode() & 0o777, 0o700);
         open_made(&made).unwrap();
-        // The same name made again (another inode), a link in its place, a wider mode.
-        fs::remove_dir(&made.path).unwrap();
+        // The same name made again (another inode: the old folder still holds its own), a
+        // link in its place, a wider mode.
+        fs::rename(&made.path, d.path().join("moved")).unwrap();
         fs::create_dir(&made.path).unwrap();
         fs::set_permissions(&made.path, fs::Permissions::from_mode(0o700)).unwrap();
         let e = open_made(&made).unwrap_err().to_string();

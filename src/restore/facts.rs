@@ -73,6 +73,9 @@ fn bind_facts(v: &VolumeRecord, f: &mut Facts) {
     let mount_point = super::mount::is_mount_point(source);
     if mount_point {
         f.mount_points.insert(source.clone());
+        if let Ok(room) = crate::storage::room_once_emptied(source) {
+            f.mount_room.insert(source.clone(), room);
+        }
     }
     let Some(folder) = plan::bind_staging_folder(source, mount_point) else {
         return;

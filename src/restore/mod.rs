@@ -72,9 +72,15 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
             "--in-place needs the safety backup (it is its undo): drop --no-safety-backup".into(),
         ));
     }
+    // Pinned from the first step: no delete or prune removes it while it is read.
+    let early = opts.id.map(|id| ctx.pin(id, "rollback")).transpose()?;
     let project = Project::load(&ctx.docker, &ctx.compose)?;
     let catalog = ctx.catalog()?;
     let row = choose::choose(&catalog, &project, opts.id)?;
+    let pin = match early {
+        Some(p) => p,
+        None => ctx.pin(row.id, "rollback")?,
+    };
     let storage = storage_of(&project, &catalog)?;
     let row = fetch(&catalog, row, &storage, opts.from_remote)?;
     let mut verified = verified(ctx, &row, &project)?;
@@ -99,6 +105,7 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
     plan.safety_recipients = safety_recipients.0;
     plan.warnings = warnings;
     plan.archive = Some(verified.file);
+    plan.pin = Some(std::sync::Arc::new(pin));
     Ok((project, catalog, row, plan))
 }
 
@@ -166,7 +173,7 @@ fn fetch(
 }
 
 /// The project's storage folder, as `create` resolves it without `--storage`.
-fn storage_of(project: &Project, catalog: &Catalog) -> Result<PathBuf> {
+pub(crate) fn storage_of(project: &Project, catalog: &Catalog) -> Result<PathBuf> {
     let facts = backup::plan::Facts {
         cwd: std::env::current_dir()?,
         catalog_storage: catalog.storage_dir(&project.name)?,
@@ -229,6 +236,9 @@ fn verified(ctx: &Context, row: &BackupRow, project: &Project) -> Result<reader:
         reader::verify(Path::new(&row.file_path), row.sha256.as_deref(), keys).map_err(|e| {
             if crate::exit_codes::code_of(&e) == Code::Identity {
                 return e;
+            }
+            if crate::cancel::requested() {
+                return user(Code::Cancelled, "cancelled while verifying, nothing was changed".into());
             }
             user(
                 Code::VerifyFailed,
@@ -321,6 +331,18 @@ fn services_to_create(project: &Project, plan: &RollbackPlan, mut out: Vec<Strin
 /// point does not fit there.
 fn check_space(plan: &RollbackPlan) -> Result<()> {
     for s in plan.space.iter().filter(|s| s.required) {
+        if s.in_place && s.free_bytes < s.needed_bytes {
+            return Err(user(
+                Code::NoSpace,
+                format!(
+                    "backup #{} does not fit in the mount point {}: {} archived, {} once emptied; make it larger, or --exclude it; nothing was changed",
+                    plan.backup_id,
+                    s.filesystem.display(),
+                    human_bytes(s.needed_bytes),
+                    human_bytes(s.free_bytes)
+                ),
+            ));
+        }
         if s.free_bytes < s.needed_bytes {
             return Err(user(
                 Code::NoSpace,
@@ -408,7 +430,11 @@ fn stopped_rollback(
     let safety = if opts.no_safety_backup {
         None
     } else {
-        match safety_backup(ctx, project, catalog, plan, record) {
+        let made = record
+            .phase(Phase::SafetyBefore)
+            .and_then(|()| safety_backup(ctx, project, catalog, plan, record))
+            .and_then(|row| record.phase(Phase::Restoring).map(|()| row));
+        match made {
             Ok(s) => Some(s),
             Err(e) => {
                 let e = e.context("taking the safety backup (nothing was changed)");
@@ -453,6 +479,12 @@ fn rolled_back(
         Some(s) => format!("safety backup #{} is {}", s.id, s.file_path),
         None => "no safety backup was taken (--no-safety-backup)".into(),
     };
+    // Cancelled is 130 everywhere, whatever step the signal came in.
+    let code = if crate::cancel::requested() {
+        Code::Cancelled
+    } else {
+        Code::RolledBack
+    };
     let msg = match undo {
         Ok(()) => format!("rollback to backup #{} failed and the previous state was put back ({where_safety}): {err:#}", row.id),
         Err(u) => format!(
@@ -460,7 +492,7 @@ fn rolled_back(
             row.id
         ),
     };
-    user(Code::RolledBack, msg)
+    user(code, msg)
 }
 
 fn safety_backup(

@@ -58,6 +58,9 @@ pub struct Space {
     /// full disk is undone like any other failure.
     #[serde(skip)]
     pub required: bool,
+    /// A mount point written in place: `free_bytes` is its room once emptied.
+    #[serde(skip)]
+    pub in_place: bool,
 }
 
 /// A service whose image is not the one that wrote the data.
@@ -104,6 +107,9 @@ pub struct RollbackPlan {
     /// The archive file verify read, kept open: the restore reads it from this descriptor.
     #[serde(skip)]
     pub archive: Option<crate::archive::reader::VerifiedFile>,
+    /// Holds the backup against `delete` and `prune` for as long as the plan lives.
+    #[serde(skip)]
+    pub pin: Option<std::sync::Arc<crate::lock::Pin>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -167,6 +173,8 @@ pub struct Facts {
     pub project_dir: PathBuf,
     /// Binds (by source) that are mount points.
     pub mount_points: BTreeSet<PathBuf>,
+    /// Per mount-point bind: the bytes it can hold once emptied (for `--in-place`).
+    pub mount_room: BTreeMap<PathBuf, u64>,
     /// Named volumes can be written on this host (their folders are the engine's).
     pub volumes_local: bool,
     /// The folder that would hold the staging of each host-written target, and its filesystem.
@@ -246,6 +254,7 @@ pub fn build(m: &Manifest, req: &Request, facts: &Facts) -> anyhow::Result<Rollb
         safety_recipients: Vec::new(),
         warnings: Vec::new(),
         archive: None,
+        pin: None,
     })
 }
 
@@ -453,9 +462,24 @@ pub fn bind_staging_folder(source: &Path, mount_point: bool) -> Option<PathBuf> 
     }
 }
 
-/// What staging needs per filesystem (by device), with what is free there.
+/// What staging needs per filesystem (by device), with what is free there; and for each
+/// mount point written in place, the archived bytes against its room once emptied.
 fn space(actions: &[Step], facts: &Facts) -> Vec<Space> {
     let mut out: Vec<(u64, Space)> = Vec::new();
+    for s in actions.iter().filter(|s| s.action == Action::InPlace) {
+        let source = s.record.source.clone().unwrap_or_default();
+        if let Some(room) = facts.mount_room.get(&source) {
+            let needed_bytes = s.record.bytes;
+            let space = Space {
+                filesystem: source,
+                needed_bytes,
+                free_bytes: *room,
+                required: true,
+                in_place: true,
+            };
+            out.push((u64::MAX - out.len() as u64, space));
+        }
+    }
     for s in actions {
         let Some(folder) = staging_folder(s) else {
             continue;
@@ -476,6 +500,7 @@ fn space(actions: &[Step], facts: &Facts) -> Vec<Space> {
                     needed_bytes: footprint(&s.record),
                     free_bytes: fs.free_bytes,
                     required,
+                    in_place: false,
                 },
             )),
         }

@@ -37,8 +37,13 @@ pub fn run(
             .err()
             .map(|u| format!(" (and removing the staging: {u:#})"))
             .unwrap_or_default();
+        let code = if crate::cancel::requested() {
+            Code::Cancelled
+        } else {
+            Code::RolledBack
+        };
         return Err(UserError::new(
-            Code::RolledBack,
+            code,
             format!(
                 "rollback to backup #{} failed while staging, before anything stopped: {e:#}{undo}; nothing was changed and the services kept running",
                 row.id

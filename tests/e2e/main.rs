@@ -4,6 +4,7 @@ mod catalog;
 mod complete;
 mod create;
 mod demo;
+mod edges;
 mod encrypt;
 mod fixture;
 mod hostile;
