@@ -382,6 +382,8 @@ pub struct SplitArgs {
     pub rest: Vec<OsString>,
     /// `docker-cli-plugin-metadata` was asked for.
     pub metadata: bool,
+    /// Run by the docker CLI as its plugin (help then says `docker nuwaxbackup`).
+    pub plugin: bool,
 }
 
 const GLOBALS_WITH_VALUE: &[&str] = &[
@@ -431,7 +433,8 @@ pub fn split_argv(argv: &[OsString]) -> SplitArgs {
     let metadata = argv
         .get(i)
         .is_some_and(|a| a == "docker-cli-plugin-metadata");
-    if argv.get(i).is_some_and(|a| a == PLUGIN_NAME) {
+    let plugin = argv.get(i).is_some_and(|a| a == PLUGIN_NAME);
+    if plugin {
         i += 1;
     }
     let mut rest = vec![prog];
@@ -440,13 +443,22 @@ pub fn split_argv(argv: &[OsString]) -> SplitArgs {
         docker_globals: globals,
         rest,
         metadata,
+        plugin,
     }
 }
 
-/// `backup list` (the seed's words) is `list`; `backup` alone stays `create`.
+/// `backup list` (the seed's words) is `list`, after any options (`-p NAME backup list`);
+/// `backup` alone stays `create`. A `backup` right after an option is that option's value.
 pub fn backup_list_alias(mut rest: Vec<OsString>) -> Vec<OsString> {
-    if rest.len() >= 3 && rest[1] == "backup" && rest[2] == "list" {
-        rest.remove(1);
+    let after_value = |prev: &OsString| {
+        let p = prev.to_string_lossy();
+        !p.starts_with('-') || p.contains('=')
+    };
+    let at = (1..rest.len().saturating_sub(1)).find(|&i| {
+        rest[i] == "backup" && rest[i + 1] == "list" && (i == 1 || after_value(&rest[i - 1]))
+    });
+    if let Some(i) = at {
+        rest.remove(i);
     }
     rest
 }
@@ -464,6 +476,15 @@ mod tests {
         assert_eq!(
             backup_list_alias(os(&["x", "backup", "--stop"])),
             os(&["x", "backup", "--stop"])
+        );
+        assert_eq!(
+            backup_list_alias(os(&["x", "-p", "app", "backup", "list"])),
+            os(&["x", "-p", "app", "list"])
+        );
+        assert_eq!(
+            backup_list_alias(os(&["x", "-p", "backup", "list"])),
+            os(&["x", "-p", "backup", "list"]),
+            "a project named backup"
         );
     }
 

@@ -236,7 +236,10 @@ fn age_identities(file: &Path, bytes: &[u8]) -> Result<Loaded> {
     if identities.is_empty() {
         return Err(bad("it holds no key".into()));
     }
-    Ok(identities)
+    Ok(identities
+        .into_iter()
+        .map(|i| i as Box<dyn age::Identity>)
+        .collect())
 }
 
 fn ssh_identity(file: &Path, bytes: &[u8]) -> Result<Loaded> {

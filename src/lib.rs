@@ -33,7 +33,6 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 
 use crate::cli::{Cli, Command, ComposeArgs};
 use crate::docker::Docker;
@@ -111,7 +110,7 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
         println!("{}", plugin::metadata_line());
         return ExitCode::SUCCESS;
     }
-    let cli = match Cli::try_parse_from(cli::backup_list_alias(split.rest)) {
+    let cli = match parse(split.rest, split.plugin) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -134,12 +133,27 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
     }
 }
 
+/// Parses our own arguments; as the docker CLI's plugin, help and usage say
+/// `docker nuwaxbackup`, as `docker compose --help` says `docker compose`.
+fn parse(rest: Vec<OsString>, plugin: bool) -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut cmd = Cli::command();
+    if plugin {
+        cmd = cmd.bin_name("docker nuwaxbackup");
+    }
+    let matches = cmd.try_get_matches_from_mut(cli::backup_list_alias(rest))?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
 fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
     if let Command::Completion(a) = &cli.command {
         use clap::CommandFactory;
         let mut cmd = Cli::command();
-        let mut out = std::io::stdout().lock();
-        clap_complete::generate(a.shell, &mut cmd, "docker-nuwax-backup", &mut out);
+        // Written whole, then to stdout: a reader that closes early (`| head -1`) is a
+        // broken pipe, exit 0, never a panic.
+        let mut script = Vec::new();
+        clap_complete::generate(a.shell, &mut cmd, "docker-nuwax-backup", &mut script);
+        std::io::stdout().lock().write_all(&script)?;
         return Ok(());
     }
     cancel::install()?;

@@ -34,7 +34,7 @@ where
     S: Into<comfy_table::Cell>,
 {
     let mut t = Table::new();
-    t.load_preset(presets::NOTHING)
+    t.load_style(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled);
     t.set_header(headers.iter().copied());
     for r in rows {

@@ -45,6 +45,37 @@ fn docker_lists_the_plugin_and_shows_its_help() {
     let help = p.plugin(&["--help"]).success();
     assert!(help.stdout.contains("create"), "{}", help.stdout);
     assert!(help.stdout.contains("status"));
+    // As `docker compose --help` says `Usage: docker compose`.
+    assert!(
+        help.stdout.contains("Usage: docker nuwaxbackup [OPTIONS] <COMMAND>"),
+        "{}",
+        help.stdout
+    );
+    let standalone = p.standalone(&["--help"]).success();
+    assert!(standalone.stdout.contains("Usage: docker-nuwax-backup [OPTIONS] <COMMAND>"), "{}", standalone.stdout);
+}
+
+#[test]
+fn completion_into_a_closed_pipe_and_options_before_backup_list_work() {
+    let Some(p) = Project::new("small-defects", "services: {}\n") else {
+        return;
+    };
+    // `completion bash | head -1`: the reader is gone before the script is written (a pipe
+    // holds the whole script, so it is closed first to be sure the write meets it).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_docker-nuwax-backup"))
+        .args(["completion", "bash"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Options before the seed's `backup list`.
+    let listed = p.plugin(&["-p", &p.name, "backup", "list", "--format", "json"]).success();
+    assert_eq!(listed.json(), serde_json::json!([]));
 }
 
 #[test]
