@@ -375,6 +375,11 @@ impl ActiveRun {
 
 impl Drop for ActiveRun {
     fn drop(&mut self) {
+        // A panic unwinds through here while services may be down: the record stays, so
+        // `recover` (or the next run) finds the run and starts them again.
+        if std::thread::panicking() {
+            return;
+        }
         for m in &self.record.mounts {
             let _ = std::fs::remove_file(&m.journal);
         }
@@ -434,6 +439,20 @@ mod tests {
         assert_eq!(read(&dir, "p").unwrap().unwrap().command, RunCommand::Rollback);
         remove(&dir, "p").unwrap();
         assert!(read(&dir, "p").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_panic_leaves_the_record_for_recovery() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("runs");
+        let inner = dir.clone();
+        let died = std::thread::spawn(move || {
+            let _run = ActiveRun::begin(&inner, "p", RunCommand::Create).unwrap();
+            panic!("a bug while the services are down");
+        })
+        .join();
+        assert!(died.is_err());
+        assert_eq!(read(&dir, "p").unwrap().unwrap().command, RunCommand::Create);
     }
 
     #[test]

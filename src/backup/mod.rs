@@ -274,14 +274,16 @@ struct Stopped<'a> {
 impl Stopped<'_> {
     /// Starts the stopped services again, and notes how long they were down.
     fn restart(&self, run: &mut ActiveRun, timing: &mut Timing) -> Result<()> {
-        let _ = run.phase(Phase::Starting);
+        // A record that cannot be written never keeps the services down: they start, then
+        // the error is reported.
+        let phase = run.phase(Phase::Starting);
         if self.running.is_empty() {
-            return Ok(());
+            return phase;
         }
         note(format!("starting {}", self.running.names().join(", ")));
         let started = services::start(&self.ctx.docker, &self.ctx.compose, self.running);
         timing.downtime_ms = self.started.elapsed().as_millis() as u64;
-        started
+        started.and(phase)
     }
 }
 

@@ -279,7 +279,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     }
     stop_for_restore(ctx, &project.name, &plan, &mut record)?;
     let outcome = stopped_rollback(ctx, opts, &project, &catalog, &row, &plan, &mut record);
-    let _ = record.phase(Phase::Starting);
+    let phase = record.phase(Phase::Starting);
     let (safety_id, removed, result) = outcome;
     recreate_containers(ctx, &services_to_create(&project, &plan, removed));
     let start = if opts.no_start || plan.running.is_empty() {
@@ -290,6 +290,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     };
     result?;
     start.with_context(|| format!("backup #{} was restored, but", row.id))?;
+    phase?;
     Ok(report(plan, safety_id, opts.no_start))
 }
 
