@@ -10,12 +10,14 @@ use std::hash::{BuildHasher, RandomState};
 
 use super::names::{key, noncanonical};
 
-/// What an earlier entry made at a path.
+/// What an earlier entry made at a path; `Implied` is a folder an earlier entry lies below
+/// (no entry of its own yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Made {
     Dir,
     File,
     Symlink,
+    Implied,
 }
 
 /// Entries checked so far (in archive order); rejects what could write outside a volume.
@@ -62,10 +64,31 @@ impl PathChecker {
             }
         }
         let k = self.key(key(path));
-        if self.seen.insert(k, made).is_some() {
-            return Some(format!("{shown}: repeats the path of an earlier entry"));
+        match (self.seen.get(&k).copied(), made) {
+            (None, _) | (Some(Made::Implied), Made::Dir) => {
+                self.seen.insert(k, made);
+            }
+            (Some(Made::Implied), _) => {
+                return Some(format!("{shown}: a folder that earlier entries lie below"))
+            }
+            (Some(_), _) => return Some(format!("{shown}: repeats the path of an earlier entry")),
         }
+        self.imply_parents(key(path));
         None
+    }
+
+    /// Records the folders `path` lies below, up to the first one already known: a later
+    /// entry may not make any of them a symlink or a file.
+    fn imply_parents(&mut self, path: &[u8]) {
+        let mut p = path;
+        while let Some(i) = p.iter().rposition(|b| *b == b'/') {
+            p = &p[..i];
+            let k = self.key(p);
+            if self.seen.contains_key(&k) {
+                return;
+            }
+            self.seen.insert(k, Made::Implied);
+        }
     }
 
     /// Why a hard link at `path` may not point at `target`: it must name, canonically, a file
@@ -89,9 +112,16 @@ impl PathChecker {
         self.keys.hash_one(path)
     }
 
-    /// The first ancestor of `path` that an earlier entry made a symlink.
+    /// The first ancestor of `path` that an earlier entry made a symlink. A parent already
+    /// known as a folder was checked with its own ancestors, which can no longer change (they
+    /// are recorded): one look-up suffices then.
     fn through_symlink<'a>(&self, path: &'a [u8]) -> Option<&'a [u8]> {
         let path = key(path);
+        let parent = path.iter().rposition(|b| *b == b'/').map(|i| &path[..i]);
+        let known = parent.and_then(|p| self.seen.get(&self.key(p)));
+        if matches!(known, Some(Made::Dir | Made::Implied)) {
+            return None;
+        }
         path.iter()
             .enumerate()
             .filter(|(_, b)| **b == b'/')
@@ -170,6 +200,19 @@ mod tests {
         assert!(c.check(b"binds/d/sub/", Directory, None).is_some());
         assert_eq!(c.check(b"binds/d/q", Regular, None), None);
         assert!(c.check(b"binds/d/q", Regular, None).is_some());
+    }
+
+    #[test]
+    fn a_folder_below_which_entries_were_written_cannot_become_a_symlink() {
+        let mut c = PathChecker::default();
+        assert_eq!(c.check(b"binds/d/a/b", Directory, None), None);
+        let why = c.check(b"binds/d/a", Symlink, Some(b"/etc")).unwrap();
+        assert!(why.contains("a folder that earlier entries lie below"), "{why}");
+        assert_eq!(c.check(b"binds/d/a/b/f", Regular, None), None);
+        assert!(c.check(b"binds/d/a/b", Regular, None).is_some());
+        // Its own folder entry may still come after what lies below it.
+        assert_eq!(c.check(b"binds/d/a", Directory, None), None);
+        assert!(c.check(b"binds/d/a", Directory, None).is_some());
     }
 
     #[test]

@@ -672,8 +672,23 @@ fn dry_run_shows_the_plan_changes_nothing_and_runs_while_a_create_holds_the_lock
     );
     let trees = (describe_tree(&p.path("data")), p.volume_tree(&volume(&p)));
     let states = p.states("db");
-    let rows = p.plugin(&["list", "--format", "json"]).success().stdout;
-    let stored = std::fs::read_dir(p.path("backups")).unwrap().count();
+    // What the dry runs could change: the backup's row and the files in storage, less what
+    // the running create writes there (it may finish while they run).
+    let row_of = |p: &Project| {
+        let rows = p.plugin(&["list", "--format", "json"]).success().json();
+        rows.as_array().unwrap().iter().find(|r| r["id"].to_string() == id).cloned()
+    };
+    let stored_of = |p: &Project| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p.path("backups"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(".nuwax-partial-") && !n.contains("_v2_"))
+            .collect();
+        v.sort();
+        v
+    };
+    let rows = row_of(&p);
+    let stored = stored_of(&p);
 
     let plan = p
         .plugin(&["rollback", &id, "--dry-run", "--format", "json"])
@@ -682,8 +697,8 @@ fn dry_run_shows_the_plan_changes_nothing_and_runs_while_a_create_holds_the_lock
     let table = p.plugin(&["rollback", &id, "--dry-run"]).success().stdout;
     let after = (describe_tree(&p.path("data")), p.volume_tree(&volume(&p)));
     let states_after = p.states("db");
-    let rows_after = p.plugin(&["list", "--format", "json"]).success().stdout;
-    let stored_after = std::fs::read_dir(p.path("backups")).unwrap().count();
+    let rows_after = row_of(&p);
+    let stored_after = stored_of(&p);
     assert!(
         create.try_wait().unwrap().is_none(),
         "the create still holds the lock"
