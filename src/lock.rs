@@ -19,16 +19,7 @@ impl ProjectLock {
     /// Takes the lock of `project` in `dir`, or fails at once (exit code `Locked`) naming the
     /// process that holds it.
     pub fn acquire(dir: &Path, project: &str, what: &str) -> Result<ProjectLock> {
-        crate::private::create_dir_all(dir)?;
-        let path = dir.join(format!("{project}.lock"));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
+        let (mut file, path) = open_lock_file(dir, &format!("{project}.lock"))?;
         match try_lock_briefly(&file) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -98,8 +89,13 @@ pub struct Pin {
 }
 
 fn pin_file(dir: &Path, id: i64) -> Result<(File, PathBuf)> {
+    open_lock_file(dir, &format!("backup-{id}.pin"))
+}
+
+/// Opens (or makes, private) the lock file `name` in `dir`.
+fn open_lock_file(dir: &Path, name: &str) -> Result<(File, PathBuf)> {
     crate::private::create_dir_all(dir)?;
-    let path = dir.join(format!("backup-{id}.pin"));
+    let path = dir.join(name);
     let file = OpenOptions::new()
         .read(true)
         .write(true)

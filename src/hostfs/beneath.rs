@@ -55,12 +55,7 @@ impl Beneath {
         Ok(Beneath {
             root: root.to_path_buf(),
             base: base.as_bytes().to_vec(),
-            dirs: Dirs {
-                parent,
-                parent_path: parent_path.to_path_buf(),
-                cache: None,
-                walk: std::env::var_os("NUWAX_BACKUP_TEST_NO_OPENAT2").is_some(),
-            },
+            dirs: Dirs::new(parent, parent_path),
         })
     }
 
@@ -72,12 +67,7 @@ impl Beneath {
         Ok(Beneath {
             root: parent_path.join(name),
             base: name.as_bytes().to_vec(),
-            dirs: Dirs {
-                parent,
-                parent_path: parent_path.to_path_buf(),
-                cache: None,
-                walk: std::env::var_os("NUWAX_BACKUP_TEST_NO_OPENAT2").is_some(),
-            },
+            dirs: Dirs::new(parent, parent_path),
         })
     }
 
@@ -182,6 +172,16 @@ fn show(root: &Path, rel: &[u8]) -> String {
 }
 
 impl Dirs {
+    fn new(parent: OwnedFd, parent_path: &Path) -> Dirs {
+        Dirs {
+            parent,
+            parent_path: parent_path.to_path_buf(),
+            cache: None,
+            // Tests of kernels before 5.6: the component walk instead of openat2.
+            walk: std::env::var_os("NUWAX_BACKUP_TEST_NO_OPENAT2").is_some(),
+        }
+    }
+
     /// Opens folder `p` (below `parent`; empty: `parent` itself) without following any link.
     fn open_dir_below(&self, p: &[u8]) -> io::Result<OwnedFd> {
         if p.is_empty() {

@@ -196,16 +196,7 @@ fn archive_of(p: &Project, id: &str) -> PathBuf {
 
 /// Registers `path` in the catalog with its true SHA-256, as if it were a backup made here.
 fn trust(p: &Project, path: &Path) -> String {
-    use sha2::Digest;
-    let sha = crate::hex(&sha2::Sha256::digest(std::fs::read(path).unwrap()));
-    let conn = rusqlite::Connection::open(p.catalog()).unwrap();
-    conn.execute(
-        "INSERT INTO backups (project, project_dir, file_path, service_version, backup_type, status, created_at, compression, sha256)
-         VALUES (?1, ?2, ?3, '1', 'manual', 'completed', '2026-01-01T00:00:00Z', 'gzip', ?4)",
-        rusqlite::params![p.name, p.dir.path().to_str().unwrap(), path.to_str().unwrap(), sha],
-    )
-    .unwrap();
-    conn.last_insert_rowid().to_string()
+    crate::rollback::register(p, path).to_string()
 }
 
 /// The cases that must fail verification, by name, with the reason each refusal names.
