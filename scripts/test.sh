@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-engine.sh
 bash scripts/ensure-s3.sh >/dev/null
-cargo test --release --locked -- --test-threads="${NUWAX_TEST_THREADS:-4}" "$@"
+cargo test --release --locked --features fault-injection -- --test-threads="${NUWAX_TEST_THREADS:-4}" "$@"

@@ -33,7 +33,6 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
-
 use crate::cli::{Cli, Command, ComposeArgs};
 use crate::docker::Docker;
 use crate::exit_codes::{code_of, Code, UserError};

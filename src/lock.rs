@@ -149,7 +149,9 @@ impl Pin {
         match file.try_lock() {
             Ok(()) => Ok(Ok(Pin { _file: file })),
             Err(TryLockError::WouldBlock) => Ok(Err(pin_holder(dir, id))),
-            Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+            Err(TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
         }
     }
 }
@@ -189,7 +191,10 @@ mod tests {
         let removing = Pin::removing(dir.path(), 1).unwrap().unwrap();
         let err = Pin::reading(dir.path(), 1, "rollback").unwrap_err();
         assert_eq!(code_of(&err), Code::Locked);
-        assert_eq!(err.to_string(), "backup #1 is being deleted: nothing was done");
+        assert_eq!(
+            err.to_string(),
+            "backup #1 is being deleted: nothing was done"
+        );
         drop(removing);
         assert!(Pin::removing(dir.path(), 2).unwrap().is_ok());
     }

@@ -59,7 +59,11 @@ pub fn decide(cands: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<D
             reasons: Vec::new(),
         })
         .collect();
-    for t in [BackupType::Manual, BackupType::PreUpgrade, BackupType::PreRollback] {
+    for t in [
+        BackupType::Manual,
+        BackupType::PreUpgrade,
+        BackupType::PreRollback,
+    ] {
         let of_type: Vec<usize> = (0..sorted.len())
             .filter(|i| sorted[*i].backup_type == t)
             .collect();
@@ -261,7 +265,10 @@ mod tests {
         let d21 = d.iter().find(|d| d.id == 21).unwrap();
         assert_eq!(d21.reasons, ["newest verified backup"]);
         let d999 = d.iter().find(|d| d.id == 999).unwrap();
-        assert_eq!(d999.reasons, ["last 1 pre-rollback", "safety backup younger than a day"]);
+        assert_eq!(
+            d999.reasons,
+            ["last 1 pre-rollback", "safety backup younger than a day"]
+        );
         let p = Policy {
             keep_last: Some(1),
             prune_recent_safety: true,

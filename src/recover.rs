@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, NewBackup};
 use crate::compose::{Project, Volume};
+use crate::hostfs::owned::{self, Made};
 use crate::output::{note, warn};
 use crate::records::{RunCommand, Status};
-use crate::hostfs::owned::{self, Made};
 use crate::restore::{engine, host, mount};
 use crate::runs::{self, Phase, RunRecord};
 use crate::{services, storage, Context};
@@ -72,7 +72,13 @@ struct Targets(Vec<PathBuf>);
 
 impl Targets {
     fn of(ctx: &Context, project: &Project) -> Targets {
-        Targets(project.volumes.iter().filter_map(|v| target_of(ctx, v)).collect())
+        Targets(
+            project
+                .volumes
+                .iter()
+                .filter_map(|v| target_of(ctx, v))
+                .collect(),
+        )
     }
 
     fn contains(&self, p: &Path) -> bool {
@@ -114,7 +120,12 @@ fn made_at<'a>(rec: &'a RunRecord, path: &Path) -> Option<&'a Made> {
 
 /// The (private folder, name) of a recorded swap's staging, when the record and the disk
 /// agree that the tool made it beside `s.target`, a current target.
-fn swap_staging(rec: &RunRecord, project: &str, s: &runs::SwapRecord, targets: &Targets) -> Option<(OwnedFd, OwnedFd)> {
+fn swap_staging(
+    rec: &RunRecord,
+    project: &str,
+    s: &runs::SwapRecord,
+    targets: &Targets,
+) -> Option<(OwnedFd, OwnedFd)> {
     let (parent, name) = owned::split(&s.target).ok()?;
     let holder = parent.join(owned::staging_name(project, rec.pid));
     let agrees = targets.contains(&s.target)
@@ -275,9 +286,15 @@ fn finish_staged(
     if !started {
         for (s, holder, parent) in &swapped {
             let name = owned::split(&s.target)?.1;
-            rustix::fs::renameat_with(holder, name, parent, name, rustix::fs::RenameFlags::EXCHANGE)
-                .map_err(std::io::Error::from)
-                .with_context(|| format!("swapping {} back", s.target.display()))?;
+            rustix::fs::renameat_with(
+                holder,
+                name,
+                parent,
+                name,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("swapping {} back", s.target.display()))?;
             note(format!(
                 "put back the previous content of {}",
                 s.target.display()
@@ -358,18 +375,25 @@ fn clean_rollback(ctx: &Context, project: &Project, rec: &RunRecord, targets: &T
 
 /// Writes the targets a dead `rollback --in-place` had emptied, and not written whole, back
 /// from its safety backup (the record is kept when that fails, so the next run tries again).
-fn refill_in_place(ctx: &Context, project: &Project, rec: &RunRecord, targets: &Targets) -> Result<()> {
+fn refill_in_place(
+    ctx: &Context,
+    project: &Project,
+    rec: &RunRecord,
+    targets: &Targets,
+) -> Result<()> {
     for p in rec.in_place.iter().filter(|p| !targets.contains(p)) {
         ignored("the emptied target", p);
     }
-    let in_place: Vec<PathBuf> = rec.in_place.iter().filter(|p| targets.contains(p)).cloned().collect();
+    let in_place: Vec<PathBuf> = rec
+        .in_place
+        .iter()
+        .filter(|p| targets.contains(p))
+        .cloned()
+        .collect();
     if in_place.is_empty() {
         return Ok(());
     }
-    let shown: Vec<String> = in_place
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let shown: Vec<String> = in_place.iter().map(|p| p.display().to_string()).collect();
     let Some(safety) = &rec.safety_backup else {
         anyhow::bail!("{} were emptied by the interrupted rollback and no safety backup is recorded: roll back again", shown.join(", "));
     };

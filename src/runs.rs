@@ -436,7 +436,10 @@ mod tests {
         let dir = d.path().join("runs");
         let run = ActiveRun::begin(&dir, "p", RunCommand::Rollback).unwrap();
         std::mem::forget(run);
-        assert_eq!(read(&dir, "p").unwrap().unwrap().command, RunCommand::Rollback);
+        assert_eq!(
+            read(&dir, "p").unwrap().unwrap().command,
+            RunCommand::Rollback
+        );
         remove(&dir, "p").unwrap();
         assert!(read(&dir, "p").unwrap().is_none());
     }
@@ -452,7 +455,10 @@ mod tests {
         })
         .join();
         assert!(died.is_err());
-        assert_eq!(read(&dir, "p").unwrap().unwrap().command, RunCommand::Create);
+        assert_eq!(
+            read(&dir, "p").unwrap().unwrap().command,
+            RunCommand::Create
+        );
     }
 
     #[test]
@@ -460,11 +466,16 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("runs");
-        ActiveRun::begin(&dir, "p", RunCommand::Rollback).unwrap().keep();
+        ActiveRun::begin(&dir, "p", RunCommand::Rollback)
+            .unwrap()
+            .keep();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = read(&dir, "p").unwrap_err().to_string();
         assert!(
-            e.starts_with(&format!("{} is writable by group or others (mode 777)", dir.display())),
+            e.starts_with(&format!(
+                "{} is writable by group or others (mode 777)",
+                dir.display()
+            )),
             "{e}"
         );
     }

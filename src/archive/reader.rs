@@ -41,7 +41,6 @@ impl Opened {
     }
 }
 
-
 /// The archive file a verify read, kept open: extraction reads these same bytes again from
 /// the descriptor (a file swapped in by name afterwards is never read) and checks them
 /// against `sha256` once more as it goes.

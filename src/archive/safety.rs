@@ -207,7 +207,10 @@ mod tests {
         let mut c = PathChecker::default();
         assert_eq!(c.check(b"binds/d/a/b", Directory, None), None);
         let why = c.check(b"binds/d/a", Symlink, Some(b"/etc")).unwrap();
-        assert!(why.contains("a folder that earlier entries lie below"), "{why}");
+        assert!(
+            why.contains("a folder that earlier entries lie below"),
+            "{why}"
+        );
         assert_eq!(c.check(b"binds/d/a/b/f", Regular, None), None);
         assert!(c.check(b"binds/d/a/b", Regular, None).is_some());
         // Its own folder entry may still come after what lies below it.

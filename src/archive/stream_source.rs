@@ -58,14 +58,17 @@ pub enum Origin {
 fn inexact(rel: &[u8], origin: Origin, seen: &mut Seen) -> Option<String> {
     use std::hash::BuildHasher as _;
     let shown = format!("{:?}", String::from_utf8_lossy(rel));
-    let fix = "rename it, or read the volume from disk (as root, without NUWAX_BACKUP_VOLUME_IO=engine)";
+    let fix =
+        "rename it, or read the volume from disk (as root, without NUWAX_BACKUP_VOLUME_IO=engine)";
     if origin == Origin::Engine && rel.contains(&b'\n') {
         return Some(format!(
             "{shown} has a newline in its name, which the engine's copy stream does not carry exactly: {fix}"
         ));
     }
     if !seen.0.insert(seen.1.hash_one(rel)) {
-        return Some(format!("{shown} appears twice in the stream (a name it could not carry exactly): {fix}"));
+        return Some(format!(
+            "{shown} appears twice in the stream (a name it could not carry exactly): {fix}"
+        ));
     }
     None
 }
@@ -156,9 +159,15 @@ mod tests {
         let mut seen = Seen(Default::default(), Default::default());
         assert_eq!(inexact(b"a/b", Origin::Engine, &mut seen), None);
         let twice = inexact(b"a/b", Origin::Pack, &mut seen).unwrap();
-        assert!(twice.starts_with("\"a/b\" appears twice in the stream"), "{twice}");
+        assert!(
+            twice.starts_with("\"a/b\" appears twice in the stream"),
+            "{twice}"
+        );
         let nl = inexact(b"nl\ndir/qz", Origin::Engine, &mut seen).unwrap();
-        assert!(nl.starts_with("\"nl\\ndir/qz\" has a newline in its name"), "{nl}");
+        assert!(
+            nl.starts_with("\"nl\\ndir/qz\" has a newline in its name"),
+            "{nl}"
+        );
         assert_eq!(inexact(b"nl\ndir/qz", Origin::Pack, &mut seen), None);
     }
 }

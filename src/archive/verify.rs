@@ -196,7 +196,10 @@ fn read_manifest(entry: &mut dyn Read) -> Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .map_err(damaged)?;
     if bytes.len() as u64 > MAX_MANIFEST {
-        bail!("{MANIFEST_PATH} is larger than {} MiB: not an archive of this tool", MAX_MANIFEST >> 20);
+        bail!(
+            "{MANIFEST_PATH} is larger than {} MiB: not an archive of this tool",
+            MAX_MANIFEST >> 20
+        );
     }
     Ok(bytes)
 }
@@ -231,7 +234,10 @@ fn tally_lines(r: &mut dyn Read, tally: &mut Tally) -> Result<()> {
         }
         n += 1;
         if line.len() > MAX_LINE {
-            bail!("{FILES_PATH} line {n} is longer than {} KiB", MAX_LINE >> 10);
+            bail!(
+                "{FILES_PATH} line {n} is longer than {} KiB",
+                MAX_LINE >> 10
+            );
         }
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;

@@ -79,9 +79,10 @@ pub(super) fn path_of(project: &str, place: &Place) -> PathBuf {
     } else {
         ".tar"
     };
-    place
-        .folder
-        .join(format!("{}{name}{ext}", prefix(project, std::process::id())))
+    place.folder.join(format!(
+        "{}{name}{ext}",
+        prefix(project, std::process::id())
+    ))
 }
 
 /// What the name of every capture of run `pid` of `project` starts with.
@@ -103,8 +104,8 @@ fn one(
     host_remove(&path);
     run.capture(&path)?;
     let made = make(ctx, project, plan, (item, place), &path, created, give_up).and_then(|c| {
-        crate::fault::point("create-capturing");
-        crate::fault::fail("create-capturing").map(|()| c)
+        crate::fault::point(crate::fault::Fault::CreateCapturing);
+        crate::fault::fail(crate::fault::Fault::CreateCapturing).map(|()| c)
     });
     if made.is_err() {
         // Half a capture: the run record that names it goes when this run ends.

@@ -296,7 +296,7 @@ fn direct(
     dest: write::Destination,
 ) -> (Result<Written>, Result<()>) {
     let written = run.phase(Phase::Archiving).and_then(|()| {
-        crate::fault::point("create-archiving");
+        crate::fault::point(crate::fault::Fault::CreateArchiving);
         write::archive(s.ctx.into(), s.project, s.plan, &Reading::live(), dest)
     });
     (written, s.restart(run, timing))
@@ -353,7 +353,7 @@ fn with_capture(
         let restart = s.restart(run, timing);
         priority::services_up();
         let _ = run.phase(Phase::Compressing);
-        crate::fault::point("create-compressing");
+        crate::fault::point(crate::fault::Fault::CreateCompressing);
         if !archiving.is_finished() {
             note("the services run again; the archive goes on from the capture");
         }

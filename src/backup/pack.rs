@@ -276,7 +276,14 @@ mod tests {
         let done = pack_tree(root, &pack, &storage, &|| false).unwrap();
         let packed = archived(|c, said| {
             let file = File::open(&pack).unwrap();
-            stream_source::collect(file, &Scope::Tree(None), stream_source::Origin::Pack, c, said).unwrap();
+            stream_source::collect(
+                file,
+                &Scope::Tree(None),
+                stream_source::Origin::Pack,
+                c,
+                said,
+            )
+            .unwrap();
             done.skipped.iter().for_each(|s| said(s.clone()));
         });
         (direct, packed)

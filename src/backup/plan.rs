@@ -769,8 +769,15 @@ mod tests {
         let mut shared = f.clone();
         shared.shared_folders.insert("/srv".into());
         let plan = build(&proj, &o, &shared, at());
-        let srv = plan.capture_places.iter().find(|p| p.archive_path == "binds/externalsrv_x").unwrap();
-        assert_eq!((srv.folder.to_str().unwrap(), srv.how), ("/proj/backups", How::Reflink));
+        let srv = plan
+            .capture_places
+            .iter()
+            .find(|p| p.archive_path == "binds/externalsrv_x")
+            .unwrap();
+        assert_eq!(
+            (srv.folder.to_str().unwrap(), srv.how),
+            ("/proj/backups", How::Reflink)
+        );
         let copy = build(
             &proj,
             &Options {

@@ -154,8 +154,8 @@ fn fill(
     let mut skipped = plan.skipped.clone();
     let mut records = Vec::new();
     for item in &plan.volumes {
-        crate::fault::fail("create-writing")?;
-        crate::fault::point("create-writing");
+        crate::fault::fail(crate::fault::Fault::CreateWriting)?;
+        crate::fault::point(crate::fault::Fault::CreateWriting);
         let mut warnings = Vec::new();
         let mut c = Collector::new(writer, &item.archive_path, spill, &on_read);
         match reading.source(&item.archive_path) {
@@ -308,7 +308,13 @@ fn read_through_engine(
 ) -> Result<()> {
     let src = engine_source(ctx, project, item, created)?;
     let mut stream = ctx.docker.stream(&["cp", src.as_str(), "-"])?;
-    match stream_source::collect(&mut stream, &scope_of(plan, item), Origin::Engine, c, warn_fn) {
+    match stream_source::collect(
+        &mut stream,
+        &scope_of(plan, item),
+        Origin::Engine,
+        c,
+        warn_fn,
+    ) {
         Ok(()) => stream.finish(),
         Err(e) => {
             stream.kill();

@@ -58,7 +58,11 @@ fn health(ctx: &Context, p: &Project) -> Result<Health> {
         .iter()
         .flat_map(|r| r.made.iter().map(|m| m.path.clone()))
         .collect();
-    let unknown_staging = if live { Vec::new() } else { unknown_staging(p, &known) };
+    let unknown_staging = if live {
+        Vec::new()
+    } else {
+        unknown_staging(p, &known)
+    };
     let record = record.filter(|_| !live);
     let mixed = record
         .iter()

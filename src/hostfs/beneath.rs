@@ -4,11 +4,11 @@
 //! `O_NOFOLLOW | O_DIRECTORY` components), so no symlink, `..` or odd spelling can lead out;
 //! files are created `O_CREAT | O_EXCL | O_NOFOLLOW` and get their attributes on the open
 //! descriptor; symlinks and hard links are made relative to their folder's descriptor.
-use std::fs::File;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -47,11 +47,17 @@ impl Beneath {
     /// The root `root` (which need not exist yet): its parent folder is opened now, by path
     /// (a declared target's own path, or one the tool made); nothing below it ever is.
     pub fn new(root: &Path) -> Result<Beneath> {
-        let parent_path = root.parent().context("a restore root has no parent folder")?;
+        let parent_path = root
+            .parent()
+            .context("a restore root has no parent folder")?;
         let base = root.file_name().context("a restore root has no name")?;
-        let parent = rustix::fs::open(parent_path, DIR_FLAGS.difference(OFlags::NOFOLLOW), Mode::empty())
-            .map_err(io::Error::from)
-            .with_context(|| format!("opening {}", parent_path.display()))?;
+        let parent = rustix::fs::open(
+            parent_path,
+            DIR_FLAGS.difference(OFlags::NOFOLLOW),
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)
+        .with_context(|| format!("opening {}", parent_path.display()))?;
         Ok(Beneath {
             root: root.to_path_buf(),
             base: base.as_bytes().to_vec(),
@@ -94,7 +100,10 @@ impl Beneath {
         match rustix::fs::mkdirat(dir, name.as_slice(), Mode::from_raw_mode(0o700)) {
             Err(rustix::io::Errno::EXIST) if rel.is_empty() => {
                 let full = self.full(rel);
-                self.dirs.open_dir_below(&full).map(drop).with_context(shown)
+                self.dirs
+                    .open_dir_below(&full)
+                    .map(drop)
+                    .with_context(shown)
             }
             r => r.map_err(io::Error::from).with_context(shown),
         }
@@ -102,7 +111,8 @@ impl Beneath {
 
     /// Creates file `rel`, which must not exist (not even as a symlink).
     pub fn create(&mut self, rel: &[u8]) -> Result<File> {
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let shown = || format!("creating {}", show(&self.root, rel));
         let (dir, name) = self.dirs.at(self.full(rel)).with_context(shown)?;
         let fd = rustix::fs::openat(dir, name.as_slice(), flags, Mode::from_raw_mode(0o600))
@@ -133,9 +143,15 @@ impl Beneath {
             bail!("{}: not a plain name", shown());
         }
         let (dir, name) = self.dirs.at(self.full(rel)).with_context(shown)?;
-        rustix::fs::linkat(&tfd, tname.as_slice(), dir, name.as_slice(), AtFlags::empty())
-            .map_err(io::Error::from)
-            .with_context(shown)
+        rustix::fs::linkat(
+            &tfd,
+            tname.as_slice(),
+            dir,
+            name.as_slice(),
+            AtFlags::empty(),
+        )
+        .map_err(io::Error::from)
+        .with_context(shown)
     }
 
     /// Opens folder `rel` (the root when empty) without following any link.
@@ -151,7 +167,9 @@ impl Beneath {
         let (uid, gid) = ids(a);
         let nofollow = AtFlags::SYMLINK_NOFOLLOW;
         rustix::fs::chownat(dir, name.as_slice(), Some(uid), Some(gid), nofollow)
-            .and_then(|()| rustix::fs::utimensat(dir, name.as_slice(), &times_of(a.mtime), nofollow))
+            .and_then(|()| {
+                rustix::fs::utimensat(dir, name.as_slice(), &times_of(a.mtime), nofollow)
+            })
             .map_err(io::Error::from)
             .with_context(shown)
     }
@@ -178,17 +196,21 @@ impl Dirs {
             parent_path: parent_path.to_path_buf(),
             cache: None,
             // Tests of kernels before 5.6: the component walk instead of openat2.
-            walk: std::env::var_os("NUWAX_BACKUP_TEST_NO_OPENAT2").is_some(),
+            walk: crate::fault::no_openat2(),
         }
     }
 
     /// Opens folder `p` (below `parent`; empty: `parent` itself) without following any link.
     fn open_dir_below(&self, p: &[u8]) -> io::Result<OwnedFd> {
         if p.is_empty() {
-            return rustix::fs::openat(&self.parent, ".", DIR_FLAGS, Mode::empty()).map_err(Into::into);
+            return rustix::fs::openat(&self.parent, ".", DIR_FLAGS, Mode::empty())
+                .map_err(Into::into);
         }
         if !p.split(|b| *b == b'/').all(is_component) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a plain relative name"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a plain relative name",
+            ));
         }
         if !self.walk {
             match rustix::fs::openat2(&self.parent, p, DIR_FLAGS, Mode::empty(), resolve()) {
@@ -211,7 +233,10 @@ impl Dirs {
             None => (Vec::new(), full),
         };
         if !is_component(&name) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a plain name"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a plain name",
+            ));
         }
         if dir.is_empty() {
             return Ok((self.parent.as_fd(), name));
@@ -220,10 +245,13 @@ impl Dirs {
             let fd = self.open_dir_below(&dir)?;
             self.cache = Some((dir, fd));
         }
-        let fd = self.cache.as_ref().map(|(_, fd)| fd.as_fd()).expect("cached");
+        let fd = self
+            .cache
+            .as_ref()
+            .map(|(_, fd)| fd.as_fd())
+            .expect("cached");
         Ok((fd, name))
     }
-
 }
 
 fn ids(a: &Attrs) -> (rustix::fs::Uid, rustix::fs::Gid) {

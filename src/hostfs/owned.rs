@@ -57,7 +57,10 @@ pub fn open_dir(p: &Path) -> Result<OwnedFd> {
 /// Opens `name` in `dir` as a folder, never through a link.
 pub fn open_child(dir: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
     if !is_component(name) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a plain name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a plain name",
+        ));
     }
     Ok(rustix::fs::openat(dir, name, DIR_NOFOLLOW, Mode::empty())?)
 }
@@ -69,9 +72,12 @@ pub fn make_dir(parent: &Path, name: &str) -> Result<(OwnedFd, Made)> {
     let path = parent.join(name);
     match rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(io::Error::from(e)).with_context(|| format!("creating {}", path.display())),
+        Err(e) => {
+            return Err(io::Error::from(e)).with_context(|| format!("creating {}", path.display()))
+        }
     }
-    let fd = open_child(&pfd, name.as_bytes()).with_context(|| format!("opening {}", path.display()))?;
+    let fd =
+        open_child(&pfd, name.as_bytes()).with_context(|| format!("opening {}", path.display()))?;
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
         .map_err(io::Error::from)
         .with_context(|| format!("setting the mode of {}", path.display()))?;
@@ -120,7 +126,10 @@ fn check_mine(st: &rustix::fs::Stat, path: &Path) -> Result<()> {
 pub fn remove_at(dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
     use rustix::io::Errno;
     if !is_component(name) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a plain name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a plain name",
+        ));
     }
     match rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => return Ok(()),
@@ -144,7 +153,9 @@ pub fn remove_at(dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
 
 /// `p`'s parent folder and last name (which must be a plain name).
 pub fn split(p: &Path) -> Result<(&Path, &[u8])> {
-    let parent = p.parent().with_context(|| format!("{} has no parent folder", p.display()))?;
+    let parent = p
+        .parent()
+        .with_context(|| format!("{} has no parent folder", p.display()))?;
     let name = p.file_name().map(|n| n.as_bytes()).unwrap_or_default();
     if !is_component(name) {
         bail!("{} does not end in a plain name", p.display());
@@ -158,7 +169,9 @@ pub fn check_private(p: &Path) -> Result<()> {
     let st = match rustix::fs::lstat(p) {
         Ok(st) => st,
         Err(rustix::io::Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(io::Error::from(e)).with_context(|| format!("reading {}", p.display())),
+        Err(e) => {
+            return Err(io::Error::from(e)).with_context(|| format!("reading {}", p.display()))
+        }
     };
     let me = rustix::process::geteuid().as_raw();
     let why = if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink {
@@ -166,7 +179,10 @@ pub fn check_private(p: &Path) -> Result<()> {
     } else if st.st_uid != me {
         format!("is owned by uid {}, not {me}", st.st_uid)
     } else if st.st_mode & 0o022 != 0 {
-        format!("is writable by group or others (mode {:o})", st.st_mode & 0o7777)
+        format!(
+            "is writable by group or others (mode {:o})",
+            st.st_mode & 0o7777
+        )
     } else {
         return Ok(());
     };
@@ -191,7 +207,12 @@ mod tests {
             parse_staging_name(b".nuwax-restore-my-app_1-42"),
             Some(("my-app_1".into(), 42))
         );
-        for bad in [&b".nuwax-restore-42"[..], b".nuwax-restore-p-", b".nuwax-restore-p-4x", b"other-1"] {
+        for bad in [
+            &b".nuwax-restore-42"[..],
+            b".nuwax-restore-p-",
+            b".nuwax-restore-p-4x",
+            b"other-1",
+        ] {
             assert_eq!(parse_staging_name(bad), None, "{bad:?}");
         }
     }
@@ -200,7 +221,10 @@ mod tests {
     fn a_made_folder_is_opened_again_only_as_made() {
         let d = tempfile::tempdir().unwrap();
         let (_, made) = make_dir(d.path(), ".nuwax-restore-p-1").unwrap();
-        assert_eq!(fs::metadata(&made.path).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&made.path).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         open_made(&made).unwrap();
         // The same name made again (another inode: the old folder still holds its own), a
         // link in its place, a wider mode.
@@ -250,7 +274,10 @@ mod tests {
         assert!(e.contains("writable by group or others (mode 666)"), "{e}");
         let l = d.path().join("l.json");
         std::os::unix::fs::symlink(&f, &l).unwrap();
-        assert!(check_private(&l).unwrap_err().to_string().contains("is a symlink"));
+        assert!(check_private(&l)
+            .unwrap_err()
+            .to_string()
+            .contains("is a symlink"));
         check_private(&d.path().join("missing")).unwrap();
     }
 }

@@ -113,7 +113,7 @@ pub fn finish_streamed(store: &Store, catalog: &Catalog, row: &BackupRow) -> Res
         .context("the backup has no remote copy")?;
     let key = split_object(url)?.1;
     let mut state = remote_state(row);
-    let put = crate::fault::fail("upload-sidecar")
+    let put = crate::fault::fail(crate::fault::Fault::UploadSidecar)
         .and_then(|()| sidecar_json(row, &key))
         .and_then(|json| store.put_small(&format!("{key}.json"), json));
     match put {
@@ -153,7 +153,7 @@ fn send_file(
     let bar = crate::output::progress_bar(size);
     let parts = send_parts(&mut up, &mut file, plan.part, &|n| bar.inc(n))?;
     bar.finish_and_clear();
-    crate::fault::point("upload-completing");
+    crate::fault::point(crate::fault::Fault::UploadCompleting);
     up.finish()?;
     state.upload_id = None;
     let url = store.url.object_url(key);
@@ -198,7 +198,7 @@ pub fn send_parts(
         n += 1;
         progress(len);
         if n == 2 {
-            crate::fault::point("upload-parts");
+            crate::fault::point(crate::fault::Fault::UploadParts);
         }
         if len < part {
             return Ok(n);
@@ -253,7 +253,7 @@ impl PartSink {
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         self.sent += 1;
         if self.sent == 2 {
-            crate::fault::point("upload-parts");
+            crate::fault::point(crate::fault::Fault::UploadParts);
         }
         Ok(())
     }
@@ -279,7 +279,7 @@ impl Output for PartSink {
         if !self.buf.is_empty() {
             self.send_full()?;
         }
-        crate::fault::point("upload-completing");
+        crate::fault::point(crate::fault::Fault::UploadCompleting);
         self.upload.take().context("upload finished")?.finish()
     }
 }

@@ -35,8 +35,8 @@ pub fn clean_stale(dir: &Path, project: &str) {
         if !is_private_dir(&e.path()) {
             continue;
         }
-        let removed = owned::open_dir(dir)
-            .and_then(|fd| Ok(owned::remove_at(&fd, name.as_bytes())?));
+        let removed =
+            owned::open_dir(dir).and_then(|fd| Ok(owned::remove_at(&fd, name.as_bytes())?));
         match removed {
             Ok(()) => crate::output::note(format!(
                 "removed {} left by an interrupted rollback",
@@ -98,7 +98,8 @@ impl Staged {
         }
         let (parent, name) = owned::split(target)?;
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        let (wrapper, made) = owned::make_dir(parent, &owned::staging_name(project, std::process::id()))?;
+        let (wrapper, made) =
+            owned::make_dir(parent, &owned::staging_name(project, std::process::id()))?;
         if let Some(run) = run {
             run.made(&made)?;
         }
@@ -141,7 +142,11 @@ impl Staged {
     fn move_staging(&self, exchange: bool) -> Result<()> {
         let (wrapper, parent) = self.fds.as_ref().context("no staging folder")?;
         let name = owned::split(&self.target)?.1;
-        let flags = if exchange { RenameFlags::EXCHANGE } else { RenameFlags::NOREPLACE };
+        let flags = if exchange {
+            RenameFlags::EXCHANGE
+        } else {
+            RenameFlags::NOREPLACE
+        };
         rustix::fs::renameat_with(wrapper, name, parent, name, flags)
             .map_err(io::Error::from)
             .with_context(|| {

@@ -238,7 +238,10 @@ fn verified(ctx: &Context, row: &BackupRow, project: &Project) -> Result<reader:
                 return e;
             }
             if crate::cancel::requested() {
-                return user(Code::Cancelled, "cancelled while verifying, nothing was changed".into());
+                return user(
+                    Code::Cancelled,
+                    "cancelled while verifying, nothing was changed".into(),
+                );
             }
             user(
                 Code::VerifyFailed,
@@ -413,7 +416,7 @@ fn stop_for_restore(
     record.stopping(&plan.running)?;
     services::stop(&ctx.docker, &ctx.compose, &plan.running)?;
     record.phase(Phase::Restoring)?;
-    crate::fault::point("rollback-restoring");
+    crate::fault::point(crate::fault::Fault::RollbackRestoring);
     Ok(())
 }
 
@@ -447,10 +450,14 @@ fn stopped_rollback(
     let steps: Vec<&Step> = plan.restoring().collect();
     let mut txn = Transaction::new(Some(record));
     let Some(archive) = plan.archive.as_ref() else {
-        return (safety_id, Vec::new(), Err(anyhow::anyhow!("the plan has no verified archive")));
+        return (
+            safety_id,
+            Vec::new(),
+            Err(anyhow::anyhow!("the plan has no verified archive")),
+        );
     };
-    let result = apply::extract(ctx, project, archive, &steps, &mut txn)
-        .and_then(|()| txn.swap_all());
+    let result =
+        apply::extract(ctx, project, archive, &steps, &mut txn).and_then(|()| txn.swap_all());
     match result {
         Ok(()) => (safety_id, txn.commit(), Ok(())),
         Err(err) => {

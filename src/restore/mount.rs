@@ -224,7 +224,10 @@ impl InMount {
         let name = self.staging.file_name().map(|n| n.as_bytes().to_vec());
         let cur = entries(&self.dirs.target, name.as_deref())?;
         let new_fd = self.dirs.child("new").context("opening the staged tree")?;
-        let new: Vec<Vec<u8>> = entries(&new_fd, None)?.into_iter().map(|(n, _)| n).collect();
+        let new: Vec<Vec<u8>> = entries(&new_fd, None)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         let can = !self.no_exchange && exchange_works(&self.dirs.staging);
         // The archived root's attributes, read before moving entries out of `new/` changes
         // its times; given to the target when the staging folder goes.
@@ -239,7 +242,7 @@ impl InMount {
         for (i, step) in plan_steps(&cur, &new, can).iter().enumerate() {
             journal.append(&step.line())?;
             apply(step, &self.dirs.target, &new_fd, &old_fd)?;
-            crate::fault::point(&format!("mount-step-{}", i + 1));
+            crate::fault::point(crate::fault::Fault::MountStep(i + 1));
         }
         journal.append("done")
     }
@@ -254,29 +257,46 @@ impl InMount {
     /// Drops the previous content (after the whole rollback succeeded); the root gets the
     /// archived owner, mode and times.
     pub fn commit(&self) -> Result<()> {
-        drop_staging(&self.dirs.target, &self.staging, self.new_root.unwrap_or(self.root))
+        drop_staging(
+            &self.dirs.target,
+            &self.staging,
+            self.new_root.unwrap_or(self.root),
+        )
     }
 }
 
 fn apply(step: &Step, target: &OwnedFd, new: &OwnedFd, old: &OwnedFd) -> Result<()> {
     let r = match step {
-        Step::Exchange { name, .. } => {
-            rustix::fs::renameat_with(new, plain(name)?, target, plain(name)?, RenameFlags::EXCHANGE)
-        }
+        Step::Exchange { name, .. } => rustix::fs::renameat_with(
+            new,
+            plain(name)?,
+            target,
+            plain(name)?,
+            RenameFlags::EXCHANGE,
+        ),
         Step::Out { name } => rustix::fs::renameat(target, plain(name)?, old, plain(name)?),
         Step::In { name } => rustix::fs::renameat(new, plain(name)?, target, plain(name)?),
     };
-    r.map_err(io::Error::from)
-        .with_context(|| format!("moving {:?} ({})", String::from_utf8_lossy(step.name()), step.line()))
+    r.map_err(io::Error::from).with_context(|| {
+        format!(
+            "moving {:?} ({})",
+            String::from_utf8_lossy(step.name()),
+            step.line()
+        )
+    })
 }
 
 /// Puts back what `step` did: an exchange again, an entry moved out back in from `old/`, an
 /// entry moved in back to `new/`.
 fn unapply(step: &Step, target: &OwnedFd, new: &OwnedFd, old: &OwnedFd) -> Result<()> {
     let r = match step {
-        Step::Exchange { name, .. } => {
-            rustix::fs::renameat_with(new, plain(name)?, target, plain(name)?, RenameFlags::EXCHANGE)
-        }
+        Step::Exchange { name, .. } => rustix::fs::renameat_with(
+            new,
+            plain(name)?,
+            target,
+            plain(name)?,
+            RenameFlags::EXCHANGE,
+        ),
         Step::Out { name } => rustix::fs::renameat(old, plain(name)?, target, plain(name)?),
         Step::In { name } => rustix::fs::renameat(target, plain(name)?, new, plain(name)?),
     };
@@ -287,7 +307,10 @@ fn unapply(step: &Step, target: &OwnedFd, new: &OwnedFd, old: &OwnedFd) -> Resul
 /// `name`, when it is one plain path component (journal lines are checked again here).
 fn plain(name: &[u8]) -> Result<&[u8]> {
     if !crate::archive::names::is_component(name) {
-        anyhow::bail!("refusing to move {:?}: not a plain name", String::from_utf8_lossy(name));
+        anyhow::bail!(
+            "refusing to move {:?}: not a plain name",
+            String::from_utf8_lossy(name)
+        );
     }
     Ok(name)
 }
@@ -316,11 +339,17 @@ pub fn recover(m: &MountRecord, made: &owned::Made) -> Result<String> {
     let lines = journal_lines(&m.journal);
     if lines.iter().any(|l| l == "done") {
         drop_staging(&dirs.target, &made.path, m.new_root.unwrap_or(m.root))?;
-        return Ok(format!("{}: finished the interrupted rollback", m.target.display()));
+        return Ok(format!(
+            "{}: finished the interrupted rollback",
+            m.target.display()
+        ));
     }
     undo_journal(&dirs, &m.journal)?;
     drop_staging(&dirs.target, &made.path, m.root)?;
-    Ok(format!("{}: undid the interrupted rollback", m.target.display()))
+    Ok(format!(
+        "{}: undid the interrupted rollback",
+        m.target.display()
+    ))
 }
 
 /// Whether a dead run's record shows a half-moved mount point (a journal without `done`).
@@ -358,7 +387,9 @@ fn undo_journal(dirs: &Dirs, journal: &Path) -> Result<()> {
             unapply(step, t, &new, &old)?;
         }
     }
-    rustix::fs::fsync(t).map_err(io::Error::from).context("syncing the mount point")
+    rustix::fs::fsync(t)
+        .map_err(io::Error::from)
+        .context("syncing the mount point")
 }
 
 fn ino_of(dir: &OwnedFd, name: &[u8]) -> Option<u64> {
@@ -390,8 +421,14 @@ fn exchange_works(staging: &OwnedFd) -> bool {
     let made = rustix::fs::openat(staging, "probe-a", flags, mode).is_ok()
         && rustix::fs::openat(staging, "probe-b", flags, mode).is_ok();
     let ok = made
-        && rustix::fs::renameat_with(staging, "probe-a", staging, "probe-b", RenameFlags::EXCHANGE)
-            .is_ok();
+        && rustix::fs::renameat_with(
+            staging,
+            "probe-a",
+            staging,
+            "probe-b",
+            RenameFlags::EXCHANGE,
+        )
+        .is_ok();
     let _ = rustix::fs::unlinkat(staging, "probe-a", AtFlags::empty());
     let _ = rustix::fs::unlinkat(staging, "probe-b", AtFlags::empty());
     ok
@@ -504,7 +541,6 @@ mod tests {
         assert_eq!(unescape(b"/plain"), b"/plain");
     }
 
-
     fn tree(p: &Path) -> Vec<String> {
         let mut v: Vec<String> = walkdir::WalkDir::new(p)
             .min_depth(1)
@@ -542,7 +578,12 @@ mod tests {
             let t = d.path().join("t");
             with_old(&t);
             let before = tree(&t);
-            let mut run = ActiveRun::begin(&d.path().join("runs"), "p", crate::records::RunCommand::Rollback).unwrap();
+            let mut run = ActiveRun::begin(
+                &d.path().join("runs"),
+                "p",
+                crate::records::RunCommand::Rollback,
+            )
+            .unwrap();
             let mut m = staged(&t, &mut run);
             m.no_exchange = !exchange;
             m.swap(Some(&mut run)).unwrap();
@@ -565,7 +606,11 @@ mod tests {
         let name = m.staging.file_name().unwrap().as_bytes().to_vec();
         let cur = entries(&m.dirs.target, Some(&name)).unwrap();
         let new_fd = m.dirs.child("new").unwrap();
-        let new: Vec<Vec<u8>> = entries(&new_fd, None).unwrap().into_iter().map(|(n, _)| n).collect();
+        let new: Vec<Vec<u8>> = entries(&new_fd, None)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         let old_fd = m.dirs.child("old").unwrap();
         let mut j = Journal::create(&m.journal_path).unwrap();
         for step in plan_steps(&cur, &new, true).iter().take(2) {
@@ -597,6 +642,9 @@ mod tests {
         std::os::unix::fs::symlink(&host, &m.staging).unwrap();
         assert!(recover(&rec.mounts[0], &rec.made[0]).is_err());
         assert_eq!(fs::read_dir(&host).unwrap().count(), 0);
-        assert!(fs::symlink_metadata(&m.staging).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(&m.staging)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

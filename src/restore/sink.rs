@@ -99,7 +99,11 @@ impl VolumeOut {
             bail!("refusing to write unsafe entry {why}");
         }
         let Some(rel) = below(&self.folder, path) else {
-            bail!("refusing to write {}: not in {}", String::from_utf8_lossy(path), String::from_utf8_lossy(&self.folder));
+            bail!(
+                "refusing to write {}: not in {}",
+                String::from_utf8_lossy(path),
+                String::from_utf8_lossy(&self.folder)
+            );
         };
         let link = match kind {
             tar::EntryType::Link => link.and_then(|l| below(&self.folder, l)),
@@ -171,8 +175,18 @@ mod tests {
                 .filter(|e| !e.path().starts_with(&root))
                 .map(|e| {
                     let m = fs::symlink_metadata(e.path()).unwrap();
-                    let body = if m.is_file() { fs::read(e.path()).unwrap() } else { Vec::new() };
-                    format!("{} {:o} {} {} {body:?}", e.path().display(), m.mode(), m.nlink(), m.len())
+                    let body = if m.is_file() {
+                        fs::read(e.path()).unwrap()
+                    } else {
+                        Vec::new()
+                    };
+                    format!(
+                        "{} {:o} {} {} {body:?}",
+                        e.path().display(),
+                        m.mode(),
+                        m.nlink(),
+                        m.len()
+                    )
                 })
                 .collect();
             v.sort();
@@ -205,8 +219,16 @@ mod tests {
     }
 
     fn link_target(base: &Path) -> impl Strategy<Value = Vec<u8>> {
-        let outside = base.join("outside").to_string_lossy().into_owned().into_bytes();
-        let secret = base.join("outside/secret").to_string_lossy().into_owned().into_bytes();
+        let outside = base
+            .join("outside")
+            .to_string_lossy()
+            .into_owned()
+            .into_bytes();
+        let secret = base
+            .join("outside/secret")
+            .to_string_lossy()
+            .into_owned()
+            .into_bytes();
         prop_oneof![
             Just(outside),
             Just(secret),
@@ -254,7 +276,14 @@ mod tests {
     fn write_all(s: &Sentinel, ops: &[Op], checked: bool) {
         let w = HostWriter::new(&s.root()).unwrap();
         let mut out = VolumeOut::new(b"binds/v", Box::new(w));
-        let _ = out.write_parts(b"binds/v", tar::EntryType::Directory, attrs(), None, 0, &mut &b""[..]);
+        let _ = out.write_parts(
+            b"binds/v",
+            tar::EntryType::Directory,
+            attrs(),
+            None,
+            0,
+            &mut &b""[..],
+        );
         for o in ops {
             let (p, kind, link) = match o {
                 Op::Dir(p) => (p, tar::EntryType::Directory, None),
@@ -270,7 +299,13 @@ mod tests {
                     tar::EntryType::Link => link.map(|l| below(b"binds/v", l).unwrap_or(l)),
                     _ => link,
                 };
-                let e = Entry { rel, kind, attrs: attrs(), size: 6, link };
+                let e = Entry {
+                    rel,
+                    kind,
+                    attrs: attrs(),
+                    size: 6,
+                    link,
+                };
                 out.sink.write(&e, &mut &b"hacked"[..])
             };
         }
@@ -310,7 +345,8 @@ mod tests {
         let out = s.base.join("outside");
         let mut w = HostWriter::new(&s.root()).unwrap();
         w.dir(b"", &attrs()).unwrap();
-        w.symlink(b"ln", &attrs(), out.as_os_str().as_encoded_bytes()).unwrap();
+        w.symlink(b"ln", &attrs(), out.as_os_str().as_encoded_bytes())
+            .unwrap();
         let through = w.file(b"ln/x", &attrs(), &mut &b"x"[..]).unwrap_err();
         assert!(format!("{through:#}").contains("ln/x"), "{through:#}");
         let same = w.file(b"ln", &attrs(), &mut &b"x"[..]).unwrap_err();
@@ -320,7 +356,10 @@ mod tests {
         assert!(w.file(b"../escape", &attrs(), &mut &b"x"[..]).is_err());
         assert!(w.file(b"a/../../escape", &attrs(), &mut &b"x"[..]).is_err());
         assert!(!s.base.join("outside/x").exists() && !s.base.join("parent/escape").exists());
-        assert_eq!(fs::metadata(s.base.join("outside/secret")).unwrap().nlink(), 1);
+        assert_eq!(
+            fs::metadata(s.base.join("outside/secret")).unwrap().nlink(),
+            1
+        );
     }
 
     #[test]
@@ -333,7 +372,8 @@ mod tests {
         w.dir(b"", &attrs()).unwrap();
         w.dir(b"d", &attrs()).unwrap();
         w.file(b"d/ok", &attrs(), &mut &b"ok"[..]).unwrap();
-        w.symlink(b"d/ln", &attrs(), out.as_os_str().as_encoded_bytes()).unwrap();
+        w.symlink(b"d/ln", &attrs(), out.as_os_str().as_encoded_bytes())
+            .unwrap();
         assert!(w.file(b"d/ln/x", &attrs(), &mut &b"x"[..]).is_err());
         assert!(w.hardlink(b"h", b"d/ln/secret").is_err());
         w.hardlink(b"h2", b"d/ok").unwrap();

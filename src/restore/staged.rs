@@ -51,7 +51,7 @@ pub fn run(
         )
         .into());
     }
-    crate::fault::point("rollback-staged");
+    crate::fault::point(crate::fault::Fault::RollbackStaged);
     let started = std::time::Instant::now();
     swap_while_stopped(ctx, row, &plan, &mut txn, &steps, project)?;
     let downtime_ms = started.elapsed().as_millis() as u64;
@@ -60,13 +60,13 @@ pub fn run(
         downtime_ms as f64 / 1000.0
     ));
     run_of(&mut txn)?.phase(Phase::SafetyAfter)?;
-    crate::fault::point("rollback-safety-after");
+    crate::fault::point(crate::fault::Fault::RollbackSafetyAfter);
     let safety = if opts.no_safety_backup {
         None
     } else {
         let labels = super::restored_labels(&plan);
         let previous = txn.previous();
-        let safety = crate::fault::fail("rollback-safety").and_then(|()| {
+        let safety = crate::fault::fail(crate::fault::Fault::RollbackSafety).and_then(|()| {
             let recipients = &plan.safety_recipients;
             super::safety_of(ctx, project, catalog, &labels, recipients, &previous)
         });
@@ -103,7 +103,10 @@ fn stage(
     steps: &[&Step],
     txn: &mut Transaction<'_>,
 ) -> Result<()> {
-    let archive = plan.archive.clone().context("the plan has no verified archive")?;
+    let archive = plan
+        .archive
+        .clone()
+        .context("the plan has no verified archive")?;
     apply::extract(ctx, project, &archive, steps, txn)?;
     let swaps = txn.swap_records()?;
     run_of(txn)?.swaps(swaps, &plan.safety_recipients, opts.no_safety_backup)
@@ -127,7 +130,7 @@ fn swap_while_stopped(
         .and_then(|()| services::stop(&ctx.docker, &ctx.compose, &plan.running))
         .and_then(|()| run_of(txn)?.phase(Phase::Swapping))
         .and_then(|()| {
-            crate::fault::point("rollback-restoring");
+            crate::fault::point(crate::fault::Fault::RollbackRestoring);
             txn.swap_all()
         });
     let undone = match &swapped {

@@ -32,7 +32,10 @@ pub fn rebind(
     let mut out = Vec::new();
     let mut warnings = Vec::new();
     for v in &m.volumes {
-        let mut rec = match declared.iter().find(|d| matches(v, d, &m.project_dir, project_dir)) {
+        let mut rec = match declared
+            .iter()
+            .find(|d| matches(v, d, &m.project_dir, project_dir))
+        {
             Some(d) => bound(v, d, project, &mut warnings),
             None if kept_reason(v, req, project_dir).is_some() => v.clone(),
             None => return Err(unmatched(v, req.backup_id)),
@@ -131,10 +134,11 @@ fn with_compose_labels(
     let mut out = declared.clone();
     out.insert("com.docker.compose.project".into(), project.into());
     out.insert("com.docker.compose.volume".into(), key.into());
-    if let Some(v) = archived
-        .get("com.docker.compose.version")
-        .filter(|v| v.len() <= 32 && v.chars().all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c)))
-    {
+    if let Some(v) = archived.get("com.docker.compose.version").filter(|v| {
+        v.len() <= 32
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
+    }) {
         out.insert("com.docker.compose.version".into(), v.clone());
     }
     out
@@ -189,7 +193,10 @@ mod tests {
             is_file: false,
             role: Role::Data,
             driver: Some("local".into()),
-            driver_opts: BTreeMap::from([("type".into(), "none".into()), ("device".into(), "/root".into())]),
+            driver_opts: BTreeMap::from([
+                ("type".into(), "none".into()),
+                ("device".into(), "/root".into()),
+            ]),
             labels: BTreeMap::from([("com.docker.compose.project".into(), "evil".into())]),
             mounts: Vec::new(),
             archive_path: format!("x/{}", name.or(source).unwrap_or("")),
@@ -252,8 +259,12 @@ mod tests {
             record(VolumeKind::Bind, None, Some("/srv/shared")),
         ]);
         let declared = [bind("/new/proj/data"), bind("/srv/shared")];
-        let counted = BTreeMap::from([("x//old/proj/data".to_string(), Counted { bytes: 5, files: 2 })]);
-        let (out, _) = rebind(&m, "p", Path::new("/new/proj"), &declared, &req(), &counted).unwrap();
+        let counted = BTreeMap::from([(
+            "x//old/proj/data".to_string(),
+            Counted { bytes: 5, files: 2 },
+        )]);
+        let (out, _) =
+            rebind(&m, "p", Path::new("/new/proj"), &declared, &req(), &counted).unwrap();
         assert_eq!(out[0].source.as_deref(), Some(Path::new("/new/proj/data")));
         assert_eq!((out[0].bytes, out[0].file_count), (5, 2));
         assert_eq!(out[1].source.as_deref(), Some(Path::new("/srv/shared")));
@@ -264,8 +275,15 @@ mod tests {
     fn an_undeclared_target_is_refused_by_name_unless_excluded() {
         let m = manifest(vec![record(VolumeKind::Bind, None, Some("/home"))]);
         let declared = [bind("/new/proj/data")];
-        let err = rebind(&m, "p", Path::new("/new/proj"), &declared, &req(), &BTreeMap::new())
-            .unwrap_err();
+        let err = rebind(
+            &m,
+            "p",
+            Path::new("/new/proj"),
+            &declared,
+            &req(),
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "backup #7 holds bind /home, which the project does not declare now: declare it again, or pass --exclude /home; nothing was changed"
@@ -275,16 +293,30 @@ mod tests {
             excludes: vec!["/home".into()],
             ..req()
         };
-        let (out, _) =
-            rebind(&m, "p", Path::new("/new/proj"), &declared, &excluded, &BTreeMap::new()).unwrap();
+        let (out, _) = rebind(
+            &m,
+            "p",
+            Path::new("/new/proj"),
+            &declared,
+            &excluded,
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(out.len(), 1);
     }
 
     #[test]
     fn named_volumes_take_name_driver_options_and_labels_from_the_compose_file() {
         let m = manifest(vec![record(VolumeKind::Volume, Some("db"), None)]);
-        let (out, warnings) =
-            rebind(&m, "p", Path::new("/p"), &[volume("db")], &req(), &BTreeMap::new()).unwrap();
+        let (out, warnings) = rebind(
+            &m,
+            "p",
+            Path::new("/p"),
+            &[volume("db")],
+            &req(),
+            &BTreeMap::new(),
+        )
+        .unwrap();
         let v = &out[0];
         assert_eq!(v.name.as_deref(), Some("p_db"));
         assert_eq!(v.driver, None);
@@ -292,8 +324,19 @@ mod tests {
         assert_eq!(v.labels["com.docker.compose.project"], "p");
         assert_eq!(v.labels["com.docker.compose.volume"], "db");
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("driver options differ"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("driver options differ"),
+            "{warnings:?}"
+        );
         let other = manifest(vec![record(VolumeKind::Volume, Some("cache"), None)]);
-        assert!(rebind(&other, "p", Path::new("/p"), &[volume("db")], &req(), &BTreeMap::new()).is_err());
+        assert!(rebind(
+            &other,
+            "p",
+            Path::new("/p"),
+            &[volume("db")],
+            &req(),
+            &BTreeMap::new()
+        )
+        .is_err());
     }
 }

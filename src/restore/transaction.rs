@@ -83,10 +83,13 @@ impl<'r> Transaction<'r> {
             .with_context(|| format!("reading {} ({})", target.display(), step.target))?;
         for e in entries {
             let name = e?.file_name();
-            crate::hostfs::owned::remove_at(&dir, std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()))
-                .with_context(|| format!("emptying {}", target.display()))?;
+            crate::hostfs::owned::remove_at(
+                &dir,
+                std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()),
+            )
+            .with_context(|| format!("emptying {}", target.display()))?;
         }
-        crate::fault::point("in-place-emptied");
+        crate::fault::point(crate::fault::Fault::InPlaceEmptied);
         host::HostWriter::new(target)
     }
 
@@ -164,7 +167,7 @@ impl<'r> Transaction<'r> {
                     s.target.display()
                 ));
             }
-            crate::fault::point("rollback-removing-previous");
+            crate::fault::point(crate::fault::Fault::RollbackRemovingPrevious);
         }
         self.removed_services
     }

@@ -39,17 +39,28 @@ fn big(test: &str, mib: usize) -> Option<(Project, String)> {
 /// Waits (20 s at most) until a command pins backup `id` for reading (its holder file says
 /// `what`): from then on it reads that backup.
 fn wait_pinned(p: &Project, id: &str, what: &str) {
-    let holder = p.catalog().parent().unwrap().join(format!("locks/backup-{id}.holder"));
+    let holder = p
+        .catalog()
+        .parent()
+        .unwrap()
+        .join(format!("locks/backup-{id}.holder"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(&holder).is_ok_and(|h| h.starts_with(what)) {
-        assert!(Instant::now() < deadline, "backup #{id} was never pinned by {what}");
+        assert!(
+            Instant::now() < deadline,
+            "backup #{id} was never pinned by {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 fn ids(p: &Project) -> Vec<String> {
     let rows = p.plugin(&["list", "--format", "json"]).success().json();
-    rows.as_array().unwrap().iter().map(|r| r["id"].to_string()).collect()
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].to_string())
+        .collect()
 }
 
 #[test]
@@ -71,15 +82,26 @@ fn delete_and_prune_during_a_rollback_of_that_backup_leave_it_and_the_rollback_c
     let pruned = p.plugin(&["prune", "--keep-last", "1", "--yes"]);
     match pruned.code {
         0 => assert!(
-            pruned.stderr.contains(&format!("kept backup #{id}: it is in use by a rollback (pid ")),
+            pruned.stderr.contains(&format!(
+                "kept backup #{id}: it is in use by a rollback (pid "
+            )),
             "{}",
             pruned.stderr
         ),
-        9 => assert!(pruned.error_line().contains("is busy: a rollback (pid "), "{}", pruned.stderr),
+        9 => assert!(
+            pruned.error_line().contains("is busy: a rollback (pid "),
+            "{}",
+            pruned.stderr
+        ),
         other => panic!("prune exit {other}: {}", pruned.stderr),
     }
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!p.path("data/changed").exists(), "rolled back");
     let left = ids(&p);
     assert!(left.contains(&id) && left.contains(&newer), "{left:?}");
@@ -116,7 +138,12 @@ fn a_storage_folder_that_fills_during_the_write_is_exit_10_and_leaves_nothing() 
     p.up();
     let full = [("NUWAX_BACKUP_TEST_FAIL_AT", "create-writing")];
     let run = p.plugin_env(&full, &["create", "--stop"]).failure(10);
-    assert!(run.error_line().ends_with("No space left on device (os error 28)"), "{}", run.stderr);
+    assert!(
+        run.error_line()
+            .ends_with("No space left on device (os error 28)"),
+        "{}",
+        run.stderr
+    );
     assert!(entries_starting(&[&p.path("backups")], ".nuwax-partial-").is_empty());
     assert_eq!(p.statuses(), ["failed"]);
     running(&p);
@@ -156,7 +183,10 @@ fn a_rollback_killed_while_writing_its_safety_backup_leaves_no_partial_after_rec
     let run = p.plugin_env(&kill, &["rollback", &id, "--yes"]);
     assert_ne!(run.code, 0, "the kill seam did not fire: {}", run.stderr);
     let status = p.plugin(&["status", "--format", "json"]).success().json();
-    assert_eq!(status["interrupted_run"]["phase"], "safety-before", "{status}");
+    assert_eq!(
+        status["interrupted_run"]["phase"], "safety-before",
+        "{status}"
+    );
     assert!(!entries_starting(&[&p.path("backups")], ".nuwax-partial-").is_empty());
     p.plugin(&["recover"]).success();
     let left = entries_starting(&[&p.path("backups")], ".nuwax-partial-");
@@ -179,16 +209,25 @@ fn in_place_larger_than_the_mount_is_refused_before_anything_stops() {
     remount(&t, "15m");
     let before = describe_tree(&p.path("data"));
     let started = |p: &Project| {
-        p.docker(&["inspect", "--format", "{{.State.StartedAt}}", &format!("{}-app-1", p.name)])
-            .success()
-            .stdout
+        p.docker(&[
+            "inspect",
+            "--format",
+            "{{.State.StartedAt}}",
+            &format!("{}-app-1", p.name),
+        ])
+        .success()
+        .stdout
     };
     let at = started(&p);
-    let run = p.plugin(&["rollback", &id, "--yes", "--in-place"]).failure(10);
+    let run = p
+        .plugin(&["rollback", &id, "--yes", "--in-place"])
+        .failure(10);
     let line = run.error_line();
     assert!(
-        line.starts_with(&format!("backup #{id} does not fit in the mount point {}: 20.0 MiB archived, ", p.path("data").display()))
-            && line.ends_with("make it larger, or --exclude it; nothing was changed"),
+        line.starts_with(&format!(
+            "backup #{id} does not fit in the mount point {}: 20.0 MiB archived, ",
+            p.path("data").display()
+        )) && line.ends_with("make it larger, or --exclude it; nothing was changed"),
         "{line}"
     );
     assert_eq!(describe_tree(&p.path("data")), before);
@@ -207,12 +246,28 @@ fn prune_keep_last_keeps_the_newest_manual_backup_after_a_rollback() {
     std::fs::write(p.path("data/v"), "2").unwrap();
     let second = create(&p);
     std::fs::write(p.path("data/v"), "3").unwrap();
-    let rolled = p.plugin(&["rollback", &second, "--yes", "--format", "json"]).success().json();
+    let rolled = p
+        .plugin(&["rollback", &second, "--yes", "--format", "json"])
+        .success()
+        .json();
     let safety = rolled["safety_backup_id"].to_string();
-    let dry = p.plugin(&["prune", "--keep-last", "1", "--dry-run", "--format", "json"]).success().json();
+    let dry = p
+        .plugin(&["prune", "--keep-last", "1", "--dry-run", "--format", "json"])
+        .success()
+        .json();
     let reasons = |id: &str| -> Vec<String> {
-        let row = dry.as_array().unwrap().iter().find(|r| r["id"].to_string() == id).unwrap();
-        row["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect()
+        let row = dry
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"].to_string() == id)
+            .unwrap();
+        row["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(reasons(&second), ["last 1 manual"], "{dry}");
     assert_eq!(reasons(&safety)[0], "last 1 pre-rollback", "{dry}");
@@ -221,7 +276,10 @@ fn prune_keep_last_keeps_the_newest_manual_backup_after_a_rollback() {
     left.sort();
     let mut want = vec![second.clone(), safety.clone()];
     want.sort();
-    assert_eq!(left, want, "the first manual backup goes, the newest manual one stays");
+    assert_eq!(
+        left, want,
+        "the first manual backup goes, the newest manual one stays"
+    );
     assert_eq!(std::fs::read_to_string(p.path("data/v")).unwrap(), "2");
     let _ = (first, PathBuf::new(), Path::new(""));
 }
@@ -254,7 +312,10 @@ fn a_name_the_engine_cannot_carry_exactly_fails_the_backup_naming_it() {
     assert!(entries_starting(&[&p.path("backups")], ".nuwax-partial-").is_empty());
     running(&p);
     // Read from disk, the same volume is archived exactly: both files, by their own names.
-    let row = p.plugin(&["create", "--stop", "--format", "json"]).success().json();
+    let row = p
+        .plugin(&["create", "--stop", "--format", "json"])
+        .success()
+        .json();
     let listing = Command::new("tar")
         .args(["-tzf", row["file_path"].as_str().unwrap()])
         .output()

@@ -390,7 +390,14 @@ fn an_ssh_ed25519_key_encrypts_and_opens_backups() {
         format!("backup #{id} is encrypted and the project names no recipients for the safety backup: pass --recipient KEY (or set x-nuwax-backup.encrypt), or --no-safety-backup")
     );
     assert_eq!(std::fs::read_to_string(p.path("data/conf")).unwrap(), "v2");
-    p.plugin(&["rollback", &id, "--yes", &identity, "--recipient", public.trim()])
-        .success();
+    p.plugin(&[
+        "rollback",
+        &id,
+        "--yes",
+        &identity,
+        "--recipient",
+        public.trim(),
+    ])
+    .success();
     assert_eq!(std::fs::read_to_string(p.path("data/conf")).unwrap(), "v1");
 }

@@ -80,7 +80,12 @@ impl Run {
             .lines()
             .filter_map(|l| l.strip_prefix("docker-nuwax-backup: "))
             .collect();
-        assert_eq!(lines.len(), 1, "expected one error line\nstderr:\n{}", self.stderr);
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one error line\nstderr:\n{}",
+            self.stderr
+        );
         lines[0]
     }
 

@@ -90,7 +90,11 @@ fn entry<'a>(bind: bool, rel: &'a str, kind: tar::EntryType, link: &str) -> Forg
         rel,
         kind,
         link: link.to_string(),
-        data: if kind == tar::EntryType::Regular { b"owned" } else { b"" },
+        data: if kind == tar::EntryType::Regular {
+            b"owned"
+        } else {
+            b""
+        },
     }
 }
 
@@ -140,7 +144,15 @@ pub fn forge(good: &Path, out: &Path, extra: &[Forged], edit: &dyn Fn(&mut serde
             .unwrap()
             .to_string()
     };
-    let mut lines = String::from_utf8(entries.iter().find(|e| e.1 == b"manifest-files.jsonl").unwrap().2.clone()).unwrap();
+    let mut lines = String::from_utf8(
+        entries
+            .iter()
+            .find(|e| e.1 == b"manifest-files.jsonl")
+            .unwrap()
+            .2
+            .clone(),
+    )
+    .unwrap();
     let mut added: Vec<(tar::Header, Vec<u8>)> = Vec::new();
     for f in extra {
         let dir = folder(f.bind);
@@ -149,7 +161,12 @@ pub fn forge(good: &Path, out: &Path, extra: &[Forged], edit: &dyn Fn(&mut serde
             tar::EntryType::Link => format!("{dir}/{}", f.link),
             _ => f.link.clone(),
         };
-        let h = raw_header(full.as_bytes(), f.kind, link.as_bytes(), f.data.len() as u64);
+        let h = raw_header(
+            full.as_bytes(),
+            f.kind,
+            link.as_bytes(),
+            f.data.len() as u64,
+        );
         added.push((h, f.data.to_vec()));
         let kind = match f.kind {
             tar::EntryType::Directory => "dir",
@@ -170,7 +187,10 @@ pub fn forge(good: &Path, out: &Path, extra: &[Forged], edit: &dyn Fn(&mut serde
         lines.push_str(&format!("{line}\n"));
     }
     edit(&mut m);
-    let gz = flate2::write::GzEncoder::new(std::fs::File::create(out).unwrap(), flate2::Compression::fast());
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(out).unwrap(),
+        flate2::Compression::fast(),
+    );
     let mut b = tar::Builder::new(gz);
     for (h, name, data) in &entries {
         if name == b"manifest-files.jsonl" || name == b"manifest.json" {
@@ -181,8 +201,16 @@ pub fn forge(good: &Path, out: &Path, extra: &[Forged], edit: &dyn Fn(&mut serde
     for (h, data) in &added {
         b.append(h, &data[..]).unwrap();
     }
-    for (name, data) in [("manifest-files.jsonl", lines.into_bytes()), ("manifest.json", serde_json::to_vec(&m).unwrap())] {
-        let h = raw_header(name.as_bytes(), tar::EntryType::Regular, b"", data.len() as u64);
+    for (name, data) in [
+        ("manifest-files.jsonl", lines.into_bytes()),
+        ("manifest.json", serde_json::to_vec(&m).unwrap()),
+    ] {
+        let h = raw_header(
+            name.as_bytes(),
+            tar::EntryType::Regular,
+            b"",
+            data.len() as u64,
+        );
         b.append(&h, &data[..]).unwrap();
     }
     b.into_inner().unwrap().finish().unwrap();
@@ -190,7 +218,13 @@ pub fn forge(good: &Path, out: &Path, extra: &[Forged], edit: &dyn Fn(&mut serde
 
 fn archive_of(p: &Project, id: &str) -> PathBuf {
     let rows = p.plugin(&["list", "--format", "json"]).success().json();
-    let row = rows.as_array().unwrap().iter().find(|r| r["id"].to_string() == id).unwrap().clone();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"].to_string() == id)
+        .unwrap()
+        .clone();
     PathBuf::from(row["file_path"].as_str().unwrap())
 }
 
@@ -206,22 +240,34 @@ fn unsafe_cases<'a>(sentinel: &Path) -> Vec<(&'static str, Vec<Forged<'a>>, &'st
     vec![
         (
             "dot-through-symlink",
-            vec![entry(true, "ln", Symlink, &s), entry(true, "./ln/planted", Regular, "")],
+            vec![
+                entry(true, "ln", Symlink, &s),
+                entry(true, "./ln/planted", Regular, ""),
+            ],
             "binds/data/./ln/planted: a `.` component",
         ),
         (
             "dot-hard-link",
-            vec![entry(true, "ln", Symlink, &s), entry(true, "pw", Link, "./ln/secret")],
+            vec![
+                entry(true, "ln", Symlink, &s),
+                entry(true, "pw", Link, "./ln/secret"),
+            ],
             "a `.` component",
         ),
         (
             "same-path-as-symlink",
-            vec![entry(true, "f", Symlink, &format!("{s}/secret")), entry(true, "f", Regular, "")],
+            vec![
+                entry(true, "f", Symlink, &format!("{s}/secret")),
+                entry(true, "f", Regular, ""),
+            ],
             "binds/data/f: repeats the path of an earlier entry",
         ),
         (
             "volume-dot-through-symlink",
-            vec![entry(false, "ln", Symlink, &s), entry(false, "ln/./planted", Regular, "")],
+            vec![
+                entry(false, "ln", Symlink, &s),
+                entry(false, "ln/./planted", Regular, ""),
+            ],
             "a `.` component",
         ),
     ]
@@ -234,23 +280,36 @@ fn archives_that_write_outside_their_targets_are_refused_whichever_way_they_come
     };
     let sentinel = Sentinel::new("entries");
     let before = sentinel.snapshot();
-    let id = p.plugin(&["create", "--stop", "--format", "json"]).success().json()["id"].to_string();
+    let id = p
+        .plugin(&["create", "--stop", "--format", "json"])
+        .success()
+        .json()["id"]
+        .to_string();
     let good = archive_of(&p, &id);
     let evil = tempfile::tempdir().unwrap();
     std::fs::write(p.path("data/a.txt"), "changed since").unwrap();
     let state0 = state(&p);
     for (name, extra, why) in unsafe_cases(&sentinel.0) {
-        let file = evil.path().join(format!("backup_manual_v1_2026-01-01_00-00-0{}.tar.gz", name.len() % 10));
+        let file = evil.path().join(format!(
+            "backup_manual_v1_2026-01-01_00-00-0{}.tar.gz",
+            name.len() % 10
+        ));
         forge(&good, &file, &extra, &|_| {});
         // `import FILE` verifies before it records anything.
         let imported = p.plugin(&["import", file.to_str().unwrap()]).failure(12);
-        assert!(imported.error_line().contains(why), "{name}: {}", imported.stderr);
+        assert!(
+            imported.error_line().contains(why),
+            "{name}: {}",
+            imported.stderr
+        );
         // A catalog row that trusts the file (its true checksum): rollback verifies first.
         let row = trust(&p, &file);
         let rolled = p.plugin(&["rollback", &row, "--yes"]).failure(12);
         let line = rolled.error_line();
         assert!(
-            line.starts_with(&format!("backup #{row} failed verification, nothing was changed: unsafe entry")) && line.contains(why),
+            line.starts_with(&format!(
+                "backup #{row} failed verification, nothing was changed: unsafe entry"
+            )) && line.contains(why),
             "{name}: {line}"
         );
         assert_eq!(sentinel.snapshot(), before, "{name}: the sentinel changed");
@@ -266,13 +325,19 @@ fn targets_come_from_the_compose_file_never_from_the_manifest() {
     };
     let sentinel = Sentinel::new("targets");
     let before = sentinel.snapshot();
-    let id = p.plugin(&["create", "--stop", "--format", "json"]).success().json()["id"].to_string();
+    let id = p
+        .plugin(&["create", "--stop", "--format", "json"])
+        .success()
+        .json()["id"]
+        .to_string();
     let good = archive_of(&p, &id);
     let evil = tempfile::tempdir().unwrap();
     let s = sentinel.0.display().to_string();
 
     // A bind whose recorded source is an undeclared host folder: refused by name (exit 2).
-    let moved = evil.path().join("backup_manual_v1_2026-01-01_00-00-01.tar.gz");
+    let moved = evil
+        .path()
+        .join("backup_manual_v1_2026-01-01_00-00-01.tar.gz");
     forge(&good, &moved, &[], &|m| {
         for v in m["volumes"].as_array_mut().unwrap() {
             if v["kind"] == "bind" {
@@ -280,7 +345,11 @@ fn targets_come_from_the_compose_file_never_from_the_manifest() {
             }
         }
     });
-    let row = p.plugin(&["import", moved.to_str().unwrap(), "--format", "json"]).success().json()[0]["id"].to_string();
+    let row = p
+        .plugin(&["import", moved.to_str().unwrap(), "--format", "json"])
+        .success()
+        .json()[0]["id"]
+        .to_string();
     let state0 = state(&p);
     let refused = p.plugin(&["rollback", &row, "--yes"]).failure(2);
     assert_eq!(
@@ -293,7 +362,9 @@ fn targets_come_from_the_compose_file_never_from_the_manifest() {
     // A named volume whose manifest says `type=none,o=bind,device=<host folder>`, restored
     // after the volume is gone: recreated as the compose file declares it (a warning says
     // the archive differs), filled, and the host folder untouched.
-    let device = evil.path().join("backup_manual_v1_2026-01-01_00-00-02.tar.gz");
+    let device = evil
+        .path()
+        .join("backup_manual_v1_2026-01-01_00-00-02.tar.gz");
     forge(&good, &device, &[], &|m| {
         for v in m["volumes"].as_array_mut().unwrap() {
             if v["kind"] == "volume" {
@@ -310,9 +381,24 @@ fn targets_come_from_the_compose_file_never_from_the_manifest() {
         "{}",
         run.stderr
     );
-    let opts = p.docker(&["volume", "inspect", "--format", "{{json .Options}}", &volume(&p)]).success();
-    assert!(matches!(opts.stdout.trim(), "null" | "{}"), "{}", opts.stdout);
-    assert_eq!(p.in_volume(&volume(&p), "cat /v/v.txt").success().stdout, "volume\n");
+    let opts = p
+        .docker(&[
+            "volume",
+            "inspect",
+            "--format",
+            "{{json .Options}}",
+            &volume(&p),
+        ])
+        .success();
+    assert!(
+        matches!(opts.stdout.trim(), "null" | "{}"),
+        "{}",
+        opts.stdout
+    );
+    assert_eq!(
+        p.in_volume(&volume(&p), "cat /v/v.txt").success().stdout,
+        "volume\n"
+    );
     assert_eq!(sentinel.snapshot(), before);
     let _ = IMAGE;
 }
@@ -330,13 +416,28 @@ fn a_bucket_written_by_someone_else_cannot_reach_outside_the_targets_nor_replace
     let sentinel = Sentinel::new("bucket");
     let before = sentinel.snapshot();
     let row = p
-        .plugin_env(&env, &["create", "--stop", "--remote", "s3://evil/p", "--format", "json"])
+        .plugin_env(
+            &env,
+            &[
+                "create",
+                "--stop",
+                "--remote",
+                "s3://evil/p",
+                "--format",
+                "json",
+            ],
+        )
         .success()
         .json();
     let id = row["id"].to_string();
     let good = archive_of(&p, &id);
     let good_bytes = std::fs::read(&good).unwrap();
-    let key = row["remote_url"].as_str().unwrap().strip_prefix("s3://evil/").unwrap().to_string();
+    let key = row["remote_url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("s3://evil/")
+        .unwrap()
+        .to_string();
 
     // The bucket's copy changed (same size): `rollback --from-remote` checks the download
     // against the catalog before it replaces anything.
@@ -345,16 +446,27 @@ fn a_bucket_written_by_someone_else_cannot_reach_outside_the_targets_nor_replace
     bad[n / 2] ^= 0x40;
     let swapped = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(swapped.path(), &bad).unwrap();
-    s3.boto3(&format!("s3.upload_file('{}', 'evil', '{key}')", swapped.path().display()));
+    s3.boto3(&format!(
+        "s3.upload_file('{}', 'evil', '{key}')",
+        swapped.path().display()
+    ));
     std::fs::write(p.path("data/a.txt"), "changed since").unwrap();
     let state0 = state(&p);
-    let refused = p.plugin_env(&env, &["rollback", &id, "--yes", "--from-remote"]).failure(12);
+    let refused = p
+        .plugin_env(&env, &["rollback", &id, "--yes", "--from-remote"])
+        .failure(12);
     assert!(
-        refused.error_line().starts_with(&format!("backup #{id}: the copy at s3://evil/{key} has SHA-256 ")),
+        refused.error_line().starts_with(&format!(
+            "backup #{id}: the copy at s3://evil/{key} has SHA-256 "
+        )),
         "{}",
         refused.stderr
     );
-    assert_eq!(std::fs::read(&good).unwrap(), good_bytes, "the local archive is as it was");
+    assert_eq!(
+        std::fs::read(&good).unwrap(),
+        good_bytes,
+        "the local archive is as it was"
+    );
     assert_eq!(state(&p), state0);
 
     // A forged archive and a sidecar that vouches for it, imported on a new host.
@@ -373,9 +485,14 @@ fn a_bucket_written_by_someone_else_cannot_reach_outside_the_targets_nor_replace
     ));
     std::fs::remove_dir_all(p.catalog().parent().unwrap()).unwrap();
     std::fs::remove_dir_all(p.path("backups")).unwrap();
-    let imported = p.plugin_env(&env, &["import", "s3://evil/p", "--format", "json"]).success().json();
+    let imported = p
+        .plugin_env(&env, &["import", "s3://evil/p", "--format", "json"])
+        .success()
+        .json();
     let new_id = imported[0]["id"].to_string();
-    let rolled = p.plugin_env(&env, &["rollback", &new_id, "--yes"]).failure(12);
+    let rolled = p
+        .plugin_env(&env, &["rollback", &new_id, "--yes"])
+        .failure(12);
     assert!(rolled.error_line().contains(why), "{}", rolled.stderr);
     assert_eq!(sentinel.snapshot(), before);
     assert_eq!(state(&p), state0);

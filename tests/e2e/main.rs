@@ -1,4 +1,9 @@
 //! End-to-end tests through the real docker CLI, Compose v2 and engine.
+
+#[cfg(not(feature = "fault-injection"))]
+compile_error!(
+    "the end-to-end tests kill runs at fault points: run them with scripts/test.sh (cargo test --features fault-injection)"
+);
 mod capture;
 mod catalog;
 mod complete;
@@ -7,8 +12,8 @@ mod demo;
 mod edges;
 mod encrypt;
 mod fixture;
-mod hostile;
 mod harness;
+mod hostile;
 mod nonroot;
 mod planted;
 mod plugin;

@@ -30,7 +30,8 @@ fn plant(p: &Project, host: &Path) {
          echo 'root 511 4321 4321 0' > /data/$d/new-root; done && echo planted > /data/payload",
         name = p.name
     );
-    p.compose(&["exec", "-T", "app", "sh", "-c", &script]).success();
+    p.compose(&["exec", "-T", "app", "sh", "-c", &script])
+        .success();
 }
 
 fn root_attrs(p: &Path) -> (u32, u32, u32) {
@@ -46,17 +47,27 @@ fn staging_planted_by_a_container_is_reported_and_never_acted_on() {
     std::fs::create_dir_all(p.path("data")).unwrap();
     std::fs::write(p.path("data/a.txt"), "a").unwrap();
     p.up();
-    let id = p.plugin(&["create", "--stop", "--format", "json"]).success().json()["id"].to_string();
+    let id = p
+        .plugin(&["create", "--stop", "--format", "json"])
+        .success()
+        .json()["id"]
+        .to_string();
     let host = Sentinel::new("planted");
     let before = host.snapshot();
     let root = root_attrs(&p.path("data"));
     let planted = [
         p.path("data/.nuwax-restore-1").display().to_string(),
-        p.path(&format!("data/.nuwax-restore-{}-1", p.name)).display().to_string(),
+        p.path(&format!("data/.nuwax-restore-{}-1", p.name))
+            .display()
+            .to_string(),
     ];
     let check = |what: &str| {
         assert_eq!(host.snapshot(), before, "{what}: the host folder changed");
-        assert_eq!(root_attrs(&p.path("data")), root, "{what}: the bind root changed");
+        assert_eq!(
+            root_attrs(&p.path("data")),
+            root,
+            "{what}: the bind root changed"
+        );
         running(&p);
     };
 
@@ -64,14 +75,21 @@ fn staging_planted_by_a_container_is_reported_and_never_acted_on() {
     for args in [&["create", "--stop"][..], &["recover"]] {
         p.plugin(args).success();
         check(args[0]);
-        assert_eq!(std::fs::read_to_string(p.path("data/payload")).unwrap(), "planted\n");
+        assert_eq!(
+            std::fs::read_to_string(p.path("data/payload")).unwrap(),
+            "planted\n"
+        );
     }
     p.compose(&["stop"]).success();
     p.plugin(&["create"]).success();
     p.compose(&["start"]).success();
     check("create");
     let status = p.plugin(&["status", "--format", "json"]).success().json();
-    assert_eq!(status["unknown_staging"], serde_json::json!(planted), "{status}");
+    assert_eq!(
+        status["unknown_staging"],
+        serde_json::json!(planted),
+        "{status}"
+    );
     let table = p.plugin(&["status"]).success();
     assert!(
         table.stdout.contains(&format!("Unknown staging {}: no run record of this project names it, so it is never acted on; check it and remove it by hand", planted[0])),
@@ -123,10 +141,14 @@ fn a_run_record_that_names_host_files_or_that_others_could_write_is_not_obeyed()
     // target are host files.
     let mut create = base.clone();
     create["command"] = "create".into();
-    create["captures"] = serde_json::json!([secret, host.0.join(format!(".nuwax-capture-{}-{dead}-x", p.name))]);
+    create["captures"] = serde_json::json!([
+        secret,
+        host.0.join(format!(".nuwax-capture-{}-{dead}-x", p.name))
+    ]);
     let mut rollback = base.clone();
     rollback["command"] = "rollback".into();
-    rollback["swaps"] = serde_json::json!([{"target": secret, "staging": host.0.join("sub"), "staged_ino": ino}]);
+    rollback["swaps"] =
+        serde_json::json!([{"target": secret, "staging": host.0.join("sub"), "staged_ino": ino}]);
     rollback["in_place"] = serde_json::json!([host.0]);
     rollback["made"] = serde_json::json!([{"path": host.0.join("sub"), "dev": 0, "ino": 0}]);
     for record in [create, rollback] {
@@ -169,7 +191,10 @@ fn a_run_record_that_names_host_files_or_that_others_could_write_is_not_obeyed()
 
 #[test]
 fn projects_whose_binds_share_a_folder_never_remove_each_others_staging() {
-    let shared = tempfile::Builder::new().prefix("nwx-shared-").tempdir().unwrap();
+    let shared = tempfile::Builder::new()
+        .prefix("nwx-shared-")
+        .tempdir()
+        .unwrap();
     let bind = |n: &str| format!("\"{}:/data\"", shared.path().join(n).display());
     let Some(a) = Project::new("shared-a", &yaml(&bind("a"))) else {
         return;
@@ -183,9 +208,15 @@ fn projects_whose_binds_share_a_folder_never_remove_each_others_staging() {
         p.up();
     }
     let backup = |p: &Project| {
-        p.plugin(&["create", "--stop", "--include-external-binds", "--format", "json"])
-            .success()
-            .json()["id"]
+        p.plugin(&[
+            "create",
+            "--stop",
+            "--include-external-binds",
+            "--format",
+            "json",
+        ])
+        .success()
+        .json()["id"]
             .to_string()
     };
     let (ida, idb) = (backup(&a), backup(&b));
@@ -215,11 +246,17 @@ fn projects_whose_binds_share_a_folder_never_remove_each_others_staging() {
         .as_str()
         .unwrap()
         .to_string();
-    let out = std::process::Command::new("tar").args(["--zstd", "-xOf", &safety, "--wildcards", "*/state"]).output().unwrap();
+    let out = std::process::Command::new("tar")
+        .args(["--zstd", "-xOf", &safety, "--wildcards", "*/state"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "v2");
     assert!(entries_starting(&[shared.path()], ".nuwax-restore-").is_empty());
     for n in ["a", "b"] {
-        assert_eq!(std::fs::read_to_string(shared.path().join(n).join("state")).unwrap(), "v1");
+        assert_eq!(
+            std::fs::read_to_string(shared.path().join(n).join("state")).unwrap(),
+            "v1"
+        );
     }
     running(&a);
     running(&b);

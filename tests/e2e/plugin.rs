@@ -47,12 +47,19 @@ fn docker_lists_the_plugin_and_shows_its_help() {
     assert!(help.stdout.contains("status"));
     // As `docker compose --help` says `Usage: docker compose`.
     assert!(
-        help.stdout.contains("Usage: docker nuwaxbackup [OPTIONS] <COMMAND>"),
+        help.stdout
+            .contains("Usage: docker nuwaxbackup [OPTIONS] <COMMAND>"),
         "{}",
         help.stdout
     );
     let standalone = p.standalone(&["--help"]).success();
-    assert!(standalone.stdout.contains("Usage: docker-nuwax-backup [OPTIONS] <COMMAND>"), "{}", standalone.stdout);
+    assert!(
+        standalone
+            .stdout
+            .contains("Usage: docker-nuwax-backup [OPTIONS] <COMMAND>"),
+        "{}",
+        standalone.stdout
+    );
 }
 
 #[test]
@@ -71,10 +78,21 @@ fn completion_into_a_closed_pipe_and_options_before_backup_list_work() {
         .spawn()
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Options before the seed's `backup list`.
-    let listed = p.plugin(&["-p", &p.name, "backup", "list", "--format", "json"]).success();
+    let listed = p
+        .plugin(&["-p", &p.name, "backup", "list", "--format", "json"])
+        .success();
     assert_eq!(listed.json(), serde_json::json!([]));
 }
 

@@ -676,7 +676,11 @@ fn dry_run_shows_the_plan_changes_nothing_and_runs_while_a_create_holds_the_lock
     // the running create writes there (it may finish while they run).
     let row_of = |p: &Project| {
         let rows = p.plugin(&["list", "--format", "json"]).success().json();
-        rows.as_array().unwrap().iter().find(|r| r["id"].to_string() == id).cloned()
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"].to_string() == id)
+            .cloned()
     };
     let stored_of = |p: &Project| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(p.path("backups"))
