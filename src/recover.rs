@@ -59,7 +59,7 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
         refill_in_place(ctx, project, &rec, &targets)?;
     }
     start_again(ctx, &rec)?;
-    runs::remove(&dir, &project.name)?;
+    runs::remove(&dir, &project.name, &rec)?;
     Ok(Recovered {
         started: rec.stopped.clone(),
         interrupted_run: Some(rec),
@@ -67,8 +67,9 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
     })
 }
 
-/// Where the project's volumes are on this host now: bind sources and local volume folders.
-struct Targets(Vec<PathBuf>);
+/// Where the project's volumes are on this host now (bind sources and local volume folders),
+/// each with the volume's label; looked up once per recovery.
+struct Targets(Vec<(String, PathBuf)>);
 
 impl Targets {
     fn of(ctx: &Context, project: &Project) -> Targets {
@@ -76,18 +77,31 @@ impl Targets {
             project
                 .volumes
                 .iter()
-                .filter_map(|v| target_of(ctx, v))
+                .filter_map(|v| Some((v.label(), target_of(ctx, v)?)))
                 .collect(),
         )
     }
 
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.0.iter().map(|(_, p)| p.as_path())
+    }
+
     fn contains(&self, p: &Path) -> bool {
-        self.0.iter().any(|t| t == p)
+        self.paths().any(|t| t == p)
     }
 
     /// Whether `p` is a target, a folder holding one, or `storage`.
     fn is_near(&self, p: &Path, storage: Option<&Path>) -> bool {
-        storage == Some(p) || self.0.iter().any(|t| t == p || t.parent() == Some(p))
+        storage == Some(p) || self.paths().any(|t| t == p || t.parent() == Some(p))
+    }
+
+    /// The labels of the volumes whose targets `keep` accepts.
+    fn labels(&self, keep: impl Fn(&Path) -> bool) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(_, p)| keep(p))
+            .map(|(l, _)| l.clone())
+            .collect()
     }
 }
 
@@ -113,13 +127,13 @@ fn ignored(what: &str, p: &Path) {
     ));
 }
 
-/// The staging folder the record says this run made at `path`, opened and checked.
+/// The staging folder the record says this run made at `path` (not yet checked on disk).
 fn made_at<'a>(rec: &'a RunRecord, path: &Path) -> Option<&'a Made> {
     rec.made.iter().find(|m| m.path == path)
 }
 
-/// The (private folder, name) of a recorded swap's staging, when the record and the disk
-/// agree that the tool made it beside `s.target`, a current target.
+/// Descriptors of a recorded swap's private folder and of the folder holding its target, when
+/// the record and the disk agree that the tool made it beside `s.target`, a current target.
 fn swap_staging(
     rec: &RunRecord,
     project: &str,
@@ -311,12 +325,7 @@ fn finish_staged(
         .iter()
         .map(|(s, _, _)| (s.target.clone(), s.staging.clone()))
         .collect();
-    let labels: Vec<String> = project
-        .volumes
-        .iter()
-        .filter(|v| target_of(ctx, v).is_some_and(|t| previous.contains_key(&t)))
-        .map(|v| v.label())
-        .collect();
+    let labels = targets.labels(|t| previous.contains_key(t));
     crate::restore::safety_of(
         ctx,
         project,
@@ -367,7 +376,7 @@ fn clean_rollback(ctx: &Context, project: &Project, rec: &RunRecord, targets: &T
             Err(e) => warn(format!("{e:#}")),
         }
     }
-    for parent in targets.0.iter().filter_map(|t| t.parent()) {
+    for parent in targets.paths().filter_map(Path::parent) {
         host::clean_stale(parent, &project.name);
     }
     engine::clean_stale(&ctx.docker);

@@ -157,6 +157,13 @@ impl SwapRecord {
 }
 
 impl RunRecord {
+    /// Removes the journals of its mount points (kept beside the record, private).
+    fn remove_journals(&self) {
+        for m in &self.mounts {
+            let _ = std::fs::remove_file(&m.journal);
+        }
+    }
+
     /// What the dead run left stopped, to start again.
     pub fn running(&self) -> Running {
         Running {
@@ -204,14 +211,10 @@ pub fn read(dir: &Path, project: &str) -> Result<Option<RunRecord>> {
     }
 }
 
-/// Removes a dead run's record (after it was recovered), and its journals.
-pub fn remove(dir: &Path, project: &str) -> Result<()> {
+/// Removes a dead run's record `rec` (after it was recovered), and its journals.
+pub fn remove(dir: &Path, project: &str, rec: &RunRecord) -> Result<()> {
     let path = path_of(dir, project);
-    if let Ok(Some(rec)) = read(dir, project) {
-        for m in &rec.mounts {
-            let _ = std::fs::remove_file(&m.journal);
-        }
-    }
+    rec.remove_journals();
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", path.display()))
@@ -380,9 +383,7 @@ impl Drop for ActiveRun {
         if std::thread::panicking() {
             return;
         }
-        for m in &self.record.mounts {
-            let _ = std::fs::remove_file(&m.journal);
-        }
+        self.record.remove_journals();
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -436,11 +437,9 @@ mod tests {
         let dir = d.path().join("runs");
         let run = ActiveRun::begin(&dir, "p", RunCommand::Rollback).unwrap();
         std::mem::forget(run);
-        assert_eq!(
-            read(&dir, "p").unwrap().unwrap().command,
-            RunCommand::Rollback
-        );
-        remove(&dir, "p").unwrap();
+        let rec = read(&dir, "p").unwrap().unwrap();
+        assert_eq!(rec.command, RunCommand::Rollback);
+        remove(&dir, "p", &rec).unwrap();
         assert!(read(&dir, "p").unwrap().is_none());
     }
 

@@ -51,13 +51,7 @@ impl Beneath {
             .parent()
             .context("a restore root has no parent folder")?;
         let base = root.file_name().context("a restore root has no name")?;
-        let parent = rustix::fs::open(
-            parent_path,
-            DIR_FLAGS.difference(OFlags::NOFOLLOW),
-            Mode::empty(),
-        )
-        .map_err(io::Error::from)
-        .with_context(|| format!("opening {}", parent_path.display()))?;
+        let parent = super::owned::open_dir(parent_path)?;
         Ok(Beneath {
             root: root.to_path_buf(),
             base: base.as_bytes().to_vec(),
@@ -220,7 +214,7 @@ impl Dirs {
         }
         let mut cur = rustix::fs::openat(&self.parent, ".", DIR_FLAGS, Mode::empty())?;
         for c in p.split(|b| *b == b'/') {
-            cur = rustix::fs::openat(&cur, c, DIR_FLAGS, Mode::empty())?;
+            cur = super::owned::open_child(&cur, c)?;
         }
         Ok(cur)
     }

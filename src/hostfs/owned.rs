@@ -108,9 +108,21 @@ pub fn open_made(m: &Made) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Whether `st` is what the tool makes: this user's, mode 0700.
+fn is_mine(st: &rustix::fs::Stat) -> bool {
+    st.st_uid == rustix::process::geteuid().as_raw() && st.st_mode & 0o7777 == 0o700
+}
+
+/// Whether `p` is a folder (not a link) the tool could have made: this user's, mode 0700.
+pub fn is_private_dir(p: &Path) -> bool {
+    rustix::fs::lstat(p).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+            && is_mine(&st)
+    })
+}
+
 fn check_mine(st: &rustix::fs::Stat, path: &Path) -> Result<()> {
-    let me = rustix::process::geteuid().as_raw();
-    if st.st_uid != me || st.st_mode & 0o7777 != 0o700 {
+    if !is_mine(st) {
         bail!(
             "{} is not a private folder of this user (owner {}, mode {:o}): left alone",
             path.display(),
@@ -136,19 +148,24 @@ pub fn remove_at(dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
         Err(Errno::ISDIR) | Err(Errno::PERM) => {}
         Err(e) => return Err(e.into()),
     }
-    let child = open_child(dir, name)?;
-    let names: Vec<Vec<u8>> = rustix::fs::Dir::read_from(&child)?
+    empty_dir(&open_child(dir, name)?)?;
+    match rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes everything in the folder open as `dir` (which stays), never following a link.
+pub fn empty_dir(dir: &OwnedFd) -> io::Result<()> {
+    let names: Vec<Vec<u8>> = rustix::fs::Dir::read_from(dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_bytes().to_vec())
         .filter(|n| n != b"." && n != b"..")
         .collect();
     for n in names {
-        remove_at(&child, &n)?;
+        remove_at(dir, &n)?;
     }
-    match rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(())
 }
 
 /// `p`'s parent folder and last name (which must be a plain name).

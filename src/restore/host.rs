@@ -32,7 +32,7 @@ pub fn clean_stale(dir: &Path, project: &str) {
         if p != project || pid == me || !crate::storage::process_gone(&pid.to_string()) {
             continue;
         }
-        if !is_private_dir(&e.path()) {
+        if !owned::is_private_dir(&e.path()) {
             continue;
         }
         let removed =
@@ -49,14 +49,6 @@ pub fn clean_stale(dir: &Path, project: &str) {
             )),
         }
     }
-}
-
-/// A folder (not a link) of this user with mode 0700: what the tool makes.
-fn is_private_dir(p: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(p).is_ok_and(|m| {
-        m.is_dir() && m.uid() == rustix::process::geteuid().as_raw() && m.mode() & 0o7777 == 0o700
-    })
 }
 
 /// One target (a bind, or a named volume's folder) being restored.

@@ -266,18 +266,7 @@ impl InMount {
 }
 
 fn apply(step: &Step, target: &OwnedFd, new: &OwnedFd, old: &OwnedFd) -> Result<()> {
-    let r = match step {
-        Step::Exchange { name, .. } => rustix::fs::renameat_with(
-            new,
-            plain(name)?,
-            target,
-            plain(name)?,
-            RenameFlags::EXCHANGE,
-        ),
-        Step::Out { name } => rustix::fs::renameat(target, plain(name)?, old, plain(name)?),
-        Step::In { name } => rustix::fs::renameat(new, plain(name)?, target, plain(name)?),
-    };
-    r.map_err(io::Error::from).with_context(|| {
+    moved(step, true, target, new, old).with_context(|| {
         format!(
             "moving {:?} ({})",
             String::from_utf8_lossy(step.name()),
@@ -289,19 +278,23 @@ fn apply(step: &Step, target: &OwnedFd, new: &OwnedFd, old: &OwnedFd) -> Result<
 /// Puts back what `step` did: an exchange again, an entry moved out back in from `old/`, an
 /// entry moved in back to `new/`.
 fn unapply(step: &Step, target: &OwnedFd, new: &OwnedFd, old: &OwnedFd) -> Result<()> {
-    let r = match step {
-        Step::Exchange { name, .. } => rustix::fs::renameat_with(
-            new,
-            plain(name)?,
-            target,
-            plain(name)?,
-            RenameFlags::EXCHANGE,
-        ),
-        Step::Out { name } => rustix::fs::renameat(old, plain(name)?, target, plain(name)?),
-        Step::In { name } => rustix::fs::renameat(target, plain(name)?, new, plain(name)?),
+    moved(step, false, target, new, old).with_context(|| format!("undoing {}", step.line()))
+}
+
+/// Makes `step` (`forward`) or its reverse, between the folders' descriptors.
+fn moved(step: &Step, forward: bool, t: &OwnedFd, new: &OwnedFd, old: &OwnedFd) -> Result<()> {
+    let name = plain(step.name())?;
+    let (from, to) = match (step, forward) {
+        (Step::Exchange { .. }, _) => {
+            let r = rustix::fs::renameat_with(new, name, t, name, RenameFlags::EXCHANGE);
+            return Ok(r.map_err(io::Error::from)?);
+        }
+        (Step::Out { .. }, true) => (t, old),
+        (Step::Out { .. }, false) => (old, t),
+        (Step::In { .. }, true) => (new, t),
+        (Step::In { .. }, false) => (t, new),
     };
-    r.map_err(io::Error::from)
-        .with_context(|| format!("undoing {}", step.line()))
+    Ok(rustix::fs::renameat(from, name, to, name).map_err(io::Error::from)?)
 }
 
 /// `name`, when it is one plain path component (journal lines are checked again here).

@@ -79,16 +79,8 @@ impl<'r> Transaction<'r> {
         }
         let dir = crate::hostfs::owned::open_dir(target)
             .with_context(|| format!("opening {} ({})", target.display(), step.target))?;
-        let entries = std::fs::read_dir(target)
-            .with_context(|| format!("reading {} ({})", target.display(), step.target))?;
-        for e in entries {
-            let name = e?.file_name();
-            crate::hostfs::owned::remove_at(
-                &dir,
-                std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()),
-            )
-            .with_context(|| format!("emptying {}", target.display()))?;
-        }
+        crate::hostfs::owned::empty_dir(&dir)
+            .with_context(|| format!("emptying {} ({})", target.display(), step.target))?;
         crate::fault::point(crate::fault::Fault::InPlaceEmptied);
         host::HostWriter::new(target)
     }

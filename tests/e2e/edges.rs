@@ -1,21 +1,15 @@
 //! Reliability edges: a backup deleted under its own rollback, a signal during verify, a disk
 //! that fills during the write, partial safety backups of a killed rollback, a mount point
 //! too small for `--in-place`, and `prune --keep-last` after a rollback.
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::create::random_files;
-use crate::harness::{describe_tree, entries_starting, Project, Tmpfs, DAEMON};
+use crate::harness::{app_running, app_with, describe_tree, entries_starting, Project, Tmpfs};
 
+/// One service `app` with the bind `./data`.
 fn yaml() -> String {
-    format!(
-        "name: {{name}}\nservices:\n  app:\n    image: {{image}}\n    command: {DAEMON}\n    restart: always\n    volumes: [\"./data:/data\"]\n"
-    )
-}
-
-fn running(p: &Project) {
-    assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
+    app_with("\"./data:/data\"")
 }
 
 fn create(p: &Project) -> String {
@@ -105,7 +99,7 @@ fn delete_and_prune_during_a_rollback_of_that_backup_leave_it_and_the_rollback_c
     assert!(!p.path("data/changed").exists(), "rolled back");
     let left = ids(&p);
     assert!(left.contains(&id) && left.contains(&newer), "{left:?}");
-    running(&p);
+    app_running(&p);
 }
 
 #[test]
@@ -126,7 +120,7 @@ fn sigterm_during_a_rollbacks_verify_exits_130_and_changes_nothing() {
         "{stderr}"
     );
     assert_eq!(describe_tree(&p.path("data")), before);
-    running(&p);
+    app_running(&p);
 }
 
 #[test]
@@ -146,18 +140,8 @@ fn a_storage_folder_that_fills_during_the_write_is_exit_10_and_leaves_nothing() 
     );
     assert!(entries_starting(&[&p.path("backups")], ".nuwax-partial-").is_empty());
     assert_eq!(p.statuses(), ["failed"]);
-    running(&p);
+    app_running(&p);
 }
-
-const MOUNTED: &str = r#"
-name: {name}
-services:
-  app:
-    image: {image}
-    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]
-    restart: always
-    volumes: ["./data:/data"]
-"#;
 
 fn remount(t: &Tmpfs, size: &str) {
     let ok = Command::new("mount")
@@ -170,7 +154,7 @@ fn remount(t: &Tmpfs, size: &str) {
 
 #[test]
 fn a_rollback_killed_while_writing_its_safety_backup_leaves_no_partial_after_recover() {
-    let Some(p) = Project::new("safety-kill", MOUNTED) else {
+    let Some(p) = Project::new("safety-kill", &yaml()) else {
         return;
     };
     let _t = Tmpfs::mount(p.path("data"), "32m");
@@ -192,12 +176,12 @@ fn a_rollback_killed_while_writing_its_safety_backup_leaves_no_partial_after_rec
     let left = entries_starting(&[&p.path("backups")], ".nuwax-partial-");
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(describe_tree(&p.path("data")), before, "nothing changed");
-    running(&p);
+    app_running(&p);
 }
 
 #[test]
 fn in_place_larger_than_the_mount_is_refused_before_anything_stops() {
-    let Some(p) = Project::new("inplace-fit", MOUNTED) else {
+    let Some(p) = Project::new("inplace-fit", &yaml()) else {
         return;
     };
     let t = Tmpfs::mount(p.path("data"), "40m");
@@ -242,7 +226,7 @@ fn prune_keep_last_keeps_the_newest_manual_backup_after_a_rollback() {
     std::fs::create_dir_all(p.path("data")).unwrap();
     std::fs::write(p.path("data/v"), "1").unwrap();
     p.up();
-    let first = create(&p);
+    let _first = create(&p);
     std::fs::write(p.path("data/v"), "2").unwrap();
     let second = create(&p);
     std::fs::write(p.path("data/v"), "3").unwrap();
@@ -281,14 +265,11 @@ fn prune_keep_last_keeps_the_newest_manual_backup_after_a_rollback() {
         "the first manual backup goes, the newest manual one stays"
     );
     assert_eq!(std::fs::read_to_string(p.path("data/v")).unwrap(), "2");
-    let _ = (first, PathBuf::new(), Path::new(""));
 }
 
 #[test]
 fn a_name_the_engine_cannot_carry_exactly_fails_the_backup_naming_it() {
-    let yaml = format!(
-        "name: {{name}}\nservices:\n  app:\n    image: {{image}}\n    command: {DAEMON}\n    restart: always\n    volumes: [\"vol:/vol\"]\nvolumes:\n  vol: {{}}\n"
-    );
+    let yaml = app_with("\"vol:/vol\"") + "volumes:\n  vol: {}\n";
     let Some(p) = Project::new("engine-names", &yaml) else {
         return;
     };
@@ -310,7 +291,7 @@ fn a_name_the_engine_cannot_carry_exactly_fails_the_backup_naming_it() {
     );
     assert_eq!(p.statuses(), ["failed"]);
     assert!(entries_starting(&[&p.path("backups")], ".nuwax-partial-").is_empty());
-    running(&p);
+    app_running(&p);
     // Read from disk, the same volume is archived exactly: both files, by their own names.
     let row = p
         .plugin(&["create", "--stop", "--format", "json"])

@@ -10,6 +10,20 @@ pub const IMAGE: &str = "nuwax-test-busybox:latest";
 /// A service command that runs until stopped and exits quickly on SIGTERM.
 pub const DAEMON: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]"#;
 
+/// A project of one persistent service `app` with the volume list `volumes`
+/// (`"./data:/data"`, …).
+pub fn app_with(volumes: &str) -> String {
+    format!(
+        "name: {{name}}\nservices:\n  app:\n    image: {{image}}\n    command: {DAEMON}\n    restart: always\n    volumes: [{volumes}]\n"
+    )
+}
+
+/// `app` of [`app_with`] runs, in its one container.
+#[track_caller]
+pub fn app_running(p: &Project) {
+    assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
+}
+
 fn engine_answers() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {

@@ -217,15 +217,7 @@ pub fn forge(good: &Path, out: &Path, extra: &[Forged], edit: &dyn Fn(&mut serde
 }
 
 fn archive_of(p: &Project, id: &str) -> PathBuf {
-    let rows = p.plugin(&["list", "--format", "json"]).success().json();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"].to_string() == id)
-        .unwrap()
-        .clone();
-    PathBuf::from(row["file_path"].as_str().unwrap())
+    crate::rollback::archive_of(p, id.parse().unwrap())
 }
 
 /// Registers `path` in the catalog with its true SHA-256, as if it were a backup made here.
@@ -273,12 +265,19 @@ fn unsafe_cases<'a>(sentinel: &Path) -> Vec<(&'static str, Vec<Forged<'a>>, &'st
     ]
 }
 
-#[test]
-fn archives_that_write_outside_their_targets_are_refused_whichever_way_they_come() {
-    let Some(p) = project("hostile-entries") else {
-        return;
-    };
-    let sentinel = Sentinel::new("entries");
+/// A project with one good backup (`good`), a sentinel folder as it was (`before`), and a
+/// folder for the forged archives.
+struct Scene {
+    p: Project,
+    sentinel: Sentinel,
+    before: Vec<String>,
+    good: PathBuf,
+    evil: tempfile::TempDir,
+}
+
+fn scene(test: &str) -> Option<Scene> {
+    let p = project(&format!("hostile-{test}"))?;
+    let sentinel = Sentinel::new(test);
     let before = sentinel.snapshot();
     let id = p
         .plugin(&["create", "--stop", "--format", "json"])
@@ -287,6 +286,27 @@ fn archives_that_write_outside_their_targets_are_refused_whichever_way_they_come
         .to_string();
     let good = archive_of(&p, &id);
     let evil = tempfile::tempdir().unwrap();
+    Some(Scene {
+        p,
+        sentinel,
+        before,
+        good,
+        evil,
+    })
+}
+
+#[test]
+fn archives_that_write_outside_their_targets_are_refused_whichever_way_they_come() {
+    let Some(Scene {
+        p,
+        sentinel,
+        before,
+        good,
+        evil,
+    }) = scene("entries")
+    else {
+        return;
+    };
     std::fs::write(p.path("data/a.txt"), "changed since").unwrap();
     let state0 = state(&p);
     for (name, extra, why) in unsafe_cases(&sentinel.0) {
@@ -320,18 +340,16 @@ fn archives_that_write_outside_their_targets_are_refused_whichever_way_they_come
 
 #[test]
 fn targets_come_from_the_compose_file_never_from_the_manifest() {
-    let Some(p) = project("hostile-targets") else {
+    let Some(Scene {
+        p,
+        sentinel,
+        before,
+        good,
+        evil,
+    }) = scene("targets")
+    else {
         return;
     };
-    let sentinel = Sentinel::new("targets");
-    let before = sentinel.snapshot();
-    let id = p
-        .plugin(&["create", "--stop", "--format", "json"])
-        .success()
-        .json()["id"]
-        .to_string();
-    let good = archive_of(&p, &id);
-    let evil = tempfile::tempdir().unwrap();
     let s = sentinel.0.display().to_string();
 
     // A bind whose recorded source is an undeclared host folder: refused by name (exit 2).

@@ -5,18 +5,8 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::harness::{describe_tree, entries_starting, Project, DAEMON};
+use crate::harness::{app_running, app_with, describe_tree, entries_starting, Project};
 use crate::hostile::Sentinel;
-
-fn yaml(binds: &str) -> String {
-    format!(
-        "name: {{name}}\nservices:\n  app:\n    image: {{image}}\n    command: {DAEMON}\n    restart: always\n    volumes: [{binds}]\n"
-    )
-}
-
-fn running(p: &Project) {
-    assert_eq!(p.states("app"), [format!("{}-app-1 running", p.name)]);
-}
 
 /// What a compromised container writes into its bind (mounted at /data): a staging folder
 /// of each spelling, a journal that moves `payload` in, `new`/`old` links to a host folder,
@@ -41,7 +31,7 @@ fn root_attrs(p: &Path) -> (u32, u32, u32) {
 
 #[test]
 fn staging_planted_by_a_container_is_reported_and_never_acted_on() {
-    let Some(p) = Project::new("planted", &yaml("\"./data:/data\"")) else {
+    let Some(p) = Project::new("planted", &app_with("\"./data:/data\"")) else {
         return;
     };
     std::fs::create_dir_all(p.path("data")).unwrap();
@@ -68,7 +58,7 @@ fn staging_planted_by_a_container_is_reported_and_never_acted_on() {
             root,
             "{what}: the bind root changed"
         );
-        running(&p);
+        app_running(&p);
     };
 
     plant(&p, &host.0);
@@ -122,7 +112,7 @@ fn write_record(p: &Project, record: serde_json::Value) {
 
 #[test]
 fn a_run_record_that_names_host_files_or_that_others_could_write_is_not_obeyed() {
-    let Some(p) = Project::new("record", &yaml("\"./data:/data\"")) else {
+    let Some(p) = Project::new("record", &app_with("\"./data:/data\"")) else {
         return;
     };
     std::fs::create_dir_all(p.path("data")).unwrap();
@@ -161,7 +151,7 @@ fn a_run_record_that_names_host_files_or_that_others_could_write_is_not_obeyed()
             run.stderr
         );
         assert_eq!(host.snapshot(), before);
-        running(&p);
+        app_running(&p);
     }
 
     // A record in a folder others can write is refused, naming it and the fix.
@@ -184,7 +174,7 @@ fn a_run_record_that_names_host_files_or_that_others_could_write_is_not_obeyed()
             )
         );
     }
-    running(&p);
+    app_running(&p);
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     p.plugin(&["recover"]).success();
 }
@@ -196,10 +186,10 @@ fn projects_whose_binds_share_a_folder_never_remove_each_others_staging() {
         .tempdir()
         .unwrap();
     let bind = |n: &str| format!("\"{}:/data\"", shared.path().join(n).display());
-    let Some(a) = Project::new("shared-a", &yaml(&bind("a"))) else {
+    let Some(a) = Project::new("shared-a", &app_with(&bind("a"))) else {
         return;
     };
-    let Some(b) = Project::new("shared-b", &yaml(&bind("b"))) else {
+    let Some(b) = Project::new("shared-b", &app_with(&bind("b"))) else {
         return;
     };
     for (p, n) in [(&a, "a"), (&b, "b")] {
@@ -258,6 +248,6 @@ fn projects_whose_binds_share_a_folder_never_remove_each_others_staging() {
             "v1"
         );
     }
-    running(&a);
-    running(&b);
+    app_running(&a);
+    app_running(&b);
 }

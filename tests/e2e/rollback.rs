@@ -259,7 +259,7 @@ fn without_yes_or_id_and_no_terminal_rollback_refuses() {
     assert_eq!(trees(&p), damaged);
 }
 
-fn archive_of(p: &Project, id: i64) -> PathBuf {
+pub(crate) fn archive_of(p: &Project, id: i64) -> PathBuf {
     let conn = rusqlite::Connection::open(p.catalog()).unwrap();
     let path: String = conn
         .query_row("SELECT file_path FROM backups WHERE id = ?1", [id], |r| {
