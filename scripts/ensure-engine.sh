@@ -35,6 +35,9 @@ command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux) # a terminal for the prompt
 command -v age-keygen >/dev/null 2>&1 || need_pkgs+=(age)
 command -v ssh-keygen >/dev/null 2>&1 || need_pkgs+=(openssh-client) # ssh keys as age recipients
 command -v mkfs.xfs >/dev/null 2>&1 || need_pkgs+=(xfsprogs) # reflink captures on a loop XFS
+command -v setfattr >/dev/null 2>&1 || need_pkgs+=(attr) # extended attributes in the fidelity tests
+command -v setfacl >/dev/null 2>&1 || need_pkgs+=(acl)
+command -v setcap >/dev/null 2>&1 || need_pkgs+=(libcap2-bin)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     apt_install "${need_pkgs[@]}"

@@ -5,7 +5,9 @@ use anyhow::{bail, Result};
 
 use super::hashing::HashingReader;
 use super::manifest::{path_text, EntryKind, FileEntry, FileLine, RootAttrs};
+use super::sparse::DataMap;
 use super::writer::{ArchiveWriter, Attrs};
+use super::xattrs::{manifest_map, Xattrs};
 
 /// Called with the byte count of every read: progress, and `Err` to cancel.
 pub type OnRead<'a> = &'a dyn Fn(u64) -> io::Result<()>;
@@ -54,7 +56,7 @@ impl<'a> Collector<'a> {
         &mut self,
         rel: &[u8],
         kind: EntryKind,
-        a: &Attrs,
+        (a, x): (&Attrs, &Xattrs),
         size: u64,
         blake3: Option<String>,
         link: Option<&[u8]>,
@@ -78,6 +80,7 @@ impl<'a> Collector<'a> {
             size,
             blake3,
             link: link.map(|l| String::from_utf8_lossy(l).into_owned()),
+            xattrs: manifest_map(x),
         };
         let line = FileLine {
             volume: String::from_utf8_lossy(&self.prefix).into_owned(),
@@ -88,32 +91,45 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
-    pub fn dir(&mut self, rel: &[u8], a: &Attrs) -> Result<()> {
-        self.writer.append_dir(&self.archive_path(rel), a)?;
-        self.record(rel, EntryKind::Dir, a, 0, None, None)
+    pub fn dir(&mut self, rel: &[u8], a: &Attrs, x: &Xattrs) -> Result<()> {
+        self.writer.append_dir(&self.archive_path(rel), a, x)?;
+        self.record(rel, EntryKind::Dir, (a, x), 0, None, None)
     }
 
-    /// A regular file of `size` bytes; fails if `data` does not yield exactly that many.
-    pub fn file<R: Read>(&mut self, rel: &[u8], a: &Attrs, size: u64, data: R) -> Result<()> {
-        let mut hashing = HashingReader::new(data.take(size), self.on_read);
+    /// A regular file of `size` bytes; fails if `data` does not yield exactly that many. With
+    /// a `map` (a file with holes), `data` yields only the map's data ranges.
+    pub fn file<R: Read>(
+        &mut self,
+        rel: &[u8],
+        (a, x): (&Attrs, &Xattrs),
+        size: u64,
+        map: Option<&DataMap>,
+        data: R,
+    ) -> Result<()> {
+        let (stored, gaps) = match map {
+            Some(m) => (m.stored(), m.gaps()),
+            None => (size, Vec::new()),
+        };
+        let mut hashing = HashingReader::new(data.take(stored), self.on_read).with_gaps(gaps);
         let path = self.archive_path(rel);
-        self.writer.append_file(&path, a, size, &mut hashing)?;
+        self.writer
+            .append_file(&path, (a, x), size, map, &mut hashing)?;
         let (read, sha) = hashing.finish();
-        if read != size {
+        if read != stored {
             bail!(
-                "{} changed size while it was read ({size} bytes expected, {read} read)",
+                "{} changed size while it was read ({stored} bytes expected, {read} read)",
                 String::from_utf8_lossy(rel)
             );
         }
         self.file_count += 1;
         self.bytes += size;
-        self.record(rel, EntryKind::File, a, size, Some(sha), None)
+        self.record(rel, EntryKind::File, (a, x), size, Some(sha), None)
     }
 
-    pub fn symlink(&mut self, rel: &[u8], a: &Attrs, target: &[u8]) -> Result<()> {
+    pub fn symlink(&mut self, rel: &[u8], (a, x): (&Attrs, &Xattrs), target: &[u8]) -> Result<()> {
         self.writer
-            .append_symlink(&self.archive_path(rel), a, target)?;
-        self.record(rel, EntryKind::Symlink, a, 0, None, Some(target))
+            .append_symlink(&self.archive_path(rel), (a, x), target)?;
+        self.record(rel, EntryKind::Symlink, (a, x), 0, None, Some(target))
     }
 
     /// A hard link to `target_rel`, a path of this volume appended before.
@@ -121,6 +137,13 @@ impl<'a> Collector<'a> {
         let target = self.archive_path(target_rel);
         self.writer
             .append_hardlink(&self.archive_path(rel), a, &target)?;
-        self.record(rel, EntryKind::Hardlink, a, 0, None, Some(target_rel))
+        self.record(
+            rel,
+            EntryKind::Hardlink,
+            (a, &Xattrs::new()),
+            0,
+            None,
+            Some(target_rel),
+        )
     }
 }

@@ -23,7 +23,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 
 use super::collector::Collector;
 use super::handover::{Handover, CAPTURE_MARK};
+use super::sparse::{self, DataMap};
 use super::writer::Attrs;
+use super::xattrs::{self, On, Xattrs};
 
 /// Files up to this size are read by the walker thread.
 const SMALL: u64 = 64 << 10;
@@ -38,17 +40,18 @@ const BATCH_OPEN: usize = 16;
 
 /// One entry, as the walker found it.
 enum Found {
-    Dir(Vec<u8>, Attrs),
-    Symlink(Vec<u8>, Attrs, Vec<u8>),
+    Dir(Vec<u8>, Attrs, Xattrs),
+    Symlink(Vec<u8>, Attrs, Xattrs, Vec<u8>),
     /// A hard link to a file of the same walk, by its path.
     Hardlink(Vec<u8>, Attrs, Vec<u8>),
-    File(Vec<u8>, Attrs, u64, Content),
+    File(Vec<u8>, Attrs, Xattrs, u64, Content),
     Skipped(String),
 }
 
 enum Content {
     Read(Vec<u8>),
-    Open(ReadAhead),
+    /// A large file, and where its data is when it has holes.
+    Open(ReadAhead, Option<DataMap>),
 }
 
 /// How far ahead of the writer the kernel is asked to read a large file, in steps of this.
@@ -92,6 +95,15 @@ impl ReadAhead {
         self.asked += AHEAD;
     }
 
+    /// Goes on reading at `offset` (a sparse file's next data range).
+    fn jump(&mut self, offset: u64) -> io::Result<()> {
+        self.file.seek(io::SeekFrom::Start(offset))?;
+        self.pos = offset;
+        self.asked = offset;
+        self.ask();
+        Ok(())
+    }
+
     fn step(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos + AHEAD / 2 >= self.asked && self.asked < self.size {
             self.ask();
@@ -128,6 +140,35 @@ impl Read for ReadAhead {
                 self.step(buf)
             }
         }
+    }
+}
+
+/// The data ranges of a sparse file, one after the other (holes are never read).
+struct DataRanges<'a> {
+    inner: ReadAhead,
+    ranges: std::slice::Iter<'a, (u64, u64)>,
+    left: u64,
+}
+
+impl Read for DataRanges<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.left == 0 {
+            let Some(&(offset, len)) = self.ranges.next() else {
+                return Ok(0);
+            };
+            self.inner.jump(offset)?;
+            self.left = len;
+        }
+        let want = buf.len().min(self.left as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was read",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 
@@ -176,12 +217,20 @@ pub fn collect(
 /// Appends one found entry to the archive.
 fn take(found: Found, c: &mut Collector<'_>, warn: &mut dyn FnMut(String)) -> Result<()> {
     match found {
-        Found::Dir(rel, a) => c.dir(&rel, &a),
-        Found::Symlink(rel, a, target) => c.symlink(&rel, &a, &target),
+        Found::Dir(rel, a, x) => c.dir(&rel, &a, &x),
+        Found::Symlink(rel, a, x, target) => c.symlink(&rel, (&a, &x), &target),
         Found::Hardlink(rel, a, first) => c.hardlink(&rel, &a, &first),
-        Found::File(rel, a, size, content) => match content {
-            Content::Read(bytes) => c.file(&rel, &a, size, bytes.as_slice()),
-            Content::Open(f) => c.file(&rel, &a, size, f),
+        Found::File(rel, a, x, size, content) => match content {
+            Content::Read(bytes) => c.file(&rel, (&a, &x), size, None, bytes.as_slice()),
+            Content::Open(f, None) => c.file(&rel, (&a, &x), size, None, f),
+            Content::Open(f, Some(map)) => {
+                let ranges = DataRanges {
+                    inner: f,
+                    ranges: map.data.iter(),
+                    left: 0,
+                };
+                c.file(&rel, (&a, &x), size, Some(&map), ranges)
+            }
         }
         .with_context(|| format!("reading {}", String::from_utf8_lossy(&rel))),
         Found::Skipped(why) => {
@@ -214,7 +263,7 @@ struct Walker {
 
 /// A large file opened, or a small one read.
 enum Opened {
-    Large(File),
+    Large(File, Option<DataMap>),
     Small(Vec<u8>),
 }
 
@@ -286,12 +335,13 @@ impl Walker {
                 return self.folder(at, path, rel, a);
             }
             FileType::Symlink => {
-                let target = self
+                let (target, x) = self
                     .on(at, |s| {
-                        Ok(rustix::fs::readlinkat(s.dir, s.name, Vec::new())?)
+                        let target = rustix::fs::readlinkat(s.dir, s.name, Vec::new())?;
+                        Ok((target, xattrs::read(On::Link(&s.path()))?))
                     })
                     .with_context(|| format!("reading link {}", path.display()))?;
-                Found::Symlink(rel, a, target.into_bytes())
+                Found::Symlink(rel, a, x, target.into_bytes())
             }
             FileType::RegularFile => self.file(at, path, rel, a, st)?,
             _ => Found::Skipped(format!(
@@ -318,45 +368,52 @@ impl Walker {
             self.inodes.insert(key, rel.clone());
         }
         let size = st.st_size as u64;
+        // Blocks for fewer bytes than the size: there may be holes, asked of the filesystem.
+        let holes = (st.st_blocks as u64) * 512 < size;
         // Opened and (when small) read at once: a live file is never read after the hand-over.
-        let (opened, live) = self
+        let (opened, x, live) = self
             .on(at, |s| {
                 let flags = OFlags::RDONLY | s.no_follow() | OFlags::CLOEXEC;
                 let mut f = File::from(rustix::fs::openat(s.dir, s.name, flags, Mode::empty())?);
+                let x = xattrs::read(On::Fd(f.as_fd()))?;
                 match size > SMALL {
-                    true => Ok((Opened::Large(f), s.live)),
-                    false => Ok((Opened::Small(read_small(&mut f, size as usize)?), s.live)),
+                    true => {
+                        let map = holes.then(|| sparse::map_of(&f, size)).transpose()?;
+                        Ok((Opened::Large(f, map.flatten()), x, s.live))
+                    }
+                    false => Ok((Opened::Small(read_small(&mut f, size as usize)?), x, s.live)),
                 }
             })
             .with_context(|| format!("reading {}", path.display()))?;
         let content = match opened {
             Opened::Small(bytes) => Content::Read(bytes),
-            Opened::Large(f) => {
+            Opened::Large(f, map) => {
                 let reopen = self
                     .handover
                     .clone()
                     .filter(|_| live)
                     .map(|h| (h, rel.clone()));
-                Content::Open(ReadAhead::open(f, size, reopen))
+                Content::Open(ReadAhead::open(f, size, reopen), map)
             }
         };
-        Ok(Found::File(rel, a, size, content))
+        Ok(Found::File(rel, a, x, size, content))
     }
 
     /// A folder, then its entries sorted by name.
     fn folder(&mut self, at: At<'_>, path: &Path, rel: Vec<u8>, a: Attrs) -> Result<bool> {
-        if !self.send(Found::Dir(rel.clone(), a)) {
-            return Ok(false);
-        }
         // Opened and listed at once, for the same reason as a file.
-        let (fd, listed, live) = self
+        let (fd, listed, x, live) = self
             .on(at, |s| {
                 let flags = OFlags::RDONLY | OFlags::DIRECTORY | s.no_follow() | OFlags::CLOEXEC;
                 let fd = rustix::fs::openat(s.dir, s.name, flags, Mode::empty())?;
                 let listed = names(&fd)?;
-                Ok((fd, listed, s.live))
+                let x = xattrs::read(On::Fd(fd.as_fd()))?;
+                Ok((fd, listed, x, s.live))
             })
             .with_context(|| format!("reading {}", path.display()))?;
+        if !self.send(Found::Dir(rel.clone(), a, x)) {
+            return Ok(false);
+        }
         let folder = Folder {
             fd,
             live,
@@ -392,7 +449,7 @@ impl Walker {
     fn send(&mut self, f: Found) -> bool {
         match &f {
             Found::File(.., Content::Read(bytes)) => self.batch.bytes += bytes.len(),
-            Found::File(.., Content::Open(_)) => self.batch.open += 1,
+            Found::File(.., Content::Open(..)) => self.batch.open += 1,
             _ => {}
         }
         self.batch.entries.push(f);
@@ -472,6 +529,18 @@ struct Spot<'a> {
 }
 
 impl Spot<'_> {
+    /// A path to the entry that names it through its folder's descriptor (for calls that
+    /// take only a path, with the last name not followed).
+    fn path(self) -> PathBuf {
+        if self.root {
+            return PathBuf::from(OsStr::from_bytes(self.name));
+        }
+        use std::os::fd::AsRawFd;
+        let mut p = PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
+        p.push(OsStr::from_bytes(self.name));
+        p
+    }
+
     fn no_follow(self) -> OFlags {
         match self.root {
             true => OFlags::empty(),

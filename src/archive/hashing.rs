@@ -53,6 +53,9 @@ pub struct HashingReader<'a, R> {
     hasher: blake3::Hasher,
     count: u64,
     on_read: &'a dyn Fn(u64) -> io::Result<()>,
+    /// Zeros hashed in between (a sparse file's holes): `(after this many bytes, zeros)`.
+    gaps: Vec<(u64, u64)>,
+    next_gap: usize,
 }
 
 impl<'a, R: Read> HashingReader<'a, R> {
@@ -62,18 +65,51 @@ impl<'a, R: Read> HashingReader<'a, R> {
             hasher: blake3::Hasher::new(),
             count: 0,
             on_read,
+            gaps: Vec::new(),
+            next_gap: 0,
         }
     }
 
+    /// Hashes the zeros of `gaps` where they lie between the bytes read: the digest is of
+    /// the logical content of a file whose data alone is read.
+    pub fn with_gaps(mut self, gaps: Vec<(u64, u64)>) -> Self {
+        self.gaps = gaps;
+        self
+    }
+
+    /// Hashes the gaps due after the bytes read so far; returns how many bytes may be read
+    /// before the next one.
+    fn fill_gaps(&mut self) -> Option<u64> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        while let Some(&(at, zeros)) = self.gaps.get(self.next_gap) {
+            if at > self.count {
+                return Some(at - self.count);
+            }
+            let mut left = zeros;
+            while left > 0 {
+                let n = left.min(ZEROS.len() as u64);
+                self.hasher.update(&ZEROS[..n as usize]);
+                left -= n;
+            }
+            self.next_gap += 1;
+        }
+        None
+    }
+
     /// (bytes read, BLAKE3 hex)
-    pub fn finish(self) -> (u64, String) {
+    pub fn finish(mut self) -> (u64, String) {
+        self.fill_gaps();
         (self.count, self.hasher.finalize().to_hex().to_string())
     }
 }
 
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let limit = match self.fill_gaps() {
+            Some(before_gap) => buf.len().min(before_gap as usize),
+            None => buf.len(),
+        };
+        let n = self.inner.read(&mut buf[..limit])?;
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
         (self.on_read)(n as u64)?;

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::records::{BackupType, Role, VolumeKind};
 
 /// Bumped when a reader of an older tool could misread an archive.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: entries may carry extended attributes (PAX `SCHILY.xattr.`, listed in the files'
+/// lines) and files may be stored sparse (GNU sparse headers).
+pub const FORMAT_VERSION: u32 = 2;
 /// The manifest's name inside the archive (the last entry).
 pub const MANIFEST_PATH: &str = "manifest.json";
 /// One JSON object per archived entry (a [`FileLine`]), just before the manifest. Kept out of
@@ -132,6 +134,9 @@ pub struct FileEntry {
     /// Symlink target, or the hardlink's first path (relative to the volume root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// Extended attributes by name, values in hex (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xattrs: Option<BTreeMap<String, String>>,
 }
 
 /// A line of [`FILES_PATH`]: an entry and the archive folder of its volume.

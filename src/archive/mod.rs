@@ -8,9 +8,11 @@ pub mod manifest;
 pub mod names;
 pub mod reader;
 pub mod safety;
+pub mod sparse;
 pub mod stream_source;
 mod verify;
 pub mod writer;
+pub mod xattrs;
 
 pub use manifest::VolumeRecord;
 pub use writer::{ArchiveWriter, Codec};

@@ -39,9 +39,10 @@ impl PathChecker {
         let shown = String::from_utf8_lossy(path);
         let made = match kind {
             tar::EntryType::Directory => Made::Dir,
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => {
-                Made::File
-            }
+            tar::EntryType::Regular
+            | tar::EntryType::Continuous
+            | tar::EntryType::GNUSparse
+            | tar::EntryType::Link => Made::File,
             tar::EntryType::Symlink => Made::Symlink,
             other => {
                 return Some(format!(

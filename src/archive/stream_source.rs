@@ -5,7 +5,9 @@ use std::io::Read;
 use anyhow::{Context, Result};
 
 use super::collector::Collector;
+use super::sparse::{self, DataMap};
 use super::writer::Attrs;
+use super::xattrs::{self, Xattrs};
 
 /// `./a/b` → `a/b`; `./` and `.` → `` (the root).
 fn relative(p: &[u8]) -> Vec<u8> {
@@ -88,8 +90,9 @@ pub fn collect<R: Read>(
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, stream));
     let mut seen = Seen(Default::default(), Default::default());
     for entry in archive.entries().context("reading the tar stream")? {
-        let entry = entry.context("reading the tar stream")?;
+        let mut entry = entry.context("reading the tar stream")?;
         crate::cancel::check()?;
+        let (x, map) = extended(&mut entry, origin)?;
         let h = entry.header();
         let Some(rel) = scope.place(&entry.path_bytes()) else {
             continue;
@@ -104,17 +107,17 @@ pub fn collect<R: Read>(
             mtime: h.mtime().unwrap_or(0),
         };
         match h.entry_type() {
-            tar::EntryType::Directory => c.dir(&rel, &a)?,
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.size();
-                c.file(&rel, &a, size, entry)?;
+            tar::EntryType::Directory => c.dir(&rel, &a, &x)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let size = map.as_ref().map_or(entry.size(), |m| m.size);
+                c.file(&rel, (&a, &x), size, map.as_ref(), entry)?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .map(|t| t.into_owned())
                     .unwrap_or_default();
-                c.symlink(&rel, &a, &target)?;
+                c.symlink(&rel, (&a, &x), &target)?;
             }
             tar::EntryType::Link => {
                 let target = relative(&entry.link_name_bytes().unwrap_or_default());
@@ -127,6 +130,26 @@ pub fn collect<R: Read>(
         }
     }
     Ok(())
+}
+
+/// An entry's extended attributes, and (in a pack) the map of a file stored sparse.
+fn extended<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    origin: Origin,
+) -> Result<(Xattrs, Option<DataMap>)> {
+    let mut map = None;
+    if origin == Origin::Pack {
+        for r in entry.pax_extensions()?.into_iter().flatten() {
+            let r = r?;
+            if r.key() == Ok(sparse::PACK_KEY) {
+                map = Some(
+                    DataMap::from_record(r.value_bytes())
+                        .context("a bad sparse map in the pack")?,
+                );
+            }
+        }
+    }
+    Ok((xattrs::of_entry(entry)?, map))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use super::manifest::{EntryKind, FileLine, Manifest, FILES_PATH, MANIFEST_PATH};
 use super::reader::{copy_into_hasher, open_file, volume_of, At, VerifiedFile};
 use super::safety::PathChecker;
+use super::xattrs::{self, Xattrs};
 use crate::crypto::Keyring;
 
 /// What a verified archive holds.
@@ -66,6 +67,7 @@ struct Seen {
     kind: EntryKind,
     size: u64,
     blake3: Option<String>,
+    xattrs: Xattrs,
 }
 
 /// Running digests of the entries and of the manifest's lines, in the same encoding.
@@ -85,6 +87,13 @@ fn feed(h: &mut blake3::Hasher, full: &[u8], seen: &Seen) {
     if seen.kind == EntryKind::File {
         h.update(&seen.size.to_le_bytes());
         h.update(seen.blake3.as_deref().unwrap_or("").as_bytes());
+    }
+    // Format 1 entries have none: their encoding is unchanged.
+    for (name, value) in &seen.xattrs {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(&(value.len() as u64).to_le_bytes());
+        h.update(value);
     }
 }
 
@@ -263,20 +272,34 @@ fn parse_line(line: &[u8], n: usize) -> Result<(Vec<u8>, Seen)> {
         full.push(b'/');
         full.extend_from_slice(&rel);
     }
+    let mut xattrs = Xattrs::new();
+    for (name, value) in l.entry.xattrs.unwrap_or_default() {
+        let value = hex::decode(value)
+            .ok()
+            .with_context(|| format!("bad xattrs value of {name} on line {n}"))?;
+        xattrs.push((name, value));
+    }
     let seen = Seen {
         kind: l.entry.kind,
         size: l.entry.size,
         blake3: l.entry.blake3,
+        xattrs,
     };
     Ok((full, seen))
 }
 
 /// What an entry holds, for comparison with its manifest line (files hashed with BLAKE3).
-fn seen_of(kind: tar::EntryType, entry: &mut dyn Read, buf: &mut [u8]) -> Result<Seen> {
+fn seen_of<R: Read>(
+    kind: tar::EntryType,
+    entry: &mut tar::Entry<'_, R>,
+    buf: &mut [u8],
+) -> Result<Seen> {
+    let xattrs = xattrs::of_entry(entry).map_err(damaged)?;
     let plain = |kind| Seen {
         kind,
         size: 0,
         blake3: None,
+        xattrs: xattrs.clone(),
     };
     Ok(match kind {
         tar::EntryType::Directory => plain(EntryKind::Dir),
@@ -289,6 +312,7 @@ fn seen_of(kind: tar::EntryType, entry: &mut dyn Read, buf: &mut [u8]) -> Result
                 kind: EntryKind::File,
                 size: n,
                 blake3: Some(h.finalize().to_hex().to_string()),
+                xattrs,
             }
         }
     })
@@ -344,6 +368,9 @@ fn check_lines(bytes: &[u8], seen: &HashMap<Vec<u8>, Seen>) -> Result<()> {
         }
         if got.kind == EntryKind::File && (got.size != want.size || got.blake3 != want.blake3) {
             bail!("{shown}: content differs from the manifest (size or BLAKE3)");
+        }
+        if got.xattrs != want.xattrs {
+            bail!("{shown}: extended attributes differ from the manifest");
         }
         listed += 1;
     }

@@ -12,6 +12,8 @@ use gzp::par::compress::{ParCompress, ParCompressBuilder};
 use gzp::ZWriter;
 
 use super::hashing::HashingWriter;
+use super::sparse::DataMap;
+use super::xattrs::Xattrs;
 use crate::crypto::Recipients;
 
 /// Input bytes per gzip member: large enough that the lost 32 KiB of history costs well
@@ -232,7 +234,8 @@ impl ArchiveWriter {
         Ok(ArchiveWriter { builder })
     }
 
-    pub fn append_dir(&mut self, path: &[u8], attrs: &Attrs) -> Result<()> {
+    pub fn append_dir(&mut self, path: &[u8], attrs: &Attrs, xattrs: &Xattrs) -> Result<()> {
+        self.extended(path, xattrs)?;
         let mut h = header(tar::EntryType::Directory, attrs, 0);
         self.builder
             .append_data(&mut h, as_path(path), io::empty())
@@ -240,20 +243,38 @@ impl ArchiveWriter {
     }
 
     /// Appends a regular file of `size` bytes read from `data` (which must yield exactly that).
+    /// With a `map`, the file has holes: `data` yields only the map's data ranges, stored
+    /// under a GNU sparse header.
     pub fn append_file<R: Read>(
         &mut self,
         path: &[u8],
-        attrs: &Attrs,
+        (attrs, xattrs): (&Attrs, &Xattrs),
         size: u64,
+        map: Option<&DataMap>,
         data: R,
     ) -> Result<()> {
+        self.extended(path, xattrs)?;
         let mut h = header(tar::EntryType::Regular, attrs, size);
+        let ext = match map {
+            Some(m) => {
+                let (sparse, ext) = m.gnu_header(&h);
+                h = sparse;
+                ext
+            }
+            None => Vec::new(),
+        };
         self.builder
-            .append_data(&mut h, as_path(path), data)
+            .append_data(&mut h, as_path(path), io::Cursor::new(ext).chain(data))
             .with_context(|| describe(path))
     }
 
-    pub fn append_symlink(&mut self, path: &[u8], attrs: &Attrs, target: &[u8]) -> Result<()> {
+    pub fn append_symlink(
+        &mut self,
+        path: &[u8],
+        (attrs, xattrs): (&Attrs, &Xattrs),
+        target: &[u8],
+    ) -> Result<()> {
+        self.extended(path, xattrs)?;
         let mut h = header(tar::EntryType::Symlink, attrs, 0);
         self.builder
             .append_link(&mut h, as_path(path), as_path(target))
@@ -268,6 +289,18 @@ impl ArchiveWriter {
             .with_context(|| describe(path))
     }
 
+    /// The PAX header carrying an entry's extended attributes, when it has any.
+    fn extended(&mut self, path: &[u8], xattrs: &Xattrs) -> Result<()> {
+        if xattrs.is_empty() {
+            return Ok(());
+        }
+        let block = super::xattrs::pax_block(&super::xattrs::pax_records(xattrs));
+        self.builder
+            .get_mut()
+            .write_all(&block)
+            .with_context(|| describe(path))
+    }
+
     /// A small file made by us (the manifest, copies of compose files).
     pub fn append_bytes(&mut self, path: &str, data: &[u8], mtime: u64) -> Result<()> {
         let attrs = Attrs {
@@ -276,7 +309,14 @@ impl ArchiveWriter {
             gid: 0,
             mtime,
         };
-        self.append_file(path.as_bytes(), &attrs, data.len() as u64, data)
+        let none = Xattrs::new();
+        self.append_file(
+            path.as_bytes(),
+            (&attrs, &none),
+            data.len() as u64,
+            None,
+            data,
+        )
     }
 
     /// Writes the tar end, flushes the compressor, seals the output (fsync, or completion).
@@ -331,16 +371,17 @@ mod tests {
             gid: 998,
             mtime: 1_700_000_000,
         };
-        w.append_dir(b"v", &attrs).unwrap();
+        let x = Xattrs::new();
+        w.append_dir(b"v", &attrs, &x).unwrap();
         let big = vec![7u8; 3 * GZIP_BLOCK + 5];
-        w.append_file(b"v/big", &attrs, big.len() as u64, &big[..])
+        w.append_file(b"v/big", (&attrs, &x), big.len() as u64, None, &big[..])
             .unwrap();
         let long = format!("v/{}", "n".repeat(150));
-        w.append_file(long.as_bytes(), &attrs, 1, &b"x"[..])
+        w.append_file(long.as_bytes(), (&attrs, &x), 1, None, &b"x"[..])
             .unwrap();
-        w.append_symlink(b"v/s", &attrs, b"big").unwrap();
+        w.append_symlink(b"v/s", (&attrs, &x), b"big").unwrap();
         w.append_hardlink(b"v/h", &attrs, b"v/big").unwrap();
-        w.append_file(b"v/\xff\xfe", &attrs, 0, io::empty())
+        w.append_file(b"v/\xff\xfe", (&attrs, &x), 0, None, io::empty())
             .unwrap();
         let fin = w.finish().unwrap();
         assert_eq!(fin.size, std::fs::metadata(&path).unwrap().len());

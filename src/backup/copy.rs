@@ -12,8 +12,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
+use crate::archive::sparse;
 use crate::archive::writer::Attrs;
+use crate::archive::xattrs::{self, On, Xattrs};
 use crate::restore::host::{set_attrs, times_of};
+use std::os::fd::AsFd;
 
 pub use crate::archive::handover::CAPTURE_MARK;
 
@@ -96,6 +99,7 @@ struct Job {
     to: PathBuf,
     len: u64,
     attrs: Attrs,
+    xattrs: Xattrs,
 }
 
 #[derive(Default)]
@@ -124,7 +128,13 @@ fn worker(rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>, reflink: bool) 
         let Ok(job) = job else {
             return Ok(n);
         };
-        if copy_file(&job.from, &job.to, job.len, &job.attrs, reflink)? {
+        if copy_file(
+            &job.from,
+            &job.to,
+            job.len,
+            (&job.attrs, &job.xattrs),
+            reflink,
+        )? {
             n.cloned += 1;
         } else {
             n.copied += 1;
@@ -134,8 +144,15 @@ fn worker(rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>, reflink: bool) 
 }
 
 /// Copies one file's bytes (a reflink clone when `reflink` and the filesystem allows it:
-/// `true`; else the kernel's copy), then its owner, mode and time, on the open file.
-fn copy_file(from: &Path, to: &Path, len: u64, attrs: &Attrs, reflink: bool) -> Result<bool> {
+/// `true`; else the kernel's copy, holes kept), then its owner, mode and time, then its
+/// extended attributes (after the owner change, which clears a capability), on the open file.
+fn copy_file(
+    from: &Path,
+    to: &Path,
+    len: u64,
+    (attrs, x): (&Attrs, &Xattrs),
+    reflink: bool,
+) -> Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
     let input = File::open(from).with_context(|| format!("opening {}", from.display()))?;
     // Made with its permission bits (less the umask), so that often no chmod is needed.
@@ -152,6 +169,7 @@ fn copy_file(from: &Path, to: &Path, len: u64, attrs: &Attrs, reflink: bool) -> 
     }
     set_open_attrs(&output, attrs)
         .with_context(|| format!("setting owner, mode and time of {}", to.display()))?;
+    set_xattrs(On::Fd(output.as_fd()), x, to)?;
     Ok(cloned)
 }
 
@@ -174,13 +192,26 @@ fn set_open_attrs(f: &File, a: &Attrs) -> io::Result<()> {
     Ok(())
 }
 
+/// A capture is exact or fails: an attribute this filesystem refuses is an error.
+fn set_xattrs(on: On<'_>, x: &Xattrs, to: &Path) -> Result<()> {
+    if x.is_empty() {
+        return Ok(());
+    }
+    let refused = xattrs::apply(on, x)
+        .with_context(|| format!("setting the extended attributes of {}", to.display()))?;
+    match refused.first() {
+        Some(r) => anyhow::bail!("{}: the capture's filesystem refused {r}", to.display()),
+        None => Ok(()),
+    }
+}
+
 struct Copier {
     reflink: bool,
     out: Copied,
     /// The copy of each multiply-linked file, by (device, inode) of the original.
     inodes: HashMap<(u64, u64), PathBuf>,
     /// Folders and their attributes, applied last (writing into a folder changes its mtime).
-    dirs: Vec<(PathBuf, Attrs)>,
+    dirs: Vec<(PathBuf, Attrs, Xattrs)>,
     /// Where single-linked files go (the copy threads); `None` once the walk is over.
     jobs: Option<std::sync::mpsc::SyncSender<Job>>,
 }
@@ -191,19 +222,31 @@ impl Copier {
         let ft = e.meta.file_type();
         if ft.is_dir() {
             fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
-            self.dirs.push((to.to_path_buf(), e.attrs));
+            // What a new folder inherits from its parent's default ACL is not the original's.
+            for acl in ["system.posix_acl_default", "system.posix_acl_access"] {
+                let _ = rustix::fs::lremovexattr(to, acl);
+            }
+            self.dirs
+                .push((to.to_path_buf(), e.attrs, e.xattrs.clone()));
         } else if ft.is_symlink() {
             let target = fs::read_link(e.from)?;
             std::os::unix::fs::symlink(&target, to)
                 .with_context(|| format!("creating link {}", to.display()))?;
             set_attrs(to, &e.attrs, true)?;
+            set_xattrs(On::Link(to), &e.xattrs, to)?;
         } else {
-            self.file(e.from, to, &e.meta, &e.attrs)?;
+            self.file(e.from, to, &e.meta, (&e.attrs, &e.xattrs))?;
         }
         Ok(())
     }
 
-    fn file(&mut self, from: &Path, to: &Path, m: &fs::Metadata, a: &Attrs) -> Result<()> {
+    fn file(
+        &mut self,
+        from: &Path,
+        to: &Path,
+        m: &fs::Metadata,
+        (a, x): (&Attrs, &Xattrs),
+    ) -> Result<()> {
         if m.nlink() == 1 {
             if let Some(jobs) = &self.jobs {
                 let job = Job {
@@ -211,6 +254,7 @@ impl Copier {
                     to: to.to_path_buf(),
                     len: m.len(),
                     attrs: *a,
+                    xattrs: x.clone(),
                 };
                 // A closed channel means every copy thread failed: its error is reported.
                 return jobs
@@ -224,7 +268,7 @@ impl Copier {
                 .with_context(|| format!("creating hard link {}", to.display()));
         }
         self.inodes.insert(key, to.to_path_buf());
-        if copy_file(from, to, m.len(), a, self.reflink)? {
+        if copy_file(from, to, m.len(), (a, x), self.reflink)? {
             self.out.cloned += 1;
         } else {
             self.out.copied += 1;
@@ -235,30 +279,59 @@ impl Copier {
 
     fn finish(mut self) -> Result<Copied> {
         self.dirs
-            .sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
-        for (p, a) in &self.dirs {
+            .sort_by_key(|(p, ..)| std::cmp::Reverse(p.as_os_str().len()));
+        for (p, a, x) in &self.dirs {
             set_attrs(p, a, false)?;
+            set_xattrs(On::Link(p), x, p)?;
         }
         Ok(self.out)
     }
 }
 
-/// The kernel copies (`copy_file_range`); a plain read/write loop where it cannot.
+/// The kernel copies (`copy_file_range`), only the data of a file with holes (the holes
+/// stay holes); a plain read/write loop where it cannot.
 fn copy_bytes(input: &File, output: &File, len: u64) -> io::Result<()> {
-    let mut left = len;
-    while left > 0 {
-        let chunk = left.min(1 << 30) as usize;
-        match rustix::fs::copy_file_range(input, None, output, None, chunk) {
-            Ok(0) => break,
-            Ok(n) => left -= n as u64,
-            Err(_) if left == len => {
-                let mut r = input;
-                let mut w = output;
-                io::copy(&mut r, &mut w)?;
-                return Ok(());
-            }
+    let holes = rustix::fs::fstat(input)?.st_blocks as u64 * 512 < len;
+    let map = match holes {
+        true => sparse::map_of(input, len)?,
+        false => None,
+    };
+    let Some(map) = map else {
+        return copy_range(input, output, 0, len);
+    };
+    for &(at, n) in &map.data {
+        copy_range(input, output, at, n)?;
+    }
+    output.set_len(len)
+}
+
+/// `len` bytes at `at` of `input` to the same place in `output`.
+fn copy_range(input: &File, output: &File, at: u64, len: u64) -> io::Result<()> {
+    let (mut from, mut to, end) = (at, at, at + len);
+    while from < end {
+        let chunk = (end - from).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(input, Some(&mut from), output, Some(&mut to), chunk) {
+            Ok(0) => return Err(io::Error::other("it shrank while it was copied")),
+            Ok(_) => {}
+            Err(_) if from == at => return copy_through(input, output, at, len),
             Err(e) => return Err(e.into()),
         }
+    }
+    Ok(())
+}
+
+fn copy_through(input: &File, output: &File, at: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let want = (len - done).min(buf.len() as u64) as usize;
+        let n = input.read_at(&mut buf[..want], at + done)?;
+        if n == 0 {
+            return Err(io::Error::other("it shrank while it was copied"));
+        }
+        output.write_all_at(&buf[..n], at + done)?;
+        done += n as u64;
     }
     Ok(())
 }

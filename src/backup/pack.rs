@@ -23,7 +23,9 @@ use std::sync::mpsc;
 
 use anyhow::{Context as _, Result};
 
+use crate::archive::sparse;
 use crate::archive::writer::Attrs;
+use crate::archive::xattrs;
 
 const BLOCK: u64 = 512;
 
@@ -35,9 +37,11 @@ pub struct Packed {
     pub skipped: Vec<String>,
 }
 
-/// One file's bytes, for the copy thread: `len` bytes of `from` at `at` in the pack.
+/// One file's bytes, for the copy thread: `len` bytes of `from` from `src_at` to `at` in
+/// the pack (a file with holes is one job per data range).
 struct Job {
     from: PathBuf,
+    src_at: u64,
     at: u64,
     len: u64,
 }
@@ -92,7 +96,8 @@ fn copy_into(job: &Job, out: &File, buf: &mut Vec<u8>) -> io::Result<()> {
     while left > 0 {
         let chunk = left.min(1 << 30) as usize;
         let mut to = at;
-        match rustix::fs::copy_file_range(&input, None, out, Some(&mut to), chunk) {
+        let mut from = job.src_at + (job.len - left);
+        match rustix::fs::copy_file_range(&input, Some(&mut from), out, Some(&mut to), chunk) {
             Ok(0) => return Err(shrank()),
             Ok(n) => (at, left) = (at + n as u64, left - n as u64),
             Err(_) if left == job.len => return copy_through(&input, out, job, buf),
@@ -112,7 +117,7 @@ fn copy_through(input: &File, out: &File, job: &Job, buf: &mut Vec<u8>) -> io::R
     let mut done = 0;
     while done < job.len {
         let want = (job.len - done).min(buf.len() as u64) as usize;
-        let n = input.read_at(&mut buf[..want], done)?;
+        let n = input.read_at(&mut buf[..want], job.src_at + done)?;
         if n == 0 {
             return Err(shrank());
         }
@@ -140,50 +145,81 @@ impl Packer<'_> {
             r => r.to_vec(),
         };
         let ft = e.meta.file_type();
+        let pax = xattrs::pax_records(&e.xattrs);
         if ft.is_dir() {
-            self.header(&name, tar::EntryType::Directory, &e.attrs, 0, b"")
+            self.header(&name, (tar::EntryType::Directory, &pax), &e.attrs, 0, b"")
         } else if ft.is_symlink() {
             let target = fs::read_link(e.from)?;
             let target = target.as_os_str().as_bytes();
-            self.header(&name, tar::EntryType::Symlink, &e.attrs, 0, target)
+            self.header(&name, (tar::EntryType::Symlink, &pax), &e.attrs, 0, target)
         } else {
-            self.file(e.from, name, &e.meta, &e.attrs)
+            self.file(e.from, name, &e.meta, (&e.attrs, pax))
         }
     }
 
-    fn file(&mut self, from: &Path, name: Vec<u8>, m: &fs::Metadata, a: &Attrs) -> Result<()> {
+    /// A file's header, then its bytes by the copy thread: of a file with holes, only its
+    /// data ranges, their map in a record of the header (see [`sparse::PACK_KEY`]).
+    fn file(
+        &mut self,
+        from: &Path,
+        name: Vec<u8>,
+        m: &fs::Metadata,
+        (a, mut pax): (&Attrs, Vec<u8>),
+    ) -> Result<()> {
         if m.nlink() > 1 {
             if let Some(first) = self.inodes.get(&(m.dev(), m.ino())) {
                 let first = first.clone();
-                return self.header(&name, tar::EntryType::Link, a, 0, &first);
+                return self.header(&name, (tar::EntryType::Link, &[]), a, 0, &first);
             }
             self.inodes.insert((m.dev(), m.ino()), name.clone());
         }
-        self.header(&name, tar::EntryType::Regular, a, m.len(), b"")?;
-        let job = Job {
-            from: from.to_path_buf(),
-            at: self.at,
-            len: m.len(),
+        let map = match m.blocks() * 512 < m.len() {
+            true => sparse::map_of(&File::open(from)?, m.len())?,
+            false => None,
         };
-        self.at += m.len().div_ceil(BLOCK) * BLOCK;
+        let ranges = match &map {
+            Some(map) => {
+                xattrs::record(&mut pax, sparse::PACK_KEY, map.to_record().as_bytes());
+                map.data.clone()
+            }
+            None => vec![(0, m.len())],
+        };
+        let stored: u64 = ranges.iter().map(|(_, n)| n).sum();
+        self.header(&name, (tar::EntryType::Regular, &pax), a, stored, b"")?;
+        let jobs = self.jobs.as_ref().expect("the walk is under way");
+        let mut at = self.at;
+        for (src_at, len) in ranges {
+            let job = Job {
+                from: from.to_path_buf(),
+                src_at,
+                at,
+                len,
+            };
+            at += len;
+            // A closed channel means the copy thread failed: its error is reported.
+            jobs.send(job)
+                .map_err(|_| anyhow::anyhow!("the copy thread stopped"))?;
+        }
+        self.at += stored.div_ceil(BLOCK) * BLOCK;
         self.done.files += 1;
         self.done.bytes += m.len();
-        let jobs = self.jobs.as_ref().expect("the walk is under way");
-        // A closed channel means the copy thread failed: its error is reported.
-        jobs.send(job)
-            .map_err(|_| anyhow::anyhow!("the copy thread stopped"))
+        Ok(())
     }
 
     /// Writes an entry's header (after the long-name entries it needs) at the next offset.
     fn header(
         &mut self,
         name: &[u8],
-        kind: tar::EntryType,
+        (kind, pax): (tar::EntryType, &[u8]),
         a: &Attrs,
         size: u64,
         link: &[u8],
     ) -> Result<()> {
-        let bytes = header_bytes(name, kind, a, size, link);
+        let mut bytes = match pax.is_empty() {
+            true => Vec::new(),
+            false => xattrs::pax_block(pax),
+        };
+        bytes.extend(header_bytes(name, kind, a, size, link));
         self.out
             .write_all_at(&bytes, self.at)
             .context("writing the capture")?;
@@ -371,6 +407,7 @@ mod tests {
         fs::write(d.path().join("f"), "short").unwrap();
         let out = File::create(d.path().join("out")).unwrap();
         let job = |len| Job {
+            src_at: 0,
             from: d.path().join("f"),
             at: 512,
             len,

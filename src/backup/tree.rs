@@ -11,6 +11,8 @@ use anyhow::{Context as _, Result};
 
 use super::copy::CAPTURE_MARK;
 use crate::archive::writer::Attrs;
+use crate::archive::xattrs::{self, On, Xattrs};
+use std::os::fd::AsFd;
 
 /// A folder, a symlink or a regular file of the tree.
 pub struct Entry<'a> {
@@ -19,6 +21,7 @@ pub struct Entry<'a> {
     pub rel: &'a Path,
     pub meta: fs::Metadata,
     pub attrs: Attrs,
+    pub xattrs: Xattrs,
 }
 
 /// Calls `visit` on each entry of `src` (a folder or one file) but `exclude` (the storage
@@ -68,14 +71,26 @@ pub fn walk(
             ));
             continue;
         }
+        let xattrs = xattrs_of(e.path(), e.depth() == 0).with_context(|| {
+            format!("reading the extended attributes of {}", e.path().display())
+        })?;
         visit(Entry {
             from: e.path(),
             rel: e.path().strip_prefix(src).unwrap_or(Path::new("")),
             attrs: attrs_of(&meta),
             meta,
+            xattrs,
         })?;
     }
     Ok(skipped)
+}
+
+/// An entry's own extended attributes (the root's are its target's when it is a symlink).
+fn xattrs_of(p: &Path, root: bool) -> std::io::Result<Xattrs> {
+    if root {
+        return xattrs::read(On::Fd(fs::File::open(p)?.as_fd()));
+    }
+    xattrs::read(On::Link(p))
 }
 
 fn attrs_of(m: &fs::Metadata) -> Attrs {

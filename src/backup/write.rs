@@ -289,8 +289,9 @@ fn append_spill(
     };
     writer.append_file(
         manifest::FILES_PATH.as_bytes(),
-        &attrs,
+        (&attrs, &Default::default()),
         len,
+        None,
         std::io::BufReader::new(&*file),
     )
 }

@@ -168,6 +168,17 @@ impl Beneath {
             .with_context(shown)
     }
 
+    /// A path naming `rel` through its folder's open descriptor (for the calls that take only
+    /// a path: a symlink's own attributes); its folders are opened as every other write's.
+    pub fn link_path(&mut self, rel: &[u8]) -> Result<std::path::PathBuf> {
+        use std::os::fd::AsRawFd;
+        let shown = || format!("opening the folder of {}", show(&self.root, rel));
+        let (dir, name) = self.dirs.at(self.full(rel)).with_context(shown)?;
+        let mut p = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        p.push(OsStr::from_bytes(&name));
+        Ok(p)
+    }
+
     /// Flushes the filesystem the root is on.
     pub fn syncfs(&self) -> Result<()> {
         rustix::fs::syncfs(&self.dirs.parent)

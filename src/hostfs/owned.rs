@@ -81,6 +81,8 @@ pub fn make_dir(parent: &Path, name: &str) -> Result<(OwnedFd, Made)> {
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
         .map_err(io::Error::from)
         .with_context(|| format!("setting the mode of {}", path.display()))?;
+    drop_default_acl(&fd)
+        .with_context(|| format!("clearing the default ACL of {}", path.display()))?;
     let st = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
     check_mine(&st, &path)?;
     let made = Made {
@@ -89,6 +91,16 @@ pub fn make_dir(parent: &Path, name: &str) -> Result<(OwnedFd, Made)> {
         ino: st.st_ino,
     };
     Ok((fd, made))
+}
+
+/// Removes the default ACL a folder made here inherited from its parent, so that what is
+/// written below it does not inherit entries the archive does not hold.
+fn drop_default_acl(fd: &OwnedFd) -> io::Result<()> {
+    use rustix::io::Errno;
+    match rustix::fs::fremovexattr(fd, "system.posix_acl_default") {
+        Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens a folder the run record names, when it is still the one the tool made: reached

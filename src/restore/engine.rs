@@ -7,7 +7,8 @@ use std::io::{BufWriter, Read, Write};
 use anyhow::{bail, Context as _, Result};
 
 use crate::archive::manifest::VolumeRecord;
-use crate::archive::writer::{header, Attrs};
+use crate::archive::writer::header;
+use crate::archive::xattrs;
 use crate::docker::{Docker, Sink};
 
 /// Where the helper container mounts the volume; entries are written below it, so that the
@@ -338,21 +339,20 @@ impl Filler {
     }
 
     /// Appends one entry; `data` is read only for regular files.
-    pub fn entry(
-        &mut self,
-        rel: &[u8],
-        kind: tar::EntryType,
-        a: &Attrs,
-        size: u64,
-        link: Option<&[u8]>,
-        data: &mut dyn Read,
-    ) -> Result<()> {
+    /// Extended attributes go as PAX records (the engine sets them; holes are written as zeros).
+    pub fn entry(&mut self, e: &super::sink::Entry<'_>, data: &mut dyn Read) -> Result<()> {
+        use std::io::Write as _;
         use std::os::unix::ffi::OsStrExt;
+        let (rel, kind, a, size, link) = (e.rel, e.kind, &e.attrs, e.size, e.link);
         let path = self.path(rel);
         let hard_target =
             (kind == tar::EntryType::Link).then(|| self.path(link.unwrap_or_default()));
         let p = std::path::Path::new(std::ffi::OsStr::from_bytes(&path));
         let b = self.builder()?;
+        if !e.xattrs.is_empty() {
+            let block = xattrs::pax_block(&xattrs::pax_records(e.xattrs));
+            b.get_mut().write_all(&block)?;
+        }
         match kind {
             tar::EntryType::Directory => {
                 b.append_data(&mut header(kind, a, 0), p, std::io::empty())?

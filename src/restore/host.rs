@@ -2,7 +2,7 @@
 //! atomically (`renameat2(RENAME_EXCHANGE)`); the old content is removed only at the end.
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use rustix::fs::RenameFlags;
 
 use crate::archive::writer::Attrs;
+use crate::archive::xattrs::{self, On, Xattrs};
 use crate::hostfs::beneath::{set_fd_attrs, Beneath};
 use crate::hostfs::owned;
 use crate::runs::ActiveRun;
@@ -204,12 +205,20 @@ pub fn remove_any(p: &Path) -> Result<()> {
     }
 }
 
-/// Writes entries below `root` with exact owners, modes and mtimes, every one through
-/// [`Beneath`] (the kernel keeps it inside `root`). Folder attributes are applied last
-/// (deepest first), so that writing into a folder does not change them.
+/// A file's content as the archive holds it: plain, or (a sparse entry) with holes to make
+/// where its blocks are zeros.
+pub enum Body<'a> {
+    Dense(&'a mut dyn Read),
+    Sparse(&'a mut dyn Read),
+}
+
+/// Writes entries below `root` with exact owners, modes, mtimes and extended attributes,
+/// every one through [`Beneath`] (the kernel keeps it inside `root`). Folder attributes are
+/// applied last (deepest first), so that writing into a folder does not change them (and a
+/// default ACL is not inherited by what the archive holds below it).
 pub struct HostWriter {
     fs: Beneath,
-    dirs: Vec<(Vec<u8>, Attrs)>,
+    dirs: Vec<(Vec<u8>, Attrs, Xattrs)>,
 }
 
 impl HostWriter {
@@ -228,22 +237,50 @@ impl HostWriter {
         })
     }
 
-    pub fn dir(&mut self, rel: &[u8], a: &Attrs) -> Result<()> {
+    pub fn dir(&mut self, rel: &[u8], (a, x): (&Attrs, &Xattrs)) -> Result<()> {
         self.fs.mkdir(rel)?;
-        self.dirs.push((rel.to_vec(), *a));
+        self.dirs.push((rel.to_vec(), *a, x.clone()));
         Ok(())
     }
 
-    pub fn file(&mut self, rel: &[u8], a: &Attrs, data: &mut dyn Read) -> Result<()> {
+    /// A file: its content, then owner, mode and time, then its attributes (after the owner
+    /// change, which would clear a capability).
+    pub fn file(&mut self, rel: &[u8], (a, x): (&Attrs, &Xattrs), body: Body<'_>) -> Result<()> {
         let mut f = self.fs.create(rel)?;
         let ctx = || format!("writing {}", self.fs.shown(rel));
-        io::copy(data, &mut f).with_context(ctx)?;
-        set_fd_attrs(&f, a).with_context(ctx)
+        match body {
+            Body::Dense(data) => io::copy(data, &mut f).map(|_| ()),
+            Body::Sparse(data) => crate::archive::sparse::write_with_holes(data, &f).map(|_| ()),
+        }
+        .with_context(ctx)?;
+        set_fd_attrs(&f, a).with_context(ctx)?;
+        self.xattrs(rel, On::Fd(f.as_fd()), x)
     }
 
-    pub fn symlink(&mut self, rel: &[u8], a: &Attrs, target: &[u8]) -> Result<()> {
+    pub fn symlink(&mut self, rel: &[u8], (a, x): (&Attrs, &Xattrs), target: &[u8]) -> Result<()> {
         self.fs.symlink(rel, target)?;
-        self.fs.link_attrs(rel, a)
+        self.fs.link_attrs(rel, a)?;
+        if x.is_empty() {
+            return Ok(());
+        }
+        let path = self.fs.link_path(rel)?;
+        self.xattrs(rel, On::Link(&path), x)
+    }
+
+    /// Sets `x` on `rel`; what the filesystem refuses is a warning naming the file.
+    fn xattrs(&self, rel: &[u8], on: On<'_>, x: &Xattrs) -> Result<()> {
+        if x.is_empty() {
+            return Ok(());
+        }
+        let refused = xattrs::apply(on, x)
+            .with_context(|| format!("setting extended attributes of {}", self.fs.shown(rel)))?;
+        for r in refused {
+            crate::output::warn(format!(
+                "{}: extended attribute {r} could not be set here: restored without it",
+                self.fs.shown(rel)
+            ));
+        }
+        Ok(())
     }
 
     /// A hard link to `target_rel`, written before below the same root.
@@ -253,11 +290,14 @@ impl HostWriter {
 
     /// Applies folder attributes and syncs what was written to disk.
     pub fn finish(mut self) -> Result<()> {
-        self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        for (rel, a) in &self.dirs {
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by_key(|(p, ..)| std::cmp::Reverse(p.len()));
+        for (rel, a, x) in &dirs {
             let fd = self.fs.open_dir(rel);
             let ctx = || format!("setting owner, mode and time of {}", self.fs.shown(rel));
-            set_fd_attrs(&fd.with_context(ctx)?, a).with_context(ctx)?;
+            let fd = fd.with_context(ctx)?;
+            set_fd_attrs(&fd, a).with_context(ctx)?;
+            self.xattrs(rel, On::Fd(fd.as_fd()), x)?;
         }
         self.fs.syncfs()
     }
@@ -310,10 +350,12 @@ mod tests {
             gid: 998,
             mtime: 1_600_000_000,
         };
-        w.dir(b"", &a).unwrap();
-        w.file(b"new", &Attrs { mode: 0o600, ..a }, &mut &b"new"[..])
+        let none = Xattrs::new();
+        w.dir(b"", (&a, &none)).unwrap();
+        let rw = Attrs { mode: 0o600, ..a };
+        w.file(b"new", (&rw, &none), Body::Dense(&mut &b"new"[..]))
             .unwrap();
-        w.symlink(b"link", &a, b"new").unwrap();
+        w.symlink(b"link", (&a, &none), b"new").unwrap();
         w.hardlink(b"hard", b"new").unwrap();
         w.finish().unwrap();
         s.swap(None).unwrap();
@@ -339,17 +381,14 @@ mod tests {
         let target = dir.path().join("gone/app.conf");
         let mut s = Staged::new(&target, "p", None).unwrap();
         let mut w = s.writer().unwrap();
-        w.file(
-            b"",
-            &Attrs {
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: 1,
-            },
-            &mut &b"x=1"[..],
-        )
-        .unwrap();
+        let a = Attrs {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+        };
+        w.file(b"", (&a, &Xattrs::new()), Body::Dense(&mut &b"x=1"[..]))
+            .unwrap();
         w.finish().unwrap();
         s.swap(None).unwrap();
         assert_eq!(fs::read_to_string(&target).unwrap(), "x=1");

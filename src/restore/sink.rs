@@ -6,9 +6,10 @@ use std::io::Read;
 use anyhow::{bail, Result};
 
 use super::engine::Filler;
-use super::host::HostWriter;
+use super::host::{Body, HostWriter};
 use crate::archive::safety::PathChecker;
 use crate::archive::writer::Attrs;
+use crate::archive::xattrs::{self, Xattrs};
 
 /// One archive entry, by its path below the volume's root.
 pub struct Entry<'a> {
@@ -18,6 +19,7 @@ pub struct Entry<'a> {
     pub size: u64,
     /// A symlink's target as stored, or a hard link's target below the volume's root.
     pub link: Option<&'a [u8]>,
+    pub xattrs: &'a Xattrs,
 }
 
 /// Writes the entries of one volume.
@@ -30,11 +32,13 @@ pub trait Sink {
 impl Sink for HostWriter {
     fn write(&mut self, e: &Entry<'_>, data: &mut dyn Read) -> Result<()> {
         let link = e.link.unwrap_or_default();
+        let meta = (&e.attrs, e.xattrs);
         match e.kind {
-            tar::EntryType::Directory => self.dir(e.rel, &e.attrs),
-            tar::EntryType::Symlink => self.symlink(e.rel, &e.attrs, link),
+            tar::EntryType::Directory => self.dir(e.rel, meta),
+            tar::EntryType::Symlink => self.symlink(e.rel, meta, link),
             tar::EntryType::Link => self.hardlink(e.rel, link),
-            _ => self.file(e.rel, &e.attrs, data),
+            tar::EntryType::GNUSparse => self.file(e.rel, meta, Body::Sparse(data)),
+            _ => self.file(e.rel, meta, Body::Dense(data)),
         }
     }
 
@@ -45,7 +49,7 @@ impl Sink for HostWriter {
 
 impl Sink for Filler {
     fn write(&mut self, e: &Entry<'_>, data: &mut dyn Read) -> Result<()> {
-        self.entry(e.rel, e.kind, &e.attrs, e.size, e.link, data)
+        self.entry(e, data)
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
@@ -82,15 +86,15 @@ impl VolumeOut {
         };
         let link = entry.link_name_bytes().map(|l| l.into_owned());
         let size = entry.size();
-        self.write_parts(&path, kind, attrs, link.as_deref(), size, entry)
+        let x = xattrs::of_entry(entry)?;
+        self.write_parts(&path, (kind, attrs, &x), link.as_deref(), size, entry)
     }
 
     /// Checks and writes one entry given by its parts (`path` is the full archive path).
     pub fn write_parts(
         &mut self,
         path: &[u8],
-        kind: tar::EntryType,
-        attrs: Attrs,
+        (kind, attrs, xattrs): (tar::EntryType, Attrs, &Xattrs),
         link: Option<&[u8]>,
         size: u64,
         data: &mut dyn Read,
@@ -115,6 +119,7 @@ impl VolumeOut {
             attrs,
             size,
             link,
+            xattrs,
         };
         self.sink.write(&e, data)
     }
@@ -262,6 +267,8 @@ mod tests {
         ]
     }
 
+    static NONE: Xattrs = Vec::new();
+
     fn attrs() -> Attrs {
         Attrs {
             mode: 0o644,
@@ -276,10 +283,10 @@ mod tests {
     fn write_all(s: &Sentinel, ops: &[Op], checked: bool) {
         let w = HostWriter::new(&s.root()).unwrap();
         let mut out = VolumeOut::new(b"binds/v", Box::new(w));
+        let none = Xattrs::new();
         let _ = out.write_parts(
             b"binds/v",
-            tar::EntryType::Directory,
-            attrs(),
+            (tar::EntryType::Directory, attrs(), &none),
             None,
             0,
             &mut &b""[..],
@@ -292,7 +299,7 @@ mod tests {
                 Op::Hard(p, t) => (p, tar::EntryType::Link, Some(t.as_slice())),
             };
             let _ = if checked {
-                out.write_parts(p, kind, attrs(), link, 6, &mut &b"hacked"[..])
+                out.write_parts(p, (kind, attrs(), &none), link, 6, &mut &b"hacked"[..])
             } else {
                 let rel = below(b"binds/v", p).unwrap_or(b"x");
                 let link = match kind {
@@ -305,6 +312,7 @@ mod tests {
                     attrs: attrs(),
                     size: 6,
                     link,
+                    xattrs: &none,
                 };
                 out.sink.write(&e, &mut &b"hacked"[..])
             };
@@ -344,17 +352,29 @@ mod tests {
         let s = Sentinel::new();
         let out = s.base.join("outside");
         let mut w = HostWriter::new(&s.root()).unwrap();
-        w.dir(b"", &attrs()).unwrap();
-        w.symlink(b"ln", &attrs(), out.as_os_str().as_encoded_bytes())
+        w.dir(b"", (&attrs(), &NONE)).unwrap();
+        w.symlink(b"ln", (&attrs(), &NONE), out.as_os_str().as_encoded_bytes())
             .unwrap();
-        let through = w.file(b"ln/x", &attrs(), &mut &b"x"[..]).unwrap_err();
+        let through = w
+            .file(b"ln/x", (&attrs(), &NONE), Body::Dense(&mut &b"x"[..]))
+            .unwrap_err();
         assert!(format!("{through:#}").contains("ln/x"), "{through:#}");
-        let same = w.file(b"ln", &attrs(), &mut &b"x"[..]).unwrap_err();
+        let same = w
+            .file(b"ln", (&attrs(), &NONE), Body::Dense(&mut &b"x"[..]))
+            .unwrap_err();
         assert!(format!("{same:#}").contains("File exists"), "{same:#}");
-        assert!(w.dir(b"ln/sub", &attrs()).is_err());
+        assert!(w.dir(b"ln/sub", (&attrs(), &NONE)).is_err());
         assert!(w.hardlink(b"h", b"ln/secret").is_err());
-        assert!(w.file(b"../escape", &attrs(), &mut &b"x"[..]).is_err());
-        assert!(w.file(b"a/../../escape", &attrs(), &mut &b"x"[..]).is_err());
+        assert!(w
+            .file(b"../escape", (&attrs(), &NONE), Body::Dense(&mut &b"x"[..]))
+            .is_err());
+        assert!(w
+            .file(
+                b"a/../../escape",
+                (&attrs(), &NONE),
+                Body::Dense(&mut &b"x"[..])
+            )
+            .is_err());
         assert!(!s.base.join("outside/x").exists() && !s.base.join("parent/escape").exists());
         assert_eq!(
             fs::metadata(s.base.join("outside/secret")).unwrap().nlink(),
@@ -369,12 +389,19 @@ mod tests {
         let out = s.base.join("outside");
         let mut w = HostWriter::new(&s.root()).unwrap();
         std::env::remove_var("NUWAX_BACKUP_TEST_NO_OPENAT2");
-        w.dir(b"", &attrs()).unwrap();
-        w.dir(b"d", &attrs()).unwrap();
-        w.file(b"d/ok", &attrs(), &mut &b"ok"[..]).unwrap();
-        w.symlink(b"d/ln", &attrs(), out.as_os_str().as_encoded_bytes())
+        w.dir(b"", (&attrs(), &NONE)).unwrap();
+        w.dir(b"d", (&attrs(), &NONE)).unwrap();
+        w.file(b"d/ok", (&attrs(), &NONE), Body::Dense(&mut &b"ok"[..]))
             .unwrap();
-        assert!(w.file(b"d/ln/x", &attrs(), &mut &b"x"[..]).is_err());
+        w.symlink(
+            b"d/ln",
+            (&attrs(), &NONE),
+            out.as_os_str().as_encoded_bytes(),
+        )
+        .unwrap();
+        assert!(w
+            .file(b"d/ln/x", (&attrs(), &NONE), Body::Dense(&mut &b"x"[..]))
+            .is_err());
         assert!(w.hardlink(b"h", b"d/ln/secret").is_err());
         w.hardlink(b"h2", b"d/ok").unwrap();
         w.finish().unwrap();

@@ -11,6 +11,7 @@ mod create;
 mod demo;
 mod edges;
 mod encrypt;
+mod fidelity;
 mod fixture;
 mod harness;
 mod hostile;
