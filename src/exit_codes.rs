@@ -114,31 +114,74 @@ pub fn code_of(err: &anyhow::Error) -> Code {
 mod tests {
     use super::*;
 
+    /// Every code, by an exhaustive match: a new variant does not compile until it is here.
+    fn all() -> Vec<Code> {
+        let mut out = Vec::new();
+        for n in 0..=255u8 {
+            let c = match n {
+                1 => Code::Failure,
+                2 => Code::Usage,
+                3 => Code::NoComposeFile,
+                4 => Code::InvalidComposeFile,
+                5 => Code::ComposeMissing,
+                6 => Code::DaemonUnreachable,
+                7 => Code::UnknownContext,
+                8 => Code::NotStopped,
+                9 => Code::Locked,
+                10 => Code::NoSpace,
+                11 => Code::RestartFailed,
+                12 => Code::VerifyFailed,
+                13 => Code::RolledBack,
+                14 => Code::Remote,
+                15 => Code::Identity,
+                16 => Code::SafetyPending,
+                130 => Code::Cancelled,
+                _ => continue,
+            };
+            // The reverse match is the exhaustive one.
+            let back = match c {
+                Code::Failure
+                | Code::Usage
+                | Code::NoComposeFile
+                | Code::InvalidComposeFile
+                | Code::ComposeMissing
+                | Code::DaemonUnreachable
+                | Code::UnknownContext
+                | Code::NotStopped
+                | Code::Locked
+                | Code::NoSpace
+                | Code::RestartFailed
+                | Code::VerifyFailed
+                | Code::RolledBack
+                | Code::Remote
+                | Code::Identity
+                | Code::SafetyPending
+                | Code::Cancelled => c.as_u8(),
+            };
+            assert_eq!(back, n);
+            out.push(c);
+        }
+        out
+    }
+
     #[test]
-    fn codes_are_distinct() {
-        let all = [
-            Code::Failure,
-            Code::Usage,
-            Code::NoComposeFile,
-            Code::InvalidComposeFile,
-            Code::ComposeMissing,
-            Code::DaemonUnreachable,
-            Code::UnknownContext,
-            Code::NotStopped,
-            Code::Locked,
-            Code::NoSpace,
-            Code::RestartFailed,
-            Code::VerifyFailed,
-            Code::RolledBack,
-            Code::Remote,
-            Code::Identity,
-            Code::SafetyPending,
-            Code::Cancelled,
-        ];
-        let mut seen: Vec<u8> = all.iter().map(|c| c.as_u8()).collect();
-        seen.sort();
-        seen.dedup();
-        assert_eq!(seen.len(), all.len());
+    fn the_readme_table_lists_every_exit_code_and_no_other() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("## Exit codes")
+            .nth(1)
+            .expect("README has an exit code table");
+        let listed: Vec<u8> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("| 0 |"))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.split('|').nth(1).unwrap().trim().parse().unwrap())
+            .collect();
+        let mut want: Vec<u8> = std::iter::once(0)
+            .chain(all().into_iter().map(Code::as_u8))
+            .collect();
+        want.sort();
+        assert_eq!(listed, want);
     }
 
     #[test]

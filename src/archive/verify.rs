@@ -382,3 +382,34 @@ fn check_lines(bytes: &[u8], seen: &HashMap<Vec<u8>, Seen>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_of(version: u32) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "format_version": version, "tool": "t", "tool_version": "0", "created_at": "x",
+            "project": "p", "project_dir": "/p", "backup_type": "manual", "service_version": "1",
+            "compression": "gzip", "compose_sha256": "", "compose_files": [], "skipped": [],
+            "services": [], "volumes": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn formats_up_to_this_one_are_read_and_a_newer_one_asks_for_an_upgrade() {
+        for v in 1..=super::super::manifest::FORMAT_VERSION {
+            assert_eq!(
+                parse_manifest(Some(manifest_of(v))).unwrap().format_version,
+                v
+            );
+        }
+        let newer = super::super::manifest::FORMAT_VERSION + 1;
+        let e = parse_manifest(Some(manifest_of(newer))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("archive format {newer} is newer than this tool understands: upgrade docker-nuwax-backup")
+        );
+    }
+}

@@ -60,7 +60,7 @@ pub struct VolumeJson {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The top-level `x-nuwax-backup:` extension of a compose file (documented in README.md).
+/// The top-level `x-nuwax-backup:` extension of a compose file (documented in docs/operating.md).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Extension {

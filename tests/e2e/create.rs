@@ -282,7 +282,7 @@ fn archive_keeps_owners_modes_links_and_odd_names_for_binds_and_volumes() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["project"], p.name.as_str());
-    assert_eq!(manifest["format_version"], 1);
+    assert_eq!(manifest["format_version"], 2);
     let vol = manifest["volumes"]
         .as_array()
         .unwrap()
