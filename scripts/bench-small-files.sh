@@ -33,9 +33,9 @@ done
 work=${NUWAX_BENCH_DIR:-/tmp/nuwax-bench-small}/f$files-l$links
 proj=$work/proj
 out=$work/out
-bin=$repo/target/release/docker-nuwax-backup
+bin=${NUWAX_BENCH_BIN:-$repo/target/release/docker-nuwax-backup}
 bash scripts/ensure-engine.sh >&2
-cargo build --release --locked >&2
+[ -n "${NUWAX_BENCH_BIN:-}" ] || cargo build --release --locked >&2
 if [ ! -f "$proj/data/.complete" ]; then
     rm -rf "$proj" && mkdir -p "$proj"
     echo "making $files files and $links symlinks in $proj/data" >&2

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use crate::exit_codes::{Code, UserError};
-use crate::records::{BackupType, Status, Verification};
+use crate::records::{BackupType, Capture, RemoteStatus, Status, Verification};
 
 /// Append-only: each step moves the schema from version N to N+1 (`PRAGMA user_version`).
 const MIGRATIONS: &[&str] = &[
@@ -69,14 +69,14 @@ pub struct BackupRow {
     /// Encrypted with age; `recipients` are the public keys that open it.
     pub encrypted: bool,
     pub recipients: Vec<String>,
-    /// `reflink`, `copy`, `stream` or `direct` (none: made before this was recorded).
-    pub capture: Option<String>,
+    /// How the volumes were read (none: made before this was recorded).
+    pub capture: Option<Capture>,
     /// First stop to last start; and the capture itself.
     pub downtime_ms: Option<u64>,
     pub capture_ms: Option<u64>,
     /// The off-host copy (`s3://bucket/key`), and whether it is `uploaded` or `failed`.
     pub remote_url: Option<String>,
-    pub remote_status: Option<String>,
+    pub remote_status: Option<RemoteStatus>,
     pub remote_error: Option<String>,
     /// An unfinished multipart upload of that copy, aborted by the next push/create/recover.
     #[serde(skip)]
@@ -87,7 +87,7 @@ pub struct BackupRow {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RemoteState {
     pub url: Option<String>,
-    pub status: Option<&'static str>,
+    pub status: Option<RemoteStatus>,
     pub error: Option<String>,
     pub upload_id: Option<String>,
 }
@@ -110,7 +110,7 @@ pub struct NewBackup<'a> {
     pub error: Option<&'a str>,
     /// Public keys the archive is encrypted to (none: not encrypted).
     pub recipients: &'a [String],
-    pub timing: Option<crate::backup::Timing>,
+    pub timing: Option<crate::records::Timing>,
 }
 
 pub struct Catalog {
@@ -238,8 +238,8 @@ impl Catalog {
                 b.project_dir.to_string_lossy(),
                 b.file_path.to_string_lossy(),
                 b.service_version,
-                b.backup_type.as_str(),
-                b.status.as_str(),
+                b.backup_type,
+                b.status,
                 b.created_at,
                 b.size_bytes as i64,
                 b.sha256,
@@ -389,8 +389,8 @@ fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
         project_dir: r.get(2)?,
         file_path: r.get(3)?,
         service_version: r.get(4)?,
-        backup_type: word(r, 5)?,
-        status: word(r, 6)?,
+        backup_type: r.get(5)?,
+        status: r.get(6)?,
         created_at: r.get(7)?,
         size_bytes: r.get::<_, i64>(8)? as u64,
         sha256: r.get(9)?,
@@ -410,14 +410,6 @@ fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
         remote_status: r.get(20)?,
         remote_error: r.get(21)?,
         remote_upload_id: r.get(22)?,
-    })
-}
-
-/// A typed word (type, status) read from a TEXT column.
-fn word<T: std::str::FromStr<Err = anyhow::Error>>(r: &Row<'_>, i: usize) -> rusqlite::Result<T> {
-    let text: String = r.get(i)?;
-    text.parse().map_err(|e: anyhow::Error| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
     })
 }
 

@@ -24,10 +24,12 @@ mod recover;
 mod remote;
 mod restore;
 mod runs;
+mod safety;
 mod services;
 mod sidecar;
 mod storage;
 mod survey;
+mod volumes;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -55,6 +55,43 @@ pub enum Status {
     Failed,
 }
 
+/// How a backup's volumes were read: directly while stopped, or (the slowest way any volume
+/// took) from a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capture {
+    Direct,
+    Reflink,
+    Copy,
+    Stream,
+}
+
+/// Where a row's off-host copy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteStatus {
+    Uploaded,
+    Failed,
+}
+
+/// How a create spent its downtime: the capture way, the capture, first stop to last start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub capture: Capture,
+    pub capture_ms: u64,
+    pub downtime_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            capture: Capture::Direct,
+            capture_ms: 0,
+            downtime_ms: 0,
+        }
+    }
+}
+
 macro_rules! words {
     ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
         impl $t {
@@ -76,6 +113,20 @@ macro_rules! words {
                 f.write_str(self.as_str())
             }
         }
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                v.as_str()?
+                    .parse()
+                    .map_err(|e: anyhow::Error| rusqlite::types::FromSqlError::Other(e.into()))
+            }
+        }
     };
 }
 
@@ -88,6 +139,8 @@ words!(RunCommand { Create => "create", Rollback => "rollback" });
 words!(VolumeKind { Volume => "volume", Bind => "bind" });
 words!(Role { Data => "data", App => "app" });
 words!(Io { Host => "host", Engine => "engine" });
+words!(Capture { Direct => "direct", Reflink => "reflink", Copy => "copy", Stream => "stream" });
+words!(RemoteStatus { Uploaded => "uploaded", Failed => "failed" });
 
 /// The last verification of a backup: passed, or what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

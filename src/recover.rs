@@ -13,7 +13,7 @@ use crate::compose::{Project, Volume};
 use crate::hostfs::owned::{self, Made};
 use crate::output::{note, warn};
 use crate::records::{RunCommand, Status};
-use crate::restore::{engine, host, mount};
+use crate::restore::{host, mount};
 use crate::runs::{self, Phase, RunRecord};
 use crate::{services, storage, Context};
 
@@ -108,7 +108,7 @@ impl Targets {
 /// Removes the partial files (a safety backup being written) a dead rollback of the project
 /// left in its storage folder.
 fn remove_partials(project: &Project, catalog: &Catalog) {
-    let Ok(storage) = crate::restore::storage_of(project, catalog) else {
+    let Ok(storage) = crate::safety::storage_of(project, catalog) else {
         return;
     };
     for path in storage::remove_stale_partials(&storage, &project.name) {
@@ -326,7 +326,7 @@ fn finish_staged(
         .map(|(s, _, _)| (s.target.clone(), s.staging.clone()))
         .collect();
     let labels = targets.labels(|t| previous.contains_key(t));
-    crate::restore::safety_of(
+    crate::safety::safety_of(
         ctx,
         project,
         catalog,
@@ -349,7 +349,9 @@ fn finish_staged(
 fn target_of(ctx: &Context, v: &Volume) -> Option<PathBuf> {
     match v {
         Volume::Bind { source, .. } => Some(source.clone()),
-        Volume::Volume { name, .. } => engine::local_mountpoint(&ctx.docker, name).ok().flatten(),
+        Volume::Volume { name, .. } => crate::volumes::local_mountpoint(&ctx.docker, name)
+            .ok()
+            .flatten(),
     }
 }
 
@@ -379,7 +381,7 @@ fn clean_rollback(ctx: &Context, project: &Project, rec: &RunRecord, targets: &T
     for parent in targets.paths().filter_map(Path::parent) {
         host::clean_stale(parent, &project.name);
     }
-    engine::clean_stale(&ctx.docker);
+    crate::volumes::clean_stale(&ctx.docker);
 }
 
 /// Writes the targets a dead `rollback --in-place` had emptied, and not written whole, back

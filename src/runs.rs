@@ -29,7 +29,9 @@ pub struct PendingRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
-    /// Begun, nothing stopped yet; and again once the services are being started.
+    /// Begun: nothing stopped yet.
+    Begun,
+    /// The services are being started again.
     Starting,
     Stopping,
     /// `create`: archiving with the services stopped (no capture).
@@ -233,7 +235,7 @@ impl ActiveRun {
                 command,
                 pid: std::process::id(),
                 started_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                phase: Phase::Starting,
+                phase: Phase::Begun,
                 stopped: Vec::new(),
                 stopped_services: Vec::new(),
                 stopped_containers: Vec::new(),

@@ -308,6 +308,7 @@ pub fn manifest_map(xattrs: &Xattrs) -> Option<std::collections::BTreeMap<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn records_count_their_own_length() {
@@ -365,5 +366,23 @@ mod tests {
             "no value is read as a record"
         );
         assert_eq!(of_entry(&mut e).unwrap(), x);
+    }
+
+    #[test]
+    fn an_attribute_the_filesystem_refuses_is_returned_to_be_said_and_the_rest_is_set() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let x: Xattrs = vec![
+            ("bogus.ns".into(), b"1".to_vec()),
+            ("user.ok".into(), b"2".to_vec()),
+        ];
+        let fd = f.as_file().as_fd();
+        let refused = apply(On::Fd(fd), &x).unwrap();
+        assert!(refused[0].starts_with("bogus.ns ("), "{refused:?}");
+        // tmpfs before Linux 6.6 has no user attributes: then both are refused.
+        let back = read(On::Fd(fd)).unwrap();
+        match refused.len() {
+            1 => assert_eq!(back, vec![("user.ok".to_string(), b"2".to_vec())]),
+            _ => assert!(back.is_empty() && refused[1].starts_with("user.ok (")),
+        }
     }
 }

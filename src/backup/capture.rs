@@ -175,7 +175,7 @@ fn copy_until(
 }
 
 fn host_remove(p: &Path) {
-    let _ = crate::restore::host::remove_any(p);
+    let _ = crate::hostfs::paths::remove_any(p);
 }
 
 /// Removes every capture (a tree this process cannot remove is named in a warning).
@@ -187,7 +187,7 @@ pub fn remove(captures: &Captures) {
 
 /// Removes one capture; a failure is named in a warning. Whether it is gone.
 pub fn remove_one(path: &Path) -> bool {
-    match crate::restore::host::remove_any(path) {
+    match crate::hostfs::paths::remove_any(path) {
         Ok(()) => true,
         Err(e) => {
             warn(format!(

@@ -15,7 +15,8 @@ use anyhow::{Context as _, Result};
 use crate::archive::sparse;
 use crate::archive::writer::Attrs;
 use crate::archive::xattrs::{self, On, Xattrs};
-use crate::restore::host::{set_attrs, times_of};
+use crate::hostfs::beneath::times_of;
+use crate::hostfs::paths::set_attrs;
 use std::os::fd::AsFd;
 
 pub use crate::archive::handover::CAPTURE_MARK;

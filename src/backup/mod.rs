@@ -19,11 +19,12 @@ use crate::catalog::{BackupRow, Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
+use crate::records::RemoteStatus;
 use crate::records::{RunCommand, Status};
-use crate::restore::engine::plain_local_folder;
 use crate::runs::{ActiveRun, PendingRow, Phase};
 use crate::services::{self, Running};
 use crate::survey::{survey, Survey};
+use crate::volumes::plain_local_folder;
 use crate::{cancel, storage, Context};
 pub use plan::{Options, Plan};
 
@@ -94,11 +95,14 @@ fn check_remote_only(
 /// Runs a backup (or only plans it). Fails with a user error when running containers block
 /// it, the project is locked, space is short, or services cannot be started again. With a
 /// remote, uploads once the services run again, under the project's upload lock only.
+/// `lock` takes the project's lock and recovers a dead run (the command's part: the pipeline
+/// knows neither); it is not called for a dry run.
 pub fn run(
     ctx: &Context,
     opts: &Options,
     remote: &RemoteRequest,
     dry_run: bool,
+    lock: &dyn Fn(Project, &Catalog) -> Result<(ProjectLock, Project)>,
 ) -> Result<Outcome> {
     let project = Project::load(&ctx.docker, &ctx.compose)?;
     let target = remote.resolve(&project)?;
@@ -111,7 +115,7 @@ pub fn run(
     let (lock, project) = if dry_run {
         (None, project)
     } else {
-        let (l, p) = crate::recover::lock_and_recover(ctx, project, &catalog, RunCommand::Create)?;
+        let (l, p) = lock(project, &catalog)?;
         (Some(l), p)
     };
     let mut facts = gather_facts(ctx, &project, &catalog)?;
@@ -205,23 +209,8 @@ fn check_space(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// How long the services were down, and how the volumes were read meanwhile.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    pub capture: &'static str,
-    pub capture_ms: u64,
-    pub downtime_ms: u64,
-}
-
-impl Default for Timing {
-    fn default() -> Timing {
-        Timing {
-            capture: "direct",
-            capture_ms: 0,
-            downtime_ms: 0,
-        }
-    }
-}
+use crate::lock::ProjectLock;
+use crate::records::Timing;
 
 /// Stops (with `--stop`), archives, starts again, and records the outcome in the catalog.
 fn execute(
@@ -352,7 +341,13 @@ fn with_capture(
         }
         let restart = s.restart(run, timing);
         priority::services_up();
-        let _ = run.phase(Phase::Compressing);
+        if let Err(e) = run.phase(Phase::Compressing) {
+            // Harmless to a recover (it would restart running services and remove the
+            // captures of a dead run), but said.
+            warn(format!(
+                "{e:#}: the run record still says the volumes are being captured"
+            ));
+        }
         crate::fault::point(crate::fault::Fault::CreateCompressing);
         if !archiving.is_finished() {
             note("the services run again; the archive goes on from the capture");
@@ -482,7 +477,7 @@ fn record_completed(
     if let Some(url) = &done.remote_url {
         let state = crate::catalog::RemoteState {
             url: Some(url.clone()),
-            status: Some("failed"),
+            status: Some(RemoteStatus::Failed),
             error: Some("its sidecar is not written yet".into()),
             upload_id: None,
         };
@@ -626,7 +621,7 @@ fn local_volumes(
         });
         let local = match folders.is_empty() {
             true => Ok(false),
-            false => crate::restore::engine::volumes_are_local(&ctx.docker),
+            false => crate::volumes::volumes_are_local(&ctx.docker),
         };
         (local, surveys.join())
     });
@@ -659,7 +654,7 @@ fn capture_facts(project: &Project, opts: &Options, facts: &mut plan::Facts) {
     for v in &project.volumes {
         match v {
             Volume::Bind { source, .. } if !facts.unreadable.contains(source) => {
-                if crate::restore::mount::is_mount_point(source) {
+                if crate::hostfs::paths::is_mount_point(source) {
                     facts.mount_points.insert(source.clone());
                 }
                 folders.extend(source.parent().map(Path::to_path_buf));

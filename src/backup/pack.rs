@@ -284,7 +284,7 @@ mod tests {
     use crate::archive::collector::Collector;
     use crate::archive::stream_source::{self, Scope};
     use crate::archive::writer::{ArchiveWriter, Codec};
-    use crate::restore::host::set_attrs;
+    use crate::hostfs::paths::set_attrs;
 
     /// The per-entry manifest lines and the warnings of one volume, as `read` collects them.
     fn archived(

@@ -153,7 +153,7 @@ pub struct Plan {
     pub encrypted: bool,
     pub recipients: Vec<String>,
     /// `reflink`, `copy`, `stream` or `direct`: how the volumes are read while stopped.
-    pub capture: &'static str,
+    pub capture: crate::records::Capture,
     /// Where each volume is captured (empty: direct).
     pub capture_places: Vec<Place>,
     /// Why the capture is not made, when it was asked for and is not.
@@ -477,15 +477,16 @@ fn inside_another_bind(project: &Project, source: &Path, folder: &Path) -> bool 
 }
 
 /// The capture in one word: `direct` without one, else the slowest way any volume takes.
-fn capture_label(places: &[Place]) -> &'static str {
+fn capture_label(places: &[Place]) -> crate::records::Capture {
+    use crate::records::Capture;
     if places.is_empty() {
-        "direct"
+        Capture::Direct
     } else if places.iter().any(|p| p.how == How::Copy) {
-        "copy"
+        Capture::Copy
     } else if places.iter().any(|p| p.how == How::Stream) {
-        "stream"
+        Capture::Stream
     } else {
-        "reflink"
+        Capture::Reflink
     }
 }
 
@@ -764,7 +765,7 @@ mod tests {
             ],
             "a mount point's and one inside another bind go to the storage folder"
         );
-        assert_eq!(plan.capture, "copy");
+        assert_eq!(plan.capture, crate::records::Capture::Copy);
         // A folder another user can write gets no capture tree: the storage folder does.
         let mut shared = f.clone();
         shared.shared_folders.insert("/srv".into());
@@ -797,7 +798,10 @@ mod tests {
             &f,
             at(),
         );
-        assert_eq!((direct.capture, direct.capture_note), ("direct", None));
+        assert_eq!(
+            (direct.capture, direct.capture_note),
+            (crate::records::Capture::Direct, None)
+        );
         let idle = build(
             &proj,
             &Options {
@@ -813,16 +817,19 @@ mod tests {
         );
         f.capture_fs.insert("/srv".into(), fs(3, 4, false));
         let full = build(&proj, &o, &f, at());
-        assert_eq!(full.capture, "direct");
+        assert_eq!(full.capture, crate::records::Capture::Direct);
         assert!(full.capture_note.unwrap().contains("/srv"));
         // A pack holds a header (and padding) per entry: a million tiny files need 1 GiB.
         f.capture_fs.insert("/srv".into(), fs(3, 1 << 30, false));
         f.entries.insert("/srv/x".into(), 1 << 20);
         let many = build(&proj, &o, &f, at());
-        assert_eq!(many.capture, "direct");
+        assert_eq!(many.capture, crate::records::Capture::Direct);
         assert!(many.capture_note.unwrap().contains("/srv"));
         f.entries.insert("/srv/x".into(), 1000);
-        assert_eq!(build(&proj, &o, &f, at()).capture, "copy");
+        assert_eq!(
+            build(&proj, &o, &f, at()).capture,
+            crate::records::Capture::Copy
+        );
     }
 
     #[test]

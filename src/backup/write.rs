@@ -394,14 +394,12 @@ fn alone(
         Volume::Volume { name, .. } => format!("{name}:/{ALONE_DIR}:ro,nocopy"),
         Volume::Bind { source, .. } => format!("{}:/{ALONE_DIR}:ro", source.display()),
     };
-    crate::restore::engine::create_helper(ctx.docker, &name, &mount, &image).with_context(
-        || {
-            format!(
-                "creating a helper container to read {} alone",
-                volume.label()
-            )
-        },
-    )?;
+    crate::volumes::create_helper(ctx.docker, &name, &mount, &image).with_context(|| {
+        format!(
+            "creating a helper container to read {} alone",
+            volume.label()
+        )
+    })?;
     created.push(name.clone());
     Ok(name)
 }

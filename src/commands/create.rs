@@ -9,6 +9,7 @@ use crate::backup::plan::Plan;
 use crate::backup::{self, Options, Outcome};
 use crate::cli::{Compression, CreateArgs, Format};
 use crate::output::{human_bytes, note, print, table, write_json};
+use crate::records::RunCommand;
 use crate::Context;
 
 pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> {
@@ -49,7 +50,10 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
         max_parts: args.max_parts,
         only: args.remote_only,
     };
-    match backup::run(ctx, &opts, &remote, args.dry_run)? {
+    let lock = |project, catalog: &_| {
+        crate::recover::lock_and_recover(ctx, project, catalog, RunCommand::Create)
+    };
+    match backup::run(ctx, &opts, &remote, args.dry_run, &lock)? {
         Outcome::DryRun(plan) => print(out, args.format, &plan, |plan, out| {
             print_plan(plan, args.stop, out)
         }),

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::catalog::{BackupRow, Catalog, NewBackup, RemoteState};
 use crate::output::warn;
+use crate::records::RemoteStatus;
 use crate::records::Status;
 use crate::remote::RemoteUrl;
 use crate::sidecar::Sidecar;
@@ -91,7 +92,7 @@ fn register(catalog: &Catalog, side: &Sidecar, object_url: &str) -> Result<Backu
         id,
         &RemoteState {
             url: Some(object_url.to_string()),
-            status: Some("uploaded"),
+            status: Some(RemoteStatus::Uploaded),
             error: None,
             upload_id: None,
         },

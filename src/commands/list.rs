@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::catalog::BackupRow;
 use crate::cli::{ListArgs, ListFormat};
 use crate::output::{human_bytes, table, warn, write_json};
+use crate::records::RemoteStatus;
 use crate::records::Status;
 use crate::Context;
 
@@ -23,7 +24,7 @@ struct Listed<'a> {
 /// Where a backup can be read from: this host's file, its remote copy, both, or none.
 pub fn location(row: &BackupRow) -> &'static str {
     let local = Path::new(&row.file_path).is_file();
-    let remote = row.remote_status.as_deref() == Some("uploaded");
+    let remote = row.remote_status == Some(RemoteStatus::Uploaded);
     match (local, remote) {
         (true, true) => "both",
         (true, false) => "local",
@@ -34,7 +35,7 @@ pub fn location(row: &BackupRow) -> &'static str {
 
 /// What is wrong with a completed backup's file, if anything.
 pub fn file_problem(row: &BackupRow) -> Option<&'static str> {
-    let remote = row.remote_status.as_deref() == Some("uploaded");
+    let remote = row.remote_status == Some(RemoteStatus::Uploaded);
     if row.status != Status::Completed || (remote && !Path::new(&row.file_path).exists()) {
         return None;
     }
@@ -124,8 +125,8 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
 
 /// The WHERE cell: the location, and a failed upload.
 fn where_cell(r: &BackupRow) -> String {
-    match (location(r), r.remote_status.as_deref()) {
-        (loc, Some("failed")) => format!("{loc} (upload failed)"),
+    match (location(r), r.remote_status) {
+        (loc, Some(RemoteStatus::Failed)) => format!("{loc} (upload failed)"),
         (loc, _) => loc.to_string(),
     }
 }

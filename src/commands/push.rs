@@ -8,6 +8,7 @@ use crate::catalog::{BackupRow, Catalog};
 use crate::cli::PushArgs;
 use crate::exit_codes::{Code, UserError};
 use crate::output::{note, print, table, warn};
+use crate::records::RemoteStatus;
 use crate::records::Status;
 use crate::remote::{self, transfer, RemoteUrl};
 use crate::Context;
@@ -38,7 +39,7 @@ pub fn run(ctx: &Context, args: &PushArgs, out: &mut dyn Write) -> Result<()> {
         let lines = rows.iter().map(|r| {
             vec![
                 r.id.to_string(),
-                r.remote_status.clone().unwrap_or_else(|| "-".into()),
+                r.remote_status.map_or("-".to_string(), |s| s.to_string()),
                 r.remote_url.clone().unwrap_or_default(),
             ]
         });
@@ -86,7 +87,7 @@ fn push_one(
     if let Some(url) = row
         .remote_url
         .as_deref()
-        .filter(|_| row.remote_status.as_deref() == Some("uploaded"))
+        .filter(|_| row.remote_status == Some(RemoteStatus::Uploaded))
     {
         let key = remote::url::split_object(url)?.1;
         if transfer::is_there(&store, &row, &key)? {

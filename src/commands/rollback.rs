@@ -5,6 +5,7 @@ use anyhow::Result;
 
 use crate::cli::{Format, RollbackArgs};
 use crate::output::{human_bytes, note, print, table, write_json};
+use crate::records::RunCommand;
 use crate::restore::plan::RollbackPlan;
 use crate::restore::{self, Options};
 use crate::Context;
@@ -26,7 +27,14 @@ pub fn run(ctx: &Context, args: &RollbackArgs, out: &mut dyn Write) -> Result<()
         let (_, _, _, plan) = restore::plan(ctx, &opts)?;
         return print(out, args.format, &plan, print_plan);
     }
-    let report = restore::run(ctx, &opts)?;
+    let prepared = restore::prepare(ctx, &opts)?;
+    let (_lock, project) = crate::recover::lock_and_recover(
+        ctx,
+        prepared.project.clone(),
+        &prepared.catalog,
+        RunCommand::Rollback,
+    )?;
+    let report = restore::execute(ctx, &opts, prepared, project)?;
     note(format!(
         "rolled back to backup #{} ({}): restored {}{}{}",
         report.plan.backup_id,

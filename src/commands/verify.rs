@@ -10,6 +10,7 @@ use crate::catalog::BackupRow;
 use crate::cli::VerifyArgs;
 use crate::exit_codes::{Code, UserError};
 use crate::output::{print, table};
+use crate::records::RemoteStatus;
 use crate::records::{Status, Verification};
 use crate::Context;
 
@@ -125,7 +126,7 @@ fn remote_check(ctx: &Context, r: &BackupRow, url: &str, download: bool) -> Resu
     let (bucket, key) = crate::remote::url::split_object(url)?;
     let store = crate::remote::open(&bucket)?;
     anyhow::ensure!(
-        r.remote_status.as_deref() == Some("uploaded"),
+        r.remote_status == Some(RemoteStatus::Uploaded),
         "the upload did not complete ({})",
         r.remote_error.as_deref().unwrap_or("failed")
     );

@@ -11,6 +11,7 @@ use super::url::{numbered, split_object};
 use crate::archive::writer::Output;
 use crate::catalog::{BackupRow, Catalog, RemoteState};
 use crate::output::{note, warn};
+use crate::records::RemoteStatus;
 use crate::sidecar::Sidecar;
 
 const MIB: u64 = 1 << 20;
@@ -58,7 +59,7 @@ pub fn upload(
                         .url
                         .object_url(&store.url.key(&row.project, &file_name(row))),
                 ),
-                status: Some("failed"),
+                status: Some(RemoteStatus::Failed),
                 error: Some(format!("{e:#}")),
                 upload_id: None,
             };
@@ -69,7 +70,7 @@ pub fn upload(
     let url = store.url.object_url(&key);
     let mut state = RemoteState {
         url: Some(url.clone()),
-        status: Some("failed"),
+        status: Some(RemoteStatus::Failed),
         error: Some("the upload did not finish".into()),
         upload_id: None,
     };
@@ -77,7 +78,7 @@ pub fn upload(
     let result = send_file(store, catalog, row, &key, max_parts, &mut state);
     match result {
         Ok(done) => {
-            state.status = Some("uploaded");
+            state.status = Some(RemoteStatus::Uploaded);
             state.error = None;
             state.upload_id = None;
             catalog.set_remote(row.id, &state)?;
@@ -118,7 +119,7 @@ pub fn finish_streamed(store: &Store, catalog: &Catalog, row: &BackupRow) -> Res
         .and_then(|json| store.put_small(&format!("{key}.json"), json));
     match put {
         Ok(()) => {
-            state.status = Some("uploaded");
+            state.status = Some(RemoteStatus::Uploaded);
             state.error = None;
             catalog.set_remote(row.id, &state)?;
             note(format!("backup #{} streamed to {url}", row.id));
@@ -388,11 +389,7 @@ pub fn abort_at(url: &str, id: &str) -> Result<()> {
 pub fn remote_state(r: &BackupRow) -> RemoteState {
     RemoteState {
         url: r.remote_url.clone(),
-        status: match r.remote_status.as_deref() {
-            Some("uploaded") => Some("uploaded"),
-            Some(_) => Some("failed"),
-            None => None,
-        },
+        status: r.remote_status,
         error: r.remote_error.clone(),
         upload_id: r.remote_upload_id.clone(),
     }

@@ -114,11 +114,11 @@ fn open(
         Action::InPlace => Box::new(txn.empty_in_place(step, &source()?)?),
         Action::SwapVolume => {
             let name = name()?;
-            if !engine::exists(&ctx.docker, &name) {
+            if !crate::volumes::exists(&ctx.docker, &name) {
                 txn.recreated(&name);
-                engine::recreate(&ctx.docker, &step.record)?;
+                crate::volumes::recreate(&ctx.docker, &step.record)?;
             }
-            let dir = engine::local_mountpoint(&ctx.docker, &name)?
+            let dir = crate::volumes::local_mountpoint(&ctx.docker, &name)?
                 .with_context(|| format!("the folder of volume {name} is not on this host"))?;
             Box::new(txn.stage(&dir, &project.name)?)
         }
@@ -126,7 +126,7 @@ fn open(
             let name = name()?;
             remove_users(ctx, project, &name, txn)?;
             txn.recreated(&name);
-            engine::recreate(&ctx.docker, &step.record)?;
+            crate::volumes::recreate(&ctx.docker, &step.record)?;
             Box::new(engine::Filler::start(&ctx.docker, &name, &image()?)?)
         }
         Action::Keep => anyhow::bail!("{} is kept, not restored", step.target),
@@ -141,7 +141,7 @@ fn remove_users(
     txn: &mut Transaction<'_>,
 ) -> Result<()> {
     let mut remove = Vec::new();
-    for u in engine::users(&ctx.docker, name)? {
+    for u in crate::volumes::users(&ctx.docker, name)? {
         if u.project != project.name {
             anyhow::bail!(
                 "volume {name} is in use by container {} of another project",
@@ -170,6 +170,6 @@ pub fn clean_stale(ctx: &Context, project: &str, steps: &[&Step]) {
         host::clean_stale(parent, project);
     }
     if steps.iter().any(|s| s.record.name.is_some()) {
-        engine::clean_stale(&ctx.docker);
+        crate::volumes::clean_stale(&ctx.docker);
     }
 }

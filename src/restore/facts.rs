@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::engine;
 use super::plan::{self, CurrentImage, Facts, Fs, Request};
 use crate::access::{self, Me};
 use crate::archive::manifest::{ServiceRecord, VolumeRecord};
@@ -51,7 +50,7 @@ pub fn gather(
         }
     }
     if !f.helper_images.is_empty() {
-        f.volumes_local = engine::volumes_are_local(&ctx.docker)?;
+        f.volumes_local = crate::volumes::volumes_are_local(&ctx.docker)?;
     }
     for s in &project.services {
         let reference = s.image.clone();
@@ -70,7 +69,7 @@ pub fn gather(
 
 fn bind_facts(v: &VolumeRecord, f: &mut Facts) {
     let Some(source) = &v.source else { return };
-    let mount_point = super::mount::is_mount_point(source);
+    let mount_point = crate::hostfs::paths::is_mount_point(source);
     if mount_point {
         f.mount_points.insert(source.clone());
         if let Ok(room) = crate::storage::room_once_emptied(source) {
@@ -135,10 +134,10 @@ fn volume_facts(
     let Some(name) = v.name.clone() else {
         return Ok(());
     };
-    if !engine::exists(&ctx.docker, &name) {
+    if !crate::volumes::exists(&ctx.docker, &name) {
         f.missing_volumes.insert(name.clone());
     }
-    if let Some(u) = engine::users(&ctx.docker, &name)?
+    if let Some(u) = crate::volumes::users(&ctx.docker, &name)?
         .into_iter()
         .find(|u| u.project != project.name)
     {

@@ -1,10 +1,9 @@
 //! Bind mounts: extract a volume into a staging path beside its target, then swap the two
 //! atomically (`renameat2(RENAME_EXCHANGE)`); the old content is removed only at the end.
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -76,7 +75,7 @@ impl Staged {
     /// Makes the staging of `target` for a rollback of `project`, recording the folders it
     /// makes in `run` (when there is one) before anything is written into them.
     pub fn new(target: &Path, project: &str, run: Option<&mut ActiveRun>) -> Result<Staged> {
-        if super::mount::is_mount_point(target) {
+        if crate::hostfs::paths::is_mount_point(target) {
             let run = run.context("a mount point is restored only with a run record")?;
             let m = super::mount::InMount::new(target, project, run)?;
             return Ok(Staged {
@@ -180,7 +179,7 @@ impl Staged {
     fn remove_staging(&self) -> Result<()> {
         if let Some((docker, image)) = &self.by_engine {
             if fs::symlink_metadata(&self.staging).is_ok() {
-                super::engine::remove_tree(docker, &self.staging, image)?;
+                crate::volumes::remove_tree(docker, &self.staging, image)?;
             }
         } else if let Some((wrapper, _)) = &self.fds {
             owned::remove_at(wrapper, owned::split(&self.staging)?.1)
@@ -191,17 +190,6 @@ impl Staged {
             let _ = fs::remove_dir(holder);
         }
         Ok(())
-    }
-}
-
-pub fn remove_any(p: &Path) -> Result<()> {
-    match fs::symlink_metadata(p) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-        Ok(m) if m.is_dir() => {
-            fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))
-        }
-        Ok(_) => fs::remove_file(p).with_context(|| format!("removing {}", p.display())),
     }
 }
 
@@ -302,34 +290,6 @@ impl HostWriter {
         self.fs.syncfs()
     }
 }
-
-/// Flushes the filesystem holding `p` (one call for every file written, instead of an fsync
-/// per file): the staged content is on disk before it is swapped in.
-pub(super) fn syncfs(p: &Path) -> Result<()> {
-    let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    rustix::fs::syncfs(&f)
-        .map_err(io::Error::from)
-        .with_context(|| format!("syncing {}", p.display()))
-}
-
-/// Owner, then mode (a chown clears set-id bits), then mtime; symlinks keep their own mode.
-pub(crate) fn set_attrs(p: &Path, a: &Attrs, is_link: bool) -> Result<()> {
-    let ctx = || format!("setting owner, mode and time of {}", p.display());
-    std::os::unix::fs::lchown(p, Some(a.uid as u32), Some(a.gid as u32)).with_context(ctx)?;
-    if !is_link {
-        fs::set_permissions(p, fs::Permissions::from_mode(a.mode & 0o7777)).with_context(ctx)?;
-    }
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        p,
-        &times_of(a.mtime),
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(io::Error::from)
-    .with_context(ctx)
-}
-
-pub(crate) use crate::hostfs::beneath::times_of;
 
 #[cfg(test)]
 mod tests {

@@ -17,15 +17,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use crate::archive::{reader, Codec};
-use crate::backup;
+use crate::archive::reader;
 use crate::catalog::{BackupRow, Catalog};
-use crate::compose::{Project, Volume};
+use crate::compose::Project;
 use crate::crypto::Recipients;
 use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
-use crate::records::{BackupType, RunCommand};
+use crate::records::RemoteStatus;
+use crate::records::RunCommand;
 use crate::runs::{ActiveRun, Phase};
+use crate::safety::{safety_of, storage_of};
 use crate::services::{self, Running};
 use crate::Context;
 use plan::{Action, RollbackPlan, Step};
@@ -144,7 +145,7 @@ fn fetch(
     let Some(url) = row
         .remote_url
         .clone()
-        .filter(|_| row.remote_status.as_deref() == Some("uploaded"))
+        .filter(|_| row.remote_status == Some(RemoteStatus::Uploaded))
     else {
         if from_remote {
             return Err(user(
@@ -170,16 +171,6 @@ fn fetch(
         ));
     }
     Ok(row)
-}
-
-/// The project's storage folder, as `create` resolves it without `--storage`.
-pub(crate) fn storage_of(project: &Project, catalog: &Catalog) -> Result<PathBuf> {
-    let facts = backup::plan::Facts {
-        cwd: std::env::current_dir()?,
-        catalog_storage: catalog.storage_dir(&project.name)?,
-        ..Default::default()
-    };
-    Ok(backup::plan::resolve_storage(project, None, &facts))
 }
 
 /// Whom the safety backup is encrypted to: `--recipient`, else the project's recipients
@@ -262,19 +253,47 @@ fn verified(ctx: &Context, row: &BackupRow, project: &Project) -> Result<reader:
     Ok(verified)
 }
 
-/// Runs a rollback. Fails before any change when the backup does not verify, the plan is
-/// refused, the user does not confirm, or staging does not fit; fails with `RolledBack`
-/// when a step after the safety backup failed and the previous state was put back.
-pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
-    let (project, catalog, row, mut plan) = plan(ctx, opts)?;
+/// What a rollback will do, checked and confirmed: nothing has changed yet.
+pub struct Prepared {
+    pub project: Project,
+    pub catalog: Catalog,
+    pub row: BackupRow,
+    pub plan: RollbackPlan,
+}
+
+/// Plans a rollback and has it confirmed. Fails before any change when the backup does not
+/// verify, the plan is refused, the user does not confirm, or staging does not fit.
+pub fn prepare(ctx: &Context, opts: &Options) -> Result<Prepared> {
+    let (project, catalog, row, plan) = plan(ctx, opts)?;
     check_space(&plan)?;
     warn_image_changes(&plan);
     for w in &plan.warnings {
         warn(w.clone());
     }
     confirm(&row, &plan, opts.yes)?;
-    let (_lock, project) =
-        crate::recover::lock_and_recover(ctx, project, &catalog, RunCommand::Rollback)?;
+    Ok(Prepared {
+        project,
+        catalog,
+        row,
+        plan,
+    })
+}
+
+/// Runs a prepared rollback on `project` as it is under the project's lock (the command
+/// holds it). Fails with `RolledBack` when a step after the safety backup failed and the
+/// previous state was put back.
+pub fn execute(
+    ctx: &Context,
+    opts: &Options,
+    prepared: Prepared,
+    project: Project,
+) -> Result<Report> {
+    let Prepared {
+        catalog,
+        row,
+        mut plan,
+        ..
+    } = prepared;
     plan.set_running(Running::of(&project), opts.no_start);
     let mut record = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Rollback)?;
     if plan.order == plan::Order::StageFirst {
@@ -538,39 +557,6 @@ pub(crate) fn safety_pending(done: &str, kept: &[PathBuf], e: anyhow::Error) -> 
 /// The labels (volume names, bind paths) a plan restores.
 fn restored_labels(plan: &RollbackPlan) -> Vec<String> {
     plan.restoring().map(|s| plan::label(&s.record)).collect()
-}
-
-/// A `pre-rollback` backup of the volumes named by `labels`, encrypted to `recipients`; a
-/// target whose previous content was moved away (a staged rollback) is read from `previous`.
-pub(crate) fn safety_of(
-    ctx: &Context,
-    project: &Project,
-    catalog: &Catalog,
-    labels: &[String],
-    recipients: &[String],
-    previous: &std::collections::HashMap<PathBuf, PathBuf>,
-) -> Result<BackupRow> {
-    let mut subset = project.clone();
-    subset.volumes.retain(|v| labels.contains(&v.label()));
-    for v in subset.volumes.iter_mut() {
-        match v {
-            Volume::Volume { excluded, .. } | Volume::Bind { excluded, .. } => *excluded = false,
-        }
-    }
-    let opts = backup::Options {
-        backup_type: BackupType::PreRollback,
-        service_version: None,
-        codec: Codec::Zstd { level: 3 },
-        storage: None,
-        stop: false,
-        include_external_binds: true,
-        recipients: Some(Recipients(recipients.to_vec())),
-        capture: backup::plan::CaptureMode::Direct,
-    };
-    note("taking a safety backup of the previous state");
-    let row = backup::create_stopped(ctx, &subset, &opts, catalog, previous)?;
-    note(format!("safety backup #{}: {}", row.id, row.file_path));
-    Ok(row)
 }
 
 /// Writes the targets a killed `rollback --in-place` had emptied and not finished again

@@ -4,72 +4,23 @@
 //! the previous ones out one by one, under an fsynced journal kept beside the run record: a
 //! killed rollback is undone (or, once the journal says `done`, finished) by `recover` or the
 //! next run, which act only on the staging folder the record names. Not one atomic swap.
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
-use super::host::{remove_any, HostWriter};
+use super::host::HostWriter;
 use crate::archive::writer::Attrs;
 use crate::hostfs::beneath::set_fd_attrs;
 use crate::hostfs::owned;
+use crate::hostfs::paths::remove_any;
 use crate::runs::{ActiveRun, MountRecord, RootAttrs};
 use crate::storage::sync_dir;
-
-/// Whether `p` is a folder with a filesystem mounted on it (another device than its parent, or
-/// listed as a mount point, which also catches bind mounts of the same device).
-pub fn is_mount_point(p: &Path) -> bool {
-    let (Ok(m), Some(parent)) = (fs::symlink_metadata(p), p.parent()) else {
-        return false;
-    };
-    if !m.is_dir() {
-        return false;
-    }
-    if fs::metadata(parent).is_ok_and(|pm| pm.dev() != m.dev()) {
-        return true;
-    }
-    let Ok(canon) = p.canonicalize() else {
-        return false;
-    };
-    mount_points().iter().any(|mp| mp == &canon)
-}
-
-/// Mount points of this process's namespace (`/proc/self/mountinfo`, field 5, octal escapes).
-fn mount_points() -> Vec<PathBuf> {
-    let Ok(text) = fs::read("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.split(|b| *b == b'\n')
-        .filter_map(|line| line.split(|b| *b == b' ').nth(4))
-        .map(|f| PathBuf::from(std::ffi::OsString::from_vec(unescape(f))))
-        .collect()
-}
-
-fn unescape(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        let oct = f
-            .get(i + 1..i + 4)
-            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (f[i], oct) {
-            (b'\\', Some(o)) => {
-                out.push(o.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
-}
 
 /// One journal line: what is about to happen to a top-level name of the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -472,6 +423,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn names(v: &[&str]) -> Vec<Vec<u8>> {
         v.iter().map(|s| s.as_bytes().to_vec()).collect()
@@ -526,12 +478,6 @@ mod tests {
             assert_eq!(Step::parse(&s.line()), Some(s));
         }
         assert_eq!(Step::parse("garbage"), None);
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape(b"/mnt/a\\040b"), b"/mnt/a b");
-        assert_eq!(unescape(b"/plain"), b"/plain");
     }
 
     fn tree(p: &Path) -> Vec<String> {

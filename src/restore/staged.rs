@@ -68,7 +68,7 @@ pub fn run(
         let previous = txn.previous();
         let safety = crate::fault::fail(crate::fault::Fault::RollbackSafety).and_then(|()| {
             let recipients = &plan.safety_recipients;
-            super::safety_of(ctx, project, catalog, &labels, recipients, &previous)
+            crate::safety::safety_of(ctx, project, catalog, &labels, recipients, &previous)
         });
         match safety {
             Ok(s) => Some(s),

@@ -225,7 +225,7 @@ impl<'r> Transaction<'r> {
             let archived = again_steps
                 .iter()
                 .any(|s| s.record.name.as_ref() == Some(name));
-            if !archived && engine::exists(&ctx.docker, name) {
+            if !archived && crate::volumes::exists(&ctx.docker, name) {
                 let _ = ctx.docker.output(&[
                     "rm",
                     "-f",

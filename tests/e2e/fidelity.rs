@@ -222,3 +222,30 @@ fn a_tampered_attribute_value_fails_verify_even_with_the_checksum_recorded_again
     );
     p.plugin(&["verify", &id.to_string()]).success();
 }
+
+#[test]
+fn attributes_come_back_through_the_engine_too() {
+    let Some(p) = Project::new("xattrs-engine", &yaml()) else {
+        return;
+    };
+    std::fs::create_dir_all(p.path("data")).unwrap();
+    p.up();
+    let vol = volume_dir(&p);
+    sh(&format!(
+        "cd '{}' && echo data > f && setfattr -n user.x -v hello f && mkdir up && setfacl -m u:1234:rwx up && setfacl -d -m u:1234:rwx up",
+        vol.display()
+    ));
+    let want = described(&vol);
+    let id = create(&p, &["--stop"]);
+    sh(&format!(
+        "cd '{}' && setfattr -x user.x f && setfacl -b -k up",
+        vol.display()
+    ));
+    p.plugin_env(
+        &[("NUWAX_BACKUP_VOLUME_IO", "engine")],
+        &["rollback", &id.to_string(), "--yes"],
+    )
+    .success();
+    assert_eq!(described(&vol), want);
+    app_running(&p);
+}
