@@ -460,6 +460,35 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_json_fields_are_the_serialized_row() {
+        let doc = include_str!("../docs/create.md");
+        let listed = doc
+            .split("prints the catalog row on stdout:")
+            .nth(1)
+            .and_then(|rest| rest.split('`').nth(1))
+            .expect("docs/create.md lists the row's fields");
+        let documented: Vec<&str> = listed
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(',')
+            .map(|f| f.trim().trim_matches('"'))
+            .collect();
+        let c = Catalog::in_memory().unwrap();
+        let id = c.insert(&new_row("p", "2026-01-01T00:00:00Z")).unwrap();
+        let row = serde_json::to_value(c.get(id).unwrap().unwrap()).unwrap();
+        let serialized: Vec<&str> = row
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = documented.clone();
+        want.sort();
+        let mut got = serialized.clone();
+        got.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn rows_round_trip_and_list_newest_first() {
         let c = Catalog::in_memory().unwrap();
         let a = c.insert(&new_row("p", "2026-01-01T00:00:00Z")).unwrap();

@@ -65,6 +65,15 @@ impl Docker {
         Ok(Docker { bin, globals })
     }
 
+    /// A given binary (tests: a stand-in that logs its calls).
+    #[cfg(test)]
+    pub fn at(bin: PathBuf) -> Docker {
+        Docker {
+            bin,
+            globals: Vec::new(),
+        }
+    }
+
     fn full_args<S: AsRef<OsStr>>(&self, args: &[S]) -> Vec<OsString> {
         let mut all = self.globals.clone();
         all.extend(args.iter().map(|a| a.as_ref().to_os_string()));

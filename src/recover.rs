@@ -428,10 +428,9 @@ fn start_again(ctx: &Context, rec: &RunRecord) -> Result<()> {
     if running.is_empty() {
         return Ok(());
     }
-    if rec.command == RunCommand::Rollback && !running.services.is_empty() {
-        let mut args = vec!["create".to_string(), "--no-recreate".to_string()];
-        args.extend(running.services.iter().cloned());
-        let _ = ctx.docker.compose_detached(&ctx.compose, &args);
+    if rec.command == RunCommand::Rollback {
+        // A failure here shows as the start's own error just below.
+        let _ = services::create_missing(&ctx.docker, &ctx.compose, &running.services);
     }
     note(format!("starting {}", running.names().join(", ")));
     services::start(&ctx.docker, &ctx.compose, &running)

@@ -180,6 +180,9 @@ impl RunRecord {
 pub struct ActiveRun {
     path: PathBuf,
     record: RunRecord,
+    /// How to start what [`ActiveRun::stopping`] recorded when a panic unwinds through here:
+    /// the one restart guard of every run that stops services.
+    restart: Option<(crate::docker::Docker, crate::cli::ComposeArgs)>,
 }
 
 /// Where the records of catalog `catalog` live.
@@ -230,6 +233,7 @@ impl ActiveRun {
     pub fn begin(dir: &Path, project: &str, command: RunCommand) -> Result<ActiveRun> {
         crate::private::create_dir_all(dir)?;
         let run = ActiveRun {
+            restart: None,
             path: path_of(dir, project),
             record: RunRecord {
                 command,
@@ -286,8 +290,14 @@ impl ActiveRun {
         self.write()
     }
 
-    /// Records what is about to be stopped, before stopping it.
-    pub fn stopping(&mut self, running: &Running) -> Result<()> {
+    /// Records what is about to be stopped, before stopping it; from now on a panic starts
+    /// it again on its way out (the record stays for `recover` too).
+    pub fn stopping(
+        &mut self,
+        running: &Running,
+        (docker, compose): (&crate::docker::Docker, &crate::cli::ComposeArgs),
+    ) -> Result<()> {
+        self.restart = Some((docker.clone(), compose.clone()));
         self.record.stopped = running.names();
         self.record.stopped_services = running.services.clone();
         self.record.stopped_containers = running.containers.clone();
@@ -380,9 +390,12 @@ impl ActiveRun {
 
 impl Drop for ActiveRun {
     fn drop(&mut self) {
-        // A panic unwinds through here while services may be down: the record stays, so
-        // `recover` (or the next run) finds the run and starts them again.
+        // A panic unwinds through here while services may be down: they are started again,
+        // and the record stays, so `recover` (or the next run) finishes what the run left.
         if std::thread::panicking() {
+            if let Some((docker, compose)) = &self.restart {
+                let _ = crate::services::start(docker, compose, &self.record.running());
+            }
             return;
         }
         self.record.remove_journals();
@@ -416,11 +429,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("runs");
         let mut run = ActiveRun::begin(&dir, "p", RunCommand::Create).unwrap();
-        run.stopping(&Running {
+        let docker = crate::docker::Docker::at("/bin/true".into());
+        let running = Running {
             services: vec!["db".into()],
             containers: vec!["p-x-1".into()],
-        })
-        .unwrap();
+        };
+        run.stopping(&running, (&docker, &Default::default()))
+            .unwrap();
         run.phase(Phase::Archiving).unwrap();
         let rec = read(&dir, "p").unwrap().unwrap();
         assert_eq!(rec.phase, Phase::Archiving);
@@ -431,6 +446,37 @@ mod tests {
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         drop(run);
         assert!(read(&dir, "p").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_panic_while_services_are_down_starts_them_again_and_keeps_the_record() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("runs");
+        let log = d.path().join("calls");
+        let fake = d.path().join("docker");
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\necho \"$*\" >> '{}'\n", log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let docker = crate::docker::Docker::at(fake);
+        let running = Running {
+            services: vec!["db".into()],
+            containers: vec!["p-x-1".into()],
+        };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut run = ActiveRun::begin(&dir, "p", RunCommand::Create).unwrap();
+            run.stopping(&running, (&docker, &Default::default()))
+                .unwrap();
+            panic!("a bug while the services are down");
+        }));
+        assert!(panicked.is_err());
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(calls.contains("compose start db\n"), "{calls}");
+        assert!(calls.contains("start p-x-1\n"), "{calls}");
+        assert_eq!(read(&dir, "p").unwrap().unwrap().stopped, ["db", "p-x-1"]);
     }
 
     #[test]

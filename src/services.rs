@@ -63,6 +63,17 @@ pub fn stop(docker: &Docker, compose: &ComposeArgs, running: &Running) -> Result
     Ok(())
 }
 
+/// Makes the containers of `services` that do not exist (`compose create --no-recreate`:
+/// never one replaced, none started), in a process group of its own as [`start`] is.
+pub fn create_missing(docker: &Docker, compose: &ComposeArgs, services: &[String]) -> Result<()> {
+    if services.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["create".to_string(), "--no-recreate".to_string()];
+    args.extend(services.iter().cloned());
+    docker.compose_detached(compose, &args).map(|_| ())
+}
+
 /// Starts again what was running, in a process group of its own so that the Ctrl-C that
 /// cancelled the work does not also kill this step. Fails with `RestartFailed`, naming what
 /// is left down.

@@ -239,7 +239,7 @@ fn execute(
     }
     let mut timing = Timing::default();
     let stopped = run
-        .stopping(&running)
+        .stopping(&running, (&ctx.docker, &ctx.compose))
         .and_then(|()| services::stop(&ctx.docker, &ctx.compose, &running))
         .and_then(|()| cancel::check());
     let (work, restart) = match stopped {

@@ -424,10 +424,7 @@ fn container_for(
         .mounts()
         .first()
         .context("the volume is not mounted by any service")?;
-    ctx.docker.compose(
-        ctx.compose,
-        &["create", "--no-recreate", m.service.as_str()],
-    )?;
+    crate::services::create_missing(ctx.docker, ctx.compose, &[m.service.clone()])?;
     let ps = ctx.docker.compose(
         ctx.compose,
         &["ps", "-a", "--format", "json", m.service.as_str()],

@@ -432,7 +432,7 @@ fn stop_for_restore(
     if !plan.running.is_empty() {
         note(format!("stopping {}", plan.running.names().join(", ")));
     }
-    record.stopping(&plan.running)?;
+    record.stopping(&plan.running, (&ctx.docker, &ctx.compose))?;
     services::stop(&ctx.docker, &ctx.compose, &plan.running)?;
     record.phase(Phase::Restoring)?;
     crate::fault::point(crate::fault::Fault::RollbackRestoring);
@@ -587,12 +587,7 @@ pub fn refill_in_place(
 
 /// Makes the containers removed to recreate volumes again (not started).
 fn recreate_containers(ctx: &Context, services: &[String]) {
-    if services.is_empty() {
-        return;
-    }
-    let mut args = vec!["create".to_string(), "--no-recreate".to_string()];
-    args.extend(services.iter().cloned());
-    if let Err(e) = ctx.docker.compose_detached(&ctx.compose, &args) {
+    if let Err(e) = services::create_missing(&ctx.docker, &ctx.compose, services) {
         warn(format!(
             "could not create the containers of {} again: {e:#}; run `docker compose create`",
             services.join(", ")

@@ -126,7 +126,7 @@ fn swap_while_stopped(
         note(format!("stopping {}", plan.running.names().join(", ")));
     }
     let swapped = run_of(txn)
-        .and_then(|r| r.stopping(&plan.running))
+        .and_then(|r| r.stopping(&plan.running, (&ctx.docker, &ctx.compose)))
         .and_then(|()| services::stop(&ctx.docker, &ctx.compose, &plan.running))
         .and_then(|()| run_of(txn)?.phase(Phase::Swapping))
         .and_then(|()| {

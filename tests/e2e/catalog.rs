@@ -127,7 +127,7 @@ fn verify_passes_good_archives_and_fails_damaged_ones() {
     );
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
     p.plugin(&["verify", &bad["id"].to_string()]).failure(12);
-    let conn = rusqlite::Connection::open(p.catalog()).unwrap();
+    let conn = p.catalog_db();
     let (at, result): (Option<String>, Option<String>) = conn
         .query_row(
             "SELECT verified_at, verify_result FROM backups WHERE id = ?1",

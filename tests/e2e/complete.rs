@@ -150,7 +150,7 @@ fn completion_honours_p_and_answers_quietly_anywhere_even_on_a_locked_catalog() 
     let with_p = complete_in(&p, elsewhere.path(), &["-p", &p.name, "rollback", ""]);
     assert!(with_p.stdout.starts_with("1\t"), "{}", with_p.stdout);
     // Another process holds the catalog's write lock: completion still answers at once.
-    let conn = rusqlite::Connection::open(p.catalog()).unwrap();
+    let conn = p.catalog_db();
     conn.execute_batch("BEGIN EXCLUSIVE; UPDATE backups SET error = NULL;")
         .unwrap();
     let start = std::time::Instant::now();

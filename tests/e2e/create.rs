@@ -27,7 +27,7 @@ fn catalog_rows(p: &Project) -> Vec<(String, Option<String>)> {
     if !path.exists() {
         return Vec::new();
     }
-    let conn = rusqlite::Connection::open(path).unwrap();
+    let conn = p.catalog_db();
     let mut stmt = conn
         .prepare("SELECT status, error FROM backups ORDER BY id")
         .unwrap();

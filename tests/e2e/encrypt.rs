@@ -92,8 +92,7 @@ fn set_sha(p: &Project, id: i64, file: &Path) {
         std::fs::read(file).unwrap(),
     ));
     let size = std::fs::metadata(file).unwrap().len() as i64;
-    rusqlite::Connection::open(p.catalog())
-        .unwrap()
+    p.catalog_db()
         .execute(
             "UPDATE backups SET sha256 = ?1, size_bytes = ?2 WHERE id = ?3",
             rusqlite::params![sum, size, id],

@@ -181,6 +181,13 @@ impl Project {
         self.dir.path().join(rel)
     }
 
+    /// The project's catalog, opened: every test reads and writes catalog rows through this.
+    pub fn catalog_db(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.catalog()).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+        c
+    }
+
     pub fn catalog(&self) -> PathBuf {
         self.config.path().join("nuwax-backup").join("catalog.db")
     }
@@ -290,6 +297,13 @@ impl Project {
                 .output()
                 .unwrap(),
         )
+    }
+
+    /// The standalone binary with extra environment variables.
+    pub fn standalone_env(&self, env: &[(&str, String)], args: &[&str]) -> Run {
+        let mut c = self.command(env!("CARGO_BIN_EXE_docker-nuwax-backup"));
+        c.args(args).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        Run::from(c.output().unwrap())
     }
 
     pub fn compose(&self, args: &[&str]) -> Run {

@@ -260,7 +260,7 @@ fn without_yes_or_id_and_no_terminal_rollback_refuses() {
 }
 
 pub(crate) fn archive_of(p: &Project, id: i64) -> PathBuf {
-    let conn = rusqlite::Connection::open(p.catalog()).unwrap();
+    let conn = p.catalog_db();
     let path: String = conn
         .query_row("SELECT file_path FROM backups WHERE id = ?1", [id], |r| {
             r.get(0)
@@ -273,7 +273,7 @@ pub(crate) fn archive_of(p: &Project, id: i64) -> PathBuf {
 pub(crate) fn register(p: &Project, path: &Path) -> i64 {
     use sha2::Digest;
     let sha = crate::hex(&sha2::Sha256::digest(std::fs::read(path).unwrap()));
-    let conn = rusqlite::Connection::open(p.catalog()).unwrap();
+    let conn = p.catalog_db();
     conn.execute(
         "INSERT INTO backups (project, project_dir, file_path, service_version, backup_type, status, created_at, compression, sha256)
          VALUES (?1, ?2, ?3, '1', 'manual', 'completed', '2026-01-01T00:00:00Z', 'gzip', ?4)",
@@ -339,8 +339,7 @@ fn damaged_or_malicious_archives_are_refused_before_any_change() {
     let copy = evil_dir.join("copy.tar.gz");
     std::fs::write(&copy, &bytes).unwrap();
     let mismatch = register(&p, &copy);
-    rusqlite::Connection::open(p.catalog())
-        .unwrap()
+    p.catalog_db()
         .execute(
             "UPDATE backups SET sha256 = 'abc' WHERE id = ?1",
             [mismatch],
@@ -418,8 +417,8 @@ fn damaged_or_malicious_archives_are_refused_before_any_change() {
     }
     assert!(!Path::new("/tmp/nuwax-evil-absolute").exists());
     assert!(!p.dir.path().parent().unwrap().join("escape").exists());
-    let rows: i64 = rusqlite::Connection::open(p.catalog())
-        .unwrap()
+    let rows: i64 = p
+        .catalog_db()
         .query_row(
             "SELECT COUNT(*) FROM backups WHERE backup_type = 'pre-rollback'",
             [],

@@ -210,3 +210,64 @@ fn docker_global_options_reach_every_docker_call() {
         .success();
     assert_eq!(standalone.json()["project"], p.name.as_str());
 }
+
+/// A `docker` on PATH that logs each call's arguments, then runs the real one.
+fn logging_docker(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v docker"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
+    let log = dir.join("calls.log");
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec '{real}' \"$@\"\n",
+        log.display()
+    );
+    let wrapper = dir.join("docker");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    (path, log)
+}
+
+#[test]
+fn docker_global_options_reach_every_docker_call_of_create_and_rollback() {
+    let yaml = crate::harness::app_with("\"./data:/data\", \"vol:/vol\"") + "volumes:\n  vol: {}\n";
+    let Some(p) = Project::new("globals-all", &yaml) else {
+        return;
+    };
+    std::fs::create_dir_all(p.path("data")).unwrap();
+    std::fs::write(p.path("data/f"), "v1").unwrap();
+    p.up();
+    let wrap = tempfile::tempdir().unwrap();
+    let (path, log) = logging_docker(wrap.path());
+    let env = [("PATH", path)];
+    let host = ["-H", "unix:///var/run/docker.sock"];
+    let created = p
+        .standalone_env(
+            &env,
+            &[&host[..], &["create", "--stop", "--format", "json"]].concat(),
+        )
+        .success();
+    let id = created.json()["id"].to_string();
+    std::fs::write(p.path("data/f"), "v2").unwrap();
+    p.standalone_env(&env, &[&host[..], &["rollback", &id, "--yes"]].concat())
+        .success();
+    assert_eq!(std::fs::read_to_string(p.path("data/f")).unwrap(), "v1");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert!(lines.len() >= 10, "{calls}");
+    for needed in ["compose", "volume inspect", "stop", "start"] {
+        assert!(
+            lines.iter().any(|l| l.contains(needed)),
+            "no {needed} call: {calls}"
+        );
+    }
+    for l in &lines {
+        assert!(l.starts_with("-H unix:///var/run/docker.sock "), "{l}");
+    }
+}
