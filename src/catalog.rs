@@ -113,6 +113,67 @@ pub struct NewBackup<'a> {
     pub timing: Option<crate::records::Timing>,
 }
 
+/// Where a backup comes from: what every row says, whatever became of the backup.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub project: &'a str,
+    pub project_dir: &'a Path,
+    pub service_version: &'a str,
+    pub backup_type: BackupType,
+    pub created_at: &'a str,
+    pub compression: &'a str,
+    /// Public keys the archive is encrypted to (none: not encrypted).
+    pub recipients: &'a [String],
+}
+
+impl<'a> NewBackup<'a> {
+    /// A completed backup: its file, and that file's size, SHA-256 and entry count.
+    pub fn completed(
+        o: Origin<'a>,
+        file_path: &'a Path,
+        (size_bytes, sha256, file_count): (u64, &'a str, u64),
+    ) -> Self {
+        NewBackup {
+            status: Status::Completed,
+            size_bytes,
+            sha256: Some(sha256),
+            file_count,
+            error: None,
+            ..NewBackup::failed(o, file_path, "")
+        }
+    }
+
+    /// A failed backup, with the error that ended it (the file it was to be).
+    pub fn failed(o: Origin<'a>, file_path: &'a Path, error: &'a str) -> Self {
+        NewBackup {
+            project: o.project,
+            project_dir: o.project_dir,
+            file_path,
+            service_version: o.service_version,
+            backup_type: o.backup_type,
+            status: Status::Failed,
+            created_at: o.created_at,
+            size_bytes: 0,
+            sha256: None,
+            file_count: 0,
+            compression: o.compression,
+            duration_ms: 0,
+            error: Some(error),
+            recipients: o.recipients,
+            timing: None,
+        }
+    }
+
+    /// How long it took, and (a create) its downtime.
+    pub fn took(self, duration_ms: u64, timing: Option<crate::records::Timing>) -> Self {
+        NewBackup {
+            duration_ms,
+            timing,
+            ..self
+        }
+    }
+}
+
 pub struct Catalog {
     conn: Connection,
 }
@@ -440,23 +501,16 @@ mod tests {
     use super::*;
 
     fn new_row<'a>(project: &'a str, created_at: &'a str) -> NewBackup<'a> {
-        NewBackup {
+        let origin = Origin {
             project,
             project_dir: Path::new("/p"),
-            file_path: Path::new("/p/backups/a.tar.gz"),
             service_version: "1.0",
             backup_type: BackupType::Manual,
-            status: Status::Completed,
             created_at,
-            size_bytes: 10,
-            sha256: Some("ab"),
-            file_count: 2,
             compression: "gzip",
-            duration_ms: 5,
-            error: None,
             recipients: &[],
-            timing: None,
-        }
+        };
+        NewBackup::completed(origin, Path::new("/p/backups/a.tar.gz"), (10, "ab", 2)).took(5, None)
     }
 
     #[test]

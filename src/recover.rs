@@ -12,7 +12,7 @@ use crate::catalog::{Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::hostfs::owned::{self, Made};
 use crate::output::{note, warn};
-use crate::records::{RunCommand, Status};
+use crate::records::RunCommand;
 use crate::restore::{host, mount};
 use crate::runs::{self, Phase, RunRecord};
 use crate::{services, storage, Context};
@@ -251,23 +251,16 @@ fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunReco
             path.display()
         ));
     }
-    let id = catalog.insert(&NewBackup {
+    let origin = crate::catalog::Origin {
         project: &project.name,
         project_dir: &p.project_dir,
-        file_path: &p.storage,
         service_version: &p.service_version,
         backup_type: p.backup_type,
-        status: Status::Failed,
         created_at: &p.created_at,
-        size_bytes: 0,
-        sha256: None,
-        file_count: 0,
         compression: &p.compression,
-        duration_ms: 0,
-        error: Some("interrupted"),
         recipients: &[],
-        timing: None,
-    })?;
+    };
+    let id = catalog.insert(&NewBackup::failed(origin, &p.storage, "interrupted"))?;
     note(format!("recorded the interrupted backup as failed (#{id})"));
     Ok(())
 }
@@ -347,12 +340,15 @@ fn finish_staged(
 
 /// Where a volume's content is on this host: a bind's source, a local volume's folder.
 fn target_of(ctx: &Context, v: &Volume) -> Option<PathBuf> {
-    match v {
-        Volume::Bind { source, .. } => Some(source.clone()),
-        Volume::Volume { name, .. } => crate::volumes::local_mountpoint(&ctx.docker, name)
+    // A named volume's folder is asked of the engine (an owned path); a bind's is its source.
+    let mut asked = None;
+    let source = v.host_path(|name| {
+        asked = crate::volumes::local_mountpoint(&ctx.docker, name)
             .ok()
-            .flatten(),
-    }
+            .flatten();
+        None
+    });
+    source.map(Path::to_path_buf).or(asked)
 }
 
 /// The staging folders the dead rollback made (as its record names them, and only while they

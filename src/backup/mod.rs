@@ -20,7 +20,7 @@ use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
 use crate::output::{human_bytes, note, warn};
 use crate::records::RemoteStatus;
-use crate::records::{RunCommand, Status};
+use crate::records::RunCommand;
 use crate::runs::{ActiveRun, PendingRow, Phase};
 use crate::services::{self, Running};
 use crate::survey::{survey, Survey};
@@ -457,23 +457,12 @@ fn record_completed(
     duration_ms: u64,
     timing: Timing,
 ) -> Result<BackupRow> {
-    let id = catalog.insert(&NewBackup {
-        project: &project.name,
-        project_dir: &project.dir,
-        file_path: &done.path,
-        service_version: &plan.service_version,
-        backup_type: plan.backup_type,
-        status: Status::Completed,
-        created_at: &plan.created_at,
-        size_bytes: done.size,
-        sha256: Some(&done.sha256),
-        file_count: done.file_count,
-        compression: plan.compression,
-        duration_ms,
-        error: None,
-        recipients: &plan.recipients,
-        timing: Some(timing),
-    })?;
+    let new = NewBackup::completed(
+        origin_of(project, plan),
+        &done.path,
+        (done.size, &done.sha256, done.file_count),
+    );
+    let id = catalog.insert(&new.took(duration_ms, Some(timing)))?;
     if let Some(url) = &done.remote_url {
         let state = crate::catalog::RemoteState {
             url: Some(url.clone()),
@@ -493,6 +482,19 @@ fn record_completed(
     Ok(row)
 }
 
+/// What every row of this plan's backup says of where it comes from.
+fn origin_of<'a>(project: &'a Project, plan: &'a Plan) -> crate::catalog::Origin<'a> {
+    crate::catalog::Origin {
+        project: &project.name,
+        project_dir: &project.dir,
+        service_version: &plan.service_version,
+        backup_type: plan.backup_type,
+        created_at: &plan.created_at,
+        compression: plan.compression,
+        recipients: &plan.recipients,
+    }
+}
+
 fn record_failure(
     catalog: &Catalog,
     project: &Project,
@@ -502,23 +504,8 @@ fn record_failure(
 ) {
     let text = format!("{err:#}");
     let target = plan.storage.join(&plan.archive_name);
-    let _ = catalog.insert(&NewBackup {
-        project: &project.name,
-        project_dir: &project.dir,
-        file_path: &target,
-        service_version: &plan.service_version,
-        backup_type: plan.backup_type,
-        status: Status::Failed,
-        created_at: &plan.created_at,
-        size_bytes: 0,
-        sha256: None,
-        file_count: 0,
-        compression: plan.compression,
-        duration_ms,
-        error: Some(&text),
-        recipients: &plan.recipients,
-        timing: None,
-    });
+    let new = NewBackup::failed(origin_of(project, plan), &target, &text);
+    let _ = catalog.insert(&new.took(duration_ms, None));
 }
 
 /// The volumes whose content was moved away from their place (a staged rollback's previous

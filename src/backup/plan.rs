@@ -177,10 +177,8 @@ impl Plan {
     /// Where a volume's content is on this host, whoever may read it: a bind's source, a
     /// local named volume's folder.
     pub fn place_of<'a>(&'a self, item: &'a Item) -> Option<&'a Path> {
-        match &item.decl {
-            Volume::Bind { source, .. } => Some(source),
-            Volume::Volume { name, .. } => self.volume_dirs.get(name).map(PathBuf::as_path),
-        }
+        item.decl
+            .host_path(|name| self.volume_dirs.get(name).map(PathBuf::as_path))
     }
 
     /// The same, for a volume this process reads from disk; `None` for those the engine reads.
@@ -426,10 +424,9 @@ fn capture_places(
 /// The room a volume's capture takes: none for clones; its bytes, and for a tar (a pack, a
 /// stream) two blocks per entry (a header, padding) and a margin for long names.
 fn capture_bytes(how: How, i: &Item, facts: &Facts) -> u64 {
-    let folder = match &i.decl {
-        Volume::Bind { source, .. } => Some(source),
-        Volume::Volume { name, .. } => facts.volume_dirs.get(name),
-    };
+    let folder = i
+        .decl
+        .host_path(|name| facts.volume_dirs.get(name).map(PathBuf::as_path));
     let entries = folder
         .and_then(|f| facts.entries.get(f))
         .copied()

@@ -10,7 +10,6 @@ use crate::catalog::{BackupRow, NewBackup};
 use crate::cli::ImportArgs;
 use crate::exit_codes::{Code, UserError};
 use crate::output::{note, print, table, warn};
-use crate::records::Status;
 use crate::Context;
 
 pub fn run(ctx: &Context, args: &ImportArgs, out: &mut dyn Write) -> Result<()> {
@@ -108,23 +107,16 @@ struct Found {
 
 impl Found {
     fn as_new<'a>(&'a self, path: &'a Path) -> NewBackup<'a> {
-        NewBackup {
+        let origin = crate::catalog::Origin {
             project: &self.project,
             project_dir: &self.project_dir,
-            file_path: path,
             service_version: &self.service_version,
             backup_type: self.backup_type,
-            status: Status::Completed,
             created_at: &self.created_at,
-            size_bytes: self.size,
-            sha256: Some(&self.sha256),
-            file_count: self.file_count,
             compression: &self.compression,
-            duration_ms: 0,
-            error: None,
             recipients: &self.recipients,
-            timing: None,
-        }
+        };
+        NewBackup::completed(origin, path, (self.size, &self.sha256, self.file_count))
     }
 }
 

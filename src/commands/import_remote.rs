@@ -1,14 +1,13 @@
 //! `import s3://BUCKET[/PREFIX]`: registers every backup found in a bucket from its sidecar
 //! (recovery onto a new host); `rollback` downloads the archive when it needs it.
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
 use crate::catalog::{BackupRow, Catalog, NewBackup, RemoteState};
 use crate::output::warn;
 use crate::records::RemoteStatus;
-use crate::records::Status;
 use crate::remote::RemoteUrl;
 use crate::sidecar::Sidecar;
 
@@ -71,23 +70,21 @@ fn register(catalog: &Catalog, side: &Sidecar, object_url: &str) -> Result<Backu
         .storage_dir(&side.project)?
         .map(|d| d.join(object_url.rsplit('/').next().unwrap_or_default()))
         .unwrap_or_default();
-    let id = catalog.insert(&NewBackup {
+    let origin = crate::catalog::Origin {
         project: &side.project,
-        project_dir: &PathBuf::new(),
-        file_path: &file_path,
+        project_dir: Path::new(""),
         service_version: &side.service_version,
         backup_type: side.backup_type,
-        status: Status::Completed,
         created_at: &side.created_at,
-        size_bytes: side.size_bytes,
-        sha256: Some(&side.sha256),
-        file_count: side.file_count,
         compression: &side.compression,
-        duration_ms: side.duration_ms,
-        error: None,
         recipients: &side.recipients,
-        timing: None,
-    })?;
+    };
+    let new = NewBackup::completed(
+        origin,
+        &file_path,
+        (side.size_bytes, &side.sha256, side.file_count),
+    );
+    let id = catalog.insert(&new.took(side.duration_ms, None))?;
     catalog.set_remote(
         id,
         &RemoteState {

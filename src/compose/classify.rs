@@ -102,6 +102,19 @@ impl Volume {
             Volume::Volume { mounts, .. } | Volume::Bind { mounts, .. } => mounts,
         }
     }
+    /// Where its content lives on this host: a bind's source; a named volume's folder, as
+    /// `local_folder` knows it from the engine (only a plain `local` volume has one here).
+    /// The one place this is decided.
+    pub fn host_path<'a>(
+        &'a self,
+        local_folder: impl FnOnce(&'a str) -> Option<&'a std::path::Path>,
+    ) -> Option<&'a std::path::Path> {
+        match self {
+            Volume::Bind { source, .. } => Some(source),
+            Volume::Volume { name, .. } => local_folder(name),
+        }
+    }
+
     /// How a user names it: the engine name, or the host path.
     pub fn label(&self) -> String {
         match self {
