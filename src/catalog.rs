@@ -83,6 +83,21 @@ pub struct BackupRow {
     pub remote_upload_id: Option<String>,
 }
 
+impl BackupRow {
+    /// Where the archive is: `local` (its file is here), `remote` (only its uploaded copy),
+    /// `both`, or `none`.
+    pub fn location(&self) -> &'static str {
+        let local = Path::new(&self.file_path).is_file();
+        let remote = self.remote_status == Some(RemoteStatus::Uploaded);
+        match (local, remote) {
+            (true, true) => "both",
+            (true, false) => "local",
+            (false, true) => "remote",
+            (false, false) => "none",
+        }
+    }
+}
+
 /// What is known of a row's off-host copy.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RemoteState {
@@ -336,6 +351,16 @@ impl Catalog {
             .query_map([project], row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// When a backup of `project` was last verified (none: never).
+    pub fn last_verified(&self, project: &str) -> Result<Option<String>> {
+        let at = self.conn.query_row(
+            "SELECT MAX(verified_at) FROM backups WHERE project = ?1",
+            [project],
+            |r| r.get(0),
+        )?;
+        Ok(at)
     }
 
     /// Removes a row. Fails when there is no such row.

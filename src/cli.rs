@@ -13,6 +13,10 @@ pub const PLUGIN_NAME: &str = "nuwaxbackup";
 pub struct Cli {
     #[command(flatten)]
     pub compose: ComposeArgs,
+    /// After a command that changes the catalog, rewrite this file with `metrics
+    /// --all-projects` (atomically, mode 0644): for node_exporter's textfile collector.
+    #[arg(long, global = true, env = "NUWAX_BACKUP_METRICS_FILE", value_name = "PATH", value_hint = ValueHint::FilePath)]
+    pub metrics_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,9 +48,28 @@ pub enum Command {
     /// Finish a create or rollback that was killed: clean its leftovers, undo a half-moved
     /// mount point, start what it stopped, record a dead create as failed.
     Recover(StatusArgs),
+    /// Print Prometheus metrics of the catalog (text exposition format).
+    Metrics(MetricsArgs),
     /// Print a shell completion script for the standalone binary (`docker nuwaxbackup <TAB>`
     /// needs none: docker's own completion asks the plugin).
     Completion(CompletionArgs),
+}
+
+impl Command {
+    /// Whether the command may change the catalog (then `--metrics-file` is rewritten).
+    pub fn changes_catalog(&self) -> bool {
+        !matches!(
+            self,
+            Command::Status(_) | Command::List(_) | Command::Metrics(_) | Command::Completion(_)
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Every project of the catalog, not only this one.
+    #[arg(long)]
+    pub all_projects: bool,
 }
 
 #[derive(Debug, Args)]

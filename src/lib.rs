@@ -14,6 +14,7 @@ mod exit_codes;
 mod fault;
 mod hostfs;
 mod lock;
+mod metrics;
 mod output;
 mod plugin;
 mod private;
@@ -165,7 +166,25 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match &cli.command {
+    let ran = dispatch(&ctx, &cli.command, &mut out);
+    if let Some(path) = cli
+        .metrics_file
+        .as_deref()
+        .filter(|_| cli.command.changes_catalog())
+    {
+        // A run that failed changed the catalog too (a failed row): the file says so.
+        if let Err(e) = commands::metrics::write_file(&ctx, path) {
+            output::warn(format!("{e:#}"));
+        }
+    }
+    ran?;
+    out.flush()?;
+    Ok(())
+}
+
+fn dispatch(ctx: &Context, command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (ctx, mut out) = (ctx, out);
+    match command {
         Command::Status(a) => commands::status::run(&ctx, a, &mut out)?,
         Command::Create(a) => commands::create::run(&ctx, a, &mut out)?,
         Command::Rollback(a) => commands::rollback::run(&ctx, a, &mut out)?,
@@ -177,9 +196,9 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
         Command::Import(a) => commands::import::run(&ctx, a, &mut out)?,
         Command::Push(a) => commands::push::run(&ctx, a, &mut out)?,
         Command::Recover(a) => commands::recover::run(&ctx, a, &mut out)?,
+        Command::Metrics(a) => commands::metrics::run(&ctx, a, &mut out)?,
         Command::Completion(_) => unreachable!("answered before the context is made"),
     }
-    out.flush()?;
     Ok(())
 }
 

@@ -21,18 +21,6 @@ struct Listed<'a> {
     location: &'static str,
 }
 
-/// Where a backup can be read from: this host's file, its remote copy, both, or none.
-pub fn location(row: &BackupRow) -> &'static str {
-    let local = Path::new(&row.file_path).is_file();
-    let remote = row.remote_status == Some(RemoteStatus::Uploaded);
-    match (local, remote) {
-        (true, true) => "both",
-        (true, false) => "local",
-        (false, true) => "remote",
-        (false, false) => "none",
-    }
-}
-
 /// What is wrong with a completed backup's file, if anything.
 pub fn file_problem(row: &BackupRow) -> Option<&'static str> {
     let remote = row.remote_status == Some(RemoteStatus::Uploaded);
@@ -87,7 +75,7 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
                 .map(|row| Listed {
                     row,
                     file_exists: Path::new(&row.file_path).is_file(),
-                    location: location(row),
+                    location: row.location(),
                 })
                 .collect();
             write_json(out, &listed)
@@ -125,7 +113,7 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
 
 /// The WHERE cell: the location, and a failed upload.
 fn where_cell(r: &BackupRow) -> String {
-    match (location(r), r.remote_status) {
+    match (r.location(), r.remote_status) {
         (loc, Some(RemoteStatus::Failed)) => format!("{loc} (upload failed)"),
         (loc, _) => loc.to_string(),
     }

@@ -4,6 +4,7 @@ pub mod delete;
 pub mod import;
 pub mod import_remote;
 pub mod list;
+pub mod metrics;
 pub mod migrate_storage;
 pub mod prune;
 pub mod push;

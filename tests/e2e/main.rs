@@ -15,6 +15,7 @@ mod fidelity;
 mod fixture;
 mod harness;
 mod hostile;
+mod metrics;
 mod nonroot;
 mod planted;
 mod plugin;
