@@ -17,6 +17,14 @@ pub struct Cli {
     /// --all-projects` (atomically, mode 0644): for node_exporter's textfile collector.
     #[arg(long, global = true, env = "NUWAX_BACKUP_METRICS_FILE", value_name = "PATH", value_hint = ValueHint::FilePath)]
     pub metrics_file: Option<PathBuf>,
+    /// Tell this URL the outcome of create, rollback, prune, push or recover (repeatable;
+    /// also x-nuwax-backup.notify and NUWAX_BACKUP_NOTIFY): https://… (JSON POST),
+    /// hc+https://HOST/ping/UUID (Healthchecks), ntfy+https://HOST/TOPIC (ntfy).
+    #[arg(long, global = true, value_name = "URL")]
+    pub notify: Vec<String>,
+    /// Tell only failures (default), or every outcome.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub notify_on: crate::notify::When,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,6 +64,18 @@ pub enum Command {
 }
 
 impl Command {
+    /// The name a notification gives the command, when it notifies.
+    pub fn notifies(&self) -> Option<&'static str> {
+        match self {
+            Command::Create(_) => Some("create"),
+            Command::Rollback(_) => Some("rollback"),
+            Command::Prune(_) => Some("prune"),
+            Command::Push(_) => Some("push"),
+            Command::Recover(_) => Some("recover"),
+            _ => None,
+        }
+    }
+
     /// Whether the command may change the catalog (then `--metrics-file` is rewritten).
     pub fn changes_catalog(&self) -> bool {
         !matches!(

@@ -15,6 +15,7 @@ mod fault;
 mod hostfs;
 mod lock;
 mod metrics;
+mod notify;
 mod output;
 mod plugin;
 mod private;
@@ -161,12 +162,20 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
     cancel::install()?;
     let ctx = Context {
         docker: Docker::new(docker_globals)?,
-        compose: cli.compose,
+        compose: cli.compose.clone(),
         keys: std::cell::OnceCell::new(),
     };
+    let started = std::time::Instant::now();
+    let told = notifications(&ctx, &cli)?;
+    if let Some(t) = &told {
+        t.notifier.started();
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let ran = dispatch(&ctx, &cli.command, &mut out);
+    if let Some(t) = &told {
+        t.notifier.finished(&t.outcome(&ctx, &ran, started));
+    }
     if let Some(path) = cli
         .metrics_file
         .as_deref()
@@ -180,6 +189,85 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
     ran?;
     out.flush()?;
     Ok(())
+}
+
+/// Whom a run tells its outcome: `--notify`, `x-nuwax-backup.notify` and
+/// `NUWAX_BACKUP_NOTIFY` (space-separated), for the commands that notify.
+struct Told {
+    notifier: notify::Notifier,
+    command: &'static str,
+    project: String,
+    /// The newest row before the run: a create's own row is newer.
+    newest_before: Option<i64>,
+}
+
+fn notifications(ctx: &Context, cli: &Cli) -> anyhow::Result<Option<Told>> {
+    let Some(command) = cli.command.notifies() else {
+        if !cli.notify.is_empty() {
+            return Err(UserError::new(
+                Code::Usage,
+                "--notify applies to create, rollback, prune, push and recover",
+            )
+            .into());
+        }
+        return Ok(None);
+    };
+    let env = std::env::var("NUWAX_BACKUP_NOTIFY").unwrap_or_default();
+    let mut urls: Vec<String> = cli.notify.clone();
+    urls.extend(env.split_whitespace().map(String::from));
+    let (project, from_config) =
+        compose::Project::name_and_notify(&ctx.docker, &ctx.compose).unwrap_or_default();
+    urls.extend(from_config);
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let targets = urls
+        .iter()
+        .map(|u| notify::parse(u))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let newest_before = ctx
+        .catalog()
+        .ok()
+        .and_then(|c| c.list(Some(&project)).ok())
+        .and_then(|rows| rows.first().map(|r| r.id));
+    Ok(Some(Told {
+        notifier: notify::Notifier::new(targets, cli.notify_on),
+        command,
+        project,
+        newest_before,
+    }))
+}
+
+impl Told {
+    fn outcome(
+        &self,
+        ctx: &Context,
+        ran: &anyhow::Result<()>,
+        started: std::time::Instant,
+    ) -> notify::Outcome {
+        let row = match self.command {
+            "create" => ctx
+                .catalog()
+                .ok()
+                .and_then(|c| c.list(Some(&self.project)).ok())
+                .and_then(|rows| rows.into_iter().next())
+                .filter(|r| Some(r.id) > self.newest_before),
+            _ => None,
+        };
+        notify::Outcome {
+            command: self.command.to_string(),
+            project: self.project.clone(),
+            host: metrics::host_name(),
+            status: if ran.is_ok() { "succeeded" } else { "failed" },
+            exit_code: ran.as_ref().err().map_or(0, |e| code_of(e).as_u8()),
+            error: ran.as_ref().err().map(one_line),
+            downtime_ms: row.as_ref().and_then(|r| r.downtime_ms),
+            backup: row
+                .as_ref()
+                .and_then(|r| serde_json::to_value(commands::list::Listed::of(r)).ok()),
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
 }
 
 fn dispatch(ctx: &Context, command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -12,13 +12,24 @@ use crate::records::RemoteStatus;
 use crate::records::Status;
 use crate::Context;
 
+/// A row as `list --format json` prints it.
 #[derive(Serialize)]
-struct Listed<'a> {
+pub struct Listed<'a> {
     #[serde(flatten)]
     row: &'a BackupRow,
     file_exists: bool,
     /// `local`, `remote`, `both` or `none`.
     location: &'static str,
+}
+
+impl<'a> Listed<'a> {
+    pub fn of(row: &'a BackupRow) -> Listed<'a> {
+        Listed {
+            row,
+            file_exists: Path::new(&row.file_path).is_file(),
+            location: row.location(),
+        }
+    }
 }
 
 /// What is wrong with a completed backup's file, if anything.
@@ -70,14 +81,7 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
             Ok(())
         }
         ListFormat::Json => {
-            let listed: Vec<Listed> = rows
-                .iter()
-                .map(|row| Listed {
-                    row,
-                    file_exists: Path::new(&row.file_path).is_file(),
-                    location: row.location(),
-                })
-                .collect();
+            let listed: Vec<Listed> = rows.iter().map(Listed::of).collect();
             write_json(out, &listed)
         }
         ListFormat::Table => {

@@ -70,6 +70,25 @@ impl Project {
             .name)
     }
 
+    /// The project's name and the URLs of its `x-nuwax-backup.notify` (one `compose config`).
+    pub fn name_and_notify(docker: &Docker, args: &ComposeArgs) -> Result<(String, Vec<String>)> {
+        #[derive(serde::Deserialize)]
+        struct Notify {
+            #[serde(default)]
+            notify: Vec<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Named {
+            name: String,
+            #[serde(rename = "x-nuwax-backup", default)]
+            ext: Option<Notify>,
+        }
+        let text = docker.compose(args, &["config", "--format", "json"])?;
+        let n: Named =
+            serde_json::from_str(&text).context("reading `docker compose config` output")?;
+        Ok((n.name, n.ext.map(|e| e.notify).unwrap_or_default()))
+    }
+
     /// The containers that keep a cold backup from running now.
     pub fn blockers(&self) -> Vec<Blocker> {
         classify::blockers(&self.services, &self.others)

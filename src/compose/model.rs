@@ -75,6 +75,11 @@ pub struct Extension {
     pub encrypt: Option<EncryptConfig>,
     /// Copy each archive to this bucket (`s3://BUCKET[/PREFIX]`; `create --remote` wins).
     pub remote: Option<String>,
+    /// Where to tell the outcome of create, rollback, prune, push and recover (`--notify`);
+    /// read by `Project::name_and_notify`, declared here so that the file is accepted.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub notify: Vec<String>,
 }
 
 /// `x-nuwax-backup.encrypt`: public keys, listed and/or in a file (relative to the project).

@@ -17,6 +17,7 @@ mod harness;
 mod hostile;
 mod metrics;
 mod nonroot;
+mod notify;
 mod planted;
 mod plugin;
 mod reliability;
