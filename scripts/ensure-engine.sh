@@ -38,6 +38,8 @@ command -v mkfs.xfs >/dev/null 2>&1 || need_pkgs+=(xfsprogs) # reflink captures 
 command -v setfattr >/dev/null 2>&1 || need_pkgs+=(attr) # extended attributes in the fidelity tests
 command -v setfacl >/dev/null 2>&1 || need_pkgs+=(acl)
 command -v setcap >/dev/null 2>&1 || need_pkgs+=(libcap2-bin)
+command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd) # schedule tests verify units (no PID 1 needed)
+command -v flock >/dev/null 2>&1 || need_pkgs+=(util-linux)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     apt_install "${need_pkgs[@]}"

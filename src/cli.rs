@@ -56,6 +56,9 @@ pub enum Command {
     /// Finish a create or rollback that was killed: clean its leftovers, undo a half-moved
     /// mount point, start what it stopped, record a dead create as failed.
     Recover(StatusArgs),
+    /// Schedule this project's backups: a systemd timer, or a cron line where systemd does
+    /// not run; list and remove them.
+    Schedule(ScheduleArgs),
     /// Print Prometheus metrics of the catalog (text exposition format).
     Metrics(MetricsArgs),
     /// Print a shell completion script for the standalone binary (`docker nuwaxbackup <TAB>`
@@ -80,9 +83,56 @@ impl Command {
     pub fn changes_catalog(&self) -> bool {
         !matches!(
             self,
-            Command::Status(_) | Command::List(_) | Command::Metrics(_) | Command::Completion(_)
+            Command::Status(_)
+                | Command::List(_)
+                | Command::Metrics(_)
+                | Command::Schedule(_)
+                | Command::Completion(_)
         )
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    pub action: ScheduleAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Write a systemd service and timer (system units as root, user units otherwise) or a
+    /// cron line that runs `create` with CREATE-ARGS.
+    Install(ScheduleInstallArgs),
+    /// Each project's schedule, next run and last result.
+    List(StatusArgs),
+    /// Remove what `schedule install` wrote for this project, and nothing else.
+    Remove,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleInstallArgs {
+    /// When, in systemd's calendar syntax (`daily`, `Mon..Fri 02:30`).
+    #[arg(long, default_value = "daily", value_name = "SPEC")]
+    pub on_calendar: String,
+    /// Spread the start by up to this long (systemd's RandomizedDelaySec=, e.g. `30m`).
+    #[arg(long, value_name = "DUR")]
+    pub randomized_delay: Option<String>,
+    /// A cron line instead of systemd units (chosen anyway where systemd is not PID 1).
+    #[arg(long, conflicts_with = "systemd")]
+    pub cron: bool,
+    /// systemd units even where systemd does not run here (they are written, not started).
+    #[arg(long)]
+    pub systemd: bool,
+    /// The cron expression (5 fields); by default from --on-calendar's hourly, daily, weekly
+    /// or monthly.
+    #[arg(long, value_name = "EXPR")]
+    pub cron_expr: Option<String>,
+    /// Print what would be written, and write nothing.
+    #[arg(long)]
+    pub print: bool,
+    /// Arguments of `create` (after `--`), e.g. `-- --stop --remote s3://bucket`.
+    #[arg(last = true, value_name = "CREATE-ARGS")]
+    pub create_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +371,10 @@ pub enum Compression {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    /// When another run holds the project, wait up to this long for it (`90s`, `30m`, `6h`)
+    /// instead of failing with exit 9 (a scheduled run behind a long manual one).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub wait_lock: Option<std::time::Duration>,
     /// Why this backup is made.
     #[arg(long = "type", value_enum, default_value_t)]
     pub backup_type: BackupType,

@@ -27,6 +27,7 @@ mod remote;
 mod restore;
 mod runs;
 mod safety;
+mod schedule;
 mod services;
 mod sidecar;
 mod storage;
@@ -285,6 +286,7 @@ fn dispatch(ctx: &Context, command: &Command, out: &mut dyn Write) -> anyhow::Re
         Command::Push(a) => commands::push::run(&ctx, a, &mut out)?,
         Command::Recover(a) => commands::recover::run(&ctx, a, &mut out)?,
         Command::Metrics(a) => commands::metrics::run(&ctx, a, &mut out)?,
+        Command::Schedule(a) => commands::schedule::run(&ctx, a, &mut out)?,
         Command::Completion(_) => unreachable!("answered before the context is made"),
     }
     Ok(())

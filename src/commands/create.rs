@@ -50,8 +50,20 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
         max_parts: args.max_parts,
         only: args.remote_only,
     };
-    let lock = |project, catalog: &_| {
-        crate::recover::lock_and_recover(ctx, project, catalog, RunCommand::Create)
+    let deadline = args.wait_lock.map(|d| std::time::Instant::now() + d);
+    let lock = |project: crate::compose::Project, catalog: &_| loop {
+        let taken =
+            crate::recover::lock_and_recover(ctx, project.clone(), catalog, RunCommand::Create);
+        match (&taken, deadline) {
+            (Err(e), Some(end))
+                if crate::exit_codes::code_of(e) == crate::exit_codes::Code::Locked
+                    && std::time::Instant::now() < end =>
+            {
+                crate::cancel::check()?;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            _ => return taken,
+        }
     };
     match backup::run(ctx, &opts, &remote, args.dry_run, &lock)? {
         Outcome::DryRun(plan) => print(out, args.format, &plan, |plan, out| {

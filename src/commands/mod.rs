@@ -10,5 +10,6 @@ pub mod prune;
 pub mod push;
 pub mod recover;
 pub mod rollback;
+pub mod schedule;
 pub mod status;
 pub mod verify;

@@ -241,6 +241,15 @@ impl Project {
         Run::from(c.output().unwrap())
     }
 
+    /// `docker nuwaxbackup ARGS…` as `user`, with extra environment variables.
+    pub fn plugin_as_env(&self, user: &User, env: &[(&str, String)], args: &[&str]) -> Run {
+        let mut c = self.command("runuser");
+        c.args(["-u", &user.0, "--", "env"]);
+        c.args(env.iter().map(|(k, v)| format!("{k}={v}")));
+        c.args(["docker", "nuwaxbackup"]).args(args);
+        Run::from(c.output().unwrap())
+    }
+
     /// Gives `user` this project's folder and DOCKER_CONFIG (its catalog, locks and runs),
     /// so it can run the plugin here; what the test puts in the folder keeps its owners.
     pub fn lend_to(&self, user: &User) {

@@ -24,6 +24,7 @@ mod reliability;
 mod remote;
 mod rollback;
 mod s3;
+mod schedule;
 mod staged;
 mod status;
 
