@@ -18,6 +18,15 @@ pub fn app_with(volumes: &str) -> String {
     )
 }
 
+/// A running project of [`app_with`] the bind `./data`, which holds one file `f`.
+pub fn running_app(test: &str) -> Option<Project> {
+    let p = Project::new(test, &app_with("\"./data:/data\""))?;
+    std::fs::create_dir_all(p.path("data")).unwrap();
+    std::fs::write(p.path("data/f"), "x").unwrap();
+    p.up();
+    Some(p)
+}
+
 /// `app` of [`app_with`] runs, in its one container.
 #[track_caller]
 pub fn app_running(p: &Project) {

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use crate::harness::{app_running, app_with, Project};
+use crate::harness::{app_running, app_with, running_app};
 
 /// A receiver logging every request as a JSON line (method, path, headers, body); it answers
 /// 200 at once, or never when `hang`.
@@ -85,17 +85,9 @@ impl Drop for Receiver {
     }
 }
 
-fn project(test: &str) -> Option<Project> {
-    let p = Project::new(test, &app_with("\"./data:/data\""))?;
-    std::fs::create_dir_all(p.path("data")).unwrap();
-    std::fs::write(p.path("data/f"), "x").unwrap();
-    p.up();
-    Some(p)
-}
-
 #[test]
 fn a_webhook_gets_the_outcome_of_a_success_and_of_a_failure() {
-    let Some(p) = project("notify-hook") else {
+    let Some(p) = running_app("notify-hook") else {
         return;
     };
     let hook = Receiver::start(false);
@@ -145,7 +137,7 @@ fn a_webhook_gets_the_outcome_of_a_success_and_of_a_failure() {
 
 #[test]
 fn healthchecks_hears_start_then_success_start_then_fail_and_a_killed_run_only_starts() {
-    let Some(p) = project("notify-hc") else {
+    let Some(p) = running_app("notify-hc") else {
         return;
     };
     let hc = Receiver::start(false);
@@ -177,7 +169,7 @@ fn healthchecks_hears_start_then_success_start_then_fail_and_a_killed_run_only_s
 
 #[test]
 fn ntfy_gets_a_title_and_a_high_priority_failure_from_the_compose_file() {
-    let Some(p) = project("notify-ntfy") else {
+    let Some(p) = running_app("notify-ntfy") else {
         return;
     };
     let ntfy = Receiver::start(false);
@@ -202,7 +194,7 @@ fn ntfy_gets_a_title_and_a_high_priority_failure_from_the_compose_file() {
 
 #[test]
 fn a_receiver_that_never_answers_is_a_warning_and_the_exit_code_stays_the_runs() {
-    let Some(p) = project("notify-hang") else {
+    let Some(p) = running_app("notify-hang") else {
         return;
     };
     let dead = Receiver::start(true);

@@ -4,15 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{app_running, app_with, Project, User};
-
-fn project(test: &str) -> Option<Project> {
-    let p = Project::new(test, &app_with("\"./data:/data\""))?;
-    std::fs::create_dir_all(p.path("data")).unwrap();
-    std::fs::write(p.path("data/f"), "x").unwrap();
-    p.up();
-    Some(p)
-}
+use crate::harness::{app_running, running_app, Project, User};
 
 fn rows(p: &Project) -> usize {
     p.plugin(&["list", "--format", "json"])
@@ -53,18 +45,20 @@ fn exec_words(unit: &str) -> Vec<String> {
     words
 }
 
+/// Runs `c`; it must succeed.
 #[track_caller]
-fn verify_units(files: &[PathBuf]) {
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .args(files)
-        .output()
-        .unwrap();
+fn succeeds(c: &mut Command) {
+    let out = c.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[track_caller]
+fn verify_units(files: &[PathBuf]) {
+    succeeds(Command::new("systemd-analyze").arg("verify").args(files));
 }
 
 /// Runs the unit's `ExecStart=` as written: it makes a backup.
@@ -85,18 +79,13 @@ fn run_exec_start(count: &dyn Fn() -> usize, service: &Path, as_user: Option<&Us
             c
         }
     };
-    let out = c.env_remove("NUWAX_BACKUP_CATALOG").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(c.env_remove("NUWAX_BACKUP_CATALOG"));
     assert_eq!(count(), before + 1);
 }
 
 #[test]
 fn systemd_units_as_root_verify_make_a_backup_and_remove_leaves_nothing() {
-    let Some(p) = project("sched-root") else {
+    let Some(p) = running_app("sched-root") else {
         return;
     };
     let dir = Path::new("/etc/systemd/system");
@@ -187,7 +176,7 @@ fn systemd_units_as_root_verify_make_a_backup_and_remove_leaves_nothing() {
 
 #[test]
 fn user_units_go_to_the_users_config_and_verify() {
-    let Some(p) = project("sched-user") else {
+    let Some(p) = running_app("sched-user") else {
         return;
     };
     let user = User::new("nwxsched");
@@ -228,7 +217,7 @@ fn user_units_go_to_the_users_config_and_verify() {
 
 #[test]
 fn a_cron_line_makes_a_backup_and_remove_takes_only_it() {
-    let Some(p) = project("sched-cron") else {
+    let Some(p) = running_app("sched-cron") else {
         return;
     };
     let file = PathBuf::from(format!("/etc/cron.d/nuwaxbackup-{}", p.name));
@@ -255,15 +244,10 @@ fn a_cron_line_makes_a_backup_and_remove_takes_only_it() {
         .unwrap()
         .replace("\\%", "%");
     let before = rows(&p);
-    let out = Command::new("sh")
-        .args(["-c", &command])
-        .env_remove("NUWAX_BACKUP_CATALOG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        Command::new("sh")
+            .args(["-c", &command])
+            .env_remove("NUWAX_BACKUP_CATALOG"),
     );
     assert_eq!(rows(&p), before + 1);
     p.plugin(&["schedule", "remove"]).success();
@@ -273,7 +257,7 @@ fn a_cron_line_makes_a_backup_and_remove_takes_only_it() {
 
 #[test]
 fn create_waits_for_a_held_project_lock_with_wait_lock() {
-    let Some(p) = project("wait-lock") else {
+    let Some(p) = running_app("wait-lock") else {
         return;
     };
     p.plugin(&["status"]).success();
