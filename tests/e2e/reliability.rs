@@ -323,11 +323,30 @@ fn recover_refuses_while_the_run_is_alive() {
     };
     random_files(&p.path("data"), 40, 4 << 20);
     let mut first = start_slow_create(&p, &["create", "--compression-level", "9"]);
+    signal_tree(first.id(), libc::SIGSTOP);
     let r = p.plugin(&["recover"]).failure(9);
-    assert!(r.stderr.contains("a create (pid"), "{}", r.stderr);
+    let busy = format!("project {} is busy: a create (pid ", p.name);
+    assert!(r.error_line().starts_with(&busy), "{}", r.stderr);
+    signal_tree(first.id(), libc::SIGCONT);
     assert!(first.wait().unwrap().success());
     let rows = p.plugin(&["list", "--format", "json"]).success().json();
     assert_eq!(rows.as_array().unwrap().len(), 1);
+}
+
+/// Sends `signal` to process `pid` and every process below it.
+fn signal_tree(pid: u32, signal: i32) {
+    // Each thread lists the children it started (the docker CLI starts the plugin from any).
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    for t in tasks.flatten() {
+        let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            signal_tree(c, signal);
+        }
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, signal) };
 }
 
 #[test]
@@ -339,9 +358,14 @@ fn delete_of_a_backup_refuses_while_a_create_of_its_project_runs() {
     p.compose(&["create"]).success();
     p.plugin(&["create", "--compression-level", "1"]).success();
     let mut second = start_slow_create(&p, &["create", "--compression-level", "9"]);
+    // Held mid-write (stopped, not killed), so that the refusals below do not race its end.
+    signal_tree(second.id(), libc::SIGSTOP);
     let d = p.plugin(&["delete", "1", "--yes"]).failure(9);
-    assert!(d.stderr.contains("a create (pid"), "{}", d.stderr);
-    p.plugin(&["prune", "--keep-last", "1", "--yes"]).failure(9);
+    let busy = format!("project {} is busy: a create (pid ", p.name);
+    assert!(d.error_line().starts_with(&busy), "{}", d.stderr);
+    let pruned = p.plugin(&["prune", "--keep-last", "1", "--yes"]).failure(9);
+    assert!(pruned.error_line().starts_with(&busy), "{}", pruned.stderr);
+    signal_tree(second.id(), libc::SIGCONT);
     assert!(second.wait().unwrap().success());
     let rows = p.plugin(&["list", "--format", "json"]).success().json();
     assert_eq!(rows.as_array().unwrap().len(), 2, "nothing was deleted");

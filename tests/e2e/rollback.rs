@@ -219,7 +219,10 @@ fn data_only_and_exclude_leave_their_targets_untouched() {
     let typo = p
         .plugin(&["rollback", &id, "--exclude", "nosuch", "--yes"])
         .failure(2);
-    assert!(typo.stderr.contains("nosuch"), "{}", typo.stderr);
+    assert_eq!(
+        typo.error_line(),
+        format!("--exclude nosuch matches no volume of backup #{id}")
+    );
 }
 
 #[test]
@@ -251,11 +254,20 @@ fn without_yes_or_id_and_no_terminal_rollback_refuses() {
     damage(&p);
     let damaged = trees(&p);
     let no_yes = p.plugin(&["rollback", &id]).failure(2);
-    assert!(no_yes.stderr.contains("--yes"), "{}", no_yes.stderr);
+    assert_eq!(
+        no_yes.error_line(),
+        "a rollback replaces data: confirm on a terminal, or pass --yes"
+    );
     let no_id = p.plugin(&["rollback", "--yes"]).failure(2);
-    assert!(no_id.stderr.contains("ID"), "{}", no_id.stderr);
+    assert_eq!(
+        no_id.error_line(),
+        "no backup ID given: pass one, e.g. `docker nuwaxbackup rollback 7`"
+    );
     let unknown = p.plugin(&["rollback", "9999", "--yes"]).failure(2);
-    assert!(unknown.stderr.contains("9999"), "{}", unknown.stderr);
+    assert_eq!(
+        unknown.error_line(),
+        "no backup #9999 in the catalog (see `docker nuwaxbackup list`)"
+    );
     assert_eq!(trees(&p), damaged);
 }
 
