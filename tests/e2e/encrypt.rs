@@ -177,11 +177,23 @@ fn encrypted_backups_open_only_with_the_key_and_age_reads_them() {
         .success();
     let changed = state(&p);
     let none = p.plugin(&["rollback", &id, "--yes"]).failure(15);
-    assert!(none.stderr.contains("--identity"), "{}", none.stderr);
+    assert_eq!(
+        none.error_line(),
+        format!(
+            "{} is encrypted: pass --identity FILE (or set NUWAX_BACKUP_IDENTITY) with a key it is encrypted to",
+            file.display()
+        )
+    );
     let wrong = p
         .plugin(&["rollback", &id, "--yes", &id_arg(&other)])
         .failure(15);
-    assert!(wrong.stderr.contains("does not open"), "{}", wrong.stderr);
+    assert_eq!(
+        wrong.error_line(),
+        format!(
+            "the identity in {} does not open this backup: it is encrypted to other keys (see `list --format json`, field recipients)",
+            other.path.display()
+        )
+    );
     assert_eq!(state(&p), changed, "a refused rollback changed something");
     p.plugin(&["rollback", &id, "--yes", &id_arg(&key)])
         .success();

@@ -103,7 +103,10 @@ fn errors_have_their_own_exit_codes() {
     };
     std::fs::remove_file(p.path("compose.yaml")).unwrap();
     let none = p.plugin(&["status"]).failure(3);
-    assert!(none.stderr.contains("no compose file"), "{}", none.stderr);
+    assert_eq!(
+        none.error_line(),
+        "no compose file found here: run this in a compose project folder or pass -f FILE"
+    );
     assert_eq!(
         none.stderr.trim().lines().count(),
         1,
@@ -113,10 +116,11 @@ fn errors_have_their_own_exit_codes() {
 
     p.write_compose("services:\n  a: [\n");
     let bad = p.plugin(&["status"]).failure(4);
+    let line = bad.error_line();
     assert!(
-        bad.stderr.contains("compose file is not valid"),
-        "{}",
-        bad.stderr
+        line.starts_with("the compose file is not valid: ")
+            && line.ends_with(" (fix it; `docker compose config` shows the same)"),
+        "{line}"
     );
 
     p.write_compose("name: {name}\nservices:\n  a:\n    image: {image}\n");
@@ -128,13 +132,27 @@ fn errors_have_their_own_exit_codes() {
             "status",
         ])
         .failure(6);
-    assert!(down.stderr.contains("does not answer"), "{}", down.stderr);
+    let line = down.error_line();
+    assert!(
+        line.starts_with("the Docker daemon does not answer: ")
+            && line.ends_with(" (start it, or pick another --context/-H)"),
+        "{line}"
+    );
 
     let ctx = p
         .standalone(&["--context", "no-such-context", "status"])
         .failure(7);
-    assert!(ctx.stderr.contains("no-such-context"), "{}", ctx.stderr);
+    let line = ctx.error_line();
+    assert!(
+        line.starts_with("unknown docker context: ")
+            && line.contains("\"no-such-context\"")
+            && line.ends_with(" (see `docker context ls`)"),
+        "{line}"
+    );
 
     let usage = p.plugin(&["status", "--format", "yaml"]).failure(2);
-    assert!(usage.stderr.contains("yaml"), "{}", usage.stderr);
+    assert_eq!(
+        usage.stderr.lines().next(),
+        Some("error: invalid value 'yaml' for '--format <FORMAT>'")
+    );
 }
