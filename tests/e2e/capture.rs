@@ -330,10 +330,10 @@ fn an_archive_that_fails_while_capturing_ends_the_capture_and_starts_the_service
     seed(&p, 64);
     p.up();
     let fail = [("NUWAX_BACKUP_TEST_FAIL_AT", "create-writing")];
-    let run = p.plugin_env(&fail, &["create", "--stop"]);
-    assert_ne!(run.code, 0);
+    let run = p.plugin_env(&fail, &["create", "--stop"]).failure(10);
     assert!(
-        run.stderr.contains("No space left on device"),
+        run.error_line()
+            .ends_with("No space left on device (os error 28)"),
         "{}",
         run.stderr
     );

@@ -114,16 +114,33 @@ fn verify_passes_good_archives_and_fails_damaged_ones() {
     let i = bytes.len() / 2;
     bytes[i] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
-    let run = p.plugin(&["verify", "--all"]).failure(12);
+    let run = p
+        .plugin(&["verify", "--all", "--format", "json"])
+        .failure(12);
+    let results: Vec<(i64, String)> = run
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_i64().unwrap(),
+                o["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let (good_id, bad_id) = (good["id"].as_i64().unwrap(), bad["id"].as_i64().unwrap());
     assert!(
-        run.stdout.contains(" ok ") || run.stdout.contains("ok"),
-        "{}",
-        run.stdout
+        results.iter().any(|(id, r)| *id == good_id && r == "ok"),
+        "{results:?}"
     );
     assert!(
-        run.stderr.contains(&format!("#{}", bad["id"])),
-        "{}",
-        run.stderr
+        results.iter().any(|(id, r)| *id == bad_id && r != "ok"),
+        "{results:?}"
+    );
+    assert_eq!(
+        run.error_line(),
+        format!("verification failed for #{bad_id}")
     );
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
     p.plugin(&["verify", &bad["id"].to_string()]).failure(12);
