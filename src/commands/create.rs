@@ -50,21 +50,7 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
         max_parts: args.max_parts,
         only: args.remote_only,
     };
-    let deadline = args.wait_lock.map(|d| std::time::Instant::now() + d);
-    let lock = |project: crate::compose::Project, catalog: &_| loop {
-        let taken =
-            crate::recover::lock_and_recover(ctx, project.clone(), catalog, RunCommand::Create);
-        match (&taken, deadline) {
-            (Err(e), Some(end))
-                if crate::exit_codes::code_of(e) == crate::exit_codes::Code::Locked
-                    && std::time::Instant::now() < end =>
-            {
-                crate::cancel::check()?;
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
-            _ => return taken,
-        }
-    };
+    let lock = |project, catalog: &_| lock_waiting(ctx, project, catalog, args.wait_lock);
     match backup::run(ctx, &opts, &remote, args.dry_run, &lock)? {
         Outcome::DryRun(plan) => print(out, args.format, &plan, |plan, out| {
             print_plan(plan, args.stop, out)
@@ -96,6 +82,31 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
                 None => Ok(()),
                 Some(e) => Err(upload_failed(&row, e)),
             }
+        }
+    }
+}
+
+/// Takes the project's lock and recovers a dead run; with `wait`, a lock another run holds
+/// is tried again each second until then (Ctrl-C still cancels), instead of exit 9.
+fn lock_waiting(
+    ctx: &Context,
+    project: crate::compose::Project,
+    catalog: &crate::catalog::Catalog,
+    wait: Option<std::time::Duration>,
+) -> Result<(crate::lock::ProjectLock, crate::compose::Project)> {
+    use crate::exit_codes::{code_of, Code};
+    let deadline = wait.map(|d| std::time::Instant::now() + d);
+    loop {
+        let taken =
+            crate::recover::lock_and_recover(ctx, project.clone(), catalog, RunCommand::Create);
+        match (&taken, deadline) {
+            (Err(e), Some(end))
+                if code_of(e) == Code::Locked && std::time::Instant::now() < end =>
+            {
+                crate::cancel::check()?;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            _ => return taken,
         }
     }
 }
