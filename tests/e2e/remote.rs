@@ -309,13 +309,18 @@ fn a_server_killed_mid_upload_keeps_the_local_backup_and_push_finishes_it() {
     }
     s3.kill();
     let out = Run::from(child.wait_with_output().unwrap()).failure(14);
+    let second = out.json();
+    let (sid, spath) = (&second["id"], second["file_path"].as_str().unwrap());
+    let line = out.error_line();
     assert!(
-        out.stderr.contains("but its upload failed") && out.stderr.contains("push"),
-        "{}",
-        out.stderr
+        line.starts_with(&format!(
+            "backup #{sid} is complete on this host ({spath}), but its upload failed: "
+        )) && line.ends_with(&format!(
+            "; run `docker nuwaxbackup push {sid}` to try again"
+        )),
+        "{line}"
     );
     assert!(!out.stderr.contains(&s3.secret_key));
-    let second = out.json();
     assert_eq!(second["status"], "completed");
     assert_eq!(second["remote_status"], "failed");
     assert!(PathBuf::from(second["file_path"].as_str().unwrap()).is_file());
@@ -534,7 +539,13 @@ fn an_archive_boto3_uploaded_with_our_sidecar_is_imported_and_verified() {
         ("AWS_REGION", "us-east-1"),
     ];
     let kept = p.plugin_env(&env, &["delete", "-y", &id]).failure(14);
-    assert!(kept.stderr.contains("the row is kept"), "{}", kept.stderr);
+    let line = kept.error_line();
+    assert!(
+        line.starts_with(&format!(
+            "backup #{id}: the local archive is gone, the copy at s3://"
+        )) && line.contains(" is not (the row is kept; delete it again): "),
+        "{line}"
+    );
     assert_eq!(
         p.plugin(&["list", "--format", "ids"])
             .success()
@@ -729,12 +740,17 @@ fn a_remote_only_backup_whose_sidecar_failed_is_finished_by_push() {
         "json",
     ];
     let failed = p.plugin_env(&pairs, &args).failure(14);
-    assert!(
-        failed.stderr.contains("its sidecar was not written"),
-        "{}",
-        failed.stderr
-    );
     let row = failed.json();
+    let (rid, url) = (&row["id"], row["remote_url"].as_str().unwrap());
+    let line = failed.error_line();
+    assert!(
+        line.starts_with(&format!(
+            "backup #{rid} was streamed to {url}, but its sidecar was not written: "
+        )) && line.ends_with(&format!(
+            "; run `docker nuwaxbackup push {rid}` to finish it"
+        )),
+        "{line}"
+    );
     assert_eq!(row["status"], "completed");
     assert_eq!(row["remote_status"], "failed");
     assert_eq!(
