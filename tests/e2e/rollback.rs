@@ -486,18 +486,20 @@ fn undo_scenario(test: &str, env: &[(&str, &str)]) {
     assert_eq!(run.code, 13, "{}", run.stderr);
     if env.is_empty() {
         // Staged first: the disk fills before anything stops.
+        let line = run.error_line();
         assert!(
-            run.stderr.contains("failed while staging")
-                && run.stderr.contains("nothing was changed"),
-            "{}",
-            run.stderr
+            line.starts_with(&format!(
+                "rollback to backup #{id} failed while staging, before anything stopped: "
+            )) && line.ends_with("; nothing was changed and the services kept running"),
+            "{line}"
         );
     } else {
+        let line = run.error_line();
         assert!(
-            run.stderr.contains("previous state was put back")
-                && run.stderr.contains("safety backup #"),
-            "{}",
-            run.stderr
+            line.starts_with(&format!(
+                "rollback to backup #{id} failed and the previous state was put back (safety backup #"
+            )),
+            "{line}"
         );
     }
     assert_eq!(
