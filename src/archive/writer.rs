@@ -153,7 +153,13 @@ impl Compressor {
                 if result.is_err() {
                     std::mem::forget(w);
                 }
-                result.map_err(|e| anyhow::anyhow!("finishing the gzip stream: {e}"))
+                // An I/O error stays one (a full disk is exit 10, as anywhere else).
+                result.map_err(|e| match e {
+                    gzp::GzpError::Io(io) => {
+                        anyhow::Error::new(io).context("finishing the gzip stream")
+                    }
+                    other => anyhow::anyhow!("finishing the gzip stream: {other}"),
+                })
             }
             Compressor::Zstd(w) => w
                 .take()
