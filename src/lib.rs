@@ -272,21 +272,20 @@ impl Told {
 }
 
 fn dispatch(ctx: &Context, command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
-    let (ctx, mut out) = (ctx, out);
     match command {
-        Command::Status(a) => commands::status::run(&ctx, a, &mut out)?,
-        Command::Create(a) => commands::create::run(&ctx, a, &mut out)?,
-        Command::Rollback(a) => commands::rollback::run(&ctx, a, &mut out)?,
-        Command::List(a) => commands::list::run(&ctx, a, &mut out)?,
-        Command::Delete(a) => commands::delete::run(&ctx, a, &mut out)?,
-        Command::Verify(a) => commands::verify::run(&ctx, a, &mut out)?,
-        Command::MigrateStorage(a) => commands::migrate_storage::run(&ctx, a, &mut out)?,
-        Command::Prune(a) => commands::prune::run(&ctx, a, &mut out)?,
-        Command::Import(a) => commands::import::run(&ctx, a, &mut out)?,
-        Command::Push(a) => commands::push::run(&ctx, a, &mut out)?,
-        Command::Recover(a) => commands::recover::run(&ctx, a, &mut out)?,
-        Command::Metrics(a) => commands::metrics::run(&ctx, a, &mut out)?,
-        Command::Schedule(a) => commands::schedule::run(&ctx, a, &mut out)?,
+        Command::Status(a) => commands::status::run(ctx, a, out)?,
+        Command::Create(a) => commands::create::run(ctx, a, out)?,
+        Command::Rollback(a) => commands::rollback::run(ctx, a, out)?,
+        Command::List(a) => commands::list::run(ctx, a, out)?,
+        Command::Delete(a) => commands::delete::run(ctx, a, out)?,
+        Command::Verify(a) => commands::verify::run(ctx, a, out)?,
+        Command::MigrateStorage(a) => commands::migrate_storage::run(ctx, a, out)?,
+        Command::Prune(a) => commands::prune::run(ctx, a, out)?,
+        Command::Import(a) => commands::import::run(ctx, a, out)?,
+        Command::Push(a) => commands::push::run(ctx, a, out)?,
+        Command::Recover(a) => commands::recover::run(ctx, a, out)?,
+        Command::Metrics(a) => commands::metrics::run(ctx, a, out)?,
+        Command::Schedule(a) => commands::schedule::run(ctx, a, out)?,
         Command::Completion(_) => unreachable!("answered before the context is made"),
     }
     Ok(())

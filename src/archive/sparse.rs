@@ -49,7 +49,7 @@ impl DataMap {
     /// writes it (readers check the ranges reach the size).
     pub fn gnu_header(&self, base: &tar::Header) -> (tar::Header, Vec<u8>) {
         let mut ranges = self.data.clone();
-        if ranges.last().map_or(true, |(o, n)| o + n < self.size) {
+        if ranges.last().is_none_or(|(o, n)| o + n < self.size) {
             ranges.push((self.size, 0));
         }
         let mut h = base.clone();

@@ -92,6 +92,9 @@ fn check_remote_only(
     Ok(())
 }
 
+/// What takes the project's lock (and recovers a dead run) for a create: the command's part.
+pub type LockFn<'a> = dyn Fn(Project, &Catalog) -> Result<(ProjectLock, Project)> + 'a;
+
 /// Runs a backup (or only plans it). Fails with a user error when running containers block
 /// it, the project is locked, space is short, or services cannot be started again. With a
 /// remote, uploads once the services run again, under the project's upload lock only.
@@ -102,7 +105,7 @@ pub fn run(
     opts: &Options,
     remote: &RemoteRequest,
     dry_run: bool,
-    lock: &dyn Fn(Project, &Catalog) -> Result<(ProjectLock, Project)>,
+    lock: &LockFn<'_>,
 ) -> Result<Outcome> {
     let project = Project::load(&ctx.docker, &ctx.compose)?;
     let target = remote.resolve(&project)?;

@@ -424,7 +424,7 @@ fn container_for(
         .mounts()
         .first()
         .context("the volume is not mounted by any service")?;
-    crate::services::create_missing(ctx.docker, ctx.compose, &[m.service.clone()])?;
+    crate::services::create_missing(ctx.docker, ctx.compose, std::slice::from_ref(&m.service))?;
     let ps = ctx.docker.compose(
         ctx.compose,
         &["ps", "-a", "--format", "json", m.service.as_str()],
