@@ -297,41 +297,64 @@ fn copy_bytes(input: &File, output: &File, len: u64) -> io::Result<()> {
         true => sparse::map_of(input, len)?,
         false => None,
     };
+    let mut buf = Vec::new();
     let Some(map) = map else {
-        return copy_range(input, output, 0, len);
+        return copy_range(input, 0, output, 0, len, &mut buf);
     };
     for &(at, n) in &map.data {
-        copy_range(input, output, at, n)?;
+        copy_range(input, at, output, at, n, &mut buf)?;
     }
     output.set_len(len)
 }
 
-/// `len` bytes at `at` of `input` to the same place in `output`.
-fn copy_range(input: &File, output: &File, at: u64, len: u64) -> io::Result<()> {
-    let (mut from, mut to, end) = (at, at, at + len);
-    while from < end {
-        let chunk = (end - from).min(1 << 30) as usize;
-        match rustix::fs::copy_file_range(input, Some(&mut from), output, Some(&mut to), chunk) {
-            Ok(0) => return Err(io::Error::other("it shrank while it was copied")),
-            Ok(_) => {}
-            Err(_) if from == at => return copy_through(input, output, at, len),
+/// `len` bytes of `input` at `from` into `output` at `to`: by the kernel where it can (same
+/// filesystem), else through `buf`. A file that ends early is an error. Both captures (a
+/// tree's files, a pack's) copy through this.
+pub(super) fn copy_range(
+    input: &File,
+    from: u64,
+    output: &File,
+    to: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let chunk = (len - done).min(1 << 30) as usize;
+        let (mut f, mut t) = (from + done, to + done);
+        match rustix::fs::copy_file_range(input, Some(&mut f), output, Some(&mut t), chunk) {
+            Ok(0) => return Err(shrank()),
+            Ok(n) => done += n as u64,
+            Err(_) if done == 0 => return copy_through(input, from, output, to, len, buf),
             Err(e) => return Err(e.into()),
         }
     }
     Ok(())
 }
 
-fn copy_through(input: &File, output: &File, at: u64, len: u64) -> io::Result<()> {
+fn shrank() -> io::Error {
+    io::Error::other("it shrank while it was captured")
+}
+
+/// The plain copy, where `copy_file_range` cannot (another filesystem).
+pub(super) fn copy_through(
+    input: &File,
+    from: u64,
+    output: &File,
+    to: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    buf.resize(1 << 20, 0);
     let mut done = 0;
     while done < len {
         let want = (len - done).min(buf.len() as u64) as usize;
-        let n = input.read_at(&mut buf[..want], at + done)?;
+        let n = input.read_at(&mut buf[..want], from + done)?;
         if n == 0 {
-            return Err(io::Error::other("it shrank while it was copied"));
+            return Err(shrank());
         }
-        output.write_all_at(&buf[..n], at + done)?;
+        output.write_all_at(&buf[..n], to + done)?;
         done += n as u64;
     }
     Ok(())

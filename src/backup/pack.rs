@@ -88,43 +88,10 @@ fn copier(jobs: mpsc::Receiver<Job>, out: &File) -> Result<()> {
     Ok(())
 }
 
-/// `job.len` bytes of its file into `out` at `job.at`: by the kernel where it can (same
-/// filesystem), else through `buf`.
+/// `job.len` bytes of its file into `out` at `job.at`.
 fn copy_into(job: &Job, out: &File, buf: &mut Vec<u8>) -> io::Result<()> {
     let input = File::open(&job.from)?;
-    let (mut at, mut left) = (job.at, job.len);
-    while left > 0 {
-        let chunk = left.min(1 << 30) as usize;
-        let mut to = at;
-        let mut from = job.src_at + (job.len - left);
-        match rustix::fs::copy_file_range(&input, Some(&mut from), out, Some(&mut to), chunk) {
-            Ok(0) => return Err(shrank()),
-            Ok(n) => (at, left) = (at + n as u64, left - n as u64),
-            Err(_) if left == job.len => return copy_through(&input, out, job, buf),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-fn shrank() -> io::Error {
-    io::Error::other("it shrank while it was captured")
-}
-
-/// The plain copy, where `copy_file_range` cannot (another filesystem).
-fn copy_through(input: &File, out: &File, job: &Job, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.resize(1 << 20, 0);
-    let mut done = 0;
-    while done < job.len {
-        let want = (job.len - done).min(buf.len() as u64) as usize;
-        let n = input.read_at(&mut buf[..want], job.src_at + done)?;
-        if n == 0 {
-            return Err(shrank());
-        }
-        out.write_all_at(&buf[..n], job.at + done)?;
-        done += n as u64;
-    }
-    Ok(())
+    super::copy::copy_range(&input, job.src_at, out, job.at, job.len, buf)
 }
 
 struct Packer<'a> {
@@ -279,7 +246,7 @@ fn put(field: &mut [u8], value: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::copy::CAPTURE_MARK;
+    use super::super::copy::{copy_through, CAPTURE_MARK};
     use super::*;
     use crate::archive::collector::Collector;
     use crate::archive::stream_source::{self, Scope};
@@ -414,25 +381,18 @@ mod tests {
         };
         let e = copy_into(&job(10), &out, &mut Vec::new()).unwrap_err();
         assert_eq!(e.to_string(), "it shrank while it was captured");
-        let e = copy_through(
-            &File::open(d.path().join("f")).unwrap(),
-            &out,
-            &job(10),
-            &mut Vec::new(),
-        );
+        let through = |out: &File, len| {
+            let input = File::open(d.path().join("f")).unwrap();
+            copy_through(&input, 0, out, 512, len, &mut Vec::new())
+        };
+        let e = through(&out, 10);
         assert_eq!(
             e.unwrap_err().to_string(),
             "it shrank while it was captured"
         );
         // Across filesystems the bytes go through a buffer, to the same place.
         let out = File::create(d.path().join("out2")).unwrap();
-        copy_through(
-            &File::open(d.path().join("f")).unwrap(),
-            &out,
-            &job(5),
-            &mut Vec::new(),
-        )
-        .unwrap();
+        through(&out, 5).unwrap();
         let got = fs::read(d.path().join("out2")).unwrap();
         assert_eq!((&got[..512], &got[512..]), (&[0u8; 512][..], &b"short"[..]));
     }
