@@ -79,6 +79,16 @@ impl Command {
         }
     }
 
+    /// Whether a failed run of this command runs the project's on-error hooks (create and
+    /// rollback, unless `--dry-run` or `--no-hooks`), and the backup a rollback restores.
+    pub fn on_error_hooks(&self) -> Option<Option<i64>> {
+        match self {
+            Command::Create(a) if !a.dry_run && !a.no_hooks => Some(None),
+            Command::Rollback(a) if !a.dry_run && !a.no_hooks => Some(a.id),
+            _ => None,
+        }
+    }
+
     /// Whether the command may change the catalog (then `--metrics-file` is rewritten).
     pub fn changes_catalog(&self) -> bool {
         !matches!(
@@ -419,6 +429,9 @@ pub struct CreateArgs {
     /// The provider's cap on parts per upload (parts are max(8 MiB, size / N)).
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_parts: u64,
+    /// Run no hook (x-nuwax-backup.hooks, nuwaxbackup.* labels), not even on error.
+    #[arg(long)]
+    pub no_hooks: bool,
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -458,6 +471,9 @@ pub struct RollbackArgs {
     /// Encrypt the safety backup to the public keys in this file (repeatable).
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub recipients_file: Vec<PathBuf>,
+    /// Run no hook (x-nuwax-backup.hooks, nuwaxbackup.* labels), not even on error.
+    #[arg(long)]
+    pub no_hooks: bool,
     /// Verify the backup and print the plan: what each volume gets, what stops and starts,
     /// space needed, images changed since the backup. Changes nothing, takes no lock.
     #[arg(long)]

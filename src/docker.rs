@@ -209,6 +209,18 @@ impl Docker {
             .map_err(|e| self.unless_compose_missing(e))
     }
 
+    /// A `docker compose <project flags> SUB…` process to run by hand (a hook's command, with
+    /// its own output handling and timeout).
+    pub fn compose_command<S: AsRef<OsStr>>(
+        &self,
+        project: &ComposeArgs,
+        sub: &[S],
+    ) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.bin);
+        cmd.args(self.full_args(&compose_args(project, sub)));
+        cmd
+    }
+
     /// Starts `docker ARGS…` and returns a reader of its stdout. Read it to the end, then call
     /// [`Stream::finish`] to learn whether docker succeeded.
     pub fn stream<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<Stream> {

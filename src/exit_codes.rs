@@ -38,6 +38,9 @@ pub enum Code {
     /// Rolled back, but the safety backup of the previous state could not be written (the
     /// previous content is kept; `recover` finishes it).
     SafetyPending = 16,
+    /// A hook failed (or could not run): a `before-*` one stops the run before anything
+    /// stops or changes.
+    Hook = 17,
     /// The user cancelled (Ctrl-C, SIGTERM, or the docker CLI went away).
     Cancelled = 130,
 }
@@ -135,6 +138,7 @@ mod tests {
                 14 => Code::Remote,
                 15 => Code::Identity,
                 16 => Code::SafetyPending,
+                17 => Code::Hook,
                 130 => Code::Cancelled,
                 _ => continue,
             };
@@ -156,6 +160,7 @@ mod tests {
                 | Code::Remote
                 | Code::Identity
                 | Code::SafetyPending
+                | Code::Hook
                 | Code::Cancelled => c.as_u8(),
             };
             assert_eq!(back, n);

@@ -12,6 +12,7 @@ mod crypto;
 mod docker;
 mod exit_codes;
 mod fault;
+mod hooks;
 mod hostfs;
 mod lock;
 mod metrics;
@@ -167,15 +168,15 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
         keys: std::cell::OnceCell::new(),
     };
     let started = std::time::Instant::now();
-    let told = notifications(&ctx, &cli)?;
-    if let Some(t) = &told {
-        t.notifier.started();
+    let around = Around::of(&ctx, &cli)?;
+    if let Some(n) = around.as_ref().and_then(|a| a.notifier.as_ref()) {
+        n.started();
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let ran = dispatch(&ctx, &cli.command, &mut out);
-    if let Some(t) = &told {
-        t.notifier.finished(&t.outcome(&ctx, &ran, started));
+    if let Some(a) = &around {
+        a.finished(&ctx, &ran, started);
     }
     if let Some(path) = cli
         .metrics_file
@@ -192,54 +193,104 @@ fn execute(cli: Cli, docker_globals: Vec<OsString>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whom a run tells its outcome: `--notify`, `x-nuwax-backup.notify` and
-/// `NUWAX_BACKUP_NOTIFY` (space-separated), for the commands that notify.
-struct Told {
-    notifier: notify::Notifier,
+/// What a run does once its command ended, from one outcome: tell it (`--notify`,
+/// `x-nuwax-backup.notify`, `NUWAX_BACKUP_NOTIFY`), and, when it failed, run the project's
+/// on-error hooks first (after the command's own cleanup and restart).
+struct Around {
+    notifier: Option<notify::Notifier>,
     command: &'static str,
-    project: String,
+    settings: compose::Settings,
     /// The newest row before the run: a create's own row is newer.
     newest_before: Option<i64>,
+    /// `Some` when a failure runs the on-error hooks: with the backup a rollback restores.
+    on_error: Option<Option<i64>>,
 }
 
-fn notifications(ctx: &Context, cli: &Cli) -> anyhow::Result<Option<Told>> {
-    let Some(command) = cli.command.notifies() else {
-        if !cli.notify.is_empty() {
-            return Err(UserError::new(
-                Code::Usage,
-                "--notify applies to create, rollback, prune, push and recover",
-            )
-            .into());
+impl Around {
+    fn of(ctx: &Context, cli: &Cli) -> anyhow::Result<Option<Around>> {
+        let Some(command) = cli.command.notifies() else {
+            if !cli.notify.is_empty() {
+                return Err(UserError::new(
+                    Code::Usage,
+                    "--notify applies to create, rollback, prune, push and recover",
+                )
+                .into());
+            }
+            return Ok(None);
+        };
+        let env = std::env::var("NUWAX_BACKUP_NOTIFY").unwrap_or_default();
+        let mut urls: Vec<String> = cli.notify.clone();
+        urls.extend(env.split_whitespace().map(String::from));
+        // A compose file that cannot be read fails the command itself, with its own message.
+        let settings = compose::Project::settings(&ctx.docker, &ctx.compose).unwrap_or_default();
+        urls.extend(settings.notify.iter().cloned());
+        let on_error = cli
+            .command
+            .on_error_hooks()
+            .filter(|_| settings.hooks.of(hooks::Phase::OnError).next().is_some());
+        if urls.is_empty() && on_error.is_none() {
+            return Ok(None);
         }
-        return Ok(None);
-    };
-    let env = std::env::var("NUWAX_BACKUP_NOTIFY").unwrap_or_default();
-    let mut urls: Vec<String> = cli.notify.clone();
-    urls.extend(env.split_whitespace().map(String::from));
-    let (project, from_config) =
-        compose::Project::name_and_notify(&ctx.docker, &ctx.compose).unwrap_or_default();
-    urls.extend(from_config);
-    if urls.is_empty() {
-        return Ok(None);
+        let targets = urls
+            .iter()
+            .map(|u| notify::parse(u))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let newest_before = ctx
+            .catalog()
+            .ok()
+            .and_then(|c| c.list(Some(&settings.name)).ok())
+            .and_then(|rows| rows.first().map(|r| r.id));
+        Ok(Some(Around {
+            notifier: (!targets.is_empty()).then(|| notify::Notifier::new(targets, cli.notify_on)),
+            command,
+            settings,
+            newest_before,
+            on_error,
+        }))
     }
-    let targets = urls
-        .iter()
-        .map(|u| notify::parse(u))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let newest_before = ctx
-        .catalog()
-        .ok()
-        .and_then(|c| c.list(Some(&project)).ok())
-        .and_then(|rows| rows.first().map(|r| r.id));
-    Ok(Some(Told {
-        notifier: notify::Notifier::new(targets, cli.notify_on),
-        command,
-        project,
-        newest_before,
-    }))
-}
 
-impl Told {
+    fn finished(&self, ctx: &Context, ran: &anyhow::Result<()>, started: std::time::Instant) {
+        let outcome = self.outcome(ctx, ran, started);
+        if let (Some(restored), Err(e)) = (self.on_error, ran) {
+            // Usage mistakes ran nothing; a hook that could not even start is said already.
+            if code_of(e) != Code::Usage {
+                self.run_on_error(ctx, &outcome, restored);
+            }
+        }
+        if let Some(n) = &self.notifier {
+            n.finished(&outcome);
+        }
+    }
+
+    fn run_on_error(&self, ctx: &Context, o: &notify::Outcome, restored: Option<i64>) {
+        let s = &self.settings;
+        let row = match (restored, &o.backup) {
+            (Some(id), _) => ctx.catalog().ok().and_then(|c| c.get(id).ok().flatten()),
+            (None, Some(_)) => self.new_row(ctx),
+            (None, None) => None,
+        };
+        let env = hooks::run::Env {
+            id: row.as_ref().map(|r| r.id).or(restored),
+            file: row
+                .as_ref()
+                .filter(|r| r.status == records::Status::Completed)
+                .map(|r| r.file_path.clone()),
+            backup_type: row.as_ref().map(|r| r.backup_type.to_string()),
+            error: o.error.clone(),
+        };
+        hooks::run::Runner::for_project(ctx, &s.name, s.dir.clone(), &s.hooks, false)
+            .on_error(&env);
+    }
+
+    /// The row this create made, if any.
+    fn new_row(&self, ctx: &Context) -> Option<catalog::BackupRow> {
+        ctx.catalog()
+            .ok()
+            .and_then(|c| c.list(Some(&self.settings.name)).ok())
+            .and_then(|rows| rows.into_iter().next())
+            .filter(|r| Some(r.id) > self.newest_before)
+    }
+
     fn outcome(
         &self,
         ctx: &Context,
@@ -247,17 +298,12 @@ impl Told {
         started: std::time::Instant,
     ) -> notify::Outcome {
         let row = match self.command {
-            "create" => ctx
-                .catalog()
-                .ok()
-                .and_then(|c| c.list(Some(&self.project)).ok())
-                .and_then(|rows| rows.into_iter().next())
-                .filter(|r| Some(r.id) > self.newest_before),
+            "create" => self.new_row(ctx),
             _ => None,
         };
         notify::Outcome {
             command: self.command.to_string(),
-            project: self.project.clone(),
+            project: self.settings.name.clone(),
             host: metrics::host_name(),
             status: if ran.is_ok() { "succeeded" } else { "failed" },
             exit_code: ran.as_ref().err().map_or(0, |e| code_of(e).as_u8()),

@@ -60,11 +60,36 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
     }
     start_again(ctx, &rec)?;
     runs::remove(&dir, &project.name, &rec)?;
+    on_error_hooks(ctx, project, &rec);
     Ok(Recovered {
         started: rec.stopped.clone(),
         interrupted_run: Some(rec),
         mount_points,
     })
+}
+
+/// The dead run failed: its on-error hooks run once, now that its services run again (never
+/// a `before-*` hook again; none when it was run with `--no-hooks`).
+fn on_error_hooks(ctx: &Context, project: &Project, rec: &RunRecord) {
+    if rec.no_hooks {
+        return;
+    }
+    let ran: Vec<&str> = rec.hooks_ran.iter().map(|p| p.as_str()).collect();
+    if !ran.is_empty() {
+        note(format!(
+            "hooks the interrupted run had run: {}",
+            ran.join(", ")
+        ));
+    }
+    let env = crate::hooks::run::Env {
+        id: rec.backup_id,
+        error: Some(format!(
+            "the {} was interrupted in phase {} (pid {})",
+            rec.command, rec.phase, rec.pid
+        )),
+        ..Default::default()
+    };
+    crate::hooks::run::Runner::new(ctx, project, false).on_error(&env);
 }
 
 /// Where the project's volumes are on this host now (bind sources and local volume folders),

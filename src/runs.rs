@@ -111,6 +111,16 @@ pub struct RunRecord {
     /// Mount points being restored entry by entry (their staging folder is in `made`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountRecord>,
+    /// The hook phases that ran (or were running), so that `recover` runs `on-error` and
+    /// never a `before-*` one again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks_ran: Vec<crate::hooks::Phase>,
+    /// `--no-hooks`: `recover` runs none either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_hooks: bool,
+    /// The backup a rollback restores (for the hooks `recover` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<i64>,
 }
 
 /// A bind mount point restored from a staging folder inside it: the root's attributes before
@@ -253,6 +263,9 @@ impl ActiveRun {
                 no_safety_backup: false,
                 made: Vec::new(),
                 mounts: Vec::new(),
+                hooks_ran: Vec::new(),
+                no_hooks: false,
+                backup_id: None,
             },
         };
         run.write()?;
@@ -282,6 +295,21 @@ impl ActiveRun {
     /// Leaves the record in place when the run ends (what it left is for `recover` to finish).
     pub fn keep(self) {
         std::mem::forget(self);
+    }
+
+    /// Records how hooks go with this run: skipped (`--no-hooks`), and the backup it restores.
+    pub fn hooks(&mut self, no_hooks: bool, backup_id: Option<i64>) -> Result<()> {
+        self.record.no_hooks = no_hooks;
+        self.record.backup_id = backup_id;
+        self.write()
+    }
+
+    /// Records that the hooks of `phase` are about to run.
+    pub fn hook_phase(&mut self, phase: crate::hooks::Phase) -> Result<()> {
+        if !self.record.hooks_ran.contains(&phase) {
+            self.record.hooks_ran.push(phase);
+        }
+        self.write()
     }
 
     /// Records a capture about to be made.

@@ -50,6 +50,7 @@ pub fn safety_of(
         include_external_binds: true,
         recipients: Some(Recipients(recipients.to_vec())),
         capture: backup::plan::CaptureMode::Direct,
+        no_hooks: true,
     };
     note("taking a safety backup of the previous state");
     let row = backup::create_stopped(ctx, &subset, &opts, catalog, previous)?;

@@ -18,10 +18,12 @@ use self::reading::Reading;
 use crate::catalog::{BackupRow, Catalog, NewBackup};
 use crate::compose::{Project, Volume};
 use crate::exit_codes::{Code, UserError};
+use crate::hooks::run::{Env as HookEnv, Runner};
+use crate::hooks::Phase;
 use crate::output::{human_bytes, note, warn};
 use crate::records::RemoteStatus;
 use crate::records::RunCommand;
-use crate::runs::{ActiveRun, PendingRow, Phase};
+use crate::runs::{ActiveRun, PendingRow, Phase as RunPhase};
 use crate::services::{self, Running};
 use crate::survey::{survey, Survey};
 use crate::volumes::plain_local_folder;
@@ -121,11 +123,7 @@ pub fn run(
         let (l, p) = lock(project, &catalog)?;
         (Some(l), p)
     };
-    let mut facts = gather_facts(ctx, &project, &catalog)?;
-    if opts.stop && opts.capture != plan::CaptureMode::Direct {
-        capture_facts(&project, opts, &mut facts);
-    }
-    let mut plan = plan::build(&project, opts, &facts, chrono::Utc::now());
+    let mut plan = planned(ctx, &project, opts, &catalog, chrono::Utc::now())?;
     plan.remote = target.as_ref().map(|u| u.to_string());
     for s in &plan.skipped {
         warn(format!("not backed up: {}: {}", s.volume, s.reason));
@@ -134,6 +132,8 @@ pub fn run(
         return Ok(Outcome::DryRun(plan));
     }
     gate(&project, opts)?;
+    let hooks =
+        Runner::new(ctx, &project, opts.no_hooks).check_running(&project, &Phase::CREATE)?;
     storage::prepare(&plan.storage)?;
     for p in storage::remove_stale_partials(&plan.storage, &project.name) {
         note(format!(
@@ -145,7 +145,14 @@ pub fn run(
         check_space(&plan)?;
     }
     let mut run = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Create)?;
+    run.hooks(opts.no_hooks, None)?;
     run.pending_row(pending_row(&project, &plan))?;
+    if hooks.of(Phase::BeforeBackup).next().is_some() {
+        plan = before_backup(ctx, (&project, opts, &catalog), plan, &hooks, &mut run)?;
+        if !remote.only {
+            check_space(&plan)?;
+        }
+    }
     let dest = match &store {
         Some(store) if remote.only => {
             let sink = begin_stream(store, &plan, remote.max_parts, &mut run)?;
@@ -153,25 +160,98 @@ pub fn run(
         }
         _ => write::Destination::Storage,
     };
-    let row = execute(ctx, opts, &project, &plan, &catalog, &mut run, dest)?;
+    let row = execute(
+        ctx,
+        opts,
+        (&project, &plan, &hooks),
+        &catalog,
+        &mut run,
+        dest,
+    )?;
     // The backup is recorded: a kill from here on leaves nothing for `recover` but the upload.
     drop(run);
-    let Some(store) = store else {
-        return Ok(Outcome::Done(row, None));
+    let (row, upload_error) = match store {
+        None => (row, None),
+        Some(store) => copy_off(ctx, &store, remote, &catalog, row, lock)?,
     };
-    if remote.only {
-        let sealed = crate::remote::transfer::finish_streamed(&store, &catalog, &row);
-        let row = catalog.get(row.id)?.unwrap_or(row);
-        return Ok(Outcome::Done(row, sealed.err()));
+    if upload_error.is_none() {
+        let env = hook_env(&plan, Some(&row));
+        hooks
+            .phase(Phase::AfterBackup, &env, None)
+            .with_context(|| format!("backup #{} completed ({}), but", row.id, row.file_path))?;
     }
-    let upload_lock = ctx.lock(&format!("{}.upload", project.name), "upload");
+    Ok(Outcome::Done(row, upload_error))
+}
+
+/// The backup plan: what the engine and the filesystem say now, and the options.
+fn planned(
+    ctx: &Context,
+    project: &Project,
+    opts: &Options,
+    catalog: &Catalog,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Plan> {
+    let mut facts = gather_facts(ctx, project, catalog)?;
+    if opts.stop && opts.capture != plan::CaptureMode::Direct {
+        capture_facts(project, opts, &mut facts);
+    }
+    Ok(plan::build(project, opts, &facts, at))
+}
+
+/// Runs the before-backup hooks, the services still running. When one fails the run ends
+/// with a failed row naming it, before anything stopped; else the plan is made again (a
+/// hook may have written a dump into a volume), under the same name.
+fn before_backup(
+    ctx: &Context,
+    (project, opts, catalog): (&Project, &Options, &Catalog),
+    plan: Plan,
+    hooks: &Runner<'_>,
+    run: &mut ActiveRun,
+) -> Result<Plan> {
+    let env = hook_env(&plan, None);
+    if let Err(e) = hooks.phase(Phase::BeforeBackup, &env, Some(run)) {
+        record_failure(catalog, project, &plan, 0, &e);
+        return Err(e);
+    }
+    let mut again = planned(ctx, project, opts, catalog, plan.at)?;
+    again.remote = plan.remote;
+    run.pending_row(pending_row(project, &again))?;
+    Ok(again)
+}
+
+/// What the hooks of a create are told: its type; once recorded, its row and archive.
+fn hook_env(plan: &Plan, row: Option<&BackupRow>) -> HookEnv {
+    HookEnv {
+        id: row.map(|r| r.id),
+        file: row.map(|r| r.file_path.clone()),
+        backup_type: Some(plan.backup_type.to_string()),
+        error: None,
+    }
+}
+
+/// Copies the recorded backup to its bucket (or seals the object it was streamed to),
+/// under the project's upload lock only. The row as it is then, and the upload's error.
+fn copy_off(
+    ctx: &Context,
+    store: &crate::remote::Store,
+    remote: &RemoteRequest,
+    catalog: &Catalog,
+    row: BackupRow,
+    lock: Option<ProjectLock>,
+) -> Result<(BackupRow, Option<anyhow::Error>)> {
+    if remote.only {
+        let sealed = crate::remote::transfer::finish_streamed(store, catalog, &row);
+        let row = catalog.get(row.id)?.unwrap_or(row);
+        return Ok((row, sealed.err()));
+    }
+    let upload_lock = ctx.lock(&format!("{}.upload", row.project), "upload");
     drop(lock);
     let pushed = upload_lock.and_then(|_held| {
-        crate::remote::transfer::abort_stale(&catalog, Some(&project.name));
-        crate::remote::transfer::upload(&store, &catalog, &row, remote.max_parts)
+        crate::remote::transfer::abort_stale(catalog, Some(&row.project));
+        crate::remote::transfer::upload(store, catalog, &row, remote.max_parts)
     });
     let row = catalog.get(row.id)?.unwrap_or(row);
-    Ok(Outcome::Done(row, pushed.err()))
+    Ok((row, pushed.err()))
 }
 
 /// Refuses while containers run, unless `--stop` was given.
@@ -219,8 +299,7 @@ use crate::records::Timing;
 fn execute(
     ctx: &Context,
     opts: &Options,
-    project: &Project,
-    plan: &Plan,
+    (project, plan, hooks): (&Project, &Plan, &Runner<'_>),
     catalog: &Catalog,
     run: &mut ActiveRun,
     dest: write::Destination,
@@ -236,6 +315,8 @@ fn execute(
         plan,
         running: &running,
         started: Instant::now(),
+        hooks,
+        after_start: std::cell::RefCell::new(None),
     };
     if !running.is_empty() {
         note(format!("stopping {}", running.names().join(", ")));
@@ -251,7 +332,14 @@ fn execute(
         Ok(()) => with_capture(&s, run, &mut timing, dest),
     };
     let duration_ms = s.started.elapsed().as_millis() as u64;
-    conclude(catalog, project, plan, work, restart, duration_ms, timing)
+    let row = conclude(catalog, project, plan, work, restart, duration_ms, timing)?;
+    match s.after_start.into_inner() {
+        None => Ok(row),
+        Some(e) => Err(e.context(format!(
+            "backup #{} completed ({}), but",
+            row.id, row.file_path
+        ))),
+    }
 }
 
 /// What a backup works with from the stop on.
@@ -261,21 +349,33 @@ struct Stopped<'a> {
     plan: &'a Plan,
     running: &'a Running,
     started: Instant,
+    hooks: &'a Runner<'a>,
+    /// The after-start hook's failure: the backup goes on, and the run fails at its end.
+    after_start: std::cell::RefCell<Option<anyhow::Error>>,
 }
 
 impl Stopped<'_> {
-    /// Starts the stopped services again, and notes how long they were down.
+    /// Starts the stopped services again, notes how long they were down, then runs the
+    /// after-start hooks (their failure is kept for the end: the archive goes on).
     fn restart(&self, run: &mut ActiveRun, timing: &mut Timing) -> Result<()> {
         // A record that cannot be written never keeps the services down: they start, then
         // the error is reported.
-        let phase = run.phase(Phase::Starting);
-        if self.running.is_empty() {
-            return phase;
+        let phase = run.phase(RunPhase::Starting);
+        let started = match self.running.is_empty() {
+            true => Ok(()),
+            false => {
+                note(format!("starting {}", self.running.names().join(", ")));
+                let started = services::start(&self.ctx.docker, &self.ctx.compose, self.running);
+                timing.downtime_ms = self.started.elapsed().as_millis() as u64;
+                started
+            }
+        };
+        started.and(phase)?;
+        let env = hook_env(self.plan, None);
+        if let Err(e) = self.hooks.phase(Phase::AfterStart, &env, Some(run)) {
+            self.after_start.replace(Some(e));
         }
-        note(format!("starting {}", self.running.names().join(", ")));
-        let started = services::start(&self.ctx.docker, &self.ctx.compose, self.running);
-        timing.downtime_ms = self.started.elapsed().as_millis() as u64;
-        started.and(phase)
+        Ok(())
     }
 }
 
@@ -287,7 +387,7 @@ fn direct(
     timing: &mut Timing,
     dest: write::Destination,
 ) -> (Result<Written>, Result<()>) {
-    let written = run.phase(Phase::Archiving).and_then(|()| {
+    let written = run.phase(RunPhase::Archiving).and_then(|()| {
         crate::fault::point(crate::fault::Fault::CreateArchiving);
         write::archive(s.ctx.into(), s.project, s.plan, &Reading::live(), dest)
     });
@@ -305,7 +405,7 @@ fn with_capture(
     dest: write::Destination,
 ) -> (Result<Written>, Result<()>) {
     let reading = Reading::capturing(s.plan, |p| capture::path_of(&s.plan.project, p));
-    if let Err(e) = run.phase(Phase::Capturing) {
+    if let Err(e) = run.phase(RunPhase::Capturing) {
         return (Err(e), s.restart(run, timing));
     }
     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -344,7 +444,7 @@ fn with_capture(
         }
         let restart = s.restart(run, timing);
         priority::services_up();
-        if let Err(e) = run.phase(Phase::Compressing) {
+        if let Err(e) = run.phase(RunPhase::Compressing) {
             // Harmless to a recover (it would restart running services and remove the
             // captures of a dead run), but said.
             warn(format!(

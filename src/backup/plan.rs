@@ -25,6 +25,8 @@ pub struct Options {
     pub recipients: Option<Recipients>,
     /// `--capture`: copy the volumes while stopped, then start, then compress.
     pub capture: CaptureMode,
+    /// `--no-hooks`.
+    pub no_hooks: bool,
 }
 
 /// `--capture auto|copy|direct`.
@@ -161,6 +163,8 @@ pub struct Plan {
     /// Where the archive is copied once the services run again (`s3://…`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// The hooks each phase would run, in order (none with `--no-hooks`).
+    pub hooks: Vec<crate::hooks::Hook>,
     #[serde(skip)]
     pub at: DateTime<Utc>,
     #[serde(skip)]
@@ -255,6 +259,10 @@ pub fn build(project: &Project, opts: &Options, facts: &Facts, now: DateTime<Utc
         capture_places,
         capture_note,
         remote: None,
+        hooks: match opts.no_hooks {
+            true => Vec::new(),
+            false => project.hooks.listed(&crate::hooks::Phase::CREATE),
+        },
         project: project.name.clone(),
         project_dir: project.dir.clone(),
         backup_type: opts.backup_type,
@@ -601,6 +609,7 @@ mod tests {
             dir,
             compose_files: vec![],
             others,
+            hooks: Default::default(),
             extension: cfg.extension,
         }
     }
@@ -627,6 +636,7 @@ mod tests {
             include_external_binds: false,
             recipients: None,
             capture: CaptureMode::Auto,
+            no_hooks: false,
         }
     }
 

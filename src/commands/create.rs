@@ -36,6 +36,7 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
             crate::cli::Capture::Copy => CaptureMode::Copy,
             crate::cli::Capture::Direct => CaptureMode::Direct,
         },
+        no_hooks: args.no_hooks,
         recipients: if args.recipient.is_empty() && args.recipients_file.is_empty() {
             None
         } else {
@@ -153,6 +154,9 @@ fn print_plan(plan: &Plan, stop: bool, out: &mut dyn Write) -> Result<()> {
     }
     if let Some(remote) = &plan.remote {
         writeln!(out, "Then upload to {remote}")?;
+    }
+    for line in crate::hooks::describe(&plan.hooks) {
+        writeln!(out, "Hook {line}")?;
     }
     let rows = plan.volumes.iter().map(|v| {
         vec![

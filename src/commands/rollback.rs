@@ -22,6 +22,7 @@ pub fn run(ctx: &Context, args: &RollbackArgs, out: &mut dyn Write) -> Result<()
         from_remote: args.from_remote,
         recipients: args.recipient.clone(),
         recipients_files: args.recipients_file.clone(),
+        no_hooks: args.no_hooks,
     };
     if args.dry_run {
         let (_, _, _, plan) = restore::plan(ctx, &opts)?;
@@ -88,6 +89,9 @@ fn print_plan(plan: &RollbackPlan, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "stop:  {}", list(&plan.stop))?;
     writeln!(out, "start: {}", list(&plan.start))?;
     writeln!(out, "order: {}: {}", plan.order.as_str(), plan.order_reason)?;
+    for line in crate::hooks::describe(&plan.hooks) {
+        writeln!(out, "hook {line}")?;
+    }
     for s in &plan.space {
         writeln!(
             out,

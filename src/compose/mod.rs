@@ -24,6 +24,19 @@ pub struct Project {
     pub others: Vec<Container>,
     #[serde(skip)]
     pub extension: Extension,
+    /// Its hooks (`x-nuwax-backup.hooks` and `nuwaxbackup.*` labels), checked at load.
+    #[serde(skip)]
+    pub hooks: crate::hooks::Hooks,
+}
+
+/// What a run reads before it starts (one `compose config`, no daemon needed): the project's
+/// name and folder, where to tell the outcome, and its hooks.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub name: String,
+    pub dir: PathBuf,
+    pub notify: Vec<String>,
+    pub hooks: crate::hooks::Hooks,
 }
 
 impl Project {
@@ -47,7 +60,9 @@ impl Project {
         let (by_service, others) = classify::containers_by_service(&ps, &cfg.services);
         let services = classify::services(&cfg, &by_service);
         let volumes = classify::volumes(&cfg, &dir, &|p: &Path| p.is_file());
+        let hooks = hooks_of(&cfg, &compose_files)?;
         Ok(Project {
+            hooks,
             name: cfg.name.clone(),
             dir,
             compose_files,
@@ -70,23 +85,18 @@ impl Project {
             .name)
     }
 
-    /// The project's name and the URLs of its `x-nuwax-backup.notify` (one `compose config`).
-    pub fn name_and_notify(docker: &Docker, args: &ComposeArgs) -> Result<(String, Vec<String>)> {
-        #[derive(serde::Deserialize)]
-        struct Notify {
-            #[serde(default)]
-            notify: Vec<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Named {
-            name: String,
-            #[serde(rename = "x-nuwax-backup", default)]
-            ext: Option<Notify>,
-        }
+    /// The project's [`Settings`] (one `compose config`, no daemon needed).
+    pub fn settings(docker: &Docker, args: &ComposeArgs) -> Result<Settings> {
         let text = docker.compose(args, &["config", "--format", "json"])?;
-        let n: Named =
+        let cfg: ConfigJson =
             serde_json::from_str(&text).context("reading `docker compose config` output")?;
-        Ok((n.name, n.ext.map(|e| e.notify).unwrap_or_default()))
+        let files = compose_files(args)?;
+        Ok(Settings {
+            dir: project_dir(args, &files)?,
+            hooks: hooks_of(&cfg, &files)?,
+            name: cfg.name,
+            notify: cfg.extension.notify,
+        })
     }
 
     /// The containers that keep a cold backup from running now.
@@ -130,6 +140,54 @@ pub fn nested_below<'a>(targets: impl IntoIterator<Item = &'a str>, target: &str
             .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
             || (base.is_empty() && t != "/")
     })
+}
+
+/// The project's hooks, service hooks in the compose files' service order; a mistake in them
+/// makes the compose file invalid for this tool (exit 4, naming the key).
+fn hooks_of(cfg: &ConfigJson, files: &[PathBuf]) -> Result<crate::hooks::Hooks> {
+    let order = declared_order(files, cfg.services.keys().map(String::as_str));
+    let services: Vec<(&str, &std::collections::BTreeMap<String, String>)> = order
+        .iter()
+        .filter_map(|n| cfg.services.get_key_value(n.as_str()))
+        .map(|(n, s)| (n.as_str(), &s.labels))
+        .collect();
+    crate::hooks::Hooks::plan(&cfg.extension.hooks, &services).map_err(|e| {
+        crate::exit_codes::UserError::new(crate::exit_codes::Code::InvalidComposeFile, e).into()
+    })
+}
+
+/// The service names in the order the compose files declare them (first appearance over the
+/// files, in `-f` order; Compose's JSON sorts them), then those no file shows (from `include`
+/// or `extends`) in Compose's order.
+pub fn declared_order<'a>(
+    files: &[PathBuf],
+    services: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(&text) else {
+            continue;
+        };
+        let Some(map) = doc.get("services").and_then(|s| s.as_mapping()) else {
+            continue;
+        };
+        for name in map.keys().filter_map(|k| k.as_str()) {
+            if !out.iter().any(|o| o == name) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    let known: Vec<&str> = services.collect();
+    out.retain(|n| known.contains(&n.as_str()));
+    for n in known {
+        if !out.iter().any(|o| o == n) {
+            out.push(n.to_string());
+        }
+    }
+    out
 }
 
 const DEFAULT_FILES: &[&str] = &[

@@ -25,6 +25,9 @@ pub struct ServiceJson {
     pub deploy: Option<Deploy>,
     #[serde(default)]
     pub volumes: Vec<ServiceVolume>,
+    /// Compose prints labels as a map, whichever form the file used.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -76,10 +79,12 @@ pub struct Extension {
     /// Copy each archive to this bucket (`s3://BUCKET[/PREFIX]`; `create --remote` wins).
     pub remote: Option<String>,
     /// Where to tell the outcome of create, rollback, prune, push and recover (`--notify`);
-    /// read by `Project::name_and_notify`, declared here so that the file is accepted.
+    /// read by `Project::settings`.
     #[serde(default)]
-    #[allow(dead_code)]
     pub notify: Vec<String>,
+    /// Host hooks by phase (`before-backup: [COMMAND…]`; see `crate::hooks`).
+    #[serde(default)]
+    pub hooks: BTreeMap<String, Vec<crate::hooks::HostHook>>,
 }
 
 /// `x-nuwax-backup.encrypt`: public keys, listed and/or in a file (relative to the project).

@@ -22,6 +22,8 @@ use crate::catalog::{BackupRow, Catalog};
 use crate::compose::Project;
 use crate::crypto::Recipients;
 use crate::exit_codes::{Code, UserError};
+use crate::hooks::run::{Env as HookEnv, Runner};
+use crate::hooks::Phase as HookPhase;
 use crate::output::{human_bytes, note, warn};
 use crate::records::RemoteStatus;
 use crate::records::RunCommand;
@@ -45,6 +47,8 @@ pub struct Options {
     /// `--recipient` / `--recipients-file`: whom the safety backup is encrypted to.
     pub recipients: Vec<String>,
     pub recipients_files: Vec<PathBuf>,
+    /// `--no-hooks`.
+    pub no_hooks: bool,
 }
 
 /// What `--format json` prints: the plan, and what was done.
@@ -105,6 +109,9 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
     let mut plan = plan::build(&verified.manifest, &req, &facts)?;
     plan.safety_recipients = safety_recipients.0;
     plan.warnings = warnings;
+    if !opts.no_hooks {
+        plan.hooks = project.hooks.listed(&crate::hooks::Phase::ROLLBACK);
+    }
     plan.archive = Some(verified.file);
     plan.pin = Some(std::sync::Arc::new(pin));
     Ok((project, catalog, row, plan))
@@ -280,13 +287,38 @@ pub fn prepare(ctx: &Context, opts: &Options) -> Result<Prepared> {
 }
 
 /// Runs a prepared rollback on `project` as it is under the project's lock (the command
-/// holds it). Fails with `RolledBack` when a step after the safety backup failed and the
-/// previous state was put back.
+/// holds it), between its before-rollback and after-rollback hooks. Fails with `RolledBack`
+/// when a step after the safety backup failed and the previous state was put back, and with
+/// `Hook` when a hook failed (before-rollback: nothing changed).
 pub fn execute(
     ctx: &Context,
     opts: &Options,
     prepared: Prepared,
     project: Project,
+) -> Result<Report> {
+    let hooks =
+        Runner::new(ctx, &project, opts.no_hooks).check_running(&project, &HookPhase::ROLLBACK)?;
+    let row = &prepared.row;
+    let env = HookEnv {
+        id: Some(row.id),
+        file: Some(row.file_path.clone()),
+        backup_type: Some(row.backup_type.to_string()),
+        error: None,
+    };
+    let id = row.id;
+    let report = restore(ctx, opts, prepared, project, (&hooks, &env))?;
+    hooks
+        .phase(HookPhase::AfterRollback, &env, None)
+        .with_context(|| format!("rolled back to backup #{id}, but"))?;
+    Ok(report)
+}
+
+fn restore(
+    ctx: &Context,
+    opts: &Options,
+    prepared: Prepared,
+    project: Project,
+    (hooks, env): (&Runner<'_>, &HookEnv),
 ) -> Result<Report> {
     let Prepared {
         catalog,
@@ -296,6 +328,8 @@ pub fn execute(
     } = prepared;
     plan.set_running(Running::of(&project), opts.no_start);
     let mut record = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Rollback)?;
+    record.hooks(opts.no_hooks, Some(row.id))?;
+    hooks.phase(HookPhase::BeforeRollback, env, Some(&mut record))?;
     if plan.order == plan::Order::StageFirst {
         return staged::run(ctx, opts, &project, &catalog, &row, plan, record);
     }

@@ -104,6 +104,8 @@ pub struct RollbackPlan {
     /// What the archive said that the compose file overrides (drivers, options, labels).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The hooks each phase would run, in order (none with `--no-hooks`).
+    pub hooks: Vec<crate::hooks::Hook>,
     /// The archive file verify read, kept open: the restore reads it from this descriptor.
     #[serde(skip)]
     pub archive: Option<crate::archive::reader::VerifiedFile>,
@@ -233,6 +235,7 @@ pub fn build(m: &Manifest, req: &Request, facts: &Facts) -> anyhow::Result<Rollb
     let stop = facts.running.names();
     let (order, order_reason) = order(&actions, facts, req.no_safety_backup);
     Ok(RollbackPlan {
+        hooks: Vec::new(),
         backup_id: req.backup_id,
         mode: if req.data_only {
             Mode::DataOnly

@@ -1,0 +1,230 @@
+//! Runs one command the operator wrote (a hook, a restore test's check) under a timeout: in a
+//! process group of its own, its output copied to stderr line by line behind a prefix, and
+//! the whole group killed when the time is up or the run is cancelled.
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// The first line a command run in a container writes on stderr: its shell's pid there, which
+/// leads the process group a timeout kills (see [`in_container`]).
+const PID_MARK: &str = "nuwax-hook-pid ";
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    /// Its exit code (`None`: killed by a signal, or by us).
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    /// The last line it wrote on stderr, else on stdout (for the error message).
+    pub last_line: String,
+}
+
+impl Ran {
+    pub fn succeeded(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+
+    /// `exit 3: <last line>`, `timed out after 2s and was killed`…
+    pub fn describe(&self, timeout: Duration) -> String {
+        let how = match (self.timed_out, self.code) {
+            (true, _) => format!(
+                "timed out after {} and was killed",
+                humantime::format_duration(timeout)
+            ),
+            (false, Some(c)) => format!("exit {c}"),
+            (false, None) => "killed by a signal".to_string(),
+        };
+        match self.last_line.trim() {
+            "" => how,
+            line => format!("{how}: {line}"),
+        }
+    }
+}
+
+/// The shell text run in a container: first says its pid (on stderr), then runs `command`.
+pub fn in_container(command: &str) -> String {
+    format!("echo \"{PID_MARK}$$\" >&2\n{command}")
+}
+
+/// What the output readers found.
+#[derive(Default)]
+struct Seen {
+    last_err: String,
+    last_out: String,
+    inner_pid: Option<u32>,
+}
+
+/// Runs `cmd` (stdin closed) until it exits or `timeout` passes; then kills its process group
+/// and calls `kill_inside` with the pid its in-container shell said (see [`in_container`]).
+/// Fails only when it cannot be started, or when the run is cancelled (after the kill).
+pub fn run(
+    mut cmd: Command,
+    prefix: &str,
+    timeout: Duration,
+    kill_inside: &dyn Fn(u32),
+) -> Result<Ran> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let readers = [
+        copy_lines(child.stdout.take(), prefix, seen.clone(), false),
+        copy_lines(child.stderr.take(), prefix, seen.clone(), true),
+    ];
+    let started = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        let cancelled = crate::cancel::requested();
+        if cancelled || started.elapsed() >= timeout {
+            timed_out = !cancelled;
+            if let Some(pid) = seen.lock().map(|s| s.inner_pid).ok().flatten() {
+                kill_inside(pid);
+            }
+            kill_group(child.id());
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The group is gone, so the pipes close; a process that left the group and kept them
+    // open does not hold the run: its readers are left behind after a grace second.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for r in readers {
+        while !r.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    crate::cancel::check()?;
+    let seen = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("an output reader panicked"))?;
+    let last = match seen.last_err.is_empty() {
+        true => seen.last_out.clone(),
+        false => seen.last_err.clone(),
+    };
+    Ok(Ran {
+        code: if timed_out { None } else { status.code() },
+        timed_out,
+        last_line: last,
+    })
+}
+
+fn kill_group(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Copies `from` line by line to stderr behind `prefix`, remembering the last line (and, on
+/// stderr, the in-container pid line, which is not shown).
+fn copy_lines(
+    from: Option<impl Read + Send + 'static>,
+    prefix: &str,
+    seen: Arc<Mutex<Seen>>,
+    is_err: bool,
+) -> std::thread::JoinHandle<()> {
+    let prefix = prefix.to_string();
+    std::thread::spawn(move || {
+        let Some(from) = from else { return };
+        for line in BufReader::new(from).split(b'\n') {
+            let Ok(line) = line else { break };
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches('\r');
+            let Ok(mut s) = seen.lock() else { break };
+            if is_err && s.inner_pid.is_none() {
+                if let Some(pid) = text
+                    .strip_prefix(PID_MARK)
+                    .and_then(|p| p.trim().parse().ok())
+                {
+                    s.inner_pid = Some(pid);
+                    continue;
+                }
+            }
+            if !text.trim().is_empty() {
+                let last = if is_err {
+                    &mut s.last_err
+                } else {
+                    &mut s.last_out
+                };
+                *last = text.to_string();
+            }
+            drop(s);
+            eprintln!("{prefix} {text}");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    #[test]
+    fn the_exit_code_and_the_last_stderr_line_are_kept() {
+        let ran = run(
+            sh("echo out; echo first >&2; echo last >&2; exit 3"),
+            "t |",
+            Duration::from_secs(10),
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!(ran.code, Some(3));
+        assert_eq!(ran.last_line, "last");
+        assert_eq!(ran.describe(Duration::from_secs(1)), "exit 3: last");
+        let ok = run(sh("echo only-out"), "t |", Duration::from_secs(10), &|_| {}).unwrap();
+        assert!(ok.succeeded());
+        assert_eq!(ok.last_line, "only-out");
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("child-pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", mark.display());
+        let t0 = Instant::now();
+        let ran = run(sh(&script), "t |", Duration::from_millis(300), &|_| {}).unwrap();
+        assert!(ran.timed_out && !ran.succeeded());
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        let pid: i32 = std::fs::read_to_string(&mark)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The background child is gone too (a zombie reaped by init at most).
+        std::thread::sleep(Duration::from_millis(200));
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(state.is_empty() || state.contains(") Z "), "{state}");
+        assert_eq!(
+            ran.describe(Duration::from_secs(2)),
+            "timed out after 2s and was killed"
+        );
+    }
+
+    #[test]
+    fn the_in_container_pid_line_is_read_and_not_shown() {
+        let ran = run(
+            sh(&in_container("exit 0")),
+            "t |",
+            Duration::from_secs(10),
+            &|_| {},
+        )
+        .unwrap();
+        assert!(ran.succeeded());
+        assert_eq!(ran.last_line, "");
+    }
+}
