@@ -95,4 +95,5 @@ if ! docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
     tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["/bin/sh"]' - "$TEST_IMAGE" >/dev/null
     rm -rf "$root"
 fi
+bash "$(dirname "$0")/build-test-postgres.sh"
 log "ready: $(docker version --format 'engine {{.Server.Version}}') / $(docker compose version --short) / $TEST_IMAGE"

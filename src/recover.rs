@@ -47,10 +47,11 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
     ));
     let targets = Targets::of(ctx, project);
     let mut mount_points = Vec::new();
+    let mut failed_row = None;
     if rec.command == RunCommand::Create {
         remove_captures(&rec, &project.name, &targets);
         abort_upload(&rec);
-        record_interrupted_create(catalog, project, &rec)?;
+        failed_row = record_interrupted_create(catalog, project, &rec)?;
     } else {
         remove_partials(project, catalog);
         mount_points = recover_mounts(&rec, &targets)?;
@@ -60,7 +61,7 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
     }
     start_again(ctx, &rec)?;
     runs::remove(&dir, &project.name, &rec)?;
-    on_error_hooks(ctx, project, &rec);
+    on_error_hooks(ctx, project, &rec, failed_row);
     Ok(Recovered {
         started: rec.stopped.clone(),
         interrupted_run: Some(rec),
@@ -70,7 +71,7 @@ pub fn dead_run(ctx: &Context, project: &Project, catalog: &Catalog) -> Result<R
 
 /// The dead run failed: its on-error hooks run once, now that its services run again (never
 /// a `before-*` hook again; none when it was run with `--no-hooks`).
-fn on_error_hooks(ctx: &Context, project: &Project, rec: &RunRecord) {
+fn on_error_hooks(ctx: &Context, project: &Project, rec: &RunRecord, failed_row: Option<i64>) {
     if rec.no_hooks {
         return;
     }
@@ -82,7 +83,8 @@ fn on_error_hooks(ctx: &Context, project: &Project, rec: &RunRecord) {
         ));
     }
     let env = crate::hooks::run::Env {
-        id: rec.backup_id,
+        id: rec.backup_id.or(failed_row),
+        backup_type: rec.pending_row.as_ref().map(|p| p.backup_type.to_string()),
         error: Some(format!(
             "the {} was interrupted in phase {} (pid {})",
             rec.command, rec.phase, rec.pid
@@ -266,9 +268,14 @@ impl Recovered {
     }
 }
 
-fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunRecord) -> Result<()> {
+/// Records the dead create's row as failed (`interrupted`); its id.
+fn record_interrupted_create(
+    catalog: &Catalog,
+    project: &Project,
+    rec: &RunRecord,
+) -> Result<Option<i64>> {
     let Some(p) = &rec.pending_row else {
-        return Ok(());
+        return Ok(None);
     };
     for path in storage::remove_stale_partials(&p.storage, &project.name) {
         note(format!(
@@ -287,7 +294,7 @@ fn record_interrupted_create(catalog: &Catalog, project: &Project, rec: &RunReco
     };
     let id = catalog.insert(&NewBackup::failed(origin, &p.storage, "interrupted"))?;
     note(format!("recorded the interrupted backup as failed (#{id})"));
-    Ok(())
+    Ok(Some(id))
 }
 
 /// A rollback staged first and killed: before its services started again, the targets it

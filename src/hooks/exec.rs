@@ -28,15 +28,15 @@ impl Ran {
         self.code == Some(0) && !self.timed_out
     }
 
-    /// `exit 3: <last line>`, `timed out after 2s and was killed`…
+    /// `failed: exit 3: <last line>`, `timed out after 2s and was killed`…
     pub fn describe(&self, timeout: Duration) -> String {
         let how = match (self.timed_out, self.code) {
             (true, _) => format!(
                 "timed out after {} and was killed",
                 humantime::format_duration(timeout)
             ),
-            (false, Some(c)) => format!("exit {c}"),
-            (false, None) => "killed by a signal".to_string(),
+            (false, Some(c)) => format!("failed: exit {c}"),
+            (false, None) => "failed: killed by a signal".to_string(),
         };
         match self.last_line.trim() {
             "" => how,
@@ -185,7 +185,7 @@ mod tests {
         .unwrap();
         assert_eq!(ran.code, Some(3));
         assert_eq!(ran.last_line, "last");
-        assert_eq!(ran.describe(Duration::from_secs(1)), "exit 3: last");
+        assert_eq!(ran.describe(Duration::from_secs(1)), "failed: exit 3: last");
         let ok = run(sh("echo only-out"), "t |", Duration::from_secs(10), &|_| {}).unwrap();
         assert!(ok.succeeded());
         assert_eq!(ok.last_line, "only-out");

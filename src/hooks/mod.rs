@@ -228,12 +228,12 @@ fn unknown_phase(prefix: &str, word: &str) -> String {
 fn host_hook(phase: Phase, e: &HostHook) -> Result<Hook, String> {
     let key = format!("x-nuwax-backup.hooks.{phase}");
     let (command, timeout, on_error) = match e {
-        HostHook::Command(c) => (c.clone(), None, None),
+        HostHook::Command(c) => (unescape(c), None, None),
         HostHook::Full {
             run,
             timeout,
             on_error,
-        } => (run.clone(), timeout.as_deref(), on_error.as_deref()),
+        } => (unescape(run), timeout.as_deref(), on_error.as_deref()),
     };
     if command.trim().is_empty() {
         return Err(format!("{key}: a hook's command is empty"));
@@ -299,13 +299,19 @@ fn service_hooks(service: &str, labels: &BTreeMap<String, String>) -> Result<Vec
             Ok(Hook {
                 phase,
                 service: Some(service.to_string()),
-                command: command.to_string(),
+                command: unescape(command),
                 user: get("user").map(String::from),
                 timeout: parse_timeout(&format!("{key}.timeout"), get("timeout"))?,
                 on_error: parse_on_error(&format!("{key}.on-error"), get("on-error"))?,
             })
         })
         .collect()
+}
+
+/// `docker compose config` prints every `$` of a value as `$$` (its output is a compose file
+/// again); a command is run as the file's author wrote it after interpolation.
+pub fn unescape(text: &str) -> String {
+    text.replace("$$", "$")
 }
 
 fn parse_timeout(key: &str, text: Option<&str>) -> Result<Duration, String> {

@@ -147,7 +147,7 @@ impl<'a> Runner<'a> {
             if ran.succeeded() {
                 continue;
             }
-            let message = format!("the {} failed: {}", h.name(), ran.describe(h.timeout));
+            let message = format!("the {} {}", h.name(), ran.describe(h.timeout));
             let before = matches!(phase, Phase::BeforeBackup | Phase::BeforeRollback);
             match h.on_error {
                 OnError::Fail if before => {
@@ -166,11 +166,7 @@ impl<'a> Runner<'a> {
         for h in self.hooks.of(Phase::OnError) {
             match self.one(h, env) {
                 Ok(ran) if ran.succeeded() => {}
-                Ok(ran) => warn(format!(
-                    "the {} failed: {}",
-                    h.name(),
-                    ran.describe(h.timeout)
-                )),
+                Ok(ran) => warn(format!("the {} {}", h.name(), ran.describe(h.timeout))),
                 Err(e) => warn(format!("the {} did not run: {e:#}", h.name())),
             }
         }

@@ -14,6 +14,7 @@ mod encrypt;
 mod fidelity;
 mod fixture;
 mod harness;
+mod hooks;
 mod hostile;
 mod metrics;
 mod nonroot;
