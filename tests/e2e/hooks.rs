@@ -431,3 +431,32 @@ fn a_pg_dumpall_written_before_the_backup_is_archived_and_restored() {
         "3"
     );
 }
+
+/// The maintenance recipe of docs/hooks.md: the flag is on once `before-backup` ran (seen in
+/// the stopped container of a killed run), off after a backup, and off after `recover`.
+#[test]
+fn the_maintenance_flag_recipe_is_off_after_a_backup_and_after_a_recovered_kill() {
+    let labels = "      nuwaxbackup.before-backup: 'touch /tmp/maintenance'\n      nuwaxbackup.after-start: 'rm -f /tmp/maintenance'\n      nuwaxbackup.on-error: 'rm -f /tmp/maintenance'\n";
+    let Some(p) = project("hookmaint", &format!("{}{labels}", hooked_app())) else {
+        return;
+    };
+    p.up();
+    let container = format!("{}-app-1", p.name);
+    let flag = || {
+        p.docker(&["cp", &format!("{container}:/tmp/maintenance"), "-"])
+            .code
+            == 0
+    };
+    p.plugin(&["create", "--stop"]).success();
+    assert!(!flag(), "off after the backup");
+    let kill = [("NUWAX_BACKUP_TEST_KILL_AT", "create-archiving")];
+    assert_ne!(
+        p.plugin_env(&kill, &["create", "--stop", "--capture", "direct"])
+            .code,
+        0
+    );
+    assert!(flag(), "on while the killed run had the service stopped");
+    p.plugin(&["recover"]).success();
+    app_running(&p);
+    assert!(!flag(), "off after recover ran on-error");
+}
