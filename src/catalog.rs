@@ -47,6 +47,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE backups ADD COLUMN remote_status TEXT CHECK (remote_status IN ('uploaded', 'failed'));
     ALTER TABLE backups ADD COLUMN remote_error TEXT;
     ALTER TABLE backups ADD COLUMN remote_upload_id TEXT;",
+    // 5: the last restore test: when, passed or failed, and the failing step's line
+    "ALTER TABLE backups ADD COLUMN restore_tested_at TEXT;
+    ALTER TABLE backups ADD COLUMN restore_test TEXT CHECK (restore_test IN ('passed', 'failed'));
+    ALTER TABLE backups ADD COLUMN restore_test_error TEXT;",
 ];
 
 /// One catalog row, as `--format json` prints it.
@@ -81,6 +85,11 @@ pub struct BackupRow {
     /// An unfinished multipart upload of that copy, aborted by the next push/create/recover.
     #[serde(skip)]
     pub remote_upload_id: Option<String>,
+    /// The last restore test (`verify --restore-test`): when, `passed` or `failed`, and the
+    /// failing step with its service and last output line.
+    pub restore_tested_at: Option<String>,
+    pub restore_test: Option<crate::records::RestoreTest>,
+    pub restore_test_error: Option<String>,
 }
 
 impl BackupRow {
@@ -96,6 +105,14 @@ impl BackupRow {
             (false, false) => "none",
         }
     }
+}
+
+/// The row whose restore test passed most recently (prune keeps it; status and metrics tell
+/// its age).
+pub fn last_passed_restore_test(rows: &[BackupRow]) -> Option<&BackupRow> {
+    rows.iter()
+        .filter(|r| r.restore_test == Some(crate::records::RestoreTest::Passed))
+        .max_by(|a, b| a.restore_tested_at.cmp(&b.restore_tested_at))
 }
 
 /// What is known of a row's off-host copy.
@@ -385,6 +402,22 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records the outcome of a restore test: passed, or failed with `error`.
+    pub fn record_restore_test(&self, id: i64, error: Option<&str>) -> Result<()> {
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let outcome = match error {
+            None => crate::records::RestoreTest::Passed,
+            Some(_) => crate::records::RestoreTest::Failed,
+        };
+        self.conn
+            .execute(
+                "UPDATE backups SET restore_tested_at = ?2, restore_test = ?3, restore_test_error = ?4 WHERE id = ?1",
+                params![id, now, outcome, error],
+            )
+            .map_err(busy)?;
+        Ok(())
+    }
+
     /// The last verification result of a row, if it was ever verified.
     pub fn verification(&self, id: i64) -> Result<Option<Verification>> {
         Ok(self
@@ -466,7 +499,7 @@ const SELECT: &str =
     "SELECT id, project, project_dir, file_path, service_version, backup_type, status,
     created_at, size_bytes, sha256, file_count, compression, duration_ms, error, encrypted,
     recipients, capture, downtime_ms, capture_ms, remote_url, remote_status, remote_error,
-    remote_upload_id FROM backups";
+    remote_upload_id, restore_tested_at, restore_test, restore_test_error FROM backups";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
     Ok(BackupRow {
@@ -496,6 +529,9 @@ fn row(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
         remote_status: r.get(20)?,
         remote_error: r.get(21)?,
         remote_upload_id: r.get(22)?,
+        restore_tested_at: r.get(23)?,
+        restore_test: r.get(24)?,
+        restore_test_error: r.get(25)?,
     })
 }
 

@@ -211,8 +211,39 @@ pub struct VerifyArgs {
     /// With --remote: download each copy to a temporary file and verify it completely.
     #[arg(long, requires = "remote")]
     pub download: bool,
+    #[command(flatten)]
+    pub trial: RestoreTestArgs,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+}
+
+/// `--restore-test` and its settings (verify and create).
+#[derive(Debug, Clone, Args)]
+pub struct RestoreTestArgs {
+    /// Prove the backup restores: restore it into scratch volumes and folders, start a
+    /// throw-away copy of the project from it, wait for its healthchecks, run its checks,
+    /// remove it all. The live project is never stopped or changed.
+    #[arg(long)]
+    pub restore_test: bool,
+    /// With --restore-test: how long the copy may take to start, turn healthy and pass.
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = duration_or_secs, requires = "restore_test")]
+    pub timeout: std::time::Duration,
+    /// With --restore-test: how long services without a healthcheck must keep running
+    /// (seconds, or `30s`, `2m`).
+    #[arg(long, value_name = "DUR", default_value = "10", value_parser = duration_or_secs, requires = "restore_test")]
+    pub settle: std::time::Duration,
+    /// With --restore-test: leave the copy (containers, volumes, scratch folder) for a look;
+    /// the commands that remove it are printed.
+    #[arg(long, requires = "restore_test")]
+    pub keep: bool,
+}
+
+/// `30` (seconds), or a duration with its unit (`30s`, `5m`).
+fn duration_or_secs(text: &str) -> Result<std::time::Duration, String> {
+    if let Ok(n) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(n));
+    }
+    humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -432,6 +463,10 @@ pub struct CreateArgs {
     /// Run no hook (x-nuwax-backup.hooks, nuwaxbackup.* labels), not even on error.
     #[arg(long)]
     pub no_hooks: bool,
+    /// `--restore-test`: then prove the new backup restores (as `verify --restore-test`;
+    /// exit 18 when it does not, the backup is kept).
+    #[command(flatten)]
+    pub trial: RestoreTestArgs,
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,

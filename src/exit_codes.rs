@@ -41,6 +41,8 @@ pub enum Code {
     /// A hook failed (or could not run): a `before-*` one stops the run before anything
     /// stops or changes.
     Hook = 17,
+    /// A restore test failed: the copy did not start, turn healthy or pass its checks.
+    RestoreTest = 18,
     /// The user cancelled (Ctrl-C, SIGTERM, or the docker CLI went away).
     Cancelled = 130,
 }
@@ -139,6 +141,7 @@ mod tests {
                 15 => Code::Identity,
                 16 => Code::SafetyPending,
                 17 => Code::Hook,
+                18 => Code::RestoreTest,
                 130 => Code::Cancelled,
                 _ => continue,
             };
@@ -161,6 +164,7 @@ mod tests {
                 | Code::Identity
                 | Code::SafetyPending
                 | Code::Hook
+                | Code::RestoreTest
                 | Code::Cancelled => c.as_u8(),
             };
             assert_eq!(back, n);

@@ -26,6 +26,7 @@ mod records;
 mod recover;
 mod remote;
 mod restore;
+mod restore_test;
 mod runs;
 mod safety;
 mod schedule;

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 
 use crate::catalog::BackupRow;
-use crate::records::Status;
+use crate::records::{RestoreTest, Status};
 
 /// One project's rows (newest first) and the time of its last verification.
 pub struct ProjectRows {
@@ -48,6 +48,14 @@ const FAMILIES: &[(&str, &str)] = &[
     (
         "nuwaxbackup_last_verify_timestamp_seconds",
         "When a backup of the project was last verified.",
+    ),
+    (
+        "nuwaxbackup_last_restore_test_passed_timestamp_seconds",
+        "When a restore test of a backup of the project last passed.",
+    ),
+    (
+        "nuwaxbackup_last_restore_test_success",
+        "1 when the newest restore test passed, 0 when it failed.",
     ),
 ];
 
@@ -91,6 +99,17 @@ fn samples(name: &str, p: &ProjectRows) -> Vec<(Vec<(&'static str, String)>, f64
         "nuwaxbackup_last_verify_timestamp_seconds" => {
             one(p.last_verified.as_deref().and_then(seconds))
         }
+        "nuwaxbackup_last_restore_test_passed_timestamp_seconds" => {
+            one(crate::catalog::last_passed_restore_test(&p.rows)
+                .and_then(|r| r.restore_tested_at.as_deref())
+                .and_then(seconds))
+        }
+        "nuwaxbackup_last_restore_test_success" => one(p
+            .rows
+            .iter()
+            .filter(|r| r.restore_test.is_some())
+            .max_by(|a, b| a.restore_tested_at.cmp(&b.restore_tested_at))
+            .map(|r| f64::from(u8::from(r.restore_test == Some(RestoreTest::Passed))))),
         _ => Vec::new(),
     }
 }
@@ -198,6 +217,9 @@ mod tests {
             capture: None,
             downtime_ms: Some(250),
             capture_ms: None,
+            restore_tested_at: None,
+            restore_test: None,
+            restore_test_error: None,
             remote_url: None,
             remote_status: None,
             remote_error: None,

@@ -59,6 +59,21 @@ pub fn warn(msg: impl AsRef<str>) {
 }
 
 /// Bytes for people: 1.5 GiB.
+/// How long ago `utc` (RFC 3339) was: seconds, and `40 s`, `12 min`, `5 h`, `3 d ago`.
+pub fn age(utc: &str) -> Option<(u64, String)> {
+    let t = chrono::DateTime::parse_from_rfc3339(utc).ok()?;
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0) as u64;
+    let text = match secs {
+        0..=119 => format!("{secs} s ago"),
+        120..=7199 => format!("{} min ago", secs / 60),
+        7200..=172_799 => format!("{} h ago", secs / 3600),
+        _ => format!("{} d ago", secs / 86_400),
+    };
+    Some((secs, text))
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;

@@ -47,6 +47,22 @@ fn open_new(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Replaces `path` with `bytes` whole: written to a private temporary file beside it,
+/// fsynced, renamed over it, and the folder synced (a record a crash must not tear).
+pub fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    let mut f = create_new(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    crate::storage::sync_dir(dir)
+}
+
 /// Whether every local user can read `dir` (then backups in it are not private).
 pub fn world_readable(dir: &Path) -> bool {
     fs::metadata(dir).is_ok_and(|m| m.mode() & 0o004 != 0)

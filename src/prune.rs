@@ -12,6 +12,8 @@ pub struct Candidate {
     pub backup_type: BackupType,
     /// Its last `verify` passed.
     pub verified_ok: bool,
+    /// Its last restore test passed.
+    pub restore_tested: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -71,6 +73,11 @@ pub fn decide(cands: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<D
     }
     if let Some(i) = sorted.iter().position(|c| c.verified_ok) {
         decisions[i].reasons.push("newest verified backup".into());
+    }
+    if let Some(i) = sorted.iter().position(|c| c.restore_tested) {
+        decisions[i]
+            .reasons
+            .push("newest backup whose restore test passed".into());
     }
     if !policy.prune_recent_safety {
         for (c, d) in sorted.iter().zip(decisions.iter_mut()) {
@@ -148,6 +155,7 @@ mod tests {
                     created: t + Duration::hours(h),
                     backup_type: BackupType::Manual,
                     verified_ok: false,
+                    restore_tested: false,
                 });
                 id += 1;
             }
@@ -242,12 +250,15 @@ mod tests {
         let mut c = months();
         c[10].verified_ok = true;
         c[20].verified_ok = true;
+        c[5].restore_tested = true;
+        c[15].restore_tested = true;
         let now = at(2026, 4, 1, 0);
         c.push(Candidate {
             id: 999,
             created: now - Duration::hours(2),
             backup_type: BackupType::PreRollback,
             verified_ok: false,
+            restore_tested: false,
         });
         let d = decide(
             &c,
@@ -259,11 +270,13 @@ mod tests {
         );
         let newest_manual = c[c.len() - 2].id;
         // Per type: the newest safety backup and the newest manual one are both the last 1.
-        assert_eq!(kept(&d), [999, newest_manual, 21]);
+        assert_eq!(kept(&d), [999, newest_manual, 21, 16]);
         let dm = d.iter().find(|d| d.id == newest_manual).unwrap();
         assert_eq!(dm.reasons, ["last 1 manual"]);
         let d21 = d.iter().find(|d| d.id == 21).unwrap();
         assert_eq!(d21.reasons, ["newest verified backup"]);
+        let d16 = d.iter().find(|d| d.id == 16).unwrap();
+        assert_eq!(d16.reasons, ["newest backup whose restore test passed"]);
         let d999 = d.iter().find(|d| d.id == 999).unwrap();
         assert_eq!(
             d999.reasons,
@@ -276,7 +289,7 @@ mod tests {
         };
         assert_eq!(
             kept(&decide(&c, &p, now)),
-            [999, newest_manual, 21],
+            [999, newest_manual, 21, 16],
             "kept as the last one of its type anyway"
         );
         let p0 = Policy {

@@ -74,6 +74,14 @@ pub enum RemoteStatus {
     Failed,
 }
 
+/// The outcome of a backup's last restore test (`verify --restore-test`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreTest {
+    Passed,
+    Failed,
+}
+
 /// How a create spent its downtime: the capture way, the capture, first stop to last start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -141,6 +149,7 @@ words!(Role { Data => "data", App => "app" });
 words!(Io { Host => "host", Engine => "engine" });
 words!(Capture { Direct => "direct", Reflink => "reflink", Copy => "copy", Stream => "stream" });
 words!(RemoteStatus { Uploaded => "uploaded", Failed => "failed" });
+words!(RestoreTest { Passed => "passed", Failed => "failed" });
 
 /// The last verification of a backup: passed, or what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

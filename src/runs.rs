@@ -2,7 +2,6 @@
 //! in, written and fsynced at each phase and removed when the run ends. A record left behind
 //! (kill -9, the OOM killer, a power cut) is how `status` and `recover` find a dead run: it is
 //! dead exactly when its record exists and the project's lock can be taken.
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -402,17 +401,9 @@ impl ActiveRun {
 
     /// Write to a temporary file, fsync, rename, fsync the folder: never a half record.
     fn write(&self) -> Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let tmp = self
-            .path
-            .with_extension(format!("json.{}.tmp", self.record.pid));
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = crate::private::create_new(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&self.record)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("writing run record {}", self.path.display()))?;
-        crate::storage::sync_dir(dir)
+        let bytes = serde_json::to_vec_pretty(&self.record)?;
+        crate::private::replace(&self.path, &bytes)
+            .with_context(|| format!("writing run record {}", self.path.display()))
     }
 }
 

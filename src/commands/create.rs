@@ -51,6 +51,13 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
         max_parts: args.max_parts,
         only: args.remote_only,
     };
+    if args.dry_run && args.trial.restore_test {
+        return Err(crate::exit_codes::UserError::new(
+            crate::exit_codes::Code::Usage,
+            "--restore-test needs a backup: drop --dry-run",
+        )
+        .into());
+    }
     let lock = |project, catalog: &_| lock_waiting(ctx, project, catalog, args.wait_lock);
     match backup::run(ctx, &opts, &remote, args.dry_run, &lock)? {
         Outcome::DryRun(plan) => print(out, args.format, &plan, |plan, out| {
@@ -76,15 +83,38 @@ pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> 
                     row.capture_ms.unwrap_or(0) as f64 / 1000.0
                 ));
             }
+            let (row, tested) = match args.trial.restore_test {
+                true => restore_test(ctx, row, args),
+                false => (row, Ok(())),
+            };
             if args.format == Format::Json {
                 write_json(out, &row)?;
             }
+            tested?;
             match upload_error {
                 None => Ok(()),
                 Some(e) => Err(upload_failed(&row, e)),
             }
         }
     }
+}
+
+/// `create --restore-test`: the new backup's restore test; the row as it is after it.
+fn restore_test(
+    ctx: &Context,
+    row: crate::catalog::BackupRow,
+    args: &CreateArgs,
+) -> (crate::catalog::BackupRow, Result<()>) {
+    let opts = super::verify::options(&args.trial);
+    let tested = crate::restore_test::run(ctx, &row, opts).map(drop);
+    let tested = tested.map_err(|e| {
+        e.context(format!(
+            "backup #{} completed ({}), but",
+            row.id, row.file_path
+        ))
+    });
+    let again = ctx.catalog().and_then(|c| c.get(row.id)).ok().flatten();
+    (again.unwrap_or(row), tested)
 }
 
 /// Takes the project's lock and recovers a dead run; with `wait`, a lock another run holds

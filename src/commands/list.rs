@@ -86,7 +86,15 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
         }
         ListFormat::Table => {
             let mut headers = vec![
-                "ID", "CREATED", "TYPE", "VERSION", "SIZE", "STATUS", "WHERE", "",
+                "ID",
+                "CREATED",
+                "TYPE",
+                "VERSION",
+                "SIZE",
+                "STATUS",
+                "WHERE",
+                "RESTORE TEST",
+                "",
             ];
             if args.all_projects {
                 headers.insert(1, "PROJECT");
@@ -100,6 +108,7 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
                     human_bytes(r.size_bytes),
                     r.status.to_string(),
                     where_cell(r),
+                    restore_test_cell(r),
                     file_problem(r)
                         .map(|p| format!("! {p}"))
                         .unwrap_or_default(),
@@ -112,6 +121,17 @@ pub fn run(ctx: &Context, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
             write!(out, "{}", table(&headers, lines))?;
             Ok(())
         }
+    }
+}
+
+/// The RESTORE TEST cell: the last one's outcome and age (`passed 2 h ago`), or `-`.
+fn restore_test_cell(r: &BackupRow) -> String {
+    match (
+        &r.restore_test,
+        r.restore_tested_at.as_deref().and_then(crate::output::age),
+    ) {
+        (Some(t), Some((_, ago))) => format!("{t} {ago}"),
+        _ => "-".to_string(),
     }
 }
 

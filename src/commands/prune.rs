@@ -114,6 +114,7 @@ fn decide_lines(catalog: &Catalog, project: &str, policy: &Policy) -> Result<Vec
             created,
             backup_type: r.backup_type,
             verified_ok: catalog.verification(r.id)? == Some(Verification::Ok),
+            restore_tested: r.restore_test == Some(crate::records::RestoreTest::Passed),
         });
     }
     let decisions = decide(&cands, policy, chrono::Utc::now());

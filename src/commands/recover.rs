@@ -16,6 +16,7 @@ pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> 
     let _lock = ctx.lock(&project.name, "recover")?;
     let catalog: Catalog = ctx.catalog()?;
     let done = crate::recover::dead_run(ctx, &project, &catalog)?;
+    crate::restore_test::recover_unlocked(ctx, &project.name)?;
     if let Ok(_upload) = ctx.lock(&format!("{}.upload", project.name), "recover") {
         crate::remote::transfer::abort_stale(&catalog, Some(&project.name));
     }

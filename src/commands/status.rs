@@ -27,6 +27,16 @@ struct StatusJson<'a> {
     unknown_staging: Vec<String>,
     /// Set when the storage folder is readable by every local user.
     storage_warning: Option<String>,
+    /// The backup whose restore test passed most recently (none: never).
+    last_passed_restore_test: Option<Tested>,
+}
+
+/// A passed restore test: of which backup, when, and how long ago (seconds).
+#[derive(Clone, Serialize)]
+struct Tested {
+    id: i64,
+    tested_at: String,
+    age_s: u64,
 }
 
 /// A run whose record exists while nobody holds the project's lock: it died.
@@ -45,6 +55,7 @@ struct Health {
     mixed: Vec<String>,
     unknown_staging: Vec<String>,
     storage_warning: Option<String>,
+    tested: Option<Tested>,
 }
 
 fn health(ctx: &Context, p: &Project) -> Result<Health> {
@@ -70,11 +81,27 @@ fn health(ctx: &Context, p: &Project) -> Result<Health> {
         .filter(|m| crate::restore::mount::is_mixed(m))
         .map(|m| m.target.display().to_string())
         .collect();
+    let catalog = match ctx.catalog_path().exists() {
+        true => Some(ctx.catalog()?),
+        false => None,
+    };
+    let rows = match &catalog {
+        Some(c) => c.list(Some(&p.name))?,
+        None => Vec::new(),
+    };
+    let tested = crate::catalog::last_passed_restore_test(&rows).and_then(|r| {
+        let at = r.restore_tested_at.clone()?;
+        let (age_s, _) = crate::output::age(&at)?;
+        Some(Tested {
+            id: r.id,
+            tested_at: at,
+            age_s,
+        })
+    });
     let facts = crate::backup::plan::Facts {
-        catalog_storage: if ctx.catalog_path().exists() {
-            ctx.catalog()?.storage_dir(&p.name)?
-        } else {
-            None
+        catalog_storage: match &catalog {
+            Some(c) => c.storage_dir(&p.name)?,
+            None => None,
         },
         ..Default::default()
     };
@@ -93,6 +120,7 @@ fn health(ctx: &Context, p: &Project) -> Result<Health> {
             .is_dir()
             .then(|| crate::storage::world_readable_warning(&storage))
             .flatten(),
+        tested,
     })
 }
 
@@ -116,6 +144,7 @@ pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> 
         mixed: health.mixed.clone(),
         unknown_staging: health.unknown_staging.clone(),
         storage_warning: health.storage_warning.clone(),
+        last_passed_restore_test: health.tested.clone(),
     };
     print(out, args.format, &json, |_, out| {
         write_table(&project, &blockers, out)?;
@@ -124,6 +153,20 @@ pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> 
 }
 
 fn write_health(h: &Health, out: &mut dyn Write) -> Result<()> {
+    match &h.tested {
+        Some(t) => writeln!(
+            out,
+            "Restore test: last passed for backup #{}, {}",
+            t.id,
+            crate::output::age(&t.tested_at)
+                .map(|a| a.1)
+                .unwrap_or_default()
+        )?,
+        None => writeln!(
+            out,
+            "Restore test: none passed yet (`docker nuwaxbackup verify ID --restore-test`)"
+        )?,
+    }
     if let Some(r) = &h.interrupted {
         writeln!(
             out,

@@ -23,6 +23,9 @@ struct Outcome {
 }
 
 pub fn run(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> {
+    if args.trial.restore_test {
+        return restore_tests(ctx, args, out);
+    }
     let catalog = ctx.catalog()?;
     let rows = if args.ids.is_empty() {
         if !args.all {
@@ -90,6 +93,69 @@ pub fn run(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> 
         .into());
     }
     Ok(())
+}
+
+/// What `verify --restore-test --format json` prints per backup.
+#[derive(Serialize)]
+struct Tested {
+    id: i64,
+    file_path: String,
+    restore_test: crate::restore_test::Report,
+}
+
+/// `verify ID… --restore-test`: each backup's restore test, in turn; the first that fails
+/// ends the run (exit 12 or 18; the catalog has its outcome).
+fn restore_tests(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> {
+    if args.ids.is_empty() || args.remote {
+        return Err(UserError::new(
+            Code::Usage,
+            "--restore-test takes the IDs of local backups (not --all or --remote)",
+        )
+        .into());
+    }
+    let catalog = ctx.catalog()?;
+    let mut done = Vec::new();
+    for id in &args.ids {
+        let row = catalog
+            .get(*id)?
+            .filter(|r| r.status == Status::Completed)
+            .ok_or_else(|| {
+                UserError::new(
+                    Code::Usage,
+                    format!("no completed backup #{id} in the catalog"),
+                )
+            })?;
+        let report = crate::restore_test::run(ctx, &row, options(&args.trial))?;
+        done.push(Tested {
+            id: row.id,
+            file_path: row.file_path,
+            restore_test: report,
+        });
+    }
+    print(out, args.format, &done, |done, out| {
+        let rows = done.iter().map(|t| {
+            let secs = t.restore_test.duration_ms as f64 / 1000.0;
+            vec![
+                t.id.to_string(),
+                format!("passed ({secs:.1} s)"),
+                t.file_path.clone(),
+            ]
+        });
+        Ok(write!(
+            out,
+            "{}",
+            table(&["ID", "RESTORE TEST", "FILE"], rows)
+        )?)
+    })
+}
+
+/// The restore test's settings from the command line.
+pub fn options(a: &crate::cli::RestoreTestArgs) -> crate::restore_test::Options {
+    crate::restore_test::Options {
+        timeout: a.timeout,
+        settle: a.settle,
+        keep: a.keep,
+    }
 }
 
 /// `verify --remote`: the copy's size and sidecar (`size-ok`), or with `download` its whole

@@ -85,6 +85,19 @@ pub struct Extension {
     /// Host hooks by phase (`before-backup: [COMMAND…]`; see `crate::hooks`).
     #[serde(default)]
     pub hooks: BTreeMap<String, Vec<crate::hooks::HostHook>>,
+    /// What a restore test runs in the throw-away copy once it is up (read from the archived
+    /// model by `restore_test`; declared here so that the file is accepted).
+    #[serde(rename = "restore-test", default)]
+    #[allow(dead_code)]
+    pub restore_test: Vec<RestoreTestCommand>,
+}
+
+/// `x-nuwax-backup.restore-test: [{service, command}]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreTestCommand {
+    pub service: String,
+    pub command: String,
 }
 
 /// `x-nuwax-backup.encrypt`: public keys, listed and/or in a file (relative to the project).
@@ -117,6 +130,11 @@ pub struct PsEntry {
     pub state: String,
     #[serde(rename = "Labels", default)]
     pub labels: String,
+    /// `healthy`, `unhealthy`, `starting`, or empty (no healthcheck).
+    #[serde(rename = "Health", default)]
+    pub health: String,
+    #[serde(rename = "ExitCode", default)]
+    pub exit_code: i64,
 }
 
 impl PsEntry {

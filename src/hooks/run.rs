@@ -183,19 +183,46 @@ impl<'a> Runner<'a> {
                 .envs(vars);
             return exec::run(cmd, &h.prefix(), h.timeout, &|_| {});
         };
-        let mut sub = exec_words(service, h.user.as_deref());
+        let exec = InService {
+            docker: self.docker,
+            compose: self.compose,
+            service,
+            user: h.user.as_deref(),
+        };
+        exec.run(&h.command, &vars, &h.prefix(), h.timeout)
+    }
+}
+
+/// A command run in a service's running container (`docker compose exec -T … sh -c`), under
+/// a timeout that kills its process group in the container too: hooks, and the restore
+/// test's checks in the throw-away copy.
+pub struct InService<'a> {
+    pub docker: &'a Docker,
+    pub compose: &'a ComposeArgs,
+    pub service: &'a str,
+    pub user: Option<&'a str>,
+}
+
+impl InService<'_> {
+    pub fn run(
+        &self,
+        command: &str,
+        vars: &[(&str, String)],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Ran> {
+        let mut sub = exec_words(self.service, self.user);
         for (k, v) in vars {
             sub.splice(2..2, ["-e".to_string(), format!("{k}={v}")]);
         }
-        sub.push(exec::in_container(&h.command));
+        sub.push(exec::in_container(command));
         let cmd = self.docker.compose_command(self.compose, &sub);
-        let kill = |pid: u32| self.kill_inside(service, h.user.as_deref(), pid);
-        exec::run(cmd, &h.prefix(), h.timeout, &kill)
+        exec::run(cmd, prefix, timeout, &|pid| self.kill_inside(pid))
     }
 
-    /// Kills the process group a timed-out service hook leads in its container.
-    fn kill_inside(&self, service: &str, user: Option<&str>, pid: u32) {
-        let mut sub = exec_words(service, user);
+    /// Kills the process group a timed-out command leads in its container.
+    fn kill_inside(&self, pid: u32) {
+        let mut sub = exec_words(self.service, self.user);
         sub.push(format!(
             "kill -KILL -- -{pid} 2>/dev/null || kill -KILL {pid}"
         ));

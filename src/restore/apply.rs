@@ -21,8 +21,39 @@ pub fn extract(
     steps: &[&Step],
     txn: &mut Transaction<'_>,
 ) -> Result<()> {
+    let mut router = Steps {
+        ctx,
+        project,
+        steps,
+        txn,
+        current: None,
+    };
+    extract_routed(ctx, archive, &mut router)
+}
+
+/// Where the entries of a verified archive go, volume folder by volume folder.
+pub trait Router {
+    /// The sink of volume folder `folder` (`binds/data`); none: its entries are skipped.
+    fn open(&mut self, folder: &[u8]) -> Result<Option<Box<dyn Sink>>>;
+    /// The volume's sink was finished.
+    fn done(&mut self, _folder: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    /// An entry outside the volume folders (the manifest, the compose files).
+    fn other(&mut self, _path: &[u8], _data: &mut dyn std::io::Read) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads the verified `archive` once, sending its entries where `router` says, then checks
+/// that the bytes read are the ones verify read.
+pub fn extract_routed(
+    ctx: &Context,
+    archive: &VerifiedFile,
+    router: &mut dyn Router,
+) -> Result<()> {
     let mut opened = archive.open(ctx.keyring()?)?;
-    write_volumes(ctx, project, &mut opened.tar, steps, txn)?;
+    route(&mut opened.tar, router)?;
     std::io::copy(&mut opened.tar, &mut std::io::sink()).context("reading the archive")?;
     let (sha256, _) = opened.file_digest();
     if sha256 != archive.sha256 {
@@ -35,54 +66,71 @@ pub fn extract(
     Ok(())
 }
 
-fn write_volumes(
-    ctx: &Context,
-    project: &Project,
-    tar: &mut dyn std::io::Read,
-    steps: &[&Step],
-    txn: &mut Transaction<'_>,
-) -> Result<()> {
+fn route(tar: &mut dyn std::io::Read, router: &mut dyn Router) -> Result<()> {
     let mut ar = tar::Archive::new(tar);
-    let mut current: Option<(&Step, VolumeOut)> = None;
+    let mut current: Option<VolumeOut> = None;
+    let mut skipping: Option<Vec<u8>> = None;
     for entry in ar.entries().context("reading the archive")? {
         let mut entry = entry.context("reading the archive")?;
         crate::cancel::check()?;
         let path = entry.path_bytes().into_owned();
         let Some(folder) = reader::volume_of(&path) else {
+            router.other(&path, &mut entry)?;
             continue;
         };
-        if current
-            .as_ref()
-            .map(|(_, o)| o.folder != folder)
-            .unwrap_or(true)
-        {
-            if let Some((step, out)) = current.take() {
-                finish(step, out, txn)?;
+        let same = |f: &Option<Vec<u8>>| f.as_deref() == Some(folder);
+        if !current.as_ref().is_some_and(|o| o.folder == folder) && !same(&skipping) {
+            if let Some(out) = current.take() {
+                let done = out.folder.clone();
+                out.finish()?;
+                router.done(&done)?;
             }
-            if let Some(step) = steps
-                .iter()
-                .find(|s| s.record.archive_path.as_bytes() == folder)
-            {
-                note(format!("restoring {}", label(&step.record)));
-                current = Some((step, VolumeOut::new(folder, open(ctx, project, step, txn)?)));
+            match router.open(folder)? {
+                Some(sink) => current = Some(VolumeOut::new(folder, sink)),
+                None => skipping = Some(folder.to_vec()),
             }
         }
-        if let Some((_, out)) = current.as_mut() {
+        if let Some(out) = current.as_mut() {
             out.write(&mut entry)?;
         }
     }
-    if let Some((step, out)) = current.take() {
-        finish(step, out, txn)?;
+    if let Some(out) = current.take() {
+        let done = out.folder.clone();
+        out.finish()?;
+        router.done(&done)?;
     }
     Ok(())
 }
 
-fn finish(step: &Step, out: VolumeOut, txn: &mut Transaction<'_>) -> Result<()> {
-    out.finish()?;
-    if step.action == Action::InPlace {
-        txn.in_place_written(step)?;
+/// A rollback's steps as a [`Router`]: each restored volume to its step's sink.
+struct Steps<'a, 'r, 't> {
+    ctx: &'a Context,
+    project: &'a Project,
+    steps: &'a [&'a Step],
+    txn: &'t mut Transaction<'r>,
+    current: Option<&'a Step>,
+}
+
+impl Router for Steps<'_, '_, '_> {
+    fn open(&mut self, folder: &[u8]) -> Result<Option<Box<dyn Sink>>> {
+        let Some(step) = self
+            .steps
+            .iter()
+            .find(|s| s.record.archive_path.as_bytes() == folder)
+        else {
+            return Ok(None);
+        };
+        note(format!("restoring {}", label(&step.record)));
+        self.current = Some(step);
+        Ok(Some(open(self.ctx, self.project, step, self.txn)?))
     }
-    Ok(())
+
+    fn done(&mut self, _folder: &[u8]) -> Result<()> {
+        match self.current.take() {
+            Some(step) if step.action == Action::InPlace => self.txn.in_place_written(step),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The sink for one step: staging beside or inside its target, the emptied target itself, or

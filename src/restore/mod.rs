@@ -1,13 +1,13 @@
 //! `rollback`: verify → facts → pure plan → confirm → lock → stop → safety backup → execute
 //! the plan in a transaction → commit, or undo on failure → start.
-mod apply;
+pub mod apply;
 mod choose;
 pub mod engine;
 mod facts;
 pub mod host;
 pub mod mount;
 pub mod plan;
-mod sink;
+pub mod sink;
 mod staged;
 mod targets;
 mod transaction;
