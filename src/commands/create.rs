@@ -13,39 +13,7 @@ use crate::records::RunCommand;
 use crate::Context;
 
 pub fn run(ctx: &Context, args: &CreateArgs, out: &mut dyn Write) -> Result<()> {
-    let codec = match args.compression {
-        Compression::Gzip => Codec::Gzip {
-            level: args.compression_level.unwrap_or(6),
-        },
-        Compression::Zstd => Codec::Zstd {
-            level: args.compression_level.unwrap_or(3) as i32,
-        },
-    };
-    codec.validate().map_err(|e| {
-        crate::exit_codes::UserError::new(crate::exit_codes::Code::Usage, format!("{e:#}"))
-    })?;
-    let opts = Options {
-        backup_type: args.backup_type.into(),
-        service_version: args.service_version.clone(),
-        codec,
-        storage: args.storage.clone(),
-        stop: args.stop,
-        include_external_binds: args.include_external_binds,
-        capture: match args.capture {
-            crate::cli::Capture::Auto => CaptureMode::Auto,
-            crate::cli::Capture::Copy => CaptureMode::Copy,
-            crate::cli::Capture::Direct => CaptureMode::Direct,
-        },
-        no_hooks: args.no_hooks,
-        recipients: if args.recipient.is_empty() && args.recipients_file.is_empty() {
-            None
-        } else {
-            Some(crate::crypto::Recipients::parse(
-                &args.recipient,
-                &args.recipients_file,
-            )?)
-        },
-    };
+    let opts = options(args)?;
     let remote = backup::RemoteRequest {
         flag: args.remote.clone(),
         max_parts: args.max_parts,
@@ -115,6 +83,44 @@ fn restore_test(
     });
     let again = ctx.catalog().and_then(|c| c.get(row.id)).ok().flatten();
     (again.unwrap_or(row), tested)
+}
+
+/// The backup's options from the command line (a bad compression level is exit 2).
+fn options(args: &CreateArgs) -> Result<Options> {
+    let codec = match args.compression {
+        Compression::Gzip => Codec::Gzip {
+            level: args.compression_level.unwrap_or(6),
+        },
+        Compression::Zstd => Codec::Zstd {
+            level: args.compression_level.unwrap_or(3) as i32,
+        },
+    };
+    codec.validate().map_err(|e| {
+        crate::exit_codes::UserError::new(crate::exit_codes::Code::Usage, format!("{e:#}"))
+    })?;
+    let opts = Options {
+        backup_type: args.backup_type.into(),
+        service_version: args.service_version.clone(),
+        codec,
+        storage: args.storage.clone(),
+        stop: args.stop,
+        include_external_binds: args.include_external_binds,
+        capture: match args.capture {
+            crate::cli::Capture::Auto => CaptureMode::Auto,
+            crate::cli::Capture::Copy => CaptureMode::Copy,
+            crate::cli::Capture::Direct => CaptureMode::Direct,
+        },
+        no_hooks: args.no_hooks,
+        recipients: if args.recipient.is_empty() && args.recipients_file.is_empty() {
+            None
+        } else {
+            Some(crate::crypto::Recipients::parse(
+                &args.recipient,
+                &args.recipients_file,
+            )?)
+        },
+    };
+    Ok(opts)
 }
 
 /// Takes the project's lock and recovers a dead run; with `wait`, a lock another run holds

@@ -79,7 +79,7 @@ fn route(tar: &mut dyn std::io::Read, router: &mut dyn Router) -> Result<()> {
             continue;
         };
         let same = |f: &Option<Vec<u8>>| f.as_deref() == Some(folder);
-        if !current.as_ref().is_some_and(|o| o.folder == folder) && !same(&skipping) {
+        if current.as_ref().is_none_or(|o| o.folder != folder) && !same(&skipping) {
             if let Some(out) = current.take() {
                 let done = out.folder.clone();
                 out.finish()?;

@@ -23,6 +23,7 @@ mod planted;
 mod plugin;
 mod reliability;
 mod remote;
+mod restore_test;
 mod rollback;
 mod s3;
 mod schedule;
