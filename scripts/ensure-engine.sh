@@ -96,4 +96,5 @@ if ! docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
     rm -rf "$root"
 fi
 bash "$(dirname "$0")/build-test-postgres.sh"
+bash "$(dirname "$0")/build-test-mariadb.sh"
 log "ready: $(docker version --format 'engine {{.Server.Version}}') / $(docker compose version --short) / $TEST_IMAGE"

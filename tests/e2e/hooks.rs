@@ -460,3 +460,63 @@ fn the_maintenance_flag_recipe_is_off_after_a_backup_and_after_a_recovered_kill(
     app_running(&p);
     assert!(!flag(), "off after recover ran on-error");
 }
+
+/// The MariaDB recipe of docs/hooks.md, as written there: `mariadb-dump` with the password
+/// from the container's own environment, which appears in no output and no row.
+#[test]
+fn a_mariadb_dump_written_before_the_backup_is_archived() {
+    const IMAGE: &str = "nuwax-test-mariadb:10";
+    const SECRET: &str = "s3cr3t-Pa55";
+    let yaml = format!(
+        "name: {{name}}\nservices:\n  db:\n    image: {IMAGE}\n    restart: always\n    environment:\n      MARIADB_ROOT_PASSWORD: {SECRET}\n    volumes: [dbdata:/var/lib/mysql, ./dumps:/dumps]\n    labels:\n      nuwaxbackup.before-backup: 'mariadb-dump --all-databases --single-transaction -uroot -p\"$$MARIADB_ROOT_PASSWORD\" > /dumps/all.sql'\nvolumes:\n  dbdata: {{}}\n"
+    );
+    let Some(p) = Project::new("hookmaria", &yaml) else {
+        return;
+    };
+    if p.docker(&["image", "inspect", IMAGE]).code != 0 {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true but {IMAGE} is missing: run scripts/ensure-engine.sh"
+        );
+        return;
+    }
+    std::fs::create_dir_all(p.path("dumps")).unwrap();
+    std::os::unix::fs::chown(p.path("dumps"), Some(999), Some(999)).unwrap();
+    p.up();
+    let sql = "create database shop; create table shop.orders(id int); insert into shop.orders values (1),(2);";
+    let mut ok = false;
+    for _ in 0..60 {
+        let script = format!("mariadb -uroot -p\"$MARIADB_ROOT_PASSWORD\" -e '{sql}'");
+        if p.compose(&["exec", "-T", "db", "sh", "-c", &script]).code == 0 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(ok, "the server answered");
+    let run = p
+        .plugin(&["create", "--stop", "--format", "json"])
+        .success();
+    let dump = std::fs::read_to_string(p.path("dumps/all.sql")).unwrap();
+    assert!(dump.contains("CREATE TABLE `orders`"), "{dump}");
+    let row = run.json();
+    let file = row["file_path"].as_str().unwrap();
+    let listed = std::process::Command::new("tar")
+        .args(["-tzf", file])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.lines().any(|l| l.ends_with("dumps/all.sql")),
+        "{listed}"
+    );
+    for text in [&run.stdout, &run.stderr] {
+        assert!(!text.contains(SECRET), "the password leaked: {text}");
+    }
+    let manifest = std::process::Command::new("tar")
+        .args(["-xzOf", file, "manifest.json"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&manifest.stdout).contains(SECRET));
+}

@@ -226,7 +226,7 @@ fn a_fixed_container_name_and_a_published_port_do_not_collide() {
     std::fs::write(p.path("www/index.html"), "live").unwrap();
     let fixed = format!("{}-fixed", p.name);
     let before = started_at(&p, &fixed);
-    let mut child = p.standalone_spawn(&["verify", "1", "--restore-test", "--settle", "8"]);
+    let child = p.standalone_spawn(&["verify", "1", "--restore-test", "--settle", "8"]);
     let copy = copy_of(&p, 1);
     let filter = format!("label=com.docker.compose.project={copy}");
     let mut seen = String::new();
