@@ -79,9 +79,9 @@ fn list_shows_rows_newest_first_and_warns_about_missing_files() {
     assert_eq!(
         mask(&table.stdout),
         concat!(
-            " ID  CREATED              TYPE    VERSION  SIZE   STATUS     WHERE\n",
-            " N   N-N-N N:N:N  manual  N.N      N B  completed  local\n",
-            " N   N-N-N N:N:N  manual  N.N      N B  completed  none   ! file missing\n"
+            " ID  CREATED              TYPE    VERSION  SIZE   STATUS     WHERE  RESTORE TEST\n",
+            " N   N-N-N N:N:N  manual  N.N      N B  completed  local  -\n",
+            " N   N-N-N N:N:N  manual  N.N      N B  completed  none   -             ! file missing\n"
         ),
         "{}",
         table.stdout
