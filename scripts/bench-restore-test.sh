@@ -43,18 +43,7 @@ trap cleanup EXIT
 
 results="$work/results.txt"
 : >"$results"
-measure() {
-    local label=$1
-    shift
-    sync
-    echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-    python3 "$repo/scripts/measure.py" --out "$work/time.txt" -- "$@" >"$work/stdout.txt" 2>"$work/stderr.txt" || {
-        echo "$label failed:" >&2
-        cat "$work/stderr.txt" >&2
-        exit 1
-    }
-    echo "$label $(cat "$work/time.txt")" | tee -a "$results" >&2
-}
+. "$repo/scripts/bench-lib.sh"
 
 cd "$work/proj"
 for i in 1 2 3; do

@@ -33,18 +33,7 @@ trap cleanup EXIT
 
 results="$work/results.txt"
 : >"$results"
-measure() {
-    local label=$1
-    shift
-    sync
-    echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-    python3 "$repo/scripts/measure.py" --out "$work/time.txt" -- "$@" >"$work/stdout.txt" 2>"$work/stderr.txt" || {
-        echo "$label failed:" >&2
-        cat "$work/stderr.txt" >&2
-        exit 1
-    }
-    echo "$label $(cat "$work/time.txt")" | tee -a "$results" >&2
-}
+. "$repo/scripts/bench-lib.sh"
 
 measure tar-sparse-czf tar --sparse -czf "$work/peer.tar.gz" -C "$work/proj/data" vm.img
 (cd "$work/proj" && measure ours-create "$bin" create --storage "$work/store" --format json)

@@ -370,27 +370,34 @@ fn bad_hook_labels_are_refused_naming_the_key() {
     );
 }
 
+/// A running project of a database image built by scripts/ensure-engine.sh, with a bind
+/// `./dumps` its server user (uid 999) writes; `None` (skipped) without an engine, or without
+/// the image outside CI.
+fn database(test: &str, yaml: &str, image: &str) -> Option<Project> {
+    let p = Project::new(test, yaml)?;
+    if p.docker(&["image", "inspect", image]).code != 0 {
+        let ci = std::env::var("CI").as_deref() == Ok("true");
+        assert!(
+            !ci,
+            "CI=true but {image} is missing: run scripts/ensure-engine.sh"
+        );
+        return None;
+    }
+    std::fs::create_dir_all(p.path("dumps")).unwrap();
+    std::os::unix::fs::chown(p.path("dumps"), Some(999), Some(999)).unwrap();
+    p.up();
+    Some(p)
+}
+
 /// The PostgreSQL recipe of docs/hooks.md: `pg_dumpall` into a bind before the backup, as
 /// `postgres` in the running service; the dump is archived and a rollback brings it back.
 #[test]
 fn a_pg_dumpall_written_before_the_backup_is_archived_and_restored() {
     const PG: &str = "nuwax-test-postgres:15";
     let yaml = "name: {name}\nservices:\n  db:\n    image: nuwax-test-postgres:15\n    restart: always\n    volumes: [\"pgdata:/var/lib/postgresql/data\", \"./dumps:/dumps\"]\n    labels:\n      nuwaxbackup.before-backup: 'pg_dumpall -U postgres --clean --if-exists > /dumps/all.sql'\n      nuwaxbackup.before-backup.user: postgres\nvolumes:\n  pgdata: {}\n";
-    let Some(p) = Project::new("hookpg", yaml) else {
+    let Some(p) = database("hookpg", yaml, PG) else {
         return;
     };
-    let has_image = p.docker(&["image", "inspect", PG]).code == 0;
-    if !has_image {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI=true but {PG} is missing: run scripts/ensure-engine.sh"
-        );
-        return;
-    }
-    std::fs::create_dir_all(p.path("dumps")).unwrap();
-    std::os::unix::fs::chown(p.path("dumps"), Some(999), Some(999)).unwrap();
-    p.up();
     let psql = |sql: &str| -> Run {
         let mut wait = 0;
         loop {
@@ -470,20 +477,9 @@ fn a_mariadb_dump_written_before_the_backup_is_archived() {
     let yaml = format!(
         "name: {{name}}\nservices:\n  db:\n    image: {IMAGE}\n    restart: always\n    environment:\n      MARIADB_ROOT_PASSWORD: {SECRET}\n    volumes: [dbdata:/var/lib/mysql, ./dumps:/dumps]\n    labels:\n      nuwaxbackup.before-backup: 'mariadb-dump --all-databases --single-transaction -uroot -p\"$$MARIADB_ROOT_PASSWORD\" > /dumps/all.sql'\nvolumes:\n  dbdata: {{}}\n"
     );
-    let Some(p) = Project::new("hookmaria", &yaml) else {
+    let Some(p) = database("hookmaria", &yaml, IMAGE) else {
         return;
     };
-    if p.docker(&["image", "inspect", IMAGE]).code != 0 {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI=true but {IMAGE} is missing: run scripts/ensure-engine.sh"
-        );
-        return;
-    }
-    std::fs::create_dir_all(p.path("dumps")).unwrap();
-    std::os::unix::fs::chown(p.path("dumps"), Some(999), Some(999)).unwrap();
-    p.up();
     let sql = "create database shop; create table shop.orders(id int); insert into shop.orders values (1),(2);";
     let mut ok = false;
     for _ in 0..60 {
