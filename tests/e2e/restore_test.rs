@@ -343,4 +343,30 @@ fn a_restore_test_killed_midway_is_removed_by_recover() {
     p.plugin(&["verify", "1", "--restore-test", "--settle", "1"])
         .success();
     nothing_left(&p, &copy);
+
+    // --keep leaves the copy running and says how to remove it; those commands remove it.
+    let kept = p
+        .plugin(&["verify", "1", "--restore-test", "--settle", "1", "--keep"])
+        .success();
+    let line = kept
+        .stderr
+        .lines()
+        .find(|l| l.contains("kept: "))
+        .unwrap()
+        .to_string();
+    let running = p
+        .docker(&["ps", "-q", "--filter", &filter])
+        .success()
+        .stdout;
+    assert!(!running.trim().is_empty(), "the kept copy runs");
+    let down = format!("docker compose -p {copy} down -v");
+    assert!(line.contains(&format!("`{down}`")), "{line}");
+    let scratch = line
+        .rsplit("`rm -rf ")
+        .next()
+        .unwrap()
+        .trim_end_matches('`');
+    p.compose(&["-p", &copy, "down", "-v"]).success();
+    std::fs::remove_dir_all(scratch).unwrap();
+    nothing_left(&p, &copy);
 }
