@@ -123,6 +123,13 @@ fn every_phase_runs_once_in_order_with_its_environment() {
 
     // rollback: before-rollback, then after-rollback once the service runs again.
     std::fs::write(p.path("data/f"), "two").unwrap();
+    let plan = p.plugin(&["rollback", &id, "--dry-run"]).success();
+    assert!(
+        plan.stdout.contains("hook before-rollback: host `echo"),
+        "{}",
+        plan.stdout
+    );
+    assert!(take_log(&p).is_empty(), "a dry run runs no hook");
     p.plugin(&["rollback", &id, "--yes"]).success();
     assert_eq!(std::fs::read_to_string(p.path("data/f")).unwrap(), "one");
     let mut want = expect(&p, &both, "before-rollback", "running", &id, &file, "");
