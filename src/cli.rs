@@ -615,6 +615,14 @@ pub fn backup_list_alias(mut rest: Vec<OsString>) -> Vec<OsString> {
 mod tests {
     use super::*;
 
+    /// clap's own consistency checks (a flag named twice, a `requires` of nothing), which a
+    /// release build does not run.
+    #[test]
+    fn the_command_line_model_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
     #[test]
     fn backup_list_is_list() {
         assert_eq!(
