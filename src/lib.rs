@@ -251,11 +251,16 @@ impl Around {
     }
 
     fn finished(&self, ctx: &Context, ran: &anyhow::Result<()>, started: std::time::Instant) {
-        let outcome = self.outcome(ctx, ran, started);
+        // Read once: the notification shows it, the on-error hooks are told its id.
+        let made = match self.command {
+            "create" => self.new_row(ctx),
+            _ => None,
+        };
+        let outcome = self.outcome(made.as_ref(), ran, started);
         if let (Some(restored), Err(e)) = (self.on_error, ran) {
             // Usage mistakes ran nothing; a hook that could not even start is said already.
             if code_of(e) != Code::Usage {
-                self.run_on_error(ctx, &outcome, restored);
+                self.run_on_error(ctx, &outcome, restored, made);
             }
         }
         if let Some(n) = &self.notifier {
@@ -263,12 +268,18 @@ impl Around {
         }
     }
 
-    fn run_on_error(&self, ctx: &Context, o: &notify::Outcome, restored: Option<i64>) {
+    /// Runs the on-error hooks, told of the backup a rollback restored or a create `made`.
+    fn run_on_error(
+        &self,
+        ctx: &Context,
+        o: &notify::Outcome,
+        restored: Option<i64>,
+        made: Option<catalog::BackupRow>,
+    ) {
         let s = &self.settings;
-        let row = match (restored, &o.backup) {
-            (Some(id), _) => ctx.catalog().ok().and_then(|c| c.get(id).ok().flatten()),
-            (None, Some(_)) => self.new_row(ctx),
-            (None, None) => None,
+        let row = match restored {
+            Some(id) => ctx.catalog().ok().and_then(|c| c.get(id).ok().flatten()),
+            None => made,
         };
         let env = hooks::run::Env {
             id: row.as_ref().map(|r| r.id).or(restored),
@@ -294,14 +305,10 @@ impl Around {
 
     fn outcome(
         &self,
-        ctx: &Context,
+        row: Option<&catalog::BackupRow>,
         ran: &anyhow::Result<()>,
         started: std::time::Instant,
     ) -> notify::Outcome {
-        let row = match self.command {
-            "create" => self.new_row(ctx),
-            _ => None,
-        };
         notify::Outcome {
             command: self.command.to_string(),
             project: self.settings.name.clone(),
@@ -309,10 +316,8 @@ impl Around {
             status: if ran.is_ok() { "succeeded" } else { "failed" },
             exit_code: ran.as_ref().err().map_or(0, |e| code_of(e).as_u8()),
             error: ran.as_ref().err().map(one_line),
-            downtime_ms: row.as_ref().and_then(|r| r.downtime_ms),
-            backup: row
-                .as_ref()
-                .and_then(|r| serde_json::to_value(commands::list::Listed::of(r)).ok()),
+            downtime_ms: row.and_then(|r| r.downtime_ms),
+            backup: row.and_then(|r| serde_json::to_value(commands::list::Listed::of(r)).ok()),
             duration_ms: started.elapsed().as_millis() as u64,
         }
     }
