@@ -225,30 +225,9 @@ fn check_safety_key(ctx: &Context, recipients: &Recipients) -> Result<()> {
     ))
 }
 
-/// The backup, verified whole (decrypted with the identity when it is encrypted). A missing
-/// or wrong identity keeps its own exit code (15); anything else is a failed verification.
+/// The backup, verified whole and of `project`.
 fn verified(ctx: &Context, row: &BackupRow, project: &Project) -> Result<reader::Verified> {
-    note(format!("verifying backup #{} ({})", row.id, row.file_path));
-    let keys = ctx.keyring()?;
-    let verified =
-        reader::verify(Path::new(&row.file_path), row.sha256.as_deref(), keys).map_err(|e| {
-            if crate::exit_codes::code_of(&e) == Code::Identity {
-                return e;
-            }
-            if crate::cancel::requested() {
-                return user(
-                    Code::Cancelled,
-                    "cancelled while verifying, nothing was changed".into(),
-                );
-            }
-            user(
-                Code::VerifyFailed,
-                format!(
-                    "backup #{} failed verification, nothing was changed: {e:#}",
-                    row.id
-                ),
-            )
-        })?;
+    let verified = verify_row(ctx, row)?;
     if verified.manifest.project != project.name {
         bail!(
             "backup #{} is of project {}, not {}",
@@ -258,6 +237,32 @@ fn verified(ctx: &Context, row: &BackupRow, project: &Project) -> Result<reader:
         );
     }
     Ok(verified)
+}
+
+/// The backup, verified whole (decrypted with the identity when it is encrypted), before
+/// anything is changed (a rollback, a restore test). A missing or wrong identity keeps its
+/// own exit code (15), a cancel is 130; anything else is a failed verification (12).
+pub fn verify_row(ctx: &Context, row: &BackupRow) -> Result<reader::Verified> {
+    note(format!("verifying backup #{} ({})", row.id, row.file_path));
+    let keys = ctx.keyring()?;
+    reader::verify(Path::new(&row.file_path), row.sha256.as_deref(), keys).map_err(|e| {
+        if crate::exit_codes::code_of(&e) == Code::Identity {
+            return e;
+        }
+        if crate::cancel::requested() {
+            return user(
+                Code::Cancelled,
+                "cancelled while verifying, nothing was changed".into(),
+            );
+        }
+        user(
+            Code::VerifyFailed,
+            format!(
+                "backup #{} failed verification, nothing was changed: {e:#}",
+                row.id
+            ),
+        )
+    })
 }
 
 /// What a rollback will do, checked and confirmed: nothing has changed yet.

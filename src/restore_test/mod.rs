@@ -129,7 +129,7 @@ pub fn run(ctx: &Context, row: &BackupRow, opts: Options) -> Result<Report> {
         "restore test of backup #{}: the copy is project {copy}",
         row.id
     ));
-    let verified = match verify(ctx, row) {
+    let verified = match crate::restore::verify_row(ctx, row) {
         Ok(v) => v,
         Err(e) => {
             let f = Failure::new(Step::Verify, None, format!("{e:#}"));
@@ -170,22 +170,6 @@ pub fn run(ctx: &Context, row: &BackupRow, opts: Options) -> Result<Report> {
         )
         .into()),
     }
-}
-
-fn verify(ctx: &Context, row: &BackupRow) -> Result<crate::archive::reader::Verified> {
-    let keys = ctx.keyring()?;
-    crate::archive::reader::verify(Path::new(&row.file_path), row.sha256.as_deref(), keys).map_err(
-        |e| {
-            if crate::exit_codes::code_of(&e) == Code::Identity {
-                return e;
-            }
-            UserError::new(
-                Code::VerifyFailed,
-                format!("backup #{} failed verification: {e:#}", row.id),
-            )
-            .into()
-        },
-    )
 }
 
 /// Makes the private scratch folder beside the archive and records the test before anything
