@@ -199,15 +199,21 @@ pub fn dir_for(catalog: &Path) -> PathBuf {
     catalog.parent().unwrap_or(Path::new(".")).join("runs")
 }
 
-fn path_of(dir: &Path, project: &str) -> PathBuf {
-    dir.join(format!("{project}.json"))
+pub fn path_of(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.json"))
 }
 
 /// The record a previous run of `project` left, if any (callers decide whether it is dead).
 /// Fails, naming the path and the fix, when the record or a folder holding it is not private
 /// (a link, another user's, or writable by group or others): it is then not trusted.
 pub fn read(dir: &Path, project: &str) -> Result<Option<RunRecord>> {
-    let path = path_of(dir, project);
+    read_named(dir, project)
+}
+
+/// The private record `<dir>/<name>.json` (a run's, a restore test's), trusted as [`read`]
+/// says.
+pub fn read_named<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<Option<T>> {
+    let path = path_of(dir, name);
     if let Some(catalog_dir) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         crate::hostfs::owned::check_private(catalog_dir)?;
     }

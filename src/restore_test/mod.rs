@@ -113,14 +113,20 @@ pub fn copy_name(project: &str, id: i64) -> String {
     format!("{project}-restoretest-{id}")
 }
 
+/// The record's name among the run records: `<project>.restoretest` (a project name has no
+/// `.`, so it is no project's).
+fn record_name(project: &str) -> String {
+    format!("{project}.restoretest")
+}
+
 fn record_path(ctx: &Context, project: &str) -> PathBuf {
-    ctx.runs_dir().join(format!("{project}.restoretest.json"))
+    crate::runs::path_of(&ctx.runs_dir(), &record_name(project))
 }
 
 /// Runs the restore test of `row` and records its outcome in the catalog. Fails with exit 12
 /// when the archive does not verify, 18 when the copy did not start, turn healthy or pass.
 pub fn run(ctx: &Context, row: &BackupRow, opts: Options) -> Result<Report> {
-    let _lock = ctx.lock(&format!("{}.restoretest", row.project), "restore-test")?;
+    let _lock = ctx.lock(&record_name(&row.project), "restore-test")?;
     recover(ctx, &row.project)?;
     let _pin = ctx.pin(row.id, "restore-test")?;
     let started = Instant::now();
@@ -240,14 +246,11 @@ fn teardown(ctx: &Context, rec: &Record) {
 /// Removes what a killed restore test of `project` left (its record names it), unless the
 /// test is alive. Called by `recover` and before each restore test.
 pub fn recover(ctx: &Context, project: &str) -> Result<()> {
-    let path = record_path(ctx, project);
-    if !path.exists() {
+    let Some(rec) = crate::runs::read_named::<Record>(&ctx.runs_dir(), &record_name(project))?
+    else {
         return Ok(());
-    }
-    crate::hostfs::owned::check_private(&path)?;
-    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let rec: Record = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is damaged: remove it after checking", path.display()))?;
+    };
+    let path = record_path(ctx, project);
     if rec.pid != std::process::id() {
         warn(format!(
             "found an interrupted restore test of backup #{} (pid {}, started {}): removing its copy {}",
@@ -260,7 +263,7 @@ pub fn recover(ctx: &Context, project: &str) -> Result<()> {
 
 /// `recover`'s part: the restore test's lock is free (no test runs), then [`recover`].
 pub fn recover_unlocked(ctx: &Context, project: &str) -> Result<()> {
-    match ctx.lock(&format!("{project}.restoretest"), "recover") {
+    match ctx.lock(&record_name(project), "recover") {
         Ok(_lock) => recover(ctx, project),
         Err(_) => Ok(()),
     }
