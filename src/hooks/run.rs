@@ -105,11 +105,8 @@ impl<'a> Runner<'a> {
     /// Before anything stops: a service hook of `phases` needs its service running. One that
     /// would fail the run is exit 17 now; one set to `continue` is left out, with a warning.
     pub fn check_running(mut self, project: &Project, phases: &[Phase]) -> Result<Self> {
-        let runs = |s: &str| {
-            project
-                .service(s)
-                .is_some_and(|svc| svc.containers.iter().any(|c| c.is_live()))
-        };
+        let running = crate::services::Running::of(project).services;
+        let runs = |s: &str| running.iter().any(|r| r == s);
         let idle =
             |h: &Hook| phases.contains(&h.phase) && h.service.as_deref().is_some_and(|s| !runs(s));
         for h in self.hooks.listed(phases).iter().filter(|h| idle(h)) {
