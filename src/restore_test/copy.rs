@@ -14,6 +14,7 @@ use crate::archive::manifest::Manifest;
 use crate::archive::reader::Verified;
 use crate::catalog::BackupRow;
 use crate::cli::ComposeArgs;
+use crate::compose::model::PsEntry;
 use crate::compose::Kind;
 use crate::docker::Docker;
 use crate::hooks::exec::Ran;
@@ -92,7 +93,7 @@ impl<'a> Copy<'a> {
             .docker
             .compose_command(&self.args, &["up", "-d", "--no-build", "--quiet-pull"]);
         let ran = crate::hooks::exec::run(cmd, "restore-test up |", left(deadline), &|_| {})
-            .map_err(|e| Failure::new(Step::Start, None, format!("{e:#}")))?;
+            .map_err(Failure::at(Step::Start))?;
         match ran.succeeded() {
             true => Ok(()),
             false => Err(Failure::new(
@@ -119,11 +120,8 @@ impl<'a> Copy<'a> {
             .collect();
         let mut since: HashMap<String, Instant> = HashMap::new();
         loop {
-            crate::cancel::check()
-                .map_err(|e| Failure::new(Step::Start, None, format!("{e:#}")))?;
-            let states = self
-                .states()
-                .map_err(|e| Failure::new(Step::Start, None, format!("{e:#}")))?;
+            crate::cancel::check().map_err(Failure::at(Step::Start))?;
+            let states = self.states().map_err(Failure::at(Step::Start))?;
             let mut pending: Option<(Step, &str, String)> = None;
             for s in &persistent {
                 match self.readiness(s, states.get(*s), settle, &mut since)? {
@@ -146,7 +144,7 @@ impl<'a> Copy<'a> {
     fn readiness(
         &self,
         service: &str,
-        state: Option<&State>,
+        state: Option<&PsEntry>,
         settle: Duration,
         since: &mut HashMap<String, Instant>,
     ) -> Result<Option<(Step, String)>, Failure> {
@@ -154,7 +152,7 @@ impl<'a> Copy<'a> {
             return Ok(Some((Step::Start, "its container was not created".into())));
         };
         if st.state != "running" {
-            let line = self.last_log_line(&st.container);
+            let line = self.last_log_line(&st.name);
             let how = format!("{} (exit {}): {line}", st.state, st.exit_code);
             return Err(Failure::new(Step::Start, Some(service), how));
         }
@@ -163,7 +161,7 @@ impl<'a> Copy<'a> {
             "unhealthy" => Err(Failure::new(
                 Step::Health,
                 Some(service),
-                self.health_line(&st.container),
+                self.health_line(&st.name),
             )),
             "" => {
                 let first = *since
@@ -178,7 +176,7 @@ impl<'a> Copy<'a> {
             }
             _ => Ok(Some((
                 Step::Health,
-                format!("not healthy in time: {}", self.health_line(&st.container)),
+                format!("not healthy in time: {}", self.health_line(&st.name)),
             ))),
         }
     }
@@ -209,24 +207,13 @@ impl<'a> Copy<'a> {
         Ok(())
     }
 
-    /// Each service's container, state and health now.
-    fn states(&self) -> Result<BTreeMap<String, State>> {
+    /// Each service's container (its state and health) now.
+    fn states(&self) -> Result<BTreeMap<String, PsEntry>> {
         let text = self
             .docker
             .compose(&self.args, &["ps", "-a", "--format", "json"])?;
-        let mut out = BTreeMap::new();
-        for e in crate::compose::model::parse_ps(&text)? {
-            out.insert(
-                e.service.clone(),
-                State {
-                    container: e.name.clone(),
-                    state: e.state.clone(),
-                    health: e.health.clone(),
-                    exit_code: e.exit_code,
-                },
-            );
-        }
-        Ok(out)
+        let all = crate::compose::model::parse_ps(&text)?;
+        Ok(all.into_iter().map(|e| (e.service.clone(), e)).collect())
     }
 
     fn last_log_line(&self, container: &str) -> String {
@@ -262,13 +249,6 @@ impl<'a> Copy<'a> {
             ),
         }
     }
-}
-
-struct State {
-    container: String,
-    state: String,
-    health: String,
-    exit_code: i64,
 }
 
 fn last_line(text: &str) -> String {

@@ -70,6 +70,11 @@ impl Failure {
         }
     }
 
+    /// The failure of `step` that error `e` is (no service named).
+    fn at(step: Step) -> impl Fn(anyhow::Error) -> Failure {
+        move |e| Failure::new(step, None, format!("{e:#}"))
+    }
+
     /// `health (service db): <line>`: what the catalog keeps and the error says.
     pub fn text(&self) -> String {
         match &self.service {
@@ -210,12 +215,10 @@ fn attempt(
     opts: Options,
 ) -> std::result::Result<(), Failure> {
     let deadline = Instant::now() + opts.timeout;
-    let as_failure =
-        |step: Step| move |e: anyhow::Error| Failure::new(step, None, format!("{e:#}"));
     let restored = scratch::restore(ctx, verified, &rec.scratch.path, &rec.copy)
-        .map_err(as_failure(Step::Restore))?;
+        .map_err(Failure::at(Step::Restore))?;
     let live = copy::Copy::model(ctx, row, verified, &restored, &rec.copy)
-        .map_err(as_failure(Step::Model))?;
+        .map_err(Failure::at(Step::Model))?;
     live.up(deadline)?;
     live.wait_ready(&verified.manifest, opts.settle, deadline)?;
     live.checks(deadline)

@@ -41,7 +41,11 @@ pub struct Mapping {
 /// Every bind source of the model, with whether each mount of it is read-only.
 pub fn bind_sources(model: &Value) -> Vec<(PathBuf, bool)> {
     let mut out = Vec::new();
-    for svc in object(model, "services").values() {
+    for svc in model["services"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
         for v in svc["volumes"].as_array().into_iter().flatten() {
             if v["type"] == "bind" {
                 if let Some(s) = v["source"].as_str() {
@@ -183,13 +187,6 @@ fn bind(service: &str, v: &mut Value, m: &Mapping, said: &mut Vec<String>) -> bo
             ));
             false
         }
-    }
-}
-
-fn object<'a>(v: &'a Value, key: &str) -> std::borrow::Cow<'a, Map<String, Value>> {
-    match v.get(key).and_then(Value::as_object) {
-        Some(m) => std::borrow::Cow::Borrowed(m),
-        None => std::borrow::Cow::Owned(Map::new()),
     }
 }
 
