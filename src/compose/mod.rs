@@ -145,7 +145,14 @@ pub fn nested_below<'a>(targets: impl IntoIterator<Item = &'a str>, target: &str
 /// The project's hooks, service hooks in the compose files' service order; a mistake in them
 /// makes the compose file invalid for this tool (exit 4, naming the key).
 fn hooks_of(cfg: &ConfigJson, files: &[PathBuf]) -> Result<crate::hooks::Hooks> {
-    let order = declared_order(files, cfg.services.keys().map(String::as_str));
+    let names = cfg.services.keys().map(String::as_str);
+    // The files are read for the order only when a service has a hook label (every
+    // command loads the project; most projects have none).
+    let labelled = cfg.services.values().flat_map(|s| s.labels.keys());
+    let order: Vec<String> = match labelled.into_iter().any(|k| crate::hooks::is_hook_label(k)) {
+        true => declared_order(files, names),
+        false => names.map(String::from).collect(),
+    };
     let services: Vec<(&str, &std::collections::BTreeMap<String, String>)> = order
         .iter()
         .filter_map(|n| cfg.services.get_key_value(n.as_str()))

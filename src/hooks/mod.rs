@@ -217,6 +217,11 @@ pub fn describe(hooks: &[Hook]) -> Vec<String> {
     out
 }
 
+/// Whether a label is in the hooks' namespace (`nuwaxbackup.`, the restore test's aside).
+pub fn is_hook_label(key: &str) -> bool {
+    key.starts_with(LABEL_PREFIX) && key != RESTORE_TEST_LABEL
+}
+
 fn unknown_phase(prefix: &str, word: &str) -> String {
     let all: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
     format!(
@@ -253,12 +258,10 @@ fn service_hooks(service: &str, labels: &BTreeMap<String, String>) -> Result<Vec
     let mut commands: BTreeMap<Phase, &str> = BTreeMap::new();
     let mut settings: BTreeMap<(Phase, &str), &str> = BTreeMap::new();
     for (key, value) in labels {
-        let Some(rest) = key.strip_prefix(LABEL_PREFIX) else {
-            continue;
-        };
-        if key == RESTORE_TEST_LABEL {
+        if !is_hook_label(key) {
             continue;
         }
+        let rest = &key[LABEL_PREFIX.len()..];
         let (word, setting) = match rest.split_once('.') {
             Some((w, s)) => (w, Some(s)),
             None => (rest, None),
