@@ -396,6 +396,17 @@ fn database(test: &str, yaml: &str, image: &str) -> Option<Project> {
     Some(p)
 }
 
+/// `tar -tzf` of archive `file` lists an entry ending in `suffix`.
+#[track_caller]
+fn assert_archive_holds(file: &str, suffix: &str) {
+    let listed = std::process::Command::new("tar")
+        .args(["-tzf", file])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.lines().any(|l| l.ends_with(suffix)), "{listed}");
+}
+
 /// The PostgreSQL recipe of docs/hooks.md: `pg_dumpall` into a bind before the backup, as
 /// `postgres` in the running service; the dump is archived and a rollback brings it back.
 #[test]
@@ -420,15 +431,7 @@ fn a_pg_dumpall_written_before_the_backup_is_archived_and_restored() {
     p.plugin(&["create", "--stop"]).success();
     let row = &rows(&p)[0];
     let file = row["file_path"].as_str().unwrap();
-    let listed = std::process::Command::new("tar")
-        .args(["-tzf", file])
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout);
-    assert!(
-        listed.lines().any(|l| l.ends_with("dumps/all.sql")),
-        "{listed}"
-    );
+    assert_archive_holds(file, "dumps/all.sql");
     let dump = std::fs::read_to_string(p.path("dumps/all.sql")).unwrap();
     assert!(dump.contains("CREATE TABLE public.orders"), "{dump}");
 
@@ -505,15 +508,7 @@ fn a_mariadb_dump_written_before_the_backup_is_archived() {
     assert!(dump.contains("CREATE TABLE `orders`"), "{dump}");
     let row = run.json();
     let file = row["file_path"].as_str().unwrap();
-    let listed = std::process::Command::new("tar")
-        .args(["-tzf", file])
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout);
-    assert!(
-        listed.lines().any(|l| l.ends_with("dumps/all.sql")),
-        "{listed}"
-    );
+    assert_archive_holds(file, "dumps/all.sql");
     for text in [&run.stdout, &run.stderr] {
         assert!(!text.contains(SECRET), "the password leaked: {text}");
     }
