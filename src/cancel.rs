@@ -1,4 +1,5 @@
-//! Cancellation: SIGINT, SIGTERM, and EOF on docker's plugin socket all set one flag.
+//! Cancellation: SIGINT, SIGTERM, SIGHUP (a dropped SSH session, a closed terminal) and EOF
+//! on docker's plugin socket all set one flag.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -14,7 +15,11 @@ fn flag() -> &'static Arc<AtomicBool> {
 ///
 /// Fails only when the signal handlers cannot be registered.
 pub fn install() -> anyhow::Result<()> {
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
         signal_hook::flag::register(sig, Arc::clone(flag()))?;
     }
     if let Ok(addr) = std::env::var("DOCKER_CLI_PLUGIN_SOCKET") {

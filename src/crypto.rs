@@ -137,7 +137,7 @@ struct Terminal;
 
 impl age::Callbacks for Terminal {
     fn display_message(&self, message: &str) {
-        eprintln!("{message}");
+        crate::output::stderr_line(message);
     }
     fn confirm(&self, _: &str, _: &str, _: Option<&str>) -> Option<bool> {
         None

@@ -99,6 +99,15 @@ macro_rules! bail_user {
     };
 }
 
+/// A [`UserError`] that is `e`, or that an io::Error `e` carries.
+fn user_error_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a UserError> {
+    e.downcast_ref::<UserError>().or_else(|| {
+        e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|i| i.downcast_ref::<UserError>())
+    })
+}
+
 /// The exit code for an error chain: the first [`UserError`] in it, else `Failure`.
 /// A disk that filled (`ENOSPC`, `EDQUOT`) anywhere in the chain is `NoSpace`.
 pub fn code_of(err: &anyhow::Error) -> Code {
@@ -109,8 +118,10 @@ pub fn code_of(err: &anyhow::Error) -> Code {
                 .is_some_and(|c| c == libc::ENOSPC || c == libc::EDQUOT)
         })
     };
+    // An io::Error that carries one (a read cancelled inside a decoder) hides it from
+    // `source()`: look inside.
     err.downcast_ref::<UserError>()
-        .or_else(|| err.chain().find_map(|e| e.downcast_ref::<UserError>()))
+        .or_else(|| err.chain().find_map(user_error_in))
         .map(|u| u.code)
         .unwrap_or_else(|| if full() { Code::NoSpace } else { Code::Failure })
 }

@@ -1,7 +1,10 @@
 //! Fault seams for the end-to-end tests, compiled in only with the `fault-injection` feature
 //! (`scripts/test.sh` builds with it): `NUWAX_BACKUP_TEST_KILL_AT=<point>` makes the process
 //! SIGKILL itself at that point, exactly as `kill -9` or the OOM killer would end it there;
-//! `NUWAX_BACKUP_TEST_FAIL_AT=<point>` injects a full disk there. A release build reads no
+//! `NUWAX_BACKUP_TEST_FAIL_AT=<point>` injects a full disk there;
+//! `NUWAX_BACKUP_TEST_PAUSE_AT=<point>` with `NUWAX_BACKUP_TEST_PAUSE_FILE=<path>` writes
+//! `<path>.reached` there and waits until `<path>` exists (two runs interleaved exactly, for
+//! the tests of what one run does while another holds the project). A release build reads no
 //! such variable: every seam is a no-op. Points are an enum, so a typo does not compile.
 
 /// Where a test can make a run die or fail.
@@ -14,6 +17,8 @@ pub enum Fault {
     InPlaceEmptied,
     RollbackRemovingPrevious,
     RollbackRestoring,
+    /// A rollback verified and planned, before it takes the project's lock.
+    RollbackPlanned,
     RollbackSafety,
     RollbackSafetyAfter,
     RollbackStaged,
@@ -35,6 +40,7 @@ impl Fault {
             Fault::InPlaceEmptied => "in-place-emptied",
             Fault::RollbackRemovingPrevious => "rollback-removing-previous",
             Fault::RollbackRestoring => "rollback-restoring",
+            Fault::RollbackPlanned => "rollback-planned",
             Fault::RollbackSafety => "rollback-safety",
             Fault::RollbackSafetyAfter => "rollback-safety-after",
             Fault::RollbackStaged => "rollback-staged",
@@ -52,13 +58,30 @@ fn asked(var: &str, at: Fault) -> bool {
     cfg!(feature = "fault-injection") && std::env::var(var).is_ok_and(|v| v == at.name())
 }
 
-/// Dies by SIGKILL when `NUWAX_BACKUP_TEST_KILL_AT` names `at`.
+/// Dies by SIGKILL when `NUWAX_BACKUP_TEST_KILL_AT` names `at`; pauses there when
+/// `NUWAX_BACKUP_TEST_PAUSE_AT` does (a cancel ends the pause).
 pub fn point(at: Fault) {
+    if asked("NUWAX_BACKUP_TEST_PAUSE_AT", at) {
+        pause();
+    }
     if asked("NUWAX_BACKUP_TEST_KILL_AT", at) {
         // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
+    }
+}
+
+fn pause() {
+    let Some(file) = std::env::var_os("NUWAX_BACKUP_TEST_PAUSE_FILE") else {
+        return;
+    };
+    let file = std::path::PathBuf::from(file);
+    let mut reached = file.clone().into_os_string();
+    reached.push(".reached");
+    let _ = std::fs::write(&reached, std::process::id().to_string());
+    while !file.exists() && !crate::cancel::requested() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -133,7 +133,7 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("docker-nuwax-backup: {}", one_line(&err));
+            crate::output::stderr_line(format_args!("docker-nuwax-backup: {}", one_line(&err)));
             ExitCode::from(code_of(&err).as_u8())
         }
     }

@@ -106,7 +106,7 @@ impl Notifier {
             .map(|t| {
                 (
                     t.clone(),
-                    format!("{}/start", t.url),
+                    with_suffix(&t.url, "/start"),
                     Vec::new(),
                     Vec::new(),
                 )
@@ -144,7 +144,7 @@ fn request(t: &Target, o: &Outcome, ok: bool) -> Call {
         Kind::Healthchecks => {
             let url = match ok {
                 true => t.url.clone(),
-                false => format!("{}/fail", t.url),
+                false => with_suffix(&t.url, "/fail"),
             };
             let body = format!("{} {} on {}: {line}", o.command, o.project, o.host);
             (t.clone(), url, Vec::new(), body.into_bytes())
@@ -222,9 +222,34 @@ fn short(e: &reqwest::Error) -> String {
     }
 }
 
+/// Healthchecks' `/start` or `/fail` on a ping URL: after its path, before its query
+/// (`…/ping/<uuid>/fail?rid=1`; after the query Healthchecks would read a success).
+fn with_suffix(url: &str, suffix: &str) -> String {
+    match url.split_once('?') {
+        Some((path, query)) => format!("{}{suffix}?{query}", path.trim_end_matches('/')),
+        None => format!("{}{suffix}", url.trim_end_matches('/')),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthchecks_suffixes_go_before_the_query() {
+        assert_eq!(
+            with_suffix("http://h/ping/u?rid=1", "/fail"),
+            "http://h/ping/u/fail?rid=1"
+        );
+        assert_eq!(
+            with_suffix("http://h/ping/u", "/start"),
+            "http://h/ping/u/start"
+        );
+        assert_eq!(
+            with_suffix("http://h/ping/u/", "/fail"),
+            "http://h/ping/u/fail"
+        );
+    }
 
     #[test]
     fn urls_choose_the_protocol_and_show_only_scheme_and_host() {

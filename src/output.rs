@@ -48,14 +48,21 @@ where
         + "\n"
 }
 
+/// One line on stderr. A stderr that is gone (a closed pipe, a dropped terminal) loses the
+/// line and nothing else: the run goes on to its end (`eprintln!` would panic mid-backup).
+pub fn stderr_line(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// A message for the person at the terminal, on stderr.
 pub fn note(msg: impl AsRef<str>) {
-    eprintln!("{}", msg.as_ref());
+    stderr_line(msg.as_ref());
 }
 
 /// A warning for the person at the terminal, on stderr.
 pub fn warn(msg: impl AsRef<str>) {
-    eprintln!("warning: {}", msg.as_ref());
+    stderr_line(format_args!("warning: {}", msg.as_ref()));
 }
 
 /// Bytes for people: 1.5 GiB.

@@ -256,9 +256,9 @@ pub fn lock_and_recover(
     what: RunCommand,
 ) -> Result<(crate::lock::ProjectLock, Project)> {
     let lock = ctx.lock(&project.name, what.as_str())?;
-    if dead_run(ctx, &project, catalog)?.is_empty() {
-        return Ok((lock, project));
-    }
+    dead_run(ctx, &project, catalog)?;
+    // Read again under the lock, always: what ran when `project` was loaded may have been
+    // stopped or started since by the run that held the lock.
     Ok((lock, Project::load(&ctx.docker, &ctx.compose)?))
 }
 

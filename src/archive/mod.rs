@@ -2,6 +2,7 @@
 //! of docker or the catalog: sources hand it entries, it writes them and describes them.
 pub mod collector;
 pub mod fs_source;
+pub mod gunzip;
 pub mod handover;
 pub mod hashing;
 pub mod manifest;

@@ -19,6 +19,11 @@ struct Sha256Reader<R> {
 
 impl<R: Read> Read for Sha256Reader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Every codec reads through here: a cancel is heard within one read, whatever the
+        // decoder above is doing.
+        if crate::cancel::requested() {
+            return Err(super::gunzip::cancelled());
+        }
         let n = self.inner.read(buf)?;
         let mut s = self.state.lock().expect("hash state");
         s.0.update(&buf[..n]);
@@ -121,18 +126,12 @@ fn decompress(mut r: Box<dyn BufRead + Send>, path: &Path) -> Result<Box<dyn Rea
     let magic = r.fill_buf()?;
     let n = magic.len();
     let is_gzip = n >= 2 && magic[..2] == [0x1f, 0x8b];
-    let is_mgzip = is_gzip && n >= 14 && magic[3] & 4 == 4 && &magic[12..14] == b"IG";
     let is_zstd = n >= 4 && magic[..4] == [0x28, 0xb5, 0x2f, 0xfd];
-    Ok(if is_mgzip {
+    Ok(if super::gunzip::is_ours(magic) {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        Box::new(
-            gzp::par::decompress::ParDecompressBuilder::<gzp::deflate::Mgzip>::new()
-                .num_threads(threads)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .from_reader(r),
-        )
+        Box::new(super::gunzip::ParGunzip::new(Box::new(r), threads))
     } else if is_gzip {
         Box::new(flate2::bufread::MultiGzDecoder::new(r))
     } else if is_zstd {

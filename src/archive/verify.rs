@@ -18,6 +18,7 @@ use super::xattrs::{self, Xattrs};
 use crate::crypto::Keyring;
 
 /// What a verified archive holds.
+#[derive(Clone)]
 pub struct Verified {
     pub manifest: Manifest,
     pub sha256: String,

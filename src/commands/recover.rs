@@ -12,8 +12,10 @@ use crate::Context;
 /// Exits 0 (done, or nothing to do), 9 (the run is alive: its lock is held), 11 (starting
 /// the services failed).
 pub fn run(ctx: &Context, args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
+    let name = Project::load(&ctx.docker, &ctx.compose)?.name;
+    let _lock = ctx.lock(&name, "recover")?;
+    // What runs is read under the lock: the run that held it may have changed it.
     let project = Project::load(&ctx.docker, &ctx.compose)?;
-    let _lock = ctx.lock(&project.name, "recover")?;
     let catalog: Catalog = ctx.catalog()?;
     let done = crate::recover::dead_run(ctx, &project, &catalog)?;
     crate::restore_test::recover_unlocked(ctx, &project.name)?;

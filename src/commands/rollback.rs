@@ -25,16 +25,21 @@ pub fn run(ctx: &Context, args: &RollbackArgs, out: &mut dyn Write) -> Result<()
         no_hooks: args.no_hooks,
     };
     if args.dry_run {
-        let (_, _, _, plan) = restore::plan(ctx, &opts)?;
-        return print(out, args.format, &plan, print_plan);
+        let prepared = restore::plan(ctx, &opts)?;
+        return print(out, args.format, &prepared.plan, print_plan);
     }
     let prepared = restore::prepare(ctx, &opts)?;
+    crate::fault::point(crate::fault::Fault::RollbackPlanned);
     let (_lock, project) = crate::recover::lock_and_recover(
         ctx,
         prepared.project.clone(),
         &prepared.catalog,
         RunCommand::Rollback,
     )?;
+    // What runs and what exists is read again under the lock: a create that had the services
+    // stopped while this rollback verified has started them again by now.
+    let prepared = restore::replan(ctx, &opts, prepared, project)?;
+    let project = prepared.project.clone();
     let report = restore::execute(ctx, &opts, prepared, project)?;
     note(format!(
         "rolled back to backup #{} ({}): restored {}{}{}",

@@ -83,12 +83,12 @@ pub fn run(ctx: &Context, args: &VerifyArgs, out: &mut dyn Write) -> Result<()> 
     let bad: Vec<String> = outcomes
         .iter()
         .filter(|o| !o.ok)
-        .map(|o| format!("#{}", o.id))
+        .map(|o| format!("#{} ({}: {})", o.id, o.file_path, o.result))
         .collect();
     if !bad.is_empty() {
         return Err(UserError::new(
             Code::VerifyFailed,
-            format!("verification failed for {}", bad.join(", ")),
+            format!("verification failed for {}", bad.join("; ")),
         )
         .into());
     }

@@ -159,7 +159,7 @@ fn copy_lines(
                 *last = text.to_string();
             }
             drop(s);
-            eprintln!("{prefix} {text}");
+            crate::output::stderr_line(format_args!("{prefix} {text}"));
         }
     })
 }

@@ -1,6 +1,7 @@
 //! `rollback`: verify → facts → pure plan → confirm → lock → stop → safety backup → execute
 //! the plan in a transaction → commit, or undo on failure → start.
 pub mod apply;
+mod changed;
 mod choose;
 pub mod engine;
 mod facts;
@@ -29,7 +30,7 @@ use crate::records::RemoteStatus;
 use crate::records::RunCommand;
 use crate::runs::{ActiveRun, Phase};
 use crate::safety::{safety_of, storage_of};
-use crate::services::{self, Running};
+use crate::services;
 use crate::Context;
 use plan::{Action, RollbackPlan, Step};
 use transaction::Transaction;
@@ -70,7 +71,7 @@ fn user(code: Code, msg: String) -> anyhow::Error {
 }
 
 /// Verifies the backup and plans its rollback; writes nothing, takes no lock.
-pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRow, RollbackPlan)> {
+pub fn plan(ctx: &Context, opts: &Options) -> Result<Prepared> {
     if opts.in_place && opts.no_safety_backup {
         return Err(user(
             Code::Usage,
@@ -88,7 +89,28 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
     };
     let storage = storage_of(&project, &catalog)?;
     let row = fetch(&catalog, row, &storage, opts.from_remote)?;
-    let mut verified = verified(ctx, &row, &project)?;
+    let verified = verified(ctx, &row, &project)?;
+    let mut plan = plan_for(ctx, opts, (&project, &catalog), &row, &verified)?;
+    plan.pin = Some(std::sync::Arc::new(pin));
+    Ok(Prepared {
+        project,
+        catalog,
+        row,
+        plan,
+        verified,
+    })
+}
+
+/// The plan for the verified backup on `project` as it is now: its current targets, what
+/// runs, which volumes exist, the free space. Reads the live state; changes nothing.
+fn plan_for(
+    ctx: &Context,
+    opts: &Options,
+    (project, catalog): (&Project, &Catalog),
+    row: &BackupRow,
+    verified: &reader::Verified,
+) -> Result<RollbackPlan> {
+    let mut verified = verified.clone();
     let req = plan::Request {
         backup_id: row.id,
         data_only: opts.data_only,
@@ -97,15 +119,16 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
         no_start: opts.no_start,
         no_safety_backup: opts.no_safety_backup,
     };
-    let warnings = bind_to_project(&mut verified, &project, &req)?;
+    let warnings = bind_to_project(&mut verified, project, &req)?;
     let safety_recipients = if opts.no_safety_backup {
         Recipients::default()
     } else {
-        let r = safety_recipients(&project, &row, opts)?;
+        let r = safety_recipients(project, row, opts)?;
         check_safety_key(ctx, &r)?;
         r
     };
-    let facts = facts::gather(ctx, &project, &verified, &req, storage)?;
+    let storage = storage_of(project, catalog)?;
+    let facts = facts::gather(ctx, project, &verified, &req, storage)?;
     let mut plan = plan::build(&verified.manifest, &req, &facts)?;
     plan.safety_recipients = safety_recipients.0;
     plan.warnings = warnings;
@@ -113,8 +136,39 @@ pub fn plan(ctx: &Context, opts: &Options) -> Result<(Project, Catalog, BackupRo
         plan.hooks = project.hooks.listed(&crate::hooks::Phase::ROLLBACK);
     }
     plan.archive = Some(verified.file);
-    plan.pin = Some(std::sync::Arc::new(pin));
-    Ok((project, catalog, row, plan))
+    Ok(plan)
+}
+
+/// Makes the plan again from `project` as it is once the project's lock is held: what runs,
+/// which volumes exist and the free space were read before the lock, and a create or another
+/// rollback may have stopped or started services, or removed volumes, in the meantime. Says
+/// what changed; when what is replaced or kept changed, asks again (`--yes`: goes on).
+/// Fails as `prepare` does, before anything changes.
+pub fn replan(
+    ctx: &Context,
+    opts: &Options,
+    prepared: Prepared,
+    project: Project,
+) -> Result<Prepared> {
+    let (row, verified) = (&prepared.row, &prepared.verified);
+    let mut plan = plan_for(ctx, opts, (&project, &prepared.catalog), row, verified)?;
+    plan.pin = prepared.plan.pin.clone();
+    let changes = changed::changes(&prepared.plan, &plan);
+    if !changes.is_empty() {
+        note(format!(
+            "the project changed while the rollback was prepared ({}): the plan was made again from it as it is now",
+            changes.join("; ")
+        ));
+        check_space(&plan)?;
+        if changed::actions_differ(&prepared.plan, &plan) {
+            confirm(&prepared.row, &plan, opts.yes)?;
+        }
+    }
+    Ok(Prepared {
+        project,
+        plan,
+        ..prepared
+    })
 }
 
 /// Rewrites the verified manifest's volumes to the project's current targets (where each is
@@ -258,8 +312,8 @@ pub fn verify_row(ctx: &Context, row: &BackupRow) -> Result<reader::Verified> {
         user(
             Code::VerifyFailed,
             format!(
-                "backup #{} failed verification, nothing was changed: {e:#}",
-                row.id
+                "backup #{} failed verification, nothing was changed: {e:#} (archive {})",
+                row.id, row.file_path
             ),
         )
     })
@@ -271,24 +325,22 @@ pub struct Prepared {
     pub catalog: Catalog,
     pub row: BackupRow,
     pub plan: RollbackPlan,
+    /// The verified archive as read, before it was bound to the project's targets: the plan
+    /// made again under the lock starts from it.
+    verified: reader::Verified,
 }
 
 /// Plans a rollback and has it confirmed. Fails before any change when the backup does not
 /// verify, the plan is refused, the user does not confirm, or staging does not fit.
 pub fn prepare(ctx: &Context, opts: &Options) -> Result<Prepared> {
-    let (project, catalog, row, plan) = plan(ctx, opts)?;
-    check_space(&plan)?;
-    warn_image_changes(&plan);
-    for w in &plan.warnings {
+    let prepared = plan(ctx, opts)?;
+    check_space(&prepared.plan)?;
+    warn_image_changes(&prepared.plan);
+    for w in &prepared.plan.warnings {
         warn(w.clone());
     }
-    confirm(&row, &plan, opts.yes)?;
-    Ok(Prepared {
-        project,
-        catalog,
-        row,
-        plan,
-    })
+    confirm(&prepared.row, &prepared.plan, opts.yes)?;
+    Ok(prepared)
 }
 
 /// Runs a prepared rollback on `project` as it is under the project's lock (the command
@@ -326,12 +378,8 @@ fn restore(
     (hooks, env): (&Runner<'_>, &HookEnv),
 ) -> Result<Report> {
     let Prepared {
-        catalog,
-        row,
-        mut plan,
-        ..
+        catalog, row, plan, ..
     } = prepared;
-    plan.set_running(Running::of(&project), opts.no_start);
     let mut record = ActiveRun::begin(&ctx.runs_dir(), &project.name, RunCommand::Rollback)?;
     record.hooks(opts.no_hooks, Some(row.id))?;
     hooks.phase(HookPhase::BeforeRollback, env, Some(&mut record))?;

@@ -124,17 +124,6 @@ pub enum Order {
 crate::records::words!(Order { StageFirst => "stage-first", StopFirst => "stop-first" });
 
 impl RollbackPlan {
-    /// What runs now (read again once the project is locked), and so what stops and starts.
-    pub fn set_running(&mut self, running: Running, no_start: bool) {
-        self.stop = running.names();
-        self.start = if no_start {
-            Vec::new()
-        } else {
-            self.stop.clone()
-        };
-        self.running = running;
-    }
-
     /// The steps that change something, in archive order.
     pub fn restoring(&self) -> impl Iterator<Item = &Step> {
         self.actions.iter().filter(|s| s.action != Action::Keep)

@@ -138,9 +138,11 @@ fn verify_passes_good_archives_and_fails_damaged_ones() {
         results.iter().any(|(id, r)| *id == bad_id && r != "ok"),
         "{results:?}"
     );
-    assert_eq!(
-        run.error_line(),
-        format!("verification failed for #{bad_id}")
+    assert!(
+        run.error_line()
+            .starts_with(&format!("verification failed for #{bad_id} (")),
+        "{}",
+        run.stderr
     );
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
     p.plugin(&["verify", &bad["id"].to_string()]).failure(12);

@@ -26,6 +26,7 @@ mod remote;
 mod restore_test;
 mod rollback;
 mod s3;
+mod safety;
 mod schedule;
 mod staged;
 mod status;
