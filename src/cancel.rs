@@ -1,14 +1,18 @@
 //! Cancellation: SIGINT, SIGTERM, SIGHUP (a dropped SSH session, a closed terminal) and EOF
 //! on docker's plugin socket all set one flag.
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+//! Signals are counted, not only flagged: the on-error hooks a cancel leads to are not
+//! cancelled by that same cancel ([`forgive`]), only by another one.
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::exit_codes::{Code, UserError};
 
-static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+/// Cancels asked for so far (signals, and the plugin socket's EOF).
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Cancels already answered (see [`forgive`]).
+static FORGIVEN: AtomicUsize = AtomicUsize::new(0);
 
-fn flag() -> &'static Arc<AtomicBool> {
-    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+fn ask() {
+    COUNT.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Installs the signal handlers and, when run by the docker CLI, watches its plugin socket.
@@ -20,7 +24,8 @@ pub fn install() -> anyhow::Result<()> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
     ] {
-        signal_hook::flag::register(sig, Arc::clone(flag()))?;
+        // SAFETY: the action only adds to an atomic, which is async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, ask)? };
     }
     if let Ok(addr) = std::env::var("DOCKER_CLI_PLUGIN_SOCKET") {
         watch_plugin_socket(addr);
@@ -49,13 +54,19 @@ fn watch_plugin_socket(addr: String) {
                 Ok(_) => continue,
             }
         }
-        flag().store(true, Ordering::SeqCst);
+        ask();
     });
 }
 
-/// True once the user asked to stop.
+/// True once the user asked to stop (and that cancel was not forgiven).
 pub fn requested() -> bool {
-    flag().load(Ordering::SeqCst)
+    COUNT.load(Ordering::SeqCst) > FORGIVEN.load(Ordering::SeqCst)
+}
+
+/// The run has answered the cancels so far (it cleaned up and holds its outcome): what runs
+/// now (the on-error hooks) stops only for a cancel that comes after this.
+pub fn forgive() {
+    FORGIVEN.store(COUNT.load(Ordering::SeqCst), Ordering::SeqCst);
 }
 
 /// Returns a `Cancelled` error once the user asked to stop.

@@ -258,8 +258,9 @@ impl Around {
         };
         let outcome = self.outcome(made.as_ref(), ran, started);
         if let (Some(restored), Err(e)) = (self.on_error, ran) {
-            // Usage mistakes ran nothing; a hook that could not even start is said already.
-            if code_of(e) != Code::Usage {
+            // on-error is for a run that began and failed: a refusal before its run record
+            // (busy, no space, running services, a usage mistake) ran nothing to undo.
+            if code_of(e) != Code::Usage && runs::began() {
                 self.run_on_error(ctx, &outcome, restored, made);
             }
         }

@@ -243,10 +243,20 @@ pub fn remove(dir: &Path, project: &str, rec: &RunRecord) -> Result<()> {
     }
 }
 
+/// Set once this process begins a run record: a run that failed after that is one the
+/// on-error hooks are for; a refusal before it (busy, no space, running services) is not.
+static BEGAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process began a run (wrote its run record).
+pub fn began() -> bool {
+    BEGAN.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 impl ActiveRun {
     /// Starts the record of `command` on `project` (call while holding the project's lock).
     pub fn begin(dir: &Path, project: &str, command: RunCommand) -> Result<ActiveRun> {
         crate::private::create_dir_all(dir)?;
+        BEGAN.store(true, std::sync::atomic::Ordering::SeqCst);
         let run = ActiveRun {
             restart: None,
             path: path_of(dir, project),

@@ -13,6 +13,11 @@ use anyhow::{Context, Result};
 /// leads the process group a timeout kills (see [`in_container`]).
 const PID_MARK: &str = "nuwax-hook-pid ";
 
+/// The longest part of one output line that is kept (shown, remembered as the last line, and
+/// so passed on in messages and `NUWAX_BACKUP_ERROR`); the rest is counted, never stored, so
+/// memory stays flat whatever a command prints.
+pub const MAX_LINE: usize = 4096;
+
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ran {
@@ -136,18 +141,15 @@ fn copy_lines(
     let prefix = prefix.to_string();
     std::thread::spawn(move || {
         let Some(from) = from else { return };
-        for line in BufReader::new(from).split(b'\n') {
-            let Ok(line) = line else { break };
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches('\r');
-            let Ok(mut s) = seen.lock() else { break };
+        each_line(from, |text| {
+            let Ok(mut s) = seen.lock() else { return };
             if is_err && s.inner_pid.is_none() {
                 if let Some(pid) = text
                     .strip_prefix(PID_MARK)
                     .and_then(|p| p.trim().parse().ok())
                 {
                     s.inner_pid = Some(pid);
-                    continue;
+                    return;
                 }
             }
             if !text.trim().is_empty() {
@@ -160,13 +162,76 @@ fn copy_lines(
             }
             drop(s);
             crate::output::stderr_line(format_args!("{prefix} {text}"));
-        }
+        });
     })
+}
+
+/// Calls `f` with each line `from` writes: at most [`MAX_LINE`] bytes of it, NULs shown as
+/// U+FFFD, a trailing CR dropped, and what was cut counted at its end. A last line without a
+/// newline counts too.
+fn each_line(from: impl Read, mut f: impl FnMut(&str)) {
+    let mut r = BufReader::new(from);
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut cut = 0u64;
+    let mut emit = |line: &mut Vec<u8>, cut: &mut u64| {
+        let text = String::from_utf8_lossy(line).replace('\0', "\u{fffd}");
+        let text = text.trim_end_matches('\r');
+        match *cut {
+            0 => f(text),
+            n => f(&format!("{text}… ({n} more bytes of this line not shown)")),
+        }
+        line.clear();
+        *cut = 0;
+    };
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if buf.is_empty() {
+            if !line.is_empty() || cut > 0 {
+                emit(&mut line, &mut cut);
+            }
+            return;
+        }
+        let end = buf.iter().position(|&b| b == b'\n');
+        let chunk = &buf[..end.unwrap_or(buf.len())];
+        let take = chunk.len().min(MAX_LINE.saturating_sub(line.len()));
+        line.extend_from_slice(&chunk[..take]);
+        cut += (chunk.len() - take) as u64;
+        let used = end.map_or(chunk.len(), |i| i + 1);
+        r.consume(used);
+        if end.is_some() {
+            emit(&mut line, &mut cut);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lines_of(input: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        each_line(input, |l| out.push(l.to_string()));
+        out
+    }
+
+    #[test]
+    fn lines_are_kept_up_to_their_bound_and_the_rest_is_counted() {
+        assert_eq!(lines_of(b"a\r\nb\n\nc"), ["a", "b", "", "c"]);
+        let long = vec![b'x'; 3 << 20];
+        let got = lines_of(&long);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with(&"x".repeat(MAX_LINE)));
+        assert!(got[0].ends_with(&format!(
+            "({} more bytes of this line not shown)",
+            (3 << 20) - MAX_LINE
+        )));
+        assert!(got[0].len() < MAX_LINE + 100);
+        assert_eq!(lines_of(b"a\0b\n"), ["a\u{fffd}b"]);
+    }
 
     fn sh(script: &str) -> Command {
         let mut c = Command::new("sh");

@@ -48,11 +48,29 @@ impl Env {
             ("NUWAX_BACKUP_ID", self.id.map(|i| i.to_string())),
             ("NUWAX_BACKUP_FILE", self.file.clone()),
             ("NUWAX_BACKUP_TYPE", self.backup_type.clone()),
-            ("NUWAX_BACKUP_ERROR", self.error.clone()),
+            (
+                "NUWAX_BACKUP_ERROR",
+                self.error.as_deref().map(bounded_error),
+            ),
         ];
         out.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
         out
     }
+}
+
+/// `NUWAX_BACKUP_ERROR`: at most 4 KiB, cut at a character boundary, no NUL (an environment
+/// value past the kernel's limits, or with a NUL, would keep the on-error hooks from starting).
+fn bounded_error(error: &str) -> String {
+    let limit = super::exec::MAX_LINE;
+    let mut end = error.len().min(limit);
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = error[..end].replace('\0', "\u{fffd}");
+    if end < error.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// The hooks of one run of one project, and how to run them.
@@ -160,6 +178,9 @@ impl<'a> Runner<'a> {
     /// Runs the on-error hooks: every one, whatever the others do; their failures are
     /// warnings (the run's own error is the one reported).
     pub fn on_error(&self, env: &Env) {
+        // The cancel that ended the run does not stop its on-error hooks; another one does
+        // (and each hook's own timeout applies).
+        crate::cancel::forgive();
         for h in self.hooks.of(Phase::OnError) {
             match self.one(h, env) {
                 Ok(ran) if ran.succeeded() => {}

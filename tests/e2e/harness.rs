@@ -307,6 +307,23 @@ impl Project {
             .unwrap()
     }
 
+    /// The binary started standalone in the background with extra environment variables,
+    /// stderr as `stderr` says (a pipe the test may close early, say).
+    pub fn standalone_spawn_with(
+        &self,
+        env: &[(&str, String)],
+        args: &[&str],
+        stderr: Stdio,
+    ) -> std::process::Child {
+        self.command(env!("CARGO_BIN_EXE_docker-nuwax-backup"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    }
+
     /// The binary run standalone, as `docker-nuwax-backup ARGS…`.
     pub fn standalone(&self, args: &[&str]) -> Run {
         Run::from(

@@ -28,6 +28,7 @@ mod rollback;
 mod s3;
 mod safety;
 mod schedule;
+mod signals;
 mod staged;
 mod status;
 
