@@ -69,6 +69,12 @@ pub fn forgive() {
     FORGIVEN.store(COUNT.load(Ordering::SeqCst), Ordering::SeqCst);
 }
 
+/// The error a read returns once the user cancelled (for a reader deep in a decoder, which
+/// can return only an io::Error): exit 130 wherever it surfaces.
+pub fn as_io_error() -> std::io::Error {
+    std::io::Error::other(UserError::new(Code::Cancelled, "cancelled"))
+}
+
 /// Returns a `Cancelled` error once the user asked to stop.
 pub fn check() -> anyhow::Result<()> {
     if requested() {

@@ -100,7 +100,7 @@ macro_rules! bail_user {
 }
 
 /// A [`UserError`] that is `e`, or that an io::Error `e` carries.
-fn user_error_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a UserError> {
+pub fn user_error_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a UserError> {
     e.downcast_ref::<UserError>().or_else(|| {
         e.downcast_ref::<std::io::Error>()
             .and_then(std::io::Error::get_ref)

@@ -8,6 +8,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::reader::read_full;
+
 /// Magic, method, flags, time, XFL, OS, XLEN, then `I` `G`, a 4-byte length and the size.
 const HEADER: usize = 20;
 /// CRC-32 and the inflated size.
@@ -70,7 +72,7 @@ impl ParGunzip {
     /// The next inflated member, or `None` at the end.
     fn next_block(&mut self) -> io::Result<Option<Vec<u8>>> {
         let next = wait(|t| self.order.recv_timeout(t)).map_err(|gone| match gone {
-            Gone::Cancelled => cancelled(),
+            Gone::Cancelled => crate::cancel::as_io_error(),
             Gone::Disconnected => damaged("the gzip reader thread stopped".into()),
         })?;
         let member = match next {
@@ -79,7 +81,7 @@ impl ParGunzip {
         };
         match wait(|t| member.recv_timeout(t)) {
             Ok(block) => block.map(Some),
-            Err(Gone::Cancelled) => Err(cancelled()),
+            Err(Gone::Cancelled) => Err(crate::cancel::as_io_error()),
             Err(Gone::Disconnected) => Err(damaged("a gzip decompression thread stopped".into())),
         }
     }
@@ -136,17 +138,8 @@ fn damaged(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
-/// The error a read returns once the user cancelled: exit 130 wherever it surfaces.
-pub fn cancelled() -> io::Error {
-    io::Error::other(crate::exit_codes::UserError::new(
-        crate::exit_codes::Code::Cancelled,
-        "cancelled",
-    ))
-}
-
 fn is_cancel(e: &io::Error) -> bool {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<crate::exit_codes::UserError>())
+    crate::exit_codes::user_error_in(e)
         .is_some_and(|u| u.code == crate::exit_codes::Code::Cancelled)
 }
 
@@ -213,20 +206,6 @@ fn read_member(input: &mut dyn Read, offset: u64) -> io::Result<Option<Vec<u8>>>
         )));
     }
     Ok(Some(member))
-}
-
-/// Reads until `buf` is full or the input ends; how many bytes came.
-fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match input.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// A worker: takes jobs until the reader is gone. Its answer goes to the job's own channel;

@@ -22,7 +22,7 @@ impl<R: Read> Read for Sha256Reader<R> {
         // Every codec reads through here: a cancel is heard within one read, whatever the
         // decoder above is doing.
         if crate::cancel::requested() {
-            return Err(super::gunzip::cancelled());
+            return Err(crate::cancel::as_io_error());
         }
         let n = self.inner.read(buf)?;
         let mut s = self.state.lock().expect("hash state");
@@ -150,21 +150,27 @@ pub(super) fn copy_into_hasher(
 ) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match r.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        let filled = read_full(r, buf)?;
         if filled == 0 {
             return Ok(total);
         }
         h.update(&buf[..filled]);
         total += filled as u64;
     }
+}
+
+/// Reads until `buf` is full or the input ends; how many bytes came.
+pub(super) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 pub use super::safety::volume_of;

@@ -147,7 +147,7 @@ pub fn write_with_holes(data: &mut dyn Read, f: &File) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     loop {
-        let filled = fill(data, &mut buf)?;
+        let filled = super::reader::read_full(data, &mut buf)?;
         if filled == 0 {
             break;
         }
@@ -171,19 +171,6 @@ pub fn write_with_holes(data: &mut dyn Read, f: &File) -> io::Result<u64> {
     }
     f.set_len(pos)?;
     Ok(pos)
-}
-
-fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]

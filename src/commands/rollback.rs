@@ -74,8 +74,8 @@ fn print_plan(plan: &RollbackPlan, out: &mut dyn Write) -> Result<()> {
             s.target.clone(),
             s.kind.to_string(),
             s.role.to_string(),
-            serde_plain(&s.action),
-            serde_plain(&s.io),
+            s.action.to_string(),
+            s.io.to_string(),
             s.reason.clone(),
         ]
     });
@@ -121,12 +121,4 @@ fn print_plan(plan: &RollbackPlan, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// An enum as its JSON word.
-fn serde_plain<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|j| j.as_str().map(String::from))
-        .unwrap_or_default()
 }

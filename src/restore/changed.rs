@@ -1,6 +1,6 @@
 //! What differs between the plan made before the project's lock was held and the plan made
 //! again under it. Pure: two plans in, sentences out.
-use super::plan::{Action, RollbackPlan};
+use super::plan::RollbackPlan;
 
 /// Each difference a user would want told, as a short phrase; empty when the plans agree.
 pub fn changes(before: &RollbackPlan, after: &RollbackPlan) -> Vec<String> {
@@ -24,11 +24,7 @@ pub fn changes(before: &RollbackPlan, after: &RollbackPlan) -> Vec<String> {
         if b.target != a.target || b.action != a.action || b.io != a.io {
             out.push(format!(
                 "{}: {} ({}) instead of {} ({})",
-                a.target,
-                word(a.action),
-                a.reason,
-                word(b.action),
-                b.reason
+                a.target, a.action, a.reason, b.action, b.reason
             ));
         }
     }
@@ -60,17 +56,25 @@ fn list(names: &[String]) -> String {
     }
 }
 
-fn word(a: Action) -> String {
-    serde_json::to_value(a)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::restore::plan::{Mode, Order};
+
+    #[test]
+    fn actions_are_spelled_as_their_json() {
+        use Action::*;
+        for a in [
+            SwapBind,
+            StageInMount,
+            InPlace,
+            SwapVolume,
+            EngineRefill,
+            Keep,
+        ] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+        }
+    }
+    use crate::restore::plan::{Action, Mode, Order};
     use crate::services::Running;
 
     fn plan(stop: &[&str], order: Order) -> RollbackPlan {

@@ -80,6 +80,15 @@ pub enum Mode {
     DataOnly,
 }
 
+crate::records::words!(Action {
+    SwapBind => "swap-bind",
+    StageInMount => "stage-in-mount",
+    InPlace => "in-place",
+    SwapVolume => "swap-volume",
+    EngineRefill => "engine-refill",
+    Keep => "keep",
+});
+
 crate::records::words!(Mode { Full => "full", DataOnly => "data-only" });
 
 #[derive(Debug, Clone, Serialize)]

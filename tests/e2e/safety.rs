@@ -152,27 +152,13 @@ fn sigterm_ends_the_verify_of_a_large_archive_within_seconds() {
         .plugin(&["create", "--compression-level", "1", "--format", "json"])
         .success();
     let id = run.json()["id"].as_i64().unwrap().to_string();
-    let mut child = p.standalone_spawn(&["verify", &id]);
+    let child = p.standalone_spawn(&["verify", &id]);
     std::thread::sleep(Duration::from_millis(400));
-    let sent = Instant::now();
     // SAFETY: kill(2) on a child we started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if sent.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("verify ignored SIGTERM for 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(
-        sent.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        sent.elapsed()
-    );
-    assert_eq!(status.code(), Some(130));
+    let (code, err, took) = exit_within(child, 20);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(code, 130, "{err}");
 }
 
 /// The environment that pauses a run at `point` until `file` exists.
